@@ -1,0 +1,89 @@
+"""The alert rules: promtool lints them and runs their unit tests (prometheus/alerts_test.yml)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "prometheus" / "alerts.yml"
+RULES_TEST = ROOT / "prometheus" / "alerts_test.yml"
+
+
+def _promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.skip("promtool is not installed (CI installs Debian's prometheus package)")
+    return path
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+
+
+def _load(path: Path) -> Any:
+    with path.open(encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in _load(RULES)["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+@pytest.mark.prometheus
+def test_rules_pass_promtool_lint() -> None:
+    result = _run(_promtool(), "check", "rules", "--lint-fatal", str(RULES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(_alert_rules())} rules found" in result.stdout
+
+
+@pytest.mark.prometheus
+def test_rule_unit_tests_pass() -> None:
+    result = _run(_promtool(), "test", "rules", str(RULES_TEST))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+REQUIRED_ALERTS = {
+    "OllamaPullFailing",
+    "OllamaPullNoRecentSuccess",
+    "OllamaPullNeverSucceeded",
+    "OllamaPullStalled",
+    "OllamaPullRunningLong",
+    "OllamaServerDown",
+    "OllamaPullExporterConfigReloadFailed",
+}
+
+
+def test_required_alerts_exist_with_severity_and_annotations() -> None:
+    rules = _alert_rules()
+    assert REQUIRED_ALERTS - {rule["alert"] for rule in rules} == set()
+    for rule in rules:
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name
+        annotations = rule["annotations"]
+        assert set(annotations) == {"summary", "description"}, name
+        text = annotations["summary"] + annotations["description"]
+        # Pair alerts name server and model; the server alert names the server (and lists its
+        # models through a query); the config alert names the exporter instance.
+        if name == "OllamaPullExporterConfigReloadFailed":
+            assert "$labels.instance" in text, name
+        else:
+            assert "$labels.server" in text, name
+            assert "$labels.model" in text or ".Labels.model" in text, name
+
+
+def test_every_alert_is_shown_firing_and_not_firing() -> None:
+    fired: set[str] = set()
+    quiet: set[str] = set()
+    for case in _load(RULES_TEST)["tests"]:
+        for check in case.get("alert_rule_test", []):
+            (fired if check["exp_alerts"] else quiet).add(check["alertname"])
+    names = {rule["alert"] for rule in _alert_rules()}
+    assert names - fired == set(), "alerts never shown firing"
+    assert names - quiet == set(), "alerts never shown quiet"
