@@ -1,0 +1,152 @@
+"""Command line: flags, exit codes, `--config.check`, `--once`; starts the app.
+
+Exit codes: 0 success; 1 invalid config or (with `--once`) a failed pull; 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+
+from exporter import __version__
+from exporter.config import ConfigError, load_config
+from exporter.logs import FORMATS, LEVEL_NAMES, setup_logging
+from exporter.metrics import build_registry
+from exporter.pull import make_timeout
+from exporter.scheduler import Scheduler
+from exporter.state import ExporterState, sync_pairs
+from exporter.web import make_app
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from exporter.config import Config
+
+log = logging.getLogger("exporter")
+
+SHUTDOWN_TIMEOUT = 2.0
+"""Seconds aiohttp waits for open HTTP requests on exit; pulls are cancelled at once."""
+
+
+def parse_listen_address(text: str) -> tuple[str | None, int]:
+    """`host:port`, `[v6]:port` or `:port` (all interfaces) -> (host, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid listen address {text!r}: want host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return (host or None), int(port_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Prometheus-style dotted flags; `--flag=value` and `--flag value` both work."""
+    parser = argparse.ArgumentParser(
+        prog="ollama-pull-exporter",
+        description="Runs Ollama pulls on a schedule and exports their progress to Prometheus.",
+        allow_abbrev=False,
+    )
+    add = parser.add_argument
+    add("--config.file", dest="config_file", default="config.yaml", help="YAML config file")
+    add(
+        "--config.check",
+        dest="config_check",
+        action="store_true",
+        help="validate the config, print a summary or the errors, and exit",
+    )
+    add(
+        "--web.listen-address",
+        dest="listen_address",
+        type=parse_listen_address,
+        default=parse_listen_address(":11435"),
+        help="host:port to serve HTTP on (default :11435, all interfaces)",
+    )
+    add("--log.level", dest="log_level", choices=LEVEL_NAMES, default="info")
+    add("--log.format", dest="log_format", choices=FORMATS, default="logfmt")
+    add(
+        "--once",
+        action="store_true",
+        help="run every configured pull once, print one line per model, exit 0 if all succeeded",
+    )
+    add(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="allow POST /-/reload",
+    )
+    add("--web.config.file", dest="web_config_file", default=None, help="TLS and basic auth")
+    add("--storage.path", dest="storage_path", default=None, help="SQLite file for last results")
+    add("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script and of `python -m exporter`."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.web_config_file or args.storage_path:
+        parser.error("--web.config.file and --storage.path are not implemented in this version")
+    setup_logging(args.log_level, args.log_format)
+    try:
+        config = load_config(args.config_file)
+    except ConfigError as exc:
+        print("\n".join(exc.errors), file=sys.stderr)  # noqa: T201 - the CLI's own output
+        return 1
+    if args.config_check:
+        print(f"config OK: {len(config.servers)} servers, {config.model_count} models")  # noqa: T201
+        return 0
+    state = ExporterState()
+    sync_pairs(state, config)
+    state.config_reload_successful = True
+    state.config_reload_success_at = time.time()
+    if args.once:
+        return asyncio.run(_run_once(config, state))
+    host, port = args.listen_address
+    log.info(
+        "starting",
+        extra={
+            "version": __version__,
+            "config": args.config_file,
+            "address": f"{host or ''}:{port}",
+            "pairs": config.model_count,
+        },
+    )
+    app = make_app(config, state, build_registry(state))
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+    )
+    log.info("stopped")
+    return 0
+
+
+async def _run_once(config: Config, state: ExporterState) -> int:
+    async with aiohttp.ClientSession(timeout=make_timeout()) as session:
+        results = await Scheduler(session, state).run_once(config)
+    failed = 0
+    for server, model, result in results:
+        pair = state.pairs[server.name, model.name]
+        last = pair.last
+        fields = [f"server={server.name}", f"model={model.name}"]
+        if result.reason is None:
+            fields.append("result=success")
+        else:
+            failed += 1
+            fields += ["result=failure", f"reason={result.reason.value}"]
+        if last is not None:
+            fields += [
+                f"duration={last.duration:.3f}s",
+                f"downloaded_bytes={last.downloaded_bytes}",
+            ]
+        print(" ".join(fields))  # noqa: T201 - the CLI's own output
+    return 1 if failed else 0

@@ -1,0 +1,155 @@
+"""One run's bookkeeping: layers, bytes, phases and regressions (contract §3).
+
+Pure: lines and timestamps go in, numbers come out. The metrics read the fields
+directly while the run streams, so every number here is kept incrementally and
+`apply` stays O(1) per line.
+"""
+
+from __future__ import annotations
+
+from exporter.protocol import RUN_PHASES, Phase, ProgressLine, phase_of_status
+
+
+class Layer:
+    """A distinct digest seen in this run."""
+
+    __slots__ = ("completed", "done", "total")
+
+    def __init__(self, total: int, completed: int) -> None:
+        self.total = total
+        self.completed = completed
+        self.done = False
+
+
+class RunProgress:
+    """Folds the lines of one run into the numbers the contract names.
+
+    Timestamps are monotonic seconds passed in by the caller, so tests drive
+    the clock by hand.
+    """
+
+    __slots__ = (
+        "_current",
+        "_layers",
+        "completed_bytes",
+        "downloaded_bytes",
+        "expected_bytes",
+        "last_progress_at",
+        "layers_completed",
+        "phase",
+        "phase_durations",
+        "phase_started_at",
+        "regressions",
+        "started_at",
+    )
+
+    def __init__(self, now: float) -> None:
+        self.started_at = now
+        self.phase = Phase.MANIFEST
+        self.phase_started_at = now
+        self.phase_durations: dict[Phase, float] = dict.fromkeys(RUN_PHASES, 0.0)
+        self.last_progress_at = now
+        self.downloaded_bytes = 0
+        self.completed_bytes = 0
+        self.expected_bytes = 0
+        self.layers_completed = 0
+        self.regressions = 0
+        self._layers: dict[str, Layer] = {}
+        self._current: Layer | None = None
+
+    @property
+    def layers(self) -> int:
+        """Distinct digests seen so far."""
+        return len(self._layers)
+
+    def apply(self, line: ProgressLine, now: float) -> None:
+        """Fold one line in; `now` is when its chunk arrived."""
+        digest = line.digest
+        if digest is not None:
+            if self.phase is not Phase.DOWNLOAD:
+                self._enter(Phase.DOWNLOAD, now)
+            self._layer_line(digest, line, now)
+            return
+        status = line.status
+        if status is None or status == "success":
+            return
+        phase = phase_of_status(status)
+        if phase is not None and phase is not self.phase:
+            self._complete_open_layers()
+            self._enter(phase, now)
+
+    def finish(self, now: float, *, succeeded: bool) -> None:
+        """Close the last phase; a success means every layer made it to disk."""
+        if succeeded:
+            self._complete_open_layers()
+        self.phase_durations[self.phase] += now - self.phase_started_at
+        self.phase_started_at = now
+
+    def _enter(self, phase: Phase, now: float) -> None:
+        self.phase_durations[self.phase] += now - self.phase_started_at
+        self.phase = phase
+        self.phase_started_at = now
+        self.last_progress_at = now
+
+    def _layer_line(self, digest: str, line: ProgressLine, now: float) -> None:
+        completed = line.completed or 0
+        layer = self._layers.get(digest)
+        if layer is None:
+            # Legacy path: layers come one at a time, so a new digest means the one
+            # before finished (Ollama sends no final 100% line). client2 lines have
+            # no status and interleave, so they never complete a neighbour.
+            if line.status is not None and self._current is not None:
+                self._complete(self._current)
+            total = line.total or 0
+            layer = Layer(total, completed)
+            self._layers[digest] = layer
+            self.expected_bytes += total
+            self.completed_bytes += min(completed, total)
+            self._current = layer
+            self.last_progress_at = now
+            if total and completed >= total:
+                self._mark_done(layer)
+            return
+        if layer.done:
+            return
+        new_total = line.total
+        if new_total is not None and new_total != layer.total:
+            self.expected_bytes += new_total - layer.total
+            self.completed_bytes += min(layer.completed, new_total) - min(
+                layer.completed, layer.total
+            )
+            layer.total = new_total
+        grown = completed - layer.completed
+        if grown > 0:
+            self.downloaded_bytes += grown
+            self.completed_bytes += min(completed, layer.total) - min(layer.completed, layer.total)
+            layer.completed = completed
+            self.last_progress_at = now
+            if layer.total and completed >= layer.total:
+                self._mark_done(layer)
+        elif grown < 0:
+            # Ollama rolled back a failed part: count it and re-base, never un-count bytes.
+            self.regressions += 1
+            self.completed_bytes += min(completed, layer.total) - min(layer.completed, layer.total)
+            layer.completed = completed
+
+    def _complete(self, layer: Layer) -> None:
+        """The stream moved past `layer`: its remaining bytes arrived unreported."""
+        if layer.done:
+            return
+        remaining = layer.total - layer.completed
+        if remaining > 0:
+            self.downloaded_bytes += remaining
+            self.completed_bytes += remaining
+            layer.completed = layer.total
+        self._mark_done(layer)
+
+    def _mark_done(self, layer: Layer) -> None:
+        layer.done = True
+        self.layers_completed += 1
+
+    def _complete_open_layers(self) -> None:
+        if self.layers_completed == len(self._layers):
+            return
+        for layer in self._layers.values():
+            self._complete(layer)

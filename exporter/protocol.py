@@ -1,0 +1,205 @@
+"""Sans-I/O view of Ollama's `/api/pull` NDJSON stream.
+
+Byte chunks go in, typed lines come out; a status string maps to a phase and an
+error text to a bounded failure reason. Nothing here knows about sockets or time,
+so every rule is tested from tables (see `ollama-pull-protocol.md` §1-§4).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import TYPE_CHECKING, Annotated, Final
+
+import msgspec
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+MAX_LINE_BYTES: Final = 1 << 20
+"""Longest line we accept: real lines are < 300 bytes, so 1 MiB means a broken peer."""
+
+_INT64_MAX: Final = (1 << 63) - 1
+_Count = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
+
+
+class Phase(enum.Enum):
+    """Where a run is; the values are the `phase` label values of the contract."""
+
+    IDLE = "idle"
+    MANIFEST = "manifest"
+    DOWNLOAD = "download"
+    VERIFY = "verify"
+    WRITE = "write"
+    PRUNE = "prune"
+
+
+RUN_PHASES: Final = (Phase.MANIFEST, Phase.DOWNLOAD, Phase.VERIFY, Phase.WRITE, Phase.PRUNE)
+"""Phases a run passes through (everything but idle), in stream order."""
+
+
+class Reason(enum.Enum):
+    """Why a run failed; the values are the `reason` label values of the contract."""
+
+    OLLAMA_UNREACHABLE = "ollama_unreachable"
+    INVALID_REQUEST = "invalid_request"
+    OLLAMA_HTTP_ERROR = "ollama_http_error"
+    STREAM_INTERRUPTED = "stream_interrupted"
+    STALLED = "stalled"
+    TIMEOUT = "timeout"
+    PROTOCOL_ERROR = "protocol_error"
+    DIGEST_MISMATCH = "digest_mismatch"
+    DISK_FULL = "disk_full"
+    DOWNLOAD_FAILED = "download_failed"
+    MANIFEST_NOT_FOUND = "manifest_not_found"
+    UNAUTHORIZED = "unauthorized"
+    REGISTRY_UNREACHABLE = "registry_unreachable"
+    REGISTRY_ERROR = "registry_error"
+    OTHER = "other"
+
+
+class ProgressLine(msgspec.Struct, frozen=True):
+    """One `api.ProgressResponse` line; Go omits zero values, so all fields are optional."""
+
+    status: str | None = None
+    digest: str | None = None
+    total: _Count | None = None
+    completed: _Count | None = None
+    error: str | None = None
+
+
+class ProtocolError(Exception):
+    """The stream broke the NDJSON contract (bad JSON, not an object, a line over 1 MiB)."""
+
+
+_decoder: Final = msgspec.json.Decoder(ProgressLine)
+
+
+class LineDecoder:
+    """Turns arbitrary byte chunks into `ProgressLine`s.
+
+    Works a chunk at a time: the complete lines of a chunk are decoded in one
+    `decode_lines` call, and only the unfinished tail is kept. When a batch fails,
+    the lines before the bad one are still returned (they happened) and the error
+    is raised on the next call, so callers see events in order and then the error.
+    """
+
+    __slots__ = ("_pending", "_tail")
+
+    def __init__(self) -> None:
+        self._tail = bytearray()
+        self._pending: ProtocolError | None = None
+
+    def feed(self, chunk: bytes) -> list[ProgressLine]:
+        """Decode every line completed by `chunk`; raise `ProtocolError` on a bad one."""
+        if self._pending is not None:
+            raise self._pending
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            self._tail += chunk  # bytearray: amortised O(1) even for a byte-by-byte trickle
+            if len(self._tail) > MAX_LINE_BYTES:
+                raise ProtocolError(f"line longer than {MAX_LINE_BYTES} bytes")
+            return []
+        block = bytes(self._tail + chunk[: end + 1]) if self._tail else chunk[: end + 1]
+        self._tail = bytearray(chunk[end + 1 :])
+        if len(self._tail) > MAX_LINE_BYTES:
+            self._pending = ProtocolError(f"line longer than {MAX_LINE_BYTES} bytes")
+        if len(block) > MAX_LINE_BYTES:
+            return self._decode_checked(block)
+        try:
+            return _decoder.decode_lines(block)
+        except msgspec.DecodeError:
+            return self._decode_checked(block)
+
+    def finish(self) -> list[ProgressLine]:
+        """Decode a last line that lacks its newline (the stream ended after it)."""
+        if self._pending is not None:
+            raise self._pending
+        tail, self._tail = bytes(self._tail), bytearray()
+        return self._decode_checked(tail) if tail.strip() else []
+
+    def _decode_checked(self, block: bytes) -> list[ProgressLine]:
+        """Slow path, line by line: keep the good prefix, remember the first error."""
+        lines: list[ProgressLine] = []
+        for raw in block.split(b"\n"):
+            if len(raw) > MAX_LINE_BYTES:
+                self._pending = ProtocolError(f"line longer than {MAX_LINE_BYTES} bytes")
+                break
+            if not raw.strip():
+                continue
+            try:
+                lines.append(_decoder.decode(raw))
+            except msgspec.DecodeError as exc:
+                self._pending = ProtocolError(f"invalid line: {exc}")
+                break
+        if self._pending is not None and not lines:
+            raise self._pending
+        return lines
+
+
+_STATUS_PHASE: Final = {
+    "pulling manifest": Phase.MANIFEST,
+    "verifying sha256 digest": Phase.VERIFY,
+    "writing manifest": Phase.WRITE,
+    "removing unused layers": Phase.PRUNE,  # since v0.3.7, only when something is pruned
+    "removing any unused layers": Phase.PRUNE,  # up to v0.3.6
+}
+
+
+def phase_of_status(status: str) -> Phase | None:
+    """The phase a status-only line starts, or None for lines that do not move the run.
+
+    Lines with a `digest` are downloads whatever their status says (the legacy
+    `pulling <hex>`, the transfer path's `pulling model` and client2's status-less
+    lines, protocol reference §1a, §1c); callers check that first.
+    """
+    phase = _STATUS_PHASE.get(status)
+    if phase is None and status.startswith("couldn't remove unused layers"):
+        return Phase.PRUNE
+    return phase
+
+
+# Digests, hex runs and URLs are removed before matching so that a `401` inside a
+# digest or an `unauthorized` inside a URL path cannot pick the wrong reason.
+_NOISE: Final = re.compile(r'"[a-z][a-z0-9+.-]*://[^"]*"|\b[a-z][a-z0-9+.-]*://\S+|[0-9a-f]{12,}')
+_NOT_FOUND: Final = re.compile(r"\bmodel\b.*\bnot found\b")
+_MANIFEST_401: Final = re.compile(r"^pull model manifest: 401(?::|$)")
+_REGISTRY_UNREACHABLE: Final = (
+    "dial tcp",
+    "no such host",
+    "connection refused",
+    "i/o timeout",
+    "tls:",
+    "x509:",
+    "server gave http response to https client",
+)
+_REGISTRY_ERROR: Final = ("no location header", "unexpected status code", "maximum redirects")
+
+
+_ERROR_RULES: Final[tuple[tuple[Reason, Callable[[str], bool]], ...]] = (
+    (Reason.DIGEST_MISMATCH, lambda t: "digest mismatch" in t),
+    (Reason.DISK_FULL, lambda t: "no space left on device" in t),
+    (Reason.DOWNLOAD_FAILED, lambda t: t.startswith("max retries exceeded")),
+    (
+        Reason.MANIFEST_NOT_FOUND,
+        lambda t: "file does not exist" in t or _NOT_FOUND.search(t) is not None,
+    ),
+    (
+        Reason.UNAUTHORIZED,
+        lambda t: _MANIFEST_401.match(t) is not None or "unauthorized" in t or "realm host" in t,
+    ),
+    (Reason.REGISTRY_UNREACHABLE, lambda t: any(m in t for m in _REGISTRY_UNREACHABLE)),
+    (
+        Reason.REGISTRY_ERROR,
+        lambda t: t.startswith("pull model manifest:") or any(m in t for m in _REGISTRY_ERROR),
+    ),
+)
+
+
+def classify_error(text: str) -> Reason:
+    """Map the text of an `error` line to a reason: first match in contract order wins."""
+    clean = _NOISE.sub(" ", text.strip().lower())
+    for reason, matches in _ERROR_RULES:
+        if matches(clean):
+            return reason
+    return Reason.OTHER
