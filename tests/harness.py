@@ -1,0 +1,168 @@
+"""Run the real `ollama-pull-exporter` process and read its `/metrics` like Prometheus.
+
+Integration tests use this to start the exporter against the simulator over real
+sockets. Every process started here is stopped (SIGTERM, then SIGKILL) on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from prometheus_client.parser import text_string_to_metric_families
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+T = TypeVar("T")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, step: float = 0.05) -> T:
+    """Poll `check` until it returns something truthy, or fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse_samples(text: str) -> Samples:
+    """All samples of an exposition, keyed by name and label set."""
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name, frozenset(sample.labels.items())] = sample.value
+    return samples
+
+
+@dataclass
+class Exporter:
+    """A running exporter process and how to talk to it."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+    config_path: Path
+    _samples: Samples = field(default_factory=dict)
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+        """GET a path; returns (status, body) and never raises on HTTP errors."""
+        request = urllib.request.Request(self.url + path, headers=headers or {})  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                return int(response.status), response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def scrape(self) -> Samples:
+        """Fetch and parse `/metrics` (the Prometheus text format)."""
+        status, body = self.get("/metrics")
+        assert status == 200, body
+        self._samples = parse_samples(body)
+        return self._samples
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """A sample from the latest scrape, or None when the series does not exist."""
+        return self._samples.get((name, frozenset(labels.items())))
+
+    def wait_value(
+        self, name: str, predicate: Callable[[float], bool], timeout: float = 20, **labels: str
+    ) -> float:
+        """Scrape until the series exists and satisfies `predicate`; return its value."""
+
+        def check() -> float | None:
+            value = self.scrape().get((name, frozenset(labels.items())))
+            return value if value is not None and predicate(value) else None
+
+        wait_for(lambda: check() is not None, timeout, f"{name}{labels} to match")
+        value = self.value(name, **labels)
+        assert value is not None
+        return value
+
+    def logs(self) -> str:
+        """Everything the process wrote to stderr and stdout so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        """Signal the process and wait for it; kill it if it does not exit in time."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def exporter_command(*args: str) -> list[str]:
+    """How tests start the real exporter (the installed package, run as a module)."""
+    return [sys.executable, "-m", "exporter", *args]
+
+
+@contextlib.contextmanager
+def run_exporter(
+    config: str, workdir: Path, *args: str, env: dict[str, str] | None = None, ready: bool = True
+) -> Iterator[Exporter]:
+    """Write `config`, start the exporter on a free port, wait for `/-/ready`."""
+    config_path = workdir / "config.yaml"
+    config_path.write_text(config)
+    log_path = workdir / "exporter.log"
+    port = free_port()
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            exporter_command(
+                f"--config.file={config_path}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=debug",
+                *args,
+            ),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=workdir,
+        )
+    exporter = Exporter(process, f"http://127.0.0.1:{port}", log_path, config_path)
+    try:
+        if ready:
+            wait_for(
+                lambda: _is_ready(exporter),
+                20,
+                "the exporter to be ready",
+            )
+        yield exporter
+    finally:
+        exporter.stop()
+
+
+def _is_ready(exporter: Exporter) -> bool:
+    if exporter.process.poll() is not None:
+        raise AssertionError(f"exporter exited early:\n{exporter.logs()}")
+    try:
+        return exporter.get("/-/ready")[0] == 200
+    except OSError:
+        return False
