@@ -22,7 +22,7 @@ from exporter.metrics import build_registry
 from exporter.pull import make_timeout
 from exporter.scheduler import Scheduler
 from exporter.state import ExporterState, sync_pairs
-from exporter.web import make_app
+from exporter.web import Runtime, make_app
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -117,7 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "pairs": config.model_count,
         },
     )
-    app = make_app(config, state, build_registry(state))
+    runtime = Runtime(
+        config_path=args.config_file,
+        config=config,
+        state=state,
+        enable_lifecycle=args.enable_lifecycle,
+    )
+    app = make_app(runtime, build_registry(state))
     web.run_app(
         app,
         host=host,

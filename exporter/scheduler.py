@@ -78,17 +78,48 @@ class Scheduler:
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._loops: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._runs: dict[tuple[str, str], asyncio.Task[RunResult]] = {}
+        self._plans: dict[tuple[str, str], Plan] = {}
+        self._configs: dict[tuple[str, str], tuple[ServerConfig, ModelConfig]] = {}
 
     def start(self, config: Config) -> None:
         """Start a loop for every pair of `config`."""
+        self.apply(config)
+
+    def apply(self, config: Config) -> None:
+        """Make the running schedule match `config` (start-up and every reload).
+
+        Removed pairs: loop and running pull cancelled. Added pairs: a fresh loop
+        (honouring `run_on_start`). Changed pairs: the running pull goes on, and the
+        new settings take effect from the next start.
+        """
+        wanted = {
+            (server.name, model.name): (server, model)
+            for server in config.servers
+            for model in server.models
+        }
+        for key in [key for key in self._configs if key not in wanted]:
+            self._loops.pop(key).cancel()
+            run = self._runs.pop(key, None)
+            if run is not None:
+                run.cancel()
+            self._plans.pop(key, None)
+            del self._configs[key]
+        old_limits = {
+            server.name: server.max_concurrent_pulls for server, _ in self._configs.values()
+        }
         for server in config.servers:
-            self._limits[server.name] = asyncio.Semaphore(server.max_concurrent_pulls)
-            for model in server.models:
-                key = (server.name, model.name)
-                pair = self._state.pairs[key]
-                self._loops[key] = asyncio.create_task(
-                    self._pair_loop(server, model, pair), name=f"schedule {key}"
-                )
+            if old_limits.get(server.name) != server.max_concurrent_pulls:
+                self._limits[server.name] = asyncio.Semaphore(server.max_concurrent_pulls)
+        for key, (server, model) in wanted.items():
+            if self._configs.get(key) == (server, model):
+                continue
+            loop = self._loops.pop(key, None)
+            if loop is not None:
+                loop.cancel()
+            self._configs[key] = (server, model)
+            self._loops[key] = asyncio.create_task(
+                self._pair_loop(server, model, self._state.pairs[key]), name=f"schedule {key}"
+            )
 
     async def stop(self) -> None:
         """Cancel every loop and running pull (closing their streams) and wait for them."""
@@ -98,6 +129,8 @@ class Scheduler:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._loops.clear()
         self._runs.clear()
+        self._configs.clear()
+        self._plans.clear()
 
     async def run_once(self, config: Config) -> list[tuple[ServerConfig, ModelConfig, RunResult]]:
         """Run every pair once, honouring `max_concurrent_pulls`; for `--once`."""
@@ -113,8 +146,16 @@ class Scheduler:
     async def _pair_loop(self, server: ServerConfig, model: ModelConfig, pair: PairState) -> None:
         settings = model.settings
         key = (server.name, model.name)
-        plan = first_plan(time.monotonic(), settings, self._rand())
+        previous = self._plans.get(key)
+        now = time.monotonic()
+        if previous is None:
+            plan = first_plan(now, settings, self._rand())
+        elif previous.start > now:
+            plan = previous  # reloaded before its next start: keep that start
+        else:
+            plan = next_plan(previous, now, settings, self._rand())
         while True:
+            self._plans[key] = plan
             now = time.monotonic()
             pair.next_run_at = wall_time(plan.start, now_monotonic=now, now_wall=time.time())
             await asyncio.sleep(max(0.0, plan.start - now))

@@ -6,8 +6,12 @@ cleanup context and are cancelled and awaited when the server stops.
 
 from __future__ import annotations
 
+import asyncio
 import html
+import logging
+import signal
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 import aiohttp
@@ -15,47 +19,113 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from exporter import __version__
+from exporter.config import Config, ConfigError, load_config
 from exporter.pull import make_timeout
 from exporter.scheduler import Scheduler
+from exporter.state import ExporterState, sync_pairs
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from prometheus_client.registry import CollectorRegistry
 
-    from exporter.config import Config
-    from exporter.state import ExporterState, PairState
+    from exporter.state import PairState
 
-CONFIG_KEY: Final = web.AppKey("config", "Config")
-STATE_KEY: Final = web.AppKey("state", "ExporterState")
-SCHEDULER_KEY: Final = web.AppKey("scheduler", Scheduler)
+log = logging.getLogger("exporter.web")
 
 
-def make_app(config: Config, state: ExporterState, registry: CollectorRegistry) -> web.Application:
+@dataclass(slots=True)
+class Runtime:
+    """What the running app holds: the config in force and how to replace it."""
+
+    config_path: str
+    config: Config
+    state: ExporterState
+    enable_lifecycle: bool = False
+    scheduler: Scheduler | None = None
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def reload(self) -> tuple[str, ...]:
+        """Load the config file again; all or nothing. Returns the errors (empty: applied).
+
+        Reloads are serialised: a second request waits for the first to finish.
+        """
+        async with self.reload_lock:
+            try:
+                config = await asyncio.to_thread(load_config, self.config_path)
+            except ConfigError as exc:
+                self.state.config_reload_successful = False
+                log.error(  # noqa: TRY400 - the errors are the message, no traceback helps
+                    "config reload failed, keeping the old config",
+                    extra={"config": self.config_path, "errors": "; ".join(exc.errors)},
+                )
+                return exc.errors
+            sync_pairs(self.state, config)
+            if self.scheduler is not None:
+                self.scheduler.apply(config)
+            self.config = config
+            self.state.config_reload_successful = True
+            self.state.config_reload_success_at = time.time()
+            log.info(
+                "config reloaded",
+                extra={"config": self.config_path, "pairs": config.model_count},
+            )
+            return ()
+
+
+RUNTIME_KEY: Final = web.AppKey("runtime", Runtime)
+
+
+def make_app(runtime: Runtime, registry: CollectorRegistry) -> web.Application:
     """Build the application; the scheduler starts when the app starts."""
     app = web.Application()
-    app[CONFIG_KEY] = config
-    app[STATE_KEY] = state
+    app[RUNTIME_KEY] = runtime
     app.cleanup_ctx.append(_run_scheduler)
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     app.router.add_get("/", _index)
     app.router.add_get("/-/healthy", _healthy)
     app.router.add_get("/-/ready", _ready)
+    app.router.add_post("/-/reload", _reload)
     return app
 
 
 async def _run_scheduler(app: web.Application) -> AsyncIterator[None]:
-    state = app[STATE_KEY]
+    runtime = app[RUNTIME_KEY]
+    state = runtime.state
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[tuple[str, ...]]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(runtime.reload())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
     async with aiohttp.ClientSession(timeout=make_timeout()) as session:
-        scheduler = Scheduler(session, state)
-        app[SCHEDULER_KEY] = scheduler
-        scheduler.start(app[CONFIG_KEY])
+        runtime.scheduler = Scheduler(session, state)
+        runtime.scheduler.start(runtime.config)
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
         state.ready = True
         try:
             yield
         finally:
             state.ready = False
-            await scheduler.stop()
+            loop.remove_signal_handler(signal.SIGHUP)
+            for task in pending:
+                task.cancel()
+            await runtime.scheduler.stop()
+            runtime.scheduler = None
+
+
+async def _reload(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME_KEY]
+    if not runtime.enable_lifecycle:
+        return web.Response(status=403, text="Lifecycle API is not enabled.\n")
+    errors = await runtime.reload()
+    if errors:
+        return web.Response(
+            status=500, text="\n".join(("failed to reload config:", *errors)) + "\n"
+        )
+    return web.Response(text="OK\n")
 
 
 async def _healthy(_: web.Request) -> web.Response:
@@ -63,7 +133,7 @@ async def _healthy(_: web.Request) -> web.Response:
 
 
 async def _ready(request: web.Request) -> web.Response:
-    if request.app[STATE_KEY].ready:
+    if request.app[RUNTIME_KEY].state.ready:
         return web.Response(text="Ready\n")
     return web.Response(status=503, text="Not ready\n")
 
@@ -80,7 +150,7 @@ th{background:#f4f4f4}.ok{color:#1a7f37}.fail{color:#cf222e}.run{color:#0969da}
 
 
 async def _index(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
+    state = request.app[RUNTIME_KEY].state
     now = time.time()
     rows = "".join(_row(pair, now) for pair in state.pairs.values())
     body = (
