@@ -314,7 +314,9 @@ def _label(node: yaml.Node) -> str:
     if not value:
         raise _InvalidError("must not be empty")
     if any(unicodedata.category(char) in {"Cc", "Cs", "Zl", "Zp"} for char in value):
-        raise _InvalidError(f"must be UTF-8 text without control characters, got {_quote(value)}")
+        raise _InvalidError(
+            f"must be UTF-8 text without control characters or line breaks, got {_quote(value)}"
+        )
     return value
 
 
@@ -494,7 +496,7 @@ class _Loader:
         return found
 
     def document(self, root: yaml.Node | None) -> tuple[ServerConfig, ...]:
-        if root is None:
+        if root is None or (isinstance(root, yaml.ScalarNode) and not root.value):
             self.error(1, "", "the config is empty")
             return ()
         if not isinstance(root, yaml.MappingNode):
