@@ -7,6 +7,7 @@ Each scrape builds fresh families from in-memory state (the client_python
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import (
@@ -201,6 +202,11 @@ def _exporter_families(state: ExporterState) -> Iterator[Metric]:
     )
     build_info.add_metric([__version__], 1)
     yield build_info
+    yield GaugeMetricFamily(
+        "ollama_pull_exporter_asyncio_tasks",
+        "asyncio tasks alive in the exporter (a leak shows as growth under steady load).",
+        value=len(asyncio.all_tasks()),
+    )
     reload_ok = GaugeMetricFamily(
         "ollama_pull_exporter_config_last_reload_successful",
         "1 if the last config (re)load succeeded.",
