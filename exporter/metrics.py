@@ -202,11 +202,16 @@ def _exporter_families(state: ExporterState) -> Iterator[Metric]:
     )
     build_info.add_metric([__version__], 1)
     yield build_info
-    yield GaugeMetricFamily(
-        "ollama_pull_exporter_asyncio_tasks",
-        "asyncio tasks alive in the exporter (a leak shows as growth under steady load).",
-        value=len(asyncio.all_tasks()),
-    )
+    try:
+        tasks = len(asyncio.all_tasks())
+    except RuntimeError:  # collected outside the event loop (e.g. generate_latest in a test)
+        pass
+    else:
+        yield GaugeMetricFamily(
+            "ollama_pull_exporter_asyncio_tasks",
+            "asyncio tasks alive in the exporter (a leak shows as growth under steady load).",
+            value=tasks,
+        )
     reload_ok = GaugeMetricFamily(
         "ollama_pull_exporter_config_last_reload_successful",
         "1 if the last config (re)load succeeded.",
