@@ -108,7 +108,7 @@ class LineDecoder:
             return self._decode_checked(block)
         try:
             return _decoder.decode_lines(block)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             return self._decode_checked(block)
 
     def finish(self) -> list[ProgressLine]:
@@ -129,7 +129,7 @@ class LineDecoder:
                 continue
             try:
                 lines.append(_decoder.decode(raw))
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                 self._pending = ProtocolError(f"invalid line: {exc}")
                 break
         if self._pending is not None and not lines:

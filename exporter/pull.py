@@ -28,6 +28,9 @@ CONNECT_TIMEOUT: Final = 30.0
 """Seconds to open a TCP (and TLS) connection before the server counts as unreachable."""
 
 _ERROR_BODY_LIMIT: Final = 4096
+_DETAIL_LIMIT: Final = 2048
+MAX_LAYERS: Final = 10_000
+"""Distinct digests one run may show; real models have tens. Bounds memory on a hostile stream."""
 
 
 def make_timeout() -> aiohttp.ClientTimeout:
@@ -121,8 +124,13 @@ async def _stream(
     """POST the pull and fold the NDJSON stream into `run` until it ends."""
     body = {"model": model.name, "insecure": model.settings.insecure, "stream": True}
     try:
+        # Ollama never redirects; following one would send our headers where they were not
+        # configured to go, so a redirect is reported as the HTTP error it is.
         async with session.post(
-            f"{server.url}/api/pull", json=body, headers=dict(server.headers)
+            f"{server.url}/api/pull",
+            json=body,
+            headers=dict(server.headers),
+            allow_redirects=False,
         ) as response:
             state.server_up[server.name] = 1
             if response.status != 200:
@@ -152,6 +160,8 @@ async def _consume(response: aiohttp.ClientResponse, run: RunProgress) -> RunRes
                 apply(line, now)
             if not chunk:
                 return RunResult(Reason.STREAM_INTERRUPTED, "stream ended without success")
+            if run.layers > MAX_LAYERS:
+                return RunResult(Reason.PROTOCOL_ERROR, f"more than {MAX_LAYERS} layers in one run")
     except ProtocolError as exc:
         return RunResult(Reason.PROTOCOL_ERROR, str(exc))
     except aiohttp.ClientError as exc:
@@ -165,7 +175,9 @@ async def _http_error(response: aiohttp.ClientResponse) -> RunResult:
     except aiohttp.ClientError:
         text = ""
     reason = Reason.INVALID_REQUEST if response.status == 400 else Reason.OLLAMA_HTTP_ERROR
-    return RunResult(reason, f"HTTP {response.status}: {text.strip()}")
+    location = response.headers.get("Location")
+    where = f" (redirect to {location})" if location else ""
+    return RunResult(reason, f"HTTP {response.status}{where}: {text.strip()}")
 
 
 def _describe(exc: BaseException) -> str:
@@ -186,5 +198,5 @@ def _log_result(
         log.info("pull finished", extra=fields)
     else:
         fields["reason"] = result.reason.value
-        fields["detail"] = result.detail
+        fields["detail"] = result.detail[:_DETAIL_LIMIT]
         log.warning("pull failed", extra=fields)

@@ -487,6 +487,7 @@ class _Respond:
     status: int
     body: bytes
     content_type: str | None
+    location: str | None = None
 
 
 _Action = _Emit | _Wait | _WaitForever | _Abort | _Respond
@@ -780,7 +781,8 @@ class HttpError(Step):
 
     `body`: a mapping is sent as Go JSON (default type `application/json; charset=utf-8`),
     a string as UTF-8 text (default `text/plain; charset=utf-8`), None as an empty body with
-    no Content-Type (the 403 of `allowedHostsMiddleware`).
+    no Content-Type (the 403 of `allowedHostsMiddleware`). Real Ollama never redirects;
+    a 3xx with `location` stands for a misconfigured reverse proxy in front of it.
     """
 
     kind: ClassVar[str] = "http_error"
@@ -789,20 +791,29 @@ class HttpError(Step):
     status: int
     body: str | Mapping[str, object] | None = None
     content_type: str | None = None
+    location: str | None = None
 
     def __post_init__(self) -> None:
-        _check(400 <= self.status <= 599, "http_error status must be 4xx or 5xx")
+        _check(300 <= self.status <= 599, "http_error status must be 3xx, 4xx or 5xx")
 
     def _actions(self, ctx: _Context) -> Iterator[_Action]:
         del ctx
         if self.body is None:
-            yield _Respond(self.status, b"", self.content_type)
+            yield _Respond(self.status, b"", self.content_type, self.location)
         elif isinstance(self.body, str):
             yield _Respond(
-                self.status, self.body.encode(), self.content_type or "text/plain; charset=utf-8"
+                self.status,
+                self.body.encode(),
+                self.content_type or "text/plain; charset=utf-8",
+                self.location,
             )
         else:
-            yield _Respond(self.status, go_json(dict(self.body)), self.content_type or _JSON_UTF8)
+            yield _Respond(
+                self.status,
+                go_json(dict(self.body)),
+                self.content_type or _JSON_UTF8,
+                self.location,
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -1885,7 +1896,9 @@ class OllamaSimulator:
                 elif isinstance(action, _Respond):
                     record.status = action.status
                     self._finish(record, OUTCOME_HTTP_ERROR)
-                    return _response(action.status, action.body, action.content_type)
+                    return _response(
+                        action.status, action.body, action.content_type, action.location
+                    )
                 else:
                     return self._abort(
                         stream, reset=action.reset, outcome=OUTCOME_SERVER_DISCONNECTED
@@ -1972,10 +1985,14 @@ def _progress_args(value: Mapping[str, object]) -> dict[str, Any]:
     }
 
 
-def _response(status: int, body: bytes, content_type: str | None) -> web.Response:
+def _response(
+    status: int, body: bytes, content_type: str | None, location: str | None = None
+) -> web.Response:
     response = web.Response(status=status, body=body)
     if content_type is not None:
         response.headers["Content-Type"] = content_type
+    if location is not None:
+        response.headers["Location"] = location
     return response
 
 

@@ -91,6 +91,7 @@ def test_error_line_is_typed() -> None:
         b'{"status":1}',
         b'{"error":null,"status":2}',
         b"\xff\xfe{}",
+        b'{"status":"\xff\xfe"}',  # msgspec raises UnicodeDecodeError here, not DecodeError
         b'{"status":"truncated',
     ],
 )
