@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -33,8 +34,6 @@ from tests.ollama_sim import (
     interrupted,
     progress_line,
 )
-
-from pathlib import Path
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
