@@ -79,6 +79,9 @@ class Scheduler:
         self._loops: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._runs: dict[tuple[str, str], asyncio.Task[RunResult]] = {}
         self._plans: dict[tuple[str, str], Plan] = {}
+        """The next start of each pair."""
+        self._fired: dict[tuple[str, str], Plan] = {}
+        """The last start (run or skip) of each pair: reloads schedule from it."""
         self._configs: dict[tuple[str, str], tuple[ServerConfig, ModelConfig]] = {}
 
     def start(self, config: Config) -> None:
@@ -103,6 +106,7 @@ class Scheduler:
             if run is not None:
                 run.cancel()
             self._plans.pop(key, None)
+            self._fired.pop(key, None)
             del self._configs[key]
         old_limits = {
             server.name: server.max_concurrent_pulls for server, _ in self._configs.values()
@@ -131,6 +135,7 @@ class Scheduler:
         self._runs.clear()
         self._configs.clear()
         self._plans.clear()
+        self._fired.clear()
 
     async def run_once(self, config: Config) -> list[tuple[ServerConfig, ModelConfig, RunResult]]:
         """Run every pair once, honouring `max_concurrent_pulls`; for `--once`."""
@@ -146,19 +151,21 @@ class Scheduler:
     async def _pair_loop(self, server: ServerConfig, model: ModelConfig, pair: PairState) -> None:
         settings = model.settings
         key = (server.name, model.name)
-        previous = self._plans.get(key)
         now = time.monotonic()
-        if previous is None:
-            plan = first_plan(now, settings, self._rand())
-        elif previous.start > now:
-            plan = previous  # reloaded before its next start: keep that start
+        fired = self._fired.get(key)
+        pending = self._plans.get(key)
+        if fired is not None:  # reloaded: the new interval counts from the last start
+            plan = next_plan(fired, now, settings, self._rand())
+        elif pending is not None:  # reloaded before its first start: keep that start
+            plan = pending
         else:
-            plan = next_plan(previous, now, settings, self._rand())
+            plan = first_plan(now, settings, self._rand())
         while True:
             self._plans[key] = plan
             now = time.monotonic()
             pair.next_run_at = wall_time(plan.start, now_monotonic=now, now_wall=time.time())
             await asyncio.sleep(max(0.0, plan.start - now))
+            self._fired[key] = plan
             running = self._runs.get(key)
             if running is not None and not running.done():
                 pair.skipped_total += 1
