@@ -7,7 +7,12 @@ directly while the run streams, so every number here is kept incrementally and
 
 from __future__ import annotations
 
+from typing import Final
+
 from exporter.protocol import RUN_PHASES, Phase, ProgressLine, phase_of_status
+
+_DOWNLOAD: Final = Phase.DOWNLOAD
+"""A module constant: reading `Phase.DOWNLOAD` goes through the enum class (slow on 3.11)."""
 
 
 class Layer:
@@ -63,20 +68,38 @@ class RunProgress:
         return len(self._layers)
 
     def apply(self, line: ProgressLine, now: float) -> None:
-        """Fold one line in; `now` is when its chunk arrived."""
+        """Fold one line in; `now` is when its chunk arrived.
+
+        This runs once per line of every stream, so the common case (a known layer
+        whose `completed` grew) is inlined here; the rare cases live in helpers.
+        """
         digest = line.digest
-        if digest is not None:
-            if self.phase is not Phase.DOWNLOAD:
-                self._enter(Phase.DOWNLOAD, now)
-            self._layer_line(digest, line, now)
+        if digest is None:
+            self._status_line(line.status, now)
             return
-        status = line.status
-        if status is None or status == "success":
+        if self.phase is not _DOWNLOAD:
+            self._enter(_DOWNLOAD, now)
+        layer = self._layers.get(digest)
+        if layer is None:
+            self._new_layer(digest, line, now)
             return
-        phase = phase_of_status(status)
-        if phase is not None and phase is not self.phase:
-            self._complete_open_layers()
-            self._enter(phase, now)
+        if layer.done:
+            return
+        new_total = line.total
+        if new_total is not None and new_total != layer.total:
+            self._retotal(layer, new_total)
+        completed = line.completed or 0
+        old = layer.completed
+        if completed > old:
+            self.downloaded_bytes += completed - old
+            layer.completed = completed
+            self.last_progress_at = now
+            if completed < layer.total:
+                self.completed_bytes += completed - old
+            else:
+                self._reached_total(layer, old)
+        elif completed < old:
+            self._rolled_back(layer, completed)
 
     def finish(self, now: float, *, succeeded: bool) -> None:
         """Close the last phase; a success means every layer made it to disk."""
@@ -91,47 +114,51 @@ class RunProgress:
         self.phase_started_at = now
         self.last_progress_at = now
 
-    def _layer_line(self, digest: str, line: ProgressLine, now: float) -> None:
+    def _status_line(self, status: str | None, now: float) -> None:
+        if status is None or status == "success":
+            return
+        phase = phase_of_status(status)
+        if phase is not None and phase is not self.phase:
+            self._complete_open_layers()
+            self._enter(phase, now)
+
+    def _new_layer(self, digest: str, line: ProgressLine, now: float) -> None:
+        # Legacy path: layers come one at a time, so a new digest means the one
+        # before finished (Ollama sends no final 100% line). client2 lines have
+        # no status and interleave, so they never complete a neighbour.
+        if line.status is not None and self._current is not None:
+            self._complete(self._current)
         completed = line.completed or 0
-        layer = self._layers.get(digest)
-        if layer is None:
-            # Legacy path: layers come one at a time, so a new digest means the one
-            # before finished (Ollama sends no final 100% line). client2 lines have
-            # no status and interleave, so they never complete a neighbour.
-            if line.status is not None and self._current is not None:
-                self._complete(self._current)
-            total = line.total or 0
-            layer = Layer(total, completed)
-            self._layers[digest] = layer
-            self.expected_bytes += total
-            self.completed_bytes += min(completed, total)
-            self._current = layer
-            self.last_progress_at = now
-            if total and completed >= total:
-                self._mark_done(layer)
-            return
-        if layer.done:
-            return
-        new_total = line.total
-        if new_total is not None and new_total != layer.total:
-            self.expected_bytes += new_total - layer.total
-            self.completed_bytes += min(layer.completed, new_total) - min(
-                layer.completed, layer.total
-            )
-            layer.total = new_total
-        grown = completed - layer.completed
-        if grown > 0:
-            self.downloaded_bytes += grown
-            self.completed_bytes += min(completed, layer.total) - min(layer.completed, layer.total)
-            layer.completed = completed
-            self.last_progress_at = now
-            if layer.total and completed >= layer.total:
-                self._mark_done(layer)
-        elif grown < 0:
-            # Ollama rolled back a failed part: count it and re-base, never un-count bytes.
-            self.regressions += 1
-            self.completed_bytes += min(completed, layer.total) - min(layer.completed, layer.total)
-            layer.completed = completed
+        total = line.total or 0
+        layer = Layer(total, completed)
+        self._layers[digest] = layer
+        self.expected_bytes += total
+        self.completed_bytes += min(completed, total)
+        self._current = layer
+        self.last_progress_at = now
+        if total and completed >= total:
+            self._mark_done(layer)
+
+    def _retotal(self, layer: Layer, new_total: int) -> None:
+        """A layer's `total` changed: its size is its latest `total`."""
+        self.expected_bytes += new_total - layer.total
+        self.completed_bytes += min(layer.completed, new_total) - min(layer.completed, layer.total)
+        layer.total = new_total
+
+    def _reached_total(self, layer: Layer, old: int) -> None:
+        """`completed` grew from `old` to at least `total` (or `total` is still unknown)."""
+        total = layer.total
+        if old < total:  # min(completed, total) - min(old, total), with old < completed
+            self.completed_bytes += total - old
+        if total:
+            self._mark_done(layer)
+
+    def _rolled_back(self, layer: Layer, completed: int) -> None:
+        """Ollama rolled back a failed part: count it and re-base, never un-count bytes."""
+        self.regressions += 1
+        total = layer.total
+        self.completed_bytes += min(completed, total) - min(layer.completed, total)
+        layer.completed = completed
 
     def _complete(self, layer: Layer) -> None:
         """The stream moved past `layer`: its remaining bytes arrived unreported."""

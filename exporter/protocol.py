@@ -58,7 +58,7 @@ class Reason(enum.Enum):
     OTHER = "other"
 
 
-class ProgressLine(msgspec.Struct, frozen=True):
+class ProgressLine(msgspec.Struct, frozen=True, gc=False):
     """One `api.ProgressResponse` line; Go omits zero values, so all fields are optional."""
 
     status: str | None = None
