@@ -1,0 +1,404 @@
+"""Persisted last-run state (`--storage.path`): each pair's last finished run survives restarts.
+
+So that the last-run gauges and `ollama_pull_last_success_timestamp_seconds` come back after a
+restart, and "no success in two intervals" alerts do not fire just because the exporter restarted.
+Counters and the duration histogram are not kept: Prometheus handles counter resets.
+
+One SQLite file (standard library), one row per (server, model), written by one statement (one
+transaction) per finished run. WAL with synchronous=NORMAL: a commit appends to the WAL without an
+fsync, so a save takes well under a millisecond and may run on the event loop. A killed process
+loses nothing it committed; a power cut may lose the last few runs, never the file.
+
+A file that is not ours is reported in the log, moved aside as `<path>.corrupt-<unix-ts>` (a
+damaged or non-SQLite file) or `<path>.foreign-<unix-ts>` (another application's database or
+another schema), and replaced by a fresh store: losing last-run gauges beats not starting. Only
+an unusable path (a directory, no permission, a file locked by another process) is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Self
+
+from exporter.protocol import RUN_PHASES, Reason
+from exporter.state import LastRun
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Mapping
+    from types import TracebackType
+
+    from exporter.state import ExporterState, PairState
+
+log = logging.getLogger("exporter.store")
+
+APPLICATION_ID: Final = 0x4F504558
+"""`PRAGMA application_id` of our files ("OPEX"), so that a stranger's database is recognised."""
+SCHEMA_VERSION: Final = 1
+"""`PRAGMA user_version`; a file with another one is set aside (no migrations exist yet)."""
+
+_INT64_MAX: Final = (1 << 63) - 1
+_PHASE_COLUMNS: Final = tuple(f"{phase.value}_seconds" for phase in RUN_PHASES)
+_COUNT_COLUMNS: Final = (
+    "downloaded_bytes",
+    "completed_bytes",
+    "expected_bytes",
+    "layers",
+    "layers_completed",
+)
+_COLUMNS: Final = (
+    "server",
+    "model",
+    "success",
+    "reason",
+    "ended_at",
+    "duration_seconds",
+    *_PHASE_COLUMNS,
+    *_COUNT_COLUMNS,
+    "last_success_at",
+)
+_CREATE: Final = f"""CREATE TABLE IF NOT EXISTS last_run (
+    server TEXT NOT NULL,
+    model TEXT NOT NULL,
+    success INTEGER NOT NULL,
+    reason TEXT,
+    ended_at REAL NOT NULL,
+    duration_seconds REAL NOT NULL,
+    {", ".join(f"{column} REAL NOT NULL" for column in _PHASE_COLUMNS)},
+    {", ".join(f"{column} INTEGER NOT NULL" for column in _COUNT_COLUMNS)},
+    last_success_at REAL,
+    PRIMARY KEY (server, model)
+) WITHOUT ROWID"""
+# Built from the constant column names above, never from input: no injection possible.
+_NAMES: Final = ", ".join(_COLUMNS)
+_PLACEHOLDERS: Final = ", ".join("?" for _ in _COLUMNS)
+_UPSERT: Final = f"INSERT OR REPLACE INTO last_run ({_NAMES}) VALUES ({_PLACEHOLDERS})"  # noqa: S608
+_SELECT: Final = f"SELECT {_NAMES} FROM last_run"  # noqa: S608
+# Primary result codes (the low byte of extended ones) that mean "this file is damaged".
+_SQLITE_CORRUPT: Final = 11
+_SQLITE_NOTADB: Final = 26
+_SIDE_FILES: Final = ("-wal", "-shm", "-journal")
+
+
+class StoreError(Exception):
+    """The storage path cannot be used at all; the message names it and says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPair:
+    """What the store keeps of one pair."""
+
+    last: LastRun
+    last_success_at: float | None
+
+
+class _NotOursError(Exception):
+    """The file is damaged ("corrupt") or someone else's ("foreign")."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        self.kind, self.detail = kind, detail
+
+
+class Store:
+    """An open store; make one with `Store.open`, and `close` it on the way out."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._connection = connection
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Self:
+        """Open the store at `path`, creating it (and its directory) when missing.
+
+        A damaged or foreign file is logged, moved aside and replaced by an empty store.
+        Raises StoreError only when the path cannot hold a store at all.
+        """
+        file = Path(path)
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{file}: cannot create its directory: {exc.strerror}") from None
+        try:
+            _inspect(file)
+        except _NotOursError as exc:
+            moved = _move_aside(file, exc.kind)
+            log.warning(
+                "storage file is damaged or not ours; moved it aside, starting empty",
+                extra={
+                    "path": str(file),
+                    "moved_to": str(moved),
+                    "problem": f"{exc.kind}: {exc.detail}",
+                },
+            )
+        else:
+            _set_aside_orphans(file)
+        try:
+            connection = _connect(file)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{file}: cannot open: {exc}") from None
+        try:
+            _initialize(connection, file)
+        except sqlite3.Error as exc:
+            connection.close()
+            raise StoreError(f"{file}: cannot initialise: {exc}") from None
+        return cls(connection, file)
+
+    def save(self, pair: PairState) -> bool:
+        """Write `pair`'s last run and last success time, replacing the previous ones.
+
+        One statement, so one transaction: a crash keeps either the old row or the new one.
+        Returns False (after a warning) when it could not; a run never fails because of it.
+        """
+        last = pair.last
+        if last is None:
+            return False
+        values = (
+            pair.server,
+            pair.model,
+            int(last.success),
+            None if last.reason is None else last.reason.value,
+            last.ended_at,
+            last.duration,
+            *(last.phase_durations.get(phase, 0.0) for phase in RUN_PHASES),
+            *(
+                min(max(count, 0), _INT64_MAX)
+                for count in (
+                    last.downloaded_bytes,
+                    last.completed_bytes,
+                    last.expected_bytes,
+                    last.layers,
+                    last.layers_completed,
+                )
+            ),
+            pair.last_success_at,
+        )
+        try:
+            self._connection.execute(_UPSERT, values)  # the statement cache keeps it prepared
+        except sqlite3.Error as exc:
+            log.warning(
+                "cannot save the last run",
+                extra={
+                    "path": str(self.path),
+                    "server": pair.server,
+                    "model": pair.model,
+                    "error": str(exc),
+                },
+            )
+            return False
+        return True
+
+    def load(self) -> dict[tuple[str, str], StoredPair]:
+        """Every stored pair; rows that do not make sense are skipped with a warning."""
+        try:
+            rows = self._connection.execute(_SELECT).fetchall()
+        except sqlite3.Error as exc:
+            log.warning(
+                "cannot read the stored state, starting without it",
+                extra={"path": str(self.path), "error": str(exc)},
+            )
+            return {}
+        stored: dict[tuple[str, str], StoredPair] = {}
+        for row in rows:
+            entry = _decode(row)
+            if entry is not None:
+                stored[row[0], row[1]] = entry
+        if skipped := len(rows) - len(stored):
+            log.warning(
+                "skipped stored rows that make no sense",
+                extra={"path": str(self.path), "rows": skipped},
+            )
+        return stored
+
+    def close(self) -> None:
+        """Close the file (SQLite checkpoints the WAL into it); closing twice is fine."""
+        self._connection.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def restore(state: ExporterState, stored: Mapping[tuple[str, str], StoredPair]) -> int:
+    """Give the configured pairs of `state` their stored last run; returns how many got one.
+
+    Pairs no longer in the config are ignored (their rows stay, in case they come back). A pair
+    that already knows a newer run than the stored one keeps it.
+    """
+    restored = 0
+    for key, entry in stored.items():
+        pair = state.pairs.get(key)
+        if pair is None:
+            continue
+        if pair.last is None or pair.last.ended_at < entry.last.ended_at:
+            pair.last = entry.last
+        if entry.last_success_at is not None and (
+            pair.last_success_at is None or pair.last_success_at < entry.last_success_at
+        ):
+            pair.last_success_at = entry.last_success_at
+        restored += 1
+    return restored
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # Autocommit: each statement is its own transaction; `timeout` waits out a brief lock.
+    return sqlite3.connect(path, timeout=5.0, isolation_level=None)
+
+
+def _inspect(path: Path) -> None:
+    """Raise _NotOursError unless `path` is missing, empty, or a sound store of ours."""
+    if not path.exists():
+        return
+    try:
+        connection = _connect(path)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open: {exc}") from None
+    try:
+        _check(connection)
+    except sqlite3.DatabaseError as exc:
+        if exc.sqlite_errorcode & 0xFF in {_SQLITE_CORRUPT, _SQLITE_NOTADB}:
+            raise _NotOursError("corrupt", str(exc)) from None
+        raise StoreError(f"{path}: cannot read: {exc}") from None
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot read: {exc}") from None
+    finally:
+        connection.close()
+
+
+def _check(connection: sqlite3.Connection) -> None:
+    application_id = connection.execute("PRAGMA application_id").fetchone()[0]
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    tables = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    if application_id == 0 and version == 0 and not tables:
+        return  # an empty SQLite file (e.g. made by `touch`): ours to fill
+    if application_id != APPLICATION_ID:
+        detail = f"application_id is {application_id:#x}, expected {APPLICATION_ID:#x}"
+        raise _NotOursError("foreign", detail)
+    if version != SCHEMA_VERSION:
+        raise _NotOursError("foreign", f"schema version is {version}, expected {SCHEMA_VERSION}")
+    problems = [row[0] for row in connection.execute("PRAGMA quick_check").fetchall()]
+    if problems != ["ok"]:
+        raise _NotOursError("corrupt", f"quick_check: {problems[0]}")
+    columns = tuple(row[1] for row in connection.execute("PRAGMA table_info(last_run)"))
+    if columns != _COLUMNS:
+        raise _NotOursError("foreign", "table last_run is missing or has other columns")
+
+
+def _initialize(connection: sqlite3.Connection, path: Path) -> None:
+    mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if mode != "wal":  # e.g. a file system without shared memory; slower, still safe
+        log.warning("SQLite cannot use WAL here", extra={"path": str(path), "mode": mode})
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.execute(_CREATE)
+        connection.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+def _move_aside(path: Path, kind: str) -> Path:
+    """Rename `path` (and its WAL side files) to `<path>.<kind>-<unix-ts>`; returns the new path."""
+    stamp = int(time.time())
+    target = path.with_name(f"{path.name}.{kind}-{stamp}")
+    attempt = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.{kind}-{stamp}.{attempt}")
+        attempt += 1
+    try:
+        path.rename(target)
+        for suffix in _SIDE_FILES:
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                side.rename(target.with_name(target.name + suffix))
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot move it aside: {exc.strerror}") from None
+    return target
+
+
+def _set_aside_orphans(path: Path) -> None:
+    """A WAL left without its database would be replayed into the new one: move it away."""
+    if path.exists() or not any(path.with_name(path.name + s).exists() for s in _SIDE_FILES):
+        return
+    stamp = int(time.time())
+    for suffix in _SIDE_FILES:
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            target = path.with_name(f"{path.name}.orphan-{stamp}{suffix}")
+            try:
+                side.rename(target)
+            except OSError as exc:
+                raise StoreError(f"{side}: cannot move it aside: {exc.strerror}") from None
+            log.warning(
+                "storage side file without its database, moved it aside",
+                extra={"path": str(side), "moved_to": str(target)},
+            )
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _count(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def _decode(row: tuple[object, ...]) -> StoredPair | None:
+    """A row as a StoredPair, or None when it is not one we could have written."""
+    fields = dict(zip(_COLUMNS, row, strict=True))
+    if not isinstance(fields["server"], str) or not isinstance(fields["model"], str):
+        return None
+    reasons = {reason.value: reason for reason in Reason}
+    reason_text = fields["reason"]
+    if reason_text is not None and (not isinstance(reason_text, str) or reason_text not in reasons):
+        return None
+    reason = None if reason_text is None else reasons[reason_text]
+    if fields["success"] not in {0, 1} or bool(fields["success"]) != (reason is None):
+        return None
+    ended_at, duration = _number(fields["ended_at"]), _number(fields["duration_seconds"])
+    phases = [_number(fields[column]) for column in _PHASE_COLUMNS]
+    counts = [_count(fields[column]) for column in _COUNT_COLUMNS]
+    success_at = fields["last_success_at"]
+    last_success_at = None if success_at is None else _number(success_at)
+    if (
+        ended_at is None
+        or duration is None
+        or None in phases
+        or None in counts
+        or (success_at is not None and last_success_at is None)
+    ):
+        return None
+    downloaded, completed, expected, layers, layers_completed = (int(c or 0) for c in counts)
+    last = LastRun(
+        success=reason is None,
+        reason=reason,
+        ended_at=ended_at,
+        duration=duration,
+        phase_durations={
+            phase: float(seconds or 0.0) for phase, seconds in zip(RUN_PHASES, phases, strict=True)
+        },
+        downloaded_bytes=downloaded,
+        completed_bytes=completed,
+        expected_bytes=expected,
+        layers=layers,
+        layers_completed=layers_completed,
+    )
+    return StoredPair(last=last, last_success_at=last_success_at)
