@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,7 @@ class Store:
 
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
         self._connection = connection
+        self._lock = threading.Lock()  # callers may be on several threads: one at a time
         self.path = path
 
     @classmethod
@@ -178,7 +180,8 @@ class Store:
             pair.last_success_at,
         )
         try:
-            self._connection.execute(_UPSERT, values)  # the statement cache keeps it prepared
+            with self._lock:
+                self._connection.execute(_UPSERT, values)  # the statement cache keeps it prepared
         except sqlite3.Error as exc:
             log.warning(
                 "cannot save the last run",
@@ -195,7 +198,8 @@ class Store:
     def load(self) -> dict[tuple[str, str], StoredPair]:
         """Every stored pair; rows that do not make sense are skipped with a warning."""
         try:
-            rows = self._connection.execute(_SELECT).fetchall()
+            with self._lock:
+                rows = self._connection.execute(_SELECT).fetchall()
         except sqlite3.Error as exc:
             log.warning(
                 "cannot read the stored state, starting without it",
@@ -216,7 +220,8 @@ class Store:
 
     def close(self) -> None:
         """Close the file (SQLite checkpoints the WAL into it); closing twice is fine."""
-        self._connection.close()
+        with self._lock:
+            self._connection.close()
 
     def __enter__(self) -> Self:
         return self
@@ -253,7 +258,8 @@ def restore(state: ExporterState, stored: Mapping[tuple[str, str], StoredPair]) 
 
 def _connect(path: Path) -> sqlite3.Connection:
     # Autocommit: each statement is its own transaction; `timeout` waits out a brief lock.
-    return sqlite3.connect(path, timeout=5.0, isolation_level=None)
+    # Any thread may use it (Store serialises calls), e.g. a save from asyncio.to_thread.
+    return sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
 
 
 def _inspect(path: Path) -> None:

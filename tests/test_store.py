@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -332,6 +333,18 @@ def test_saves_are_cheap(tmp_path: Path) -> None:
             assert store.save(pair)
         elapsed = time.perf_counter() - started
     assert elapsed < 2.0, f"1000 saves took {elapsed:.3f}s"  # typically ~20 ms
+
+
+def test_saves_from_worker_threads(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "state.db") as store, ThreadPoolExecutor(4) as pool:
+        pairs = [_pair("s", f"m{n % 8}", _last(n), None) for n in range(400)]
+        assert all(pool.map(store.save, pairs))
+        stored = store.load()
+    assert len(stored) == 8
+    for (_, model), entry in stored.items():
+        n = round(entry.last.ended_at - 1_700_000_000.0)
+        assert model == f"m{n % 8}"
+        assert entry.last == _last(n)
 
 
 # A child that saves runs as fast as it can and prints each run number once it is committed.
