@@ -417,6 +417,8 @@ def test_alerts_react_to_the_live_scenarios(stack: Stack) -> None:
     assert found[("OllamaPullStalled", "sim-b.local", "stuck:1b")] == "firing"  # no `for:`
     assert found[("OllamaPullFailing", "sim-b.local", "missing:1b")] == "pending"  # for: 5m
     assert found[("OllamaServerDown", "down", "")] == "pending"
+    # Two 2 s intervals after start the never-succeeded pairs qualify; `for: 5m` holds them.
+    assert found[("OllamaPullNeverSucceeded", "sim-b.local", "missing:1b")] == "pending"
     # The healthy server only gets the informational alerts its scenarios provoke.
     assert {key: state for key, state in found.items() if key[1] == "sim-a"} == {
         ("OllamaPullProgressRegressions", "sim-a", "wobbly:7b"): "firing",
