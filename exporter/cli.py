@@ -22,7 +22,9 @@ from exporter.metrics import build_registry
 from exporter.pull import make_timeout
 from exporter.scheduler import Scheduler
 from exporter.state import ExporterState, sync_pairs
+from exporter.store import Store, StoreError, restore
 from exporter.web import Runtime, make_app
+from exporter.webconfig import WebConfig, WebConfigError, load_web_config
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -90,14 +92,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of `python -m exporter`."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.web_config_file or args.storage_path:
-        parser.error("--web.config.file and --storage.path are not implemented in this version")
     setup_logging(args.log_level, args.log_format)
     try:
         config = load_config(args.config_file)
     except ConfigError as exc:
         print("\n".join(exc.errors), file=sys.stderr)  # noqa: T201 - the CLI's own output
         return 1
+    web_config = None
+    if args.web_config_file:
+        try:
+            web_config = load_web_config(args.web_config_file)
+        except WebConfigError as exc:
+            print("\n".join(exc.errors), file=sys.stderr)  # noqa: T201
+            return 1
     if args.config_check:
         print(f"config OK: {len(config.servers)} servers, {config.model_count} models")  # noqa: T201
         return 0
@@ -105,8 +112,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     sync_pairs(state, config)
     state.config_reload_successful = True
     state.config_reload_success_at = time.time()
-    if args.once:
-        return asyncio.run(_run_once(config, state))
+    try:
+        store = Store.open(args.storage_path) if args.storage_path else None
+    except StoreError as exc:
+        print(f"{args.storage_path}: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+    try:
+        if store is not None:
+            restored = restore(state, store.load())
+            log.info("state restored", extra={"path": args.storage_path, "pairs": restored})
+        if args.once:
+            return asyncio.run(_run_once(config, state, store))
+        return _serve(args, config, state, store, web_config)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _serve(
+    args: argparse.Namespace,
+    config: Config,
+    state: ExporterState,
+    store: Store | None,
+    web_config: WebConfig | None,
+) -> int:
+    """Serve HTTP and run the schedule until SIGTERM or SIGINT."""
     host, port = args.listen_address
     log.info(
         "starting",
@@ -115,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "config": args.config_file,
             "address": f"{host or ''}:{port}",
             "pairs": config.model_count,
+            "tls": web_config is not None and web_config.tls is not None,
+            "basic_auth": web_config is not None and bool(web_config.users),
         },
     )
     runtime = Runtime(
@@ -122,8 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config=config,
         state=state,
         enable_lifecycle=args.enable_lifecycle,
+        store=store,
     )
-    app = make_app(runtime, build_registry(state))
+    app = make_app(runtime, build_registry(state), web_config)
     web.run_app(
         app,
         host=host,
@@ -131,14 +164,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print=None,
         access_log=None,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
+        ssl_context=web_config.ssl_context() if web_config is not None else None,
     )
     log.info("stopped")
     return 0
 
 
-async def _run_once(config: Config, state: ExporterState) -> int:
+async def _run_once(config: Config, state: ExporterState, store: Store | None) -> int:
+    on_finished = store.save if store is not None else None
     async with aiohttp.ClientSession(timeout=make_timeout()) as session:
-        results = await Scheduler(session, state).run_once(config)
+        results = await Scheduler(session, state, on_finished=on_finished).run_once(config)
     failed = 0
     for server, model, result in results:
         pair = state.pairs[server.name, model.name]

@@ -71,10 +71,13 @@ class Scheduler:
         session: aiohttp.ClientSession,
         state: ExporterState,
         rand: Callable[[], float] = random.random,
+        on_finished: Callable[[PairState], object] | None = None,
     ) -> None:
         self._session = session
         self._state = state
         self._rand = rand
+        self._on_finished = on_finished
+        """Called with the pair after each finished run (e.g. to persist it)."""
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._loops: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._runs: dict[tuple[str, str], asyncio.Task[RunResult]] = {}
@@ -188,4 +191,7 @@ class Scheduler:
         pair: PairState,
     ) -> RunResult:
         async with limit:
-            return await run_pull(self._session, server, model, self._state, pair)
+            result = await run_pull(self._session, server, model, self._state, pair)
+        if self._on_finished is not None:
+            self._on_finished(pair)
+        return result

@@ -23,6 +23,7 @@ from exporter.config import Config, ConfigError, load_config
 from exporter.pull import make_timeout
 from exporter.scheduler import Scheduler
 from exporter.state import ExporterState, sync_pairs
+from exporter.webconfig import WebConfig, install
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
     from exporter.state import PairState
+    from exporter.store import Store
 
 log = logging.getLogger("exporter.web")
 
@@ -42,6 +44,8 @@ class Runtime:
     config: Config
     state: ExporterState
     enable_lifecycle: bool = False
+    store: Store | None = None
+    """Where finished runs are persisted (`--storage.path`)."""
     scheduler: Scheduler | None = None
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -76,9 +80,16 @@ class Runtime:
 RUNTIME_KEY: Final = web.AppKey("runtime", Runtime)
 
 
-def make_app(runtime: Runtime, registry: CollectorRegistry) -> web.Application:
-    """Build the application; the scheduler starts when the app starts."""
+def make_app(
+    runtime: Runtime, registry: CollectorRegistry, web_config: WebConfig | None = None
+) -> web.Application:
+    """Build the application; the scheduler starts when the app starts.
+
+    `web_config` (`--web.config.file`) adds basic auth and response headers to every route.
+    """
     app = web.Application()
+    if web_config is not None:
+        install(app, web_config)
     app[RUNTIME_KEY] = runtime
     app.cleanup_ctx.append(_run_scheduler)
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
@@ -101,7 +112,10 @@ async def _run_scheduler(app: web.Application) -> AsyncIterator[None]:
         task.add_done_callback(pending.discard)
 
     async with aiohttp.ClientSession(timeout=make_timeout()) as session:
-        runtime.scheduler = Scheduler(session, state)
+        store = runtime.store
+        runtime.scheduler = Scheduler(
+            session, state, on_finished=store.save if store is not None else None
+        )
         runtime.scheduler.start(runtime.config)
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
         state.ready = True

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, TypeVar
 from prometheus_client.parser import text_string_to_metric_families
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Callable, Iterator
 
 T = TypeVar("T")
@@ -67,13 +68,19 @@ class Exporter:
     url: str
     log_path: Path
     config_path: Path
+    context: ssl.SSLContext | None = None
+    """Trust for an https exporter (`--web.config.file` with TLS)."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """Sent with every request (e.g. basic auth)."""
     _samples: Samples = field(default_factory=dict)
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
         """GET a path; returns (status, body) and never raises on HTTP errors."""
-        request = urllib.request.Request(self.url + path, headers=headers or {})
+        request = urllib.request.Request(
+            self.url + path, headers={**self.headers, **(headers or {})}
+        )
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=10, context=self.context) as response:
                 return int(response.status), response.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
@@ -126,9 +133,18 @@ def exporter_command(*args: str) -> list[str]:
 
 @contextlib.contextmanager
 def run_exporter(
-    config: str, workdir: Path, *args: str, env: dict[str, str] | None = None, ready: bool = True
+    config: str,
+    workdir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    ready: bool = True,
+    context: ssl.SSLContext | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Iterator[Exporter]:
-    """Write `config`, start the exporter on a free port, wait for `/-/ready`."""
+    """Write `config`, start the exporter on a free port, wait for `/-/ready`.
+
+    With `context` the exporter is reached over https (its web config must enable TLS).
+    """
     config_path = workdir / "config.yaml"
     config_path.write_text(config)
     log_path = workdir / "exporter.log"
@@ -146,7 +162,15 @@ def run_exporter(
             env={**os.environ, **(env or {})},
             cwd=workdir,
         )
-    exporter = Exporter(process, f"http://127.0.0.1:{port}", log_path, config_path)
+    scheme = "https" if context is not None else "http"
+    exporter = Exporter(
+        process,
+        f"{scheme}://127.0.0.1:{port}",
+        log_path,
+        config_path,
+        context=context,
+        headers=headers or {},
+    )
     try:
         if ready:
             wait_for(

@@ -1,0 +1,254 @@
+"""Production features on the real process: TLS and basic auth, persisted state, secrets."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import shutil
+import signal
+import sqlite3
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+from typing import TYPE_CHECKING
+
+import bcrypt
+import pytest
+
+from tests.harness import exporter_command, run_exporter, wait_for
+from tests.ollama_sim import (
+    OllamaSimulator,
+    error_after_manifest,
+    fresh_pull,
+    up_to_date,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+TIME_SCALE = 0.05
+USER, PASSWORD = "prometheus", "correct horse battery staple"
+SECRET = "tok-3f9a1c77e2b54d0a"
+
+
+def _auth(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@pytest.fixture(scope="module")
+def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    openssl = shutil.which("openssl")
+    assert openssl is not None
+    directory = tmp_path_factory.mktemp("tls")
+    subprocess.run(
+        [
+            openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(directory / "server.key"), "-out", str(directory / "server.crt"),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+    (directory / "web.yml").write_text(
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+        f"basic_auth_users:\n  {USER}: '{hashed}'\n"
+    )
+    return directory
+
+
+def test_tls_and_basic_auth_guard_every_endpoint(tls_dir: Path, tmp_path: Path) -> None:
+    sim = OllamaSimulator({"a": [up_to_date([1000])]}, time_scale=TIME_SCALE)
+    context = ssl.create_default_context(cafile=str(tls_dir / "server.crt"))
+    with sim.running() as url:
+        config = f"servers:\n  - name: sim\n    url: {url}\n    models: [a]\n"
+        with run_exporter(
+            config,
+            tmp_path,
+            f"--web.config.file={tls_dir / 'web.yml'}",
+            "--web.enable-lifecycle",
+            context=context,
+            headers=_auth(USER, PASSWORD),
+        ) as exporter:
+            for path in ("/metrics", "/", "/-/healthy", "/-/ready"):
+                assert exporter.get(path)[0] == 200, path
+                for headers in (
+                    {"Authorization": ""},
+                    _auth(USER, "wrong"),
+                    _auth("eve", PASSWORD),
+                ):
+                    status, _ = exporter.get(path, headers=headers)
+                    assert status == 401, (path, headers)
+            assert exporter.get("/nope", headers={"Authorization": ""})[0] == 401
+            plain = exporter.url.replace("https://", "http://")
+            with pytest.raises(OSError):
+                urllib.request.urlopen(plain + "/-/healthy", timeout=5)
+            assert PASSWORD not in exporter.logs()
+
+
+def test_unauthorized_answer_has_a_challenge(tls_dir: Path, tmp_path: Path) -> None:
+    sim = OllamaSimulator({"a": [up_to_date([1000])]}, time_scale=TIME_SCALE)
+    context = ssl.create_default_context(cafile=str(tls_dir / "server.crt"))
+    with sim.running() as url:
+        config = f"servers:\n  - name: sim\n    url: {url}\n    models: [a]\n"
+        with run_exporter(
+            config,
+            tmp_path,
+            f"--web.config.file={tls_dir / 'web.yml'}",
+            context=context,
+            headers=_auth(USER, PASSWORD),
+        ) as exporter:
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(exporter.url + "/metrics", timeout=5, context=context)
+            with info.value:
+                assert info.value.code == 401
+                assert (
+                    info.value.headers["WWW-Authenticate"] == 'Basic realm="ollama-pull-exporter"'
+                )
+
+
+def test_bad_web_config_fails_start_up_with_a_clear_message(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text(
+        "servers:\n  - url: http://127.0.0.1:1\n    models: [a]\n"
+    )
+    (tmp_path / "web.yml").write_text(
+        "tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n"
+    )
+    done = subprocess.run(
+        exporter_command(
+            f"--config.file={tmp_path / 'config.yaml'}", f"--web.config.file={tmp_path / 'web.yml'}"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert f"{tmp_path / 'web.yml'}:2: tls_server_config.cert_file" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def _last_run_series(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float],
+) -> dict[str, float]:
+    wanted = (
+        "ollama_pull_last_success",
+        "ollama_pull_last_run_timestamp_seconds",
+        "ollama_pull_last_success_timestamp_seconds",
+        "ollama_pull_last_duration_seconds",
+        "ollama_pull_last_downloaded_bytes",
+        "ollama_pull_last_phase_duration_seconds",
+    )
+    return {
+        f"{name}{sorted(labels)}": value
+        for (name, labels), value in samples.items()
+        if name in wanted
+    }
+
+
+def test_state_survives_a_restart_and_a_kill_9(tmp_path: Path) -> None:
+    sim = OllamaSimulator(
+        {
+            "good": [fresh_pull([3_000_000], rate=20_000_000), up_to_date([3_000_000])],
+            "bad": [error_after_manifest("pull model manifest: file does not exist")],
+        },
+        time_scale=TIME_SCALE,
+    )
+    storage = tmp_path / "state" / "exporter.db"
+    with sim.running() as url:
+        config = (
+            "defaults: {interval: 1h, jitter: 0}\n"
+            f"servers:\n  - name: sim\n    url: {url}\n    models: [good, bad]\n"
+        )
+        first = tmp_path / "first"
+        first.mkdir()
+        with run_exporter(config, first, f"--storage.path={storage}") as exporter:
+            for model in ("good", "bad"):
+                exporter.wait_value(
+                    "ollama_pull_last_run_timestamp_seconds",
+                    lambda _: True,
+                    server="sim",
+                    model=model,
+                )
+            before = _last_run_series(exporter.scrape())
+            assert (
+                exporter.value("ollama_pull_last_downloaded_bytes", server="sim", model="good")
+                == 3_000_000
+            )
+            assert exporter.stop(signal.SIGKILL) == -signal.SIGKILL
+        # Restarted with run_on_start off: nothing runs, the last results come back from disk.
+        second = tmp_path / "second"
+        second.mkdir()
+        quiet = config.replace("jitter: 0", "jitter: 0, run_on_start: false")
+        with run_exporter(quiet, second, f"--storage.path={storage}") as exporter:
+            after = _last_run_series(exporter.scrape())
+            assert after == before
+            assert exporter.value("ollama_pull_runs_total", server="sim", model="good") == 0
+            assert "state restored" in exporter.logs()
+    with contextlib.closing(sqlite3.connect(storage)) as db:
+        assert db.execute("select count(*) from last_run").fetchone() == (2,)
+
+
+def test_corrupt_state_file_is_set_aside_and_the_exporter_starts_fresh(tmp_path: Path) -> None:
+    storage = tmp_path / "exporter.db"
+    storage.write_bytes(b"\x00garbage, not a database" * 100)
+    sim = OllamaSimulator({"a": [up_to_date([1000])]}, time_scale=TIME_SCALE)
+    with sim.running() as url:
+        config = (
+            f"defaults: {{jitter: 0}}\nservers:\n  - name: sim\n    url: {url}\n    models: [a]\n"
+        )
+        with run_exporter(config, tmp_path, f"--storage.path={storage}") as exporter:
+            exporter.wait_value(
+                "ollama_pull_last_success", lambda v: v == 1, server="sim", model="a"
+            )
+            assert "moved_to=" in exporter.logs()
+    assert list(tmp_path.glob("exporter.db.corrupt-*"))
+
+
+def test_a_header_secret_never_leaves_the_process(tmp_path: Path) -> None:
+    sim = OllamaSimulator(
+        {"a": [up_to_date([1000])], "b": [error_after_manifest("pull model manifest: 401")]},
+        time_scale=TIME_SCALE,
+    )
+    with sim.running() as url:
+        config = (
+            "defaults: {jitter: 0, interval: 1s}\n"
+            f"servers:\n  - name: sim\n    url: {url}\n"
+            f"    headers: {{Authorization: 'Bearer ${{TOKEN}}', X-Extra: '{SECRET}-2'}}\n"
+            "    models: [a, b]\n"
+            f"  - name: dead\n    url: http://127.0.0.1:1\n    headers: {{X-Token: '{SECRET}-3'}}\n"
+            "    models: [c]\n"
+        )
+        with run_exporter(
+            config, tmp_path, "--web.enable-lifecycle", "--log.format=json", env={"TOKEN": SECRET}
+        ) as exporter:
+            exporter.wait_value("ollama_pull_runs_total", lambda v: v >= 2, server="sim", model="b")
+            assert sim.requests[0].headers["Authorization"] == f"Bearer {SECRET}"
+            outputs = [exporter.get(path)[1] for path in ("/metrics", "/", "/-/ready")]
+            # A broken reload (bad header value type) must not echo the old or new value.
+            exporter.config_path.write_text(config.replace(f"'{SECRET}-3'", "[1, 2]"))
+            request = urllib.request.Request(exporter.url + "/-/reload", method="POST", data=b"")
+            try:
+                urllib.request.urlopen(request, timeout=10)
+            except urllib.error.HTTPError as exc:
+                with exc:
+                    outputs.append(exc.read().decode())
+            exporter.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: "config reload failed" in exporter.logs(), 5, "the reload log line")
+            exporter.stop()
+            outputs.append(exporter.logs())
+        assert len(outputs) == 5
+        for output in outputs:
+            assert SECRET not in output
+        check = subprocess.run(
+            exporter_command(f"--config.file={exporter.config_path}", "--config.check"),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env={"TOKEN": SECRET, "PATH": "/usr/bin"},
+        )
+        assert check.returncode == 1
+        assert SECRET not in check.stdout + check.stderr
