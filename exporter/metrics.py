@@ -3,27 +3,45 @@
 Each scrape builds fresh families from in-memory state (the client_python
 "custom collector" pattern), so series of removed pairs vanish by themselves,
 `_created` series never appear, and `collect()` does no I/O and takes no locks.
+
+`/metrics` itself is served by `make_metrics_handler` from `Exposition`, which writes
+the same bytes as prometheus_client but re-renders only the series whose values
+changed since the last scrape (see docs/performance.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import functools
+import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
 
+from aiohttp import hdrs, web
+from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import choose_encoder, generate_latest, gzip_accepted
+from prometheus_client.openmetrics import exposition as om
+from prometheus_client.openmetrics.exposition import generate_latest as om_generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString, parse_version
 
 from exporter import __version__
 from exporter.protocol import RUN_PHASES, Phase, Reason
 from exporter.state import DURATION_BUCKETS
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator, Sequence
+
+    from aiohttp.typedefs import Handler
+
+    _Encoder = Callable[[Collector], bytes]
+    """A prometheus_client encoder: `generate_latest` or its OpenMetrics twin, maybe partial."""
 
     from exporter.progress import RunProgress
     from exporter.state import ExporterState, LastRun, PairState
@@ -46,140 +64,264 @@ class PullCollector(Collector):
         yield from _exporter_families(self._state)
 
 
+# --------------------------------------------------------------------------- per-pair series
+#
+# One table says which value of a pair goes into which family. The collector above and
+# the cached renderer below (`Exposition`) both read it, so they cannot disagree.
+
+_Values = tuple[float, ...] | None
+"""A pair's values for one family, one per `extra` label value (None: no series)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Family:
+    """One per-pair family: name (counters without `_total`), type, help, values."""
+
+    name: str
+    kind: str
+    """`counter`, `gauge` or `histogram`."""
+    help: str
+    values: Callable[[PairState], _Values]
+    extra: tuple[str, tuple[str, ...]] | None = None
+    """A third label and its values, in order (`reason`, `phase`)."""
+
+
+def _source(pair: PairState) -> RunProgress | LastRun | None:
+    """The current run, else the last finished one."""
+    run = pair.current
+    return run if run is not None else pair.last
+
+
+def _runs(pair: PairState) -> _Values:
+    return (pair.runs_total,)
+
+
+def _failures(pair: PairState) -> _Values:
+    return tuple(map(pair.failures.__getitem__, _REASONS))
+
+
+def _downloaded(pair: PairState) -> _Values:
+    return (pair.downloaded_total,)
+
+
+def _regressions(pair: PairState) -> _Values:
+    return (pair.regressions_total,)
+
+
+def _skipped(pair: PairState) -> _Values:
+    return (pair.skipped_total,)
+
+
+def _in_progress(pair: PairState) -> _Values:
+    return (0 if pair.current is None else 1,)
+
+
+_ONE_HOT: Final = {
+    current: tuple(1 if each is current else 0 for each in _ALL_PHASES) for current in _ALL_PHASES
+}
+
+
+def _phase(pair: PairState) -> _Values:
+    return _ONE_HOT[pair.phase]
+
+
+def _completed_bytes(pair: PairState) -> _Values:
+    source = _source(pair)
+    return (source.completed_bytes if source else 0,)
+
+
+def _expected_bytes(pair: PairState) -> _Values:
+    source = _source(pair)
+    return (source.expected_bytes if source else 0,)
+
+
+def _layers(pair: PairState) -> _Values:
+    source = _source(pair)
+    return (source.layers if source else 0,)
+
+
+def _layers_completed(pair: PairState) -> _Values:
+    source = _source(pair)
+    return (source.layers_completed if source else 0,)
+
+
+def _last_success(pair: PairState) -> _Values:
+    last = pair.last
+    return None if last is None else (1 if last.success else 0,)
+
+
+def _last_run_ts(pair: PairState) -> _Values:
+    last = pair.last
+    return None if last is None else (last.ended_at,)
+
+
+def _last_success_ts(pair: PairState) -> _Values:
+    at = pair.last_success_at
+    return None if at is None else (at,)
+
+
+def _last_duration(pair: PairState) -> _Values:
+    last = pair.last
+    return None if last is None else (last.duration,)
+
+
+def _last_phase_duration(pair: PairState) -> _Values:
+    last = pair.last
+    return None if last is None else tuple(map(last.phase_durations.__getitem__, RUN_PHASES))
+
+
+def _last_downloaded(pair: PairState) -> _Values:
+    last = pair.last
+    return None if last is None else (last.downloaded_bytes,)
+
+
+def _duration(pair: PairState) -> _Values:
+    """Bucket counts (not cumulative) then the sum; the family cumulates them."""
+    durations = pair.durations
+    return (*durations.counts, durations.total)
+
+
+def _next_run(pair: PairState) -> _Values:
+    at = pair.next_run_at
+    return None if at is None else (at,)
+
+
+def _interval(pair: PairState) -> _Values:
+    return (pair.interval,)
+
+
+_PAIR_FAMILIES: Final = (
+    _Family("ollama_pull_runs", "counter", "Pull runs started.", _runs),
+    _Family(
+        "ollama_pull_failures",
+        "counter",
+        "Failed pull runs, by reason.",
+        _failures,
+        ("reason", tuple(reason.value for reason in _REASONS)),
+    ),
+    _Family(
+        "ollama_pull_downloaded_bytes",
+        "counter",
+        "Bytes downloaded by pulls, increased live while a run streams.",
+        _downloaded,
+    ),
+    _Family(
+        "ollama_pull_progress_regressions",
+        "counter",
+        "Times a layer's completed bytes went backwards (Ollama rolled back a part).",
+        _regressions,
+    ),
+    _Family(
+        "ollama_pull_skipped",
+        "counter",
+        "Scheduled starts skipped because the previous run was still going.",
+        _skipped,
+    ),
+    _Family("ollama_pull_in_progress", "gauge", "1 while a pull run is going.", _in_progress),
+    _Family(
+        "ollama_pull_phase",
+        "gauge",
+        "1 for the current phase of the pair, 0 for the others.",
+        _phase,
+        ("phase", tuple(each.value for each in _ALL_PHASES)),
+    ),
+    _Family(
+        "ollama_pull_completed_bytes",
+        "gauge",
+        "Bytes completed, summed over layers, of the current or last run.",
+        _completed_bytes,
+    ),
+    _Family(
+        "ollama_pull_expected_bytes",
+        "gauge",
+        "Sum of the layer sizes seen in the current or last run.",
+        _expected_bytes,
+    ),
+    _Family("ollama_pull_layers", "gauge", "Layers seen in the current or last run.", _layers),
+    _Family(
+        "ollama_pull_layers_completed",
+        "gauge",
+        "Layers completed in the current or last run.",
+        _layers_completed,
+    ),
+    _Family(
+        "ollama_pull_last_success", "gauge", "1 if the last finished run succeeded.", _last_success
+    ),
+    _Family(
+        "ollama_pull_last_run_timestamp_seconds",
+        "gauge",
+        "When the last finished run ended (Unix time).",
+        _last_run_ts,
+    ),
+    _Family(
+        "ollama_pull_last_success_timestamp_seconds",
+        "gauge",
+        "When the last successful run ended (Unix time).",
+        _last_success_ts,
+    ),
+    _Family(
+        "ollama_pull_last_duration_seconds",
+        "gauge",
+        "Wall time of the last finished run.",
+        _last_duration,
+    ),
+    _Family(
+        "ollama_pull_last_phase_duration_seconds",
+        "gauge",
+        "Time the last finished run spent in each phase (0 if not reached).",
+        _last_phase_duration,
+        ("phase", tuple(each.value for each in RUN_PHASES)),
+    ),
+    _Family(
+        "ollama_pull_last_downloaded_bytes",
+        "gauge",
+        "Bytes the last finished run downloaded (0: the model was up to date).",
+        _last_downloaded,
+    ),
+    _Family(
+        "ollama_pull_duration_seconds", "histogram", "Wall time of successful pull runs.", _duration
+    ),
+    _Family(
+        "ollama_pull_next_run_timestamp_seconds",
+        "gauge",
+        "When the next scheduled run will start (Unix time).",
+        _next_run,
+    ),
+    _Family("ollama_pull_interval_seconds", "gauge", "The configured pull interval.", _interval),
+)
+
+
+def _empty_family(family: _Family) -> Metric:
+    labels = _PAIR if family.extra is None else (*_PAIR, family.extra[0])
+    if family.kind == "counter":
+        return CounterMetricFamily(family.name, family.help, labels=labels)
+    if family.kind == "histogram":
+        return HistogramMetricFamily(family.name, family.help, labels=labels)
+    return GaugeMetricFamily(family.name, family.help, labels=labels)
+
+
 def _pair_families(pairs: Iterable[PairState]) -> list[Metric]:
     """The per-(server, model) families, one pass over the pairs."""
-    runs = CounterMetricFamily("ollama_pull_runs", "Pull runs started.", labels=_PAIR)
-    failures = CounterMetricFamily(
-        "ollama_pull_failures", "Failed pull runs, by reason.", labels=(*_PAIR, "reason")
-    )
-    downloaded = CounterMetricFamily(
-        "ollama_pull_downloaded_bytes",
-        "Bytes downloaded by pulls, increased live while a run streams.",
-        labels=_PAIR,
-    )
-    regressions = CounterMetricFamily(
-        "ollama_pull_progress_regressions",
-        "Times a layer's completed bytes went backwards (Ollama rolled back a part).",
-        labels=_PAIR,
-    )
-    skipped = CounterMetricFamily(
-        "ollama_pull_skipped",
-        "Scheduled starts skipped because the previous run was still going.",
-        labels=_PAIR,
-    )
-    in_progress = GaugeMetricFamily(
-        "ollama_pull_in_progress", "1 while a pull run is going.", labels=_PAIR
-    )
-    phase = GaugeMetricFamily(
-        "ollama_pull_phase",
-        "1 for the current phase of the pair, 0 for the others.",
-        labels=(*_PAIR, "phase"),
-    )
-    completed_bytes = GaugeMetricFamily(
-        "ollama_pull_completed_bytes",
-        "Bytes completed, summed over layers, of the current or last run.",
-        labels=_PAIR,
-    )
-    expected_bytes = GaugeMetricFamily(
-        "ollama_pull_expected_bytes",
-        "Sum of the layer sizes seen in the current or last run.",
-        labels=_PAIR,
-    )
-    layers = GaugeMetricFamily(
-        "ollama_pull_layers", "Layers seen in the current or last run.", labels=_PAIR
-    )
-    layers_completed = GaugeMetricFamily(
-        "ollama_pull_layers_completed",
-        "Layers completed in the current or last run.",
-        labels=_PAIR,
-    )
-    last_success = GaugeMetricFamily(
-        "ollama_pull_last_success", "1 if the last finished run succeeded.", labels=_PAIR
-    )
-    last_run_ts = GaugeMetricFamily(
-        "ollama_pull_last_run_timestamp_seconds",
-        "When the last finished run ended (Unix time).",
-        labels=_PAIR,
-    )
-    last_success_ts = GaugeMetricFamily(
-        "ollama_pull_last_success_timestamp_seconds",
-        "When the last successful run ended (Unix time).",
-        labels=_PAIR,
-    )
-    last_duration = GaugeMetricFamily(
-        "ollama_pull_last_duration_seconds",
-        "Wall time of the last finished run.",
-        labels=_PAIR,
-    )
-    last_phase_duration = GaugeMetricFamily(
-        "ollama_pull_last_phase_duration_seconds",
-        "Time the last finished run spent in each phase (0 if not reached).",
-        labels=(*_PAIR, "phase"),
-    )
-    last_downloaded = GaugeMetricFamily(
-        "ollama_pull_last_downloaded_bytes",
-        "Bytes the last finished run downloaded (0: the model was up to date).",
-        labels=_PAIR,
-    )
-    duration = HistogramMetricFamily(
-        "ollama_pull_duration_seconds", "Wall time of successful pull runs.", labels=_PAIR
-    )
-    next_run = GaugeMetricFamily(
-        "ollama_pull_next_run_timestamp_seconds",
-        "When the next scheduled run will start (Unix time).",
-        labels=_PAIR,
-    )
-    interval = GaugeMetricFamily(
-        "ollama_pull_interval_seconds", "The configured pull interval.", labels=_PAIR
-    )
-
+    metrics = [_empty_family(family) for family in _PAIR_FAMILIES]
     for pair in pairs:
         labels = [pair.server, pair.model]
-        runs.add_metric(labels, pair.runs_total)
-        for reason in _REASONS:
-            failures.add_metric([*labels, reason.value], pair.failures[reason])
-        downloaded.add_metric(labels, pair.downloaded_total)
-        regressions.add_metric(labels, pair.regressions_total)
-        skipped.add_metric(labels, pair.skipped_total)
-        run = pair.current
-        in_progress.add_metric(labels, 1 if run is not None else 0)
-        current_phase = pair.phase
-        for each in _ALL_PHASES:
-            phase.add_metric([*labels, each.value], 1 if each is current_phase else 0)
-        source: RunProgress | LastRun | None = run if run is not None else pair.last
-        for family, value in (
-            (completed_bytes, source.completed_bytes if source else 0),
-            (expected_bytes, source.expected_bytes if source else 0),
-            (layers, source.layers if source else 0),
-            (layers_completed, source.layers_completed if source else 0),
-        ):
-            family.add_metric(labels, value)
-        last = pair.last
-        if last is not None:
-            last_success.add_metric(labels, 1 if last.success else 0)
-            last_run_ts.add_metric(labels, last.ended_at)
-            last_duration.add_metric(labels, last.duration)
-            for each in RUN_PHASES:
-                last_phase_duration.add_metric([*labels, each.value], last.phase_durations[each])
-            last_downloaded.add_metric(labels, last.downloaded_bytes)
-        if pair.last_success_at is not None:
-            last_success_ts.add_metric(labels, pair.last_success_at)
-        duration.add_metric(labels, _cumulative(pair.durations.counts), pair.durations.total)
-        if pair.next_run_at is not None:
-            next_run.add_metric(labels, pair.next_run_at)
-        interval.add_metric(labels, pair.interval)
-
-    return [
-    runs, failures, downloaded, regressions, skipped, in_progress, phase,
-    completed_bytes, expected_bytes, layers, layers_completed,
-    last_success, last_run_ts, last_success_ts, last_duration,
-    last_phase_duration, last_downloaded, duration, next_run, interval,
-    ]  # fmt: skip
+        for family, metric in zip(_PAIR_FAMILIES, metrics, strict=True):
+            values = family.values(pair)
+            if values is None:
+                continue
+            if isinstance(metric, HistogramMetricFamily):
+                metric.add_metric(labels, _cumulative(values[:-1]), values[-1])
+            elif family.extra is None:
+                metric.add_metric(labels, values[0])  # type: ignore[attr-defined]
+            else:
+                for extra, value in zip(family.extra[1], values, strict=True):
+                    metric.add_metric([*labels, extra], value)  # type: ignore[attr-defined]
+    return metrics
 
 
-def _cumulative(counts: list[int]) -> list[tuple[str, float]]:
+def _cumulative(counts: Sequence[float]) -> list[tuple[str, float]]:
     buckets: list[tuple[str, float]] = []
-    running = 0
+    running: float = 0
     for bound, count in zip(_BUCKET_BOUNDS, counts, strict=True):
         running += count
         buckets.append((bound, running))
@@ -226,8 +368,191 @@ def _exporter_families(state: ExporterState) -> Iterator[Metric]:
         )
 
 
-def build_registry(state: ExporterState) -> CollectorRegistry:
+# --------------------------------------------------------------------------- fast /metrics
+
+
+class _Fixed(Collector):
+    """A collector over families already built (to reuse the library's encoders)."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        """The families, as given."""
+        return iter(self._metrics)
+
+
+def _escape(value: str) -> str:
+    """A label value as both text formats write it."""
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+class _Cached:
+    """One pair's rendered lines, per family, with the values they were rendered from."""
+
+    __slots__ = ("lines", "model", "pair", "server", "values")
+
+    def __init__(self, pair: PairState) -> None:
+        self.pair = pair
+        self.server = _escape(pair.server)
+        self.model = _escape(pair.model)
+        count = len(_PAIR_FAMILIES)
+        self.values: list[object] = [_UNSET] * count
+        self.lines: list[bytes] = [b""] * count
+
+    def render(self, family: _Family, values: _Values) -> bytes:
+        """The sample lines of `family` for this pair (same bytes as prometheus_client)."""
+        if values is None:
+            return b""
+        pair = f'model="{self.model}",server="{self.server}"'
+        name = family.name
+        if family.kind == "counter":
+            name += "_total"
+        if family.kind == "histogram":
+            lines = [
+                f'{name}_bucket{{le="{bound}",{pair}}} {_go(count)}\n'
+                for bound, count in _cumulative(values[:-1])
+            ]
+            lines.append(f"{name}_count{{{pair}}} {_go(sum(values[:-1]))}\n")
+            lines.append(f"{name}_sum{{{pair}}} {_go(values[-1])}\n")
+        elif family.extra is None:
+            lines = [f"{name}{{{pair}}} {_go(values[0])}\n"]
+        else:
+            label, extras = family.extra
+            # Labels sorted by name, as the library writes them: model < phase/reason < server.
+            lines = [
+                f'{name}{{model="{self.model}",{label}="{_escape(extra)}",server="{self.server}"}}'
+                f" {_go(value)}\n"
+                for extra, value in zip(extras, values, strict=True)
+            ]
+        return "".join(lines).encode()
+
+
+_UNSET: Final = object()
+_go: Final[Callable[[float], str]] = floatToGoString
+"""prometheus_client's own value formatting (Go's float format), typed."""
+
+
+class Exposition:
+    """`/metrics` bytes for `ExporterState`, re-rendering only the series whose values changed.
+
+    A scrape of 1,000 pairs is about 57,000 samples; building `Metric` objects and formatting
+    each sample through prometheus_client costs 0.4 s (text) to 0.65 s (OpenMetrics) of CPU,
+    on the event loop. Here every pair keeps its rendered lines per family together with the
+    values they came from; a scrape reads each pair's values (one small tuple per family),
+    re-renders only what changed, and joins bytes. The bytes are identical to what
+    `generate_latest` writes for the same state (tests compare them).
+    """
+
+    def __init__(self, state: ExporterState) -> None:
+        self._state = state
+        self._ids: list[int] = []
+        self._cached: list[_Cached] = []
+        self._headers: dict[object, tuple[bytes, ...]] = {}
+
+    def render(self, encoder: _Encoder, *, openmetrics: bool) -> bytes:
+        """The whole exposition in the format of `encoder` (a prometheus_client encoder)."""
+        headers = self._headers.get(encoder)
+        if headers is None:
+            headers = self._headers[encoder] = self._family_headers(encoder, openmetrics)
+        cached = self._refresh()
+        parts: list[bytes] = []
+        for index, header in enumerate(headers):
+            parts.append(header)
+            parts.extend([entry.lines[index] for entry in cached])
+        # The few exporter-wide families go through the library itself (`# EOF` included).
+        parts.append(encoder(_Fixed(list(_exporter_families(self._state)))))
+        return b"".join(parts)
+
+    def _refresh(self) -> list[_Cached]:
+        pairs = list(self._state.pairs.values())
+        ids = list(map(id, pairs))  # the cache holds the pairs, so ids are not reused
+        if ids != self._ids:
+            known = {id(entry.pair): entry for entry in self._cached}
+            self._cached = [known.get(id(pair)) or _Cached(pair) for pair in pairs]
+            self._ids = ids
+        families = tuple(enumerate(_PAIR_FAMILIES))
+        for entry in self._cached:
+            pair, seen, lines = entry.pair, entry.values, entry.lines
+            for index, family in families:
+                values = family.values(pair)
+                if values != seen[index]:
+                    seen[index] = values
+                    lines[index] = entry.render(family, values)
+        return self._cached
+
+    @staticmethod
+    def _family_headers(encoder: _Encoder, openmetrics: bool) -> tuple[bytes, ...]:
+        """`# HELP` and `# TYPE` of each pair family, written by the library itself."""
+        headers = []
+        for family in _PAIR_FAMILIES:
+            text = encoder(_Fixed([_empty_family(family)]))
+            if openmetrics:
+                text = text.removesuffix(b"# EOF\n")
+            headers.append(text)
+        return tuple(headers)
+
+
+class PullRegistry(CollectorRegistry):
+    """The exporter's registry: the pull collector, plus the cached `Exposition` of it."""
+
+    def __init__(self, state: ExporterState) -> None:
+        super().__init__(auto_describe=False)
+        self.register(PullCollector(state))
+        self.exposition = Exposition(state)
+
+    def render(self, accept: str) -> tuple[bytes, str] | None:
+        """(body, content type) for an Accept header, as prometheus_client would answer it.
+
+        None when the negotiated format is one the cache does not write (name escaping other
+        than underscores or UTF-8, OpenMetrics 2.x): the caller falls back to the library.
+        """
+        encoder, content_type = choose_encoder(accept)
+        options = encoder.keywords if isinstance(encoder, functools.partial) else {}
+        function = encoder.func if isinstance(encoder, functools.partial) else encoder
+        if options.get("escaping", om.UNDERSCORES) not in {om.UNDERSCORES, om.ALLOWUTF8}:
+            return None
+        if function is om_generate_latest:
+            if parse_version(str(options.get("version", "1.0.0"))) >= (2, 0, 0):
+                return None
+            return self.exposition.render(encoder, openmetrics=True), content_type
+        if function is generate_latest:
+            return self.exposition.render(encoder, openmetrics=False), content_type
+        return None
+
+
+def build_registry(state: ExporterState) -> PullRegistry:
     """A registry of our own (never the global one) holding the pull collector."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(PullCollector(state))
-    return registry
+    return PullRegistry(state)
+
+
+_GZIP_LEVEL: Final = 1
+"""zlib level 1: a 5 MB exposition compresses in about 10 ms instead of about 28 ms at 6."""
+
+
+def make_metrics_handler(registry: CollectorRegistry) -> Handler:
+    """The `/metrics` handler: `make_aiohttp_handler`'s answers, from the cached exposition.
+
+    Same content negotiation (prometheus_client's `choose_encoder`) and gzip when the client
+    accepts it. Requests the cache cannot answer (`name[]` filters, unusual formats) and
+    registries other than `PullRegistry` go to prometheus_client's own handler.
+    """
+    fallback = make_aiohttp_handler(registry)
+    if not isinstance(registry, PullRegistry):
+        return fallback
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if "name[]" in request.query:
+            return await fallback(request)
+        rendered = registry.render(",".join(request.headers.getall(hdrs.ACCEPT, [])))
+        if rendered is None:
+            return await fallback(request)
+        body, content_type = rendered
+        headers = {hdrs.CONTENT_TYPE: content_type}
+        if gzip_accepted(request.headers.get(hdrs.ACCEPT_ENCODING, "")):
+            compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+            body = compressor.compress(body) + compressor.flush()
+            headers[hdrs.CONTENT_ENCODING] = "gzip"
+        return web.Response(body=body, headers=headers)
+
+    return handler
