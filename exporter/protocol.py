@@ -73,6 +73,8 @@ class ProtocolError(Exception):
 
 
 _decoder: Final = msgspec.json.Decoder(ProgressLine)
+_DECODE_ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+"""What msgspec raises on hostile bytes: bad JSON or types, bad UTF-8 in a string, deep nesting."""
 
 
 class LineDecoder:
@@ -107,9 +109,14 @@ class LineDecoder:
         if len(block) > MAX_LINE_BYTES:
             return self._decode_checked(block)
         try:
-            return _decoder.decode_lines(block)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+            lines = _decoder.decode_lines(block)
+        except _DECODE_ERRORS:
             return self._decode_checked(block)
+        # decode_lines also accepts several values on one line (`{} {}`) and skips blank
+        # lines; one value per newline is the common case, anything else is re-checked.
+        if len(lines) != block.count(b"\n"):
+            return self._decode_checked(block)
+        return lines
 
     def finish(self) -> list[ProgressLine]:
         """Decode a last line that lacks its newline (the stream ended after it)."""
@@ -129,8 +136,8 @@ class LineDecoder:
                 continue
             try:
                 lines.append(_decoder.decode(raw))
-            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-                self._pending = ProtocolError(f"invalid line: {exc}")
+            except _DECODE_ERRORS as exc:
+                self._pending = ProtocolError(f"invalid line: {type(exc).__name__}: {exc}")
                 break
         if self._pending is not None and not lines:
             raise self._pending

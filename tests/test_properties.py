@@ -453,12 +453,6 @@ def test_arbitrary_bytes_raise_only_protocol_error(case: tuple[bytes, list[bytes
                 assert count is None or (type(count) is int and 0 <= count <= INT64_MAX)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: LineDecoder's fast path (msgspec decode_lines) accepts several JSON values on "
-    "one line ('{} {}', '{}\\r{}') while its line-by-line fallback rejects them, so whether a "
-    "line is a protocol error depends on how the stream was chunked",
-)
 @PROPERTIES
 @given(case=hostile_cases())
 @example(case=(b"{} {}\n\x0c\n", [b"{} {}\n", b"\x0c\n"]))  # fails whole, passes in two
@@ -469,13 +463,6 @@ def test_any_chunking_of_arbitrary_bytes_gives_the_same_lines_and_error(
     assert decode_until_error(chunks) == decode_until_error([body])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a deeply nested JSON value (1000 levels, a 6 kB line) makes msgspec raise "
-    "RecursionError, which escapes LineDecoder (it catches only DecodeError and "
-    "UnicodeDecodeError); pull.py then logs 'pull reader crashed' and reports "
-    "stream_interrupted instead of protocol_error",
-)
 def test_deeply_nested_line_is_a_protocol_error() -> None:
     depth = 1000
     line = b'{"x":' * depth + b"1" + b"}" * depth + b"\n"
