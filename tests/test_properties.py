@@ -185,7 +185,8 @@ def transfer_scenario(draw: st.DrawFn) -> Scenario:
     rollback_at: int | None = None
     rollback_bytes = 0
     # A rollback only while bytes are missing: real Ollama cannot un-finish a transfer that
-    # reached `total` (and the exporter freezes a completed layer, see the report).
+    # reached `total`; RunProgress ignores lines for a completed layer, while the
+    # simulator's expected_downloaded() would count such a rollback and the regrowth.
     last_partial = (total - 1) // chunk * chunk
     if last_partial >= 1 and draw(st.booleans()):
         rollback_at = draw(st.integers(1, last_partial))
