@@ -1,0 +1,1 @@
+"""Benchmarks for ollama-pull-exporter (run by hand; see docs/performance.md)."""

@@ -1,0 +1,410 @@
+"""Fleet benchmark: the real exporter process watching many pairs while it is scraped.
+
+The exporter (`python -m exporter`) is configured with `--pairs` (server, model) pairs over
+`--servers` simulated Ollama servers (`bench/fleet_sim.py`, one process, one port each).
+Each server allows `--concurrency / --servers` pulls at once, so that many pulls stream at
+Ollama's real cadence (a line every 60 ms each) while the rest wait their turn; every pull
+lasts about `--pull-seconds`, so runs keep ending and starting. After `--warmup` seconds,
+two scraper processes (`bench/scrape.py`) read `/metrics` every 15 s and every 1 s for
+`--duration` seconds, and the exporter's CPU (from /proc), peak RSS (VmHWM), the lines the
+servers sent and the scrape latencies are recorded.
+
+Placement: the exporter is pinned alone to CPU 0; the load generator and the scrapers are
+pinned to the other CPU(s) and niced (+5 and +10), so they cannot starve the exporter.
+
+    python -m bench.fleet                       # 1,000 pairs, 50 servers, 200 streaming, 60 s
+    python -m bench.fleet --pairs 20 --servers 2 --concurrency 4 --warmup 1 --duration 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.common import (
+    cpu_layout,
+    machine_info,
+    percentile,
+    proc_cpu_seconds,
+    proc_memory_kib,
+    python_command,
+    read_line,
+    start_process,
+    stop_process,
+    write_json,
+)
+from bench.fleet_sim import model_name
+from bench.scrape import scrape_once
+
+if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Iterator
+
+SIM_NICE = 5
+SCRAPER_NICE = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """What a fleet run is made of."""
+
+    pairs: int
+    servers: int
+    concurrency: int
+    mode: str = "stream"
+    pull_seconds: float = 30.0
+    exporter: str = "stock"
+    coalesce: float = 0.0
+    """With `proposed`: seconds `_consume` pauses after each read (`BENCH_COALESCE`)."""
+    """`stock`: the exporter as shipped; `proposed`: through `bench/exporter_shim.py`."""
+
+
+def models_per_server(fleet: Fleet) -> list[int]:
+    """How many models each server gets (as even as possible)."""
+    base, extra = divmod(fleet.pairs, fleet.servers)
+    return [base + (1 if index < extra else 0) for index in range(fleet.servers)]
+
+
+def limits_per_server(fleet: Fleet) -> list[int]:
+    """`max_concurrent_pulls` of each server; they add up to `fleet.concurrency`."""
+    base, extra = divmod(fleet.concurrency, fleet.servers)
+    return [max(1, base + (1 if index < extra else 0)) for index in range(fleet.servers)]
+
+
+def exporter_config(fleet: Fleet, urls: list[str]) -> str:
+    """The exporter's YAML config: every pair starts at once (no jitter) and runs once."""
+    lines = ["defaults:", "  interval: 24h", "  jitter: 0", "  timeout: 2h", "servers:"]
+    counts, limits = models_per_server(fleet), limits_per_server(fleet)
+    for index, (url, count, limit) in enumerate(zip(urls, counts, limits, strict=True)):
+        lines += [
+            f"  - name: sim-{index:03d}",
+            f"    url: {url}",
+            f"    max_concurrent_pulls: {limit}",
+            "    models:",
+            *(f"      - {model_name(model)}" for model in range(count)),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Running:
+    """The processes of one fleet run."""
+
+    sim: subprocess.Popen[bytes]
+    exporter: subprocess.Popen[bytes]
+    url: str
+    stats_path: Path
+    workdir: Path
+
+    def stats(self) -> dict[str, float]:
+        """The load generator's latest counters."""
+        for _ in range(50):
+            with contextlib.suppress(OSError, ValueError):
+                data: dict[str, float] = json.loads(self.stats_path.read_text())
+                return data
+            time.sleep(0.1)
+        raise RuntimeError("no stats from the load generator")
+
+    def wait(self, condition: str, check: Any, timeout: float) -> None:  # noqa: ANN401
+        """Poll `check()` every 0.2 s until true, or fail naming `condition`."""
+        deadline = time.monotonic() + timeout
+        while not check():
+            if self.exporter.poll() is not None:
+                log = (self.workdir / "exporter.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"exporter exited early:\n{log}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout}s waiting for {condition}")
+            time.sleep(0.2)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def fleet_running(fleet: Fleet, workdir: Path, *, spread: float = 0.3) -> Iterator[Running]:
+    """Start the load generator and the exporter (pinned apart); stop both on exit."""
+    measured_cpus, helper_cpus = cpu_layout()
+    stats_path = workdir / "sim-stats.json"
+    sim = start_process(
+        python_command(
+            "bench.fleet_sim",
+            f"--servers={fleet.servers}",
+            f"--models={max(models_per_server(fleet))}",
+            f"--mode={fleet.mode}",
+            f"--pull-seconds={fleet.pull_seconds}",
+            f"--spread={spread}",
+            f"--stats={stats_path}",
+        ),
+        cpus=helper_cpus,
+        niceness=SIM_NICE,
+    )
+    exporter: subprocess.Popen[bytes] | None = None
+    try:
+        urls = json.loads(read_line(sim, 60))["urls"]
+        config = workdir / "config.yaml"
+        config.write_text(exporter_config(fleet, urls))
+        port = free_port()
+        with (workdir / "exporter.log").open("wb") as log:
+            module = "exporter" if fleet.exporter == "stock" else "bench.exporter_shim"
+            exporter = start_process(
+                python_command(
+                    module,
+                    f"--config.file={config}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--log.level=info",
+                ),
+                cpus=measured_cpus,
+                stdout=log.fileno(),
+                stderr=log.fileno(),
+                env={"BENCH_COALESCE": str(fleet.coalesce)},
+            )
+        running = Running(sim, exporter, f"http://127.0.0.1:{port}", stats_path, workdir)
+        running.wait("the exporter to answer", lambda: _answers(running.url), 60)
+        yield running
+    finally:
+        if exporter is not None:
+            stop_process(exporter)
+        stop_process(sim)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return scrape_once(url + "/-/ready", timeout=2)[2] == 200
+    except OSError:
+        return False
+
+
+def _scraper(url: str, interval: float, duration: float, out: Path) -> subprocess.Popen[bytes]:
+    _, helper_cpus = cpu_layout()
+    return start_process(
+        python_command(
+            "bench.scrape",
+            f"--url={url}/metrics",
+            f"--interval={interval}",
+            f"--duration={duration}",
+            f"--out={out}",
+        ),
+        cpus=helper_cpus,
+        niceness=SCRAPER_NICE,
+        stdout=None,
+    )
+
+
+def measure(
+    running: Running, duration: float, scrape_intervals: tuple[float, ...]
+) -> dict[str, Any]:
+    """Measure the exporter over `duration` seconds while the scrapers run."""
+    pid = running.exporter.pid
+    outs = [running.workdir / f"scrape-{i}.json" for i in range(len(scrape_intervals))]
+    before_stats, before_cpu = running.stats(), proc_cpu_seconds(pid)
+    started = time.monotonic()
+    scrapers = [
+        _scraper(running.url, interval, duration, out)
+        for interval, out in zip(scrape_intervals, outs, strict=True)
+    ]
+    open_streams: list[float] = []
+    try:
+        while time.monotonic() - started < duration:
+            time.sleep(1.0)
+            open_streams.append(running.stats()["open"])
+        wall = time.monotonic() - started
+        after_stats, after_cpu = running.stats(), proc_cpu_seconds(pid)
+        memory = proc_memory_kib(pid)
+        for scraper in scrapers:
+            scraper.wait(60 + max(scrape_intervals, default=0))
+    finally:
+        for scraper in scrapers:
+            stop_process(scraper)
+    scrapes: dict[str, Any] = {}
+    for interval, out in zip(scrape_intervals, outs, strict=True):
+        data = json.loads(out.read_text())
+        latencies = [s * 1000 for s in data["latencies"]]
+        scrapes[f"every {interval:g}s"] = {
+            "count": len(latencies),
+            "errors": data["errors"],
+            "p50_ms": percentile(latencies, 0.5),
+            "p99_ms": percentile(latencies, 0.99),
+            "max_ms": max(latencies, default=math.nan),
+            "gzip_bytes_median": statistics.median(data["sizes"]) if data["sizes"] else 0,
+        }
+    lines = after_stats["lines"] - before_stats["lines"]
+    cpu = after_cpu - before_cpu
+    return {
+        "wall_seconds": wall,
+        "exporter_cpu_seconds": cpu,
+        "exporter_cpu_share": cpu / wall,
+        "exporter_rss_mib": memory["VmRSS"] / 1024,
+        "exporter_peak_rss_mib": memory["VmHWM"] / 1024,
+        "lines": lines,
+        "lines_per_second": lines / wall,
+        "cpu_us_per_line": cpu / lines * 1e6 if lines else math.nan,
+        "open_streams": {
+            "min": min(open_streams, default=0),
+            "median": statistics.median(open_streams) if open_streams else 0,
+            "max": max(open_streams, default=0),
+        },
+        "load_generator_cpu_share": (after_stats["cpu"] - before_stats["cpu"]) / wall,
+        "scrapes": scrapes,
+    }
+
+
+def exporter_totals(url: str) -> dict[str, float]:
+    """Sums over the exporter's own metrics: runs, failures, pulls in progress."""
+    import urllib.request  # noqa: PLC0415
+
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
+        text = response.read().decode()
+    totals = {"runs": 0.0, "failures": 0.0, "in_progress": 0.0, "pairs": 0.0}
+    names = {
+        "ollama_pull_runs_total": "runs",
+        "ollama_pull_failures_total": "failures",
+        "ollama_pull_in_progress": "in_progress",
+        "ollama_pull_interval_seconds": "pairs",
+    }
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = names.get(sample.name)
+            if key == "pairs":
+                totals[key] += 1
+            elif key is not None:
+                totals[key] += sample.value
+    return totals
+
+
+def run_fleet(
+    fleet: Fleet, *, warmup: float, duration: float, scrape_intervals: tuple[float, ...]
+) -> dict[str, Any]:
+    """One fleet run: start, wait for the streams and `warmup`, measure, stop."""
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp,
+        fleet_running(fleet, Path(tmp)) as running,
+    ):
+        wanted = min(fleet.concurrency, fleet.pairs)
+        with contextlib.suppress(TimeoutError):  # reported: the open-stream count says it all
+            running.wait(
+                f"{wanted} open streams",
+                lambda: running.stats()["open"] >= wanted,
+                20 + wanted / 10,
+            )
+        time.sleep(warmup)
+        result = measure(running, duration, scrape_intervals)
+        result["exporter_totals"] = exporter_totals(running.url)
+        measured_cpus, helper_cpus = cpu_layout()
+    result["fleet"] = {
+        "pairs": fleet.pairs,
+        "servers": fleet.servers,
+        "concurrency": fleet.concurrency,
+        "pull_seconds": fleet.pull_seconds,
+        "warmup_seconds": warmup,
+        "exporter": fleet.exporter,
+        "coalesce_seconds": fleet.coalesce,
+    }
+    result["placement"] = {
+        "exporter_cpus": sorted(measured_cpus),
+        "load_generator_cpus": sorted(helper_cpus),
+        "load_generator_nice": SIM_NICE,
+        "scraper_nice": SCRAPER_NICE,
+    }
+    return result
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """A Markdown table of one fleet run."""
+    fleet = result["fleet"]
+    out = [
+        f"{fleet['pairs']:,} pairs on {fleet['servers']} servers, {fleet['concurrency']} pulls "
+        f"streaming at once (open streams min/median/max: "
+        f"{result['open_streams']['min']:.0f}/{result['open_streams']['median']:.0f}/"
+        f"{result['open_streams']['max']:.0f}), measured for {result['wall_seconds']:.0f} s; "
+        f"exporter: {fleet['exporter']}"
+        + (
+            f", reads coalesced {fleet['coalesce_seconds']:g} s"
+            if fleet["coalesce_seconds"]
+            else ""
+        ),
+        "",
+        "| measure | value |",
+        "|---|---:|",
+        f"| exporter CPU, share of one core | {100 * result['exporter_cpu_share']:.1f}% |",
+        f"| exporter peak RSS (VmHWM) | {result['exporter_peak_rss_mib']:.1f} MiB |",
+        f"| exporter RSS at the end | {result['exporter_rss_mib']:.1f} MiB |",
+        f"| lines processed | {result['lines']:,} ({result['lines_per_second']:,.0f}/s) |",
+        f"| exporter CPU per line (scrapes included) | {result['cpu_us_per_line']:.1f} us |",
+        f"| load generator CPU (other core) | {100 * result['load_generator_cpu_share']:.1f}% |",
+        (
+            f"| runs started / failed | {result['exporter_totals']['runs']:,.0f} / "
+            f"{result['exporter_totals']['failures']:,.0f} |"
+        ),
+    ]
+    for name, scrape in result["scrapes"].items():
+        out.append(
+            f"| scrape {name}: p50 / p99 / max ({scrape['count']} scrapes, "
+            f"{scrape['errors']} errors) | {scrape['p50_ms']:.1f} / {scrape['p99_ms']:.1f} / "
+            f"{scrape['max_ms']:.1f} ms |"
+        )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line."""
+    parser = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__)
+    parser.add_argument("--pairs", type=int, default=1000)
+    parser.add_argument("--servers", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--pull-seconds", type=float, default=30.0)
+    parser.add_argument("--warmup", type=float, default=10.0)
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument(
+        "--scrape-intervals", default="15,1", help="seconds, comma-separated, one scraper each"
+    )
+    parser.add_argument(
+        "--exporter",
+        choices=("stock", "proposed"),
+        default="stock",
+        help="proposed: the web.py changes of bench/exporter_shim.py applied (see there)",
+    )
+    parser.add_argument(
+        "--coalesce",
+        type=float,
+        default=0.0,
+        help="with --exporter proposed: pause reads this long (see bench/exporter_shim.py)",
+    )
+    parser.add_argument("--json", help="write the full result here")
+    args = parser.parse_args(argv)
+    fleet = Fleet(
+        args.pairs,
+        args.servers,
+        args.concurrency,
+        pull_seconds=args.pull_seconds,
+        exporter=args.exporter,
+        coalesce=args.coalesce,
+    )
+    intervals = tuple(float(x) for x in args.scrape_intervals.split(",") if x)
+    result = run_fleet(
+        fleet, warmup=args.warmup, duration=args.duration, scrape_intervals=intervals
+    )
+    result["machine"] = machine_info()
+    write_json(args.json, result)
+    print(format_report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""A tiny run of each benchmark in bench/, so the benchmark code keeps working.
+
+Nothing here asserts anything about speed: only that each benchmark runs end to end
+against the real exporter code and processes, and reports numbers of the right shape.
+The real runs are by hand (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from typing import TYPE_CHECKING
+
+import pytest
+
+from bench import ingest, scaling
+from bench.fleet import Fleet, format_report, run_fleet
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _check_ingest(consumers: tuple[str, ...]) -> None:
+    report = ingest.run_benchmark(lines=3000, layers=3, rounds=1, consumers=consumers)
+    assert set(report["lines_per_cpu_second"]) == set(consumers)
+    for name in consumers:
+        (sample,) = report["samples"][name]
+        assert sample["lines"] == report["lines"] == 3004  # manifest + 3000 + verify/write/success
+        assert sample["cpu"] >= 0
+    assert report["samples"]["A"][0]["exposition_bytes"] > 0
+    assert set(report["ratios"]) == {f"A/{name}" for name in consumers if name != "A"}
+    assert "lines per CPU-second" in ingest.format_report(report)
+
+
+def test_ingest_exporter_aiohttp_and_floor() -> None:
+    _check_ingest(("A", "C", "D"))
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("ollama") is None,
+    reason="the official ollama client (consumer B) is not installed: pip install -e '.[test]'",
+)
+def test_ingest_official_client() -> None:
+    _check_ingest(("A", "B"))
+
+
+@pytest.mark.parametrize(("exporter", "coalesce"), [("stock", 0.0), ("proposed", 0.2)])
+def test_fleet(exporter: str, coalesce: float) -> None:
+    fleet = Fleet(6, 2, 4, pull_seconds=2.0, exporter=exporter, coalesce=coalesce)
+    result = run_fleet(fleet, warmup=0.3, duration=2.5, scrape_intervals=(1.0, 0.5))
+    assert result["lines"] > 0
+    assert result["exporter_peak_rss_mib"] > 0
+    assert result["exporter_totals"]["pairs"] == 6
+    assert result["exporter_totals"]["failures"] == 0
+    for scrape in result["scrapes"].values():
+        assert scrape["count"] >= 2
+        assert scrape["errors"] == 0
+        assert math.isfinite(scrape["p99_ms"])
+    assert "exporter CPU" in format_report(result)
+
+
+def test_scaling(tmp_path: Path) -> None:
+    report = {
+        "pairs": [scaling.scrape_point(12, "proposed", scrapes=2)],
+        "pulls": [scaling.pull_point(3, "stock", 0.0, warmup=0.3, duration=2.0)],
+    }
+    (point,) = report["pairs"]
+    assert point["exposition_bytes"] > point["gzip_bytes"] > 0
+    assert report["pulls"][0]["lines_per_second"] > 0
+    assert "pulls at once" in scaling.format_report(report)
+    if importlib.util.find_spec("matplotlib") is not None:
+        scaling.plot(report, str(tmp_path / "scaling.png"))
+        assert (tmp_path / "scaling.png").stat().st_size > 0
