@@ -26,6 +26,10 @@ class Layer:
         self.done = False
 
 
+_NO_LAYER: Final = Layer(0, 0)
+"""Stands in for the last layer before there is one (never read: no digest equals None)."""
+
+
 class RunProgress:
     """Folds the lines of one run into the numbers the contract names.
 
@@ -35,6 +39,8 @@ class RunProgress:
 
     __slots__ = (
         "_current",
+        "_last_digest",
+        "_last_layer",
         "_layers",
         "completed_bytes",
         "downloaded_bytes",
@@ -61,6 +67,9 @@ class RunProgress:
         self.regressions = 0
         self._layers: dict[str, Layer] = {}
         self._current: Layer | None = None
+        self._last_digest: str | None = None
+        self._last_layer = _NO_LAYER
+        """The layer of the last line that found one (layers are never replaced in a run)."""
 
     @property
     def layers(self) -> int:
@@ -79,10 +88,15 @@ class RunProgress:
             return
         if self.phase is not _DOWNLOAD:
             self._enter(_DOWNLOAD, now)
-        layer = self._layers.get(digest)
-        if layer is None:
-            self._new_layer(digest, line, now)
-            return
+        if digest == self._last_digest:  # lines of one layer come in runs: skip the hashing
+            layer = self._last_layer
+        else:
+            found = self._layers.get(digest)
+            if found is None:
+                self._new_layer(digest, line, now)
+                return
+            layer = self._last_layer = found
+            self._last_digest = digest
         if layer.done:
             return
         new_total = line.total

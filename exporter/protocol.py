@@ -102,20 +102,30 @@ class LineDecoder:
             if len(self._tail) > MAX_LINE_BYTES:
                 raise ProtocolError(f"line longer than {MAX_LINE_BYTES} bytes")
             return []
-        block = bytes(self._tail + chunk[: end + 1]) if self._tail else chunk[: end + 1]
-        self._tail = bytearray(chunk[end + 1 :])
+        end += 1
+        # Chunks run to hundreds of KiB when the reader falls behind: decode them in place
+        # (a memoryview, or the tail extended once) rather than copying them three times.
+        block: bytes | bytearray | memoryview
+        tail = self._tail
+        if tail:
+            tail += memoryview(chunk)[:end]
+            block, newlines = tail, tail.count(b"\n")
+        else:
+            block = chunk if end == len(chunk) else memoryview(chunk)[:end]
+            newlines = chunk.count(b"\n", 0, end)
+        self._tail = bytearray(chunk[end:])
         if len(self._tail) > MAX_LINE_BYTES:
             self._pending = ProtocolError(f"line longer than {MAX_LINE_BYTES} bytes")
         if len(block) > MAX_LINE_BYTES:
-            return self._decode_checked(block)
+            return self._decode_checked(bytes(block))
         try:
             lines = _decoder.decode_lines(block)
         except _DECODE_ERRORS:
-            return self._decode_checked(block)
+            return self._decode_checked(bytes(block))
         # decode_lines also accepts several values on one line (`{} {}`) and skips blank
         # lines; one value per newline is the common case, anything else is re-checked.
-        if len(lines) != block.count(b"\n"):
-            return self._decode_checked(block)
+        if len(lines) != newlines:
+            return self._decode_checked(bytes(block))
         return lines
 
     def finish(self) -> list[ProgressLine]:
