@@ -12,14 +12,13 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-import aiohttp
 from aiohttp import web
 
 from exporter import __version__
 from exporter.config import ConfigError, load_config
 from exporter.logs import FORMATS, LEVEL_NAMES, setup_logging
 from exporter.metrics import build_registry
-from exporter.pull import make_timeout
+from exporter.pull import make_session
 from exporter.scheduler import Scheduler
 from exporter.state import ExporterState, sync_pairs
 from exporter.store import Store, StoreError, restore
@@ -172,7 +171,7 @@ def _serve(
 
 async def _run_once(config: Config, state: ExporterState, store: Store | None) -> int:
     on_finished = store.save if store is not None else None
-    async with aiohttp.ClientSession(timeout=make_timeout()) as session:
+    async with make_session() as session:
         results = await Scheduler(session, state, on_finished=on_finished).run_once(config)
     failed = 0
     for server, model, result in results:

@@ -76,6 +76,12 @@ class RunProgress:
         """Distinct digests seen so far."""
         return len(self._layers)
 
+    @property
+    def transferring(self) -> bool:
+        """A layer is mid-download: Ollama's 60 ms ticker is sending its progress lines."""
+        current = self._current
+        return self.phase is _DOWNLOAD and current is not None and not current.done
+
     def apply(self, line: ProgressLine, now: float) -> None:
         """Fold one line in; `now` is when its chunk arrived.
 

@@ -14,13 +14,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-import aiohttp
 from aiohttp import web
-from prometheus_client.aiohttp import make_aiohttp_handler
 
 from exporter import __version__
 from exporter.config import Config, ConfigError, load_config
-from exporter.pull import make_timeout
+from exporter.metrics import make_metrics_handler
+from exporter.pull import make_session
 from exporter.scheduler import Scheduler
 from exporter.state import ExporterState, sync_pairs
 from exporter.webconfig import WebConfig, install
@@ -92,7 +91,7 @@ def make_app(
         install(app, web_config)
     app[RUNTIME_KEY] = runtime
     app.cleanup_ctx.append(_run_scheduler)
-    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    app.router.add_get("/metrics", make_metrics_handler(registry))
     app.router.add_get("/", _index)
     app.router.add_get("/-/healthy", _healthy)
     app.router.add_get("/-/ready", _ready)
@@ -111,7 +110,7 @@ async def _run_scheduler(app: web.Application) -> AsyncIterator[None]:
         pending.add(task)
         task.add_done_callback(pending.discard)
 
-    async with aiohttp.ClientSession(timeout=make_timeout()) as session:
+    async with make_session() as session:
         store = runtime.store
         runtime.scheduler = Scheduler(
             session, state, on_finished=store.save if store is not None else None
