@@ -1,7 +1,7 @@
 """Load the exporter's YAML config into frozen, typed objects, strictly.
 
-The loader walks PyYAML's node tree rather than plain dicts, so that every problem names the
-file, the line and the key path, e.g.
+The loader walks PyYAML's node tree (`exporter.yamlfile`) rather than plain dicts, so that
+every problem names the file, the line and the key path, e.g.
 ``config.yaml:14: servers[0].models[2].interval: invalid duration "5 minutes"``.
 All problems are collected and raised together as one `ConfigError`; nothing is half-loaded.
 Header values are secrets: no message ever contains one.
@@ -9,28 +9,34 @@ Header values are secrets: no message ever contains one.
 
 from __future__ import annotations
 
-import difflib
-import json
 import os
 import re
 import unicodedata
 import urllib.parse
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Final
 
 import yaml
-from yaml.constructor import SafeConstructor
+
+from exporter.yamlfile import (
+    BadYamlError,
+    FileReadError,
+    InvalidError,
+    NodeWalker,
+    boolean,
+    compose,
+    describe,
+    join_path,
+    kind_of,
+    line_of,
+    quote,
+    read_text,
+    scalar,
+    string,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterable, Mapping
-
-try:  # libyaml composes several times faster; the pure-Python loader gives the same nodes
-    from yaml import CSafeLoader as _YamlLoader
-except ImportError:  # pragma: no cover - PyYAML built without libyaml
-    from yaml import SafeLoader as _YamlLoader  # type: ignore[assignment]
-
-_T = TypeVar("_T")
+    from collections.abc import Callable, Iterable, Mapping
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +111,10 @@ def parse_duration(text: str) -> float:
     """Seconds in a Prometheus-style duration such as "500ms", "30s" or "1h30m" (max 365d)."""
     match = _DURATION.fullmatch(text)
     if not text or match is None:
-        raise ValueError(f"invalid duration {_quote(text)}")
+        raise ValueError(f"invalid duration {quote(text)}")
     total_ms = sum(int(n) * _UNITS_MS[unit] for unit, n in match.groupdict().items() if n)
     if total_ms > _MAX_DURATION_MS:
-        raise ValueError(f"invalid duration {_quote(text)}: longer than 365d")
+        raise ValueError(f"invalid duration {quote(text)}: longer than 365d")
     return total_ms / 1000
 
 
@@ -130,7 +136,7 @@ def canonical_model_name(name: str) -> str:
             scheme, sep, after = rest.partition("://")
             host = (after if sep else scheme) or host
     if not model:
-        raise ValueError(f"invalid model name {_quote(name)}: the model is empty")
+        raise ValueError(f"invalid model name {quote(name)}: the model is empty")
     return f"{host}/{namespace}/{model}:{tag}".casefold()
 
 
@@ -138,22 +144,16 @@ def _cut_last(name: str, text: str, sep: str, parts: tuple[str, str]) -> tuple[s
     before, _, after = text.rpartition(sep)
     for part, value in zip(parts, (before, after), strict=True):
         if not value:
-            raise ValueError(f"invalid model name {_quote(name)}: the {part} is empty")
+            raise ValueError(f"invalid model name {quote(name)}: the {part} is empty")
     return before, after
 
 
 def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate the config at `path`; raises ConfigError listing every problem."""
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read config: {exc.strerror or exc}"]) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        message = f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x})"
-        raise ConfigError([message]) from None
+        text = read_text(path, "config")
+    except FileReadError as exc:
+        raise ConfigError([str(exc)]) from None
     return parse_config(text, path, environ)
 
 
@@ -161,8 +161,8 @@ def parse_config(text: str, source: str, environ: Mapping[str, str] | None = Non
     """Validate YAML `text`; `source` names it in errors. ${VAR} comes from `environ`."""
     loader = _Loader(source, os.environ if environ is None else environ)
     try:
-        root = _compose(text)
-    except _BadYamlError as exc:
+        root = compose(text)
+    except BadYamlError as exc:
         raise ConfigError([loader.format(exc.line, "", exc.message)]) from None
     servers = loader.document(root)
     if loader.problems:
@@ -171,151 +171,44 @@ def parse_config(text: str, source: str, environ: Mapping[str, str] | None = Non
     return Config(source=source, servers=servers)
 
 
-class _BadYamlError(Exception):
-    def __init__(self, line: int, message: str) -> None:
-        self.line, self.message = line, message
-
-
-class _InvalidError(Exception):
-    """A value check failed; the walker adds file, line and key path."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-
-
-# What YAML accepts in a stream; checked up front so that both loaders agree and report a line.
-_NOT_YAML: Final = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
-def _compose(text: str) -> yaml.Node | None:
-    last_line = max(1, len(text.splitlines()))
-    if bad := _NOT_YAML.search(text):
-        line = text.count("\n", 0, bad.start()) + 1
-        message = f"invalid YAML: character U+{ord(bad.group()):04X} is not allowed"
-        raise _BadYamlError(line, message)
-    try:
-        return yaml.compose(text, Loader=_YamlLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = min(last_line, mark.line + 1) if mark else 1
-        context = f"{exc.context}, " if exc.context else ""
-        raise _BadYamlError(line, f"invalid YAML: {context}{exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise _BadYamlError(1, f"invalid YAML: {exc}") from None
-    except RecursionError:  # only the pure-Python composer recurses per nesting level
-        raise _BadYamlError(1, "invalid YAML: nested too deeply") from None
-
-
-@dataclass(frozen=True, slots=True)
-class _Opaque:
-    """A node that is no plain scalar; `what` describes it for messages."""
-
-    what: str
-
-
-_Scalar = str | int | float | bool | None | _Opaque
-_CONSTRUCTOR: Final = SafeConstructor()
-_CONSTRUCT: Final[dict[str, Callable[[yaml.ScalarNode], _Scalar]]] = {
-    "tag:yaml.org,2002:str": _CONSTRUCTOR.construct_yaml_str,
-    "tag:yaml.org,2002:int": _CONSTRUCTOR.construct_yaml_int,
-    "tag:yaml.org,2002:float": _CONSTRUCTOR.construct_yaml_float,
-    "tag:yaml.org,2002:bool": _CONSTRUCTOR.construct_yaml_bool,
-    "tag:yaml.org,2002:null": _CONSTRUCTOR.construct_yaml_null,
-}
-
-
-def _scalar(node: yaml.Node) -> _Scalar:
-    """The Python value of a scalar with a core tag (YAML 1.1 resolution, as PyYAML does)."""
-    if isinstance(node, yaml.SequenceNode):
-        return _Opaque("a list" if node.value else "an empty list")
-    if isinstance(node, yaml.MappingNode):
-        return _Opaque("a mapping")
-    construct = _CONSTRUCT.get(node.tag)
-    if construct is None or not isinstance(node, yaml.ScalarNode):
-        return _Opaque(f"a value tagged {node.tag}")
-    try:
-        return construct(node)
-    except (ValueError, KeyError, IndexError):  # explicit tags on bad text, e.g. `!!int x`
-        return _Opaque(f"an invalid {node.tag.rpartition(':')[2]}")
-
-
-def _describe(node: yaml.Node) -> str:
-    value = _scalar(node)
-    if isinstance(value, _Opaque):
-        return value.what
-    if value is None:
-        return "null"
-    if isinstance(value, str):
-        return f"string {_quote(value)}"
-    return f"{_kind(value)} {node.value}"
-
-
-def _kind(value: _Scalar) -> str:
-    """The type of a value, for messages that must not show the value itself."""
-    if isinstance(value, _Opaque):
-        return value.what
-    kinds = ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"))
-    return next((name for kind, name in kinds if isinstance(value, kind)), "null")
-
-
-def _quote(text: str) -> str:
-    """Double-quoted and escaped, shortened: error messages stay one readable line."""
-    short = text if len(text) <= 60 else text[:57] + "..."
-    return json.dumps(short, ensure_ascii=False)
-
-
-def _string(node: yaml.Node) -> str:
-    value = _scalar(node)
-    if not isinstance(value, str):
-        raise _InvalidError(f"expected a string, got {_describe(node)}")
-    return value
-
-
-def _boolean(node: yaml.Node) -> bool:
-    value = _scalar(node)
-    if not isinstance(value, bool):
-        raise _InvalidError(f"expected true or false, got {_describe(node)}")
-    return value
-
-
 def _fraction(node: yaml.Node) -> float:
-    value = _scalar(node)
+    value = scalar(node)
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise _InvalidError(f"expected a number from 0 to 1, got {_describe(node)}")
+        raise InvalidError(f"expected a number from 0 to 1, got {describe(node)}")
     return float(value)
 
 
 def _positive_duration(node: yaml.Node) -> float:
-    value = _scalar(node)
+    value = scalar(node)
     if isinstance(value, int | float) and not isinstance(value, bool):
         example = f"{value}s" if isinstance(value, int) and value > 0 else "30s"
-        raise _InvalidError(f'invalid duration {node.value}: a unit is required (e.g. "{example}")')
+        raise InvalidError(f'invalid duration {node.value}: a unit is required (e.g. "{example}")')
     if not isinstance(value, str):
-        raise _InvalidError(f'expected a duration such as "30s", got {_describe(node)}')
+        raise InvalidError(f'expected a duration such as "30s", got {describe(node)}')
     try:
         seconds = parse_duration(value)
     except ValueError as exc:
-        raise _InvalidError(str(exc)) from None
+        raise InvalidError(str(exc)) from None
     if seconds <= 0:
-        raise _InvalidError(f"must be greater than 0, got {_quote(value)}")
+        raise InvalidError(f"must be greater than 0, got {quote(value)}")
     return seconds
 
 
 def _pull_limit(node: yaml.Node) -> int:
-    value = _scalar(node)
+    value = scalar(node)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _InvalidError(f"expected an integer >= 1, got {_describe(node)}")
+        raise InvalidError(f"expected an integer >= 1, got {describe(node)}")
     return value
 
 
 def _label(node: yaml.Node) -> str:
     """A Prometheus label value: non-empty UTF-8 text on one line."""
-    value = _string(node)
+    value = string(node)
     if not value:
-        raise _InvalidError("must not be empty")
+        raise InvalidError("must not be empty")
     if any(unicodedata.category(char) in {"Cc", "Cs", "Zl", "Zp"} for char in value):
-        raise _InvalidError(
-            f"must be UTF-8 text without control characters or line breaks, got {_quote(value)}"
+        raise InvalidError(
+            f"must be UTF-8 text without control characters or line breaks, got {quote(value)}"
         )
     return value
 
@@ -323,31 +216,31 @@ def _label(node: yaml.Node) -> str:
 def _model_name(node: yaml.Node) -> str:
     name = _label(node)
     if any(char.isspace() for char in name):
-        raise _InvalidError(f"invalid model name {_quote(name)}: whitespace is not allowed")
+        raise InvalidError(f"invalid model name {quote(name)}: whitespace is not allowed")
     try:
         canonical_model_name(name)
     except ValueError as exc:
-        raise _InvalidError(str(exc)) from None
+        raise InvalidError(str(exc)) from None
     return name
 
 
 def _check_url(url: str) -> str:
     """Return `url` without trailing slashes; messages never echo it (it may hold secrets)."""
     if any(char.isspace() or not char.isprintable() for char in url):
-        raise _InvalidError("the URL must not contain whitespace or control characters")
+        raise InvalidError("the URL must not contain whitespace or control characters")
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
     except ValueError:
-        raise _InvalidError("invalid URL: bad port or IPv6 address") from None
+        raise InvalidError("invalid URL: bad port or IPv6 address") from None
     if parts.scheme not in {"http", "https"}:
-        raise _InvalidError("the URL must start with http:// or https://")
+        raise InvalidError("the URL must start with http:// or https://")
     if not parts.hostname:
-        raise _InvalidError("the URL has no host")
+        raise InvalidError("the URL has no host")
     if port == 0:
-        raise _InvalidError("invalid URL: bad port or IPv6 address")
+        raise InvalidError("invalid URL: bad port or IPv6 address")
     if "?" in url or "#" in url:
-        raise _InvalidError("the URL must not have a query or fragment")
+        raise InvalidError("the URL must not have a query or fragment")
     return url.rstrip("/")
 
 
@@ -383,9 +276,9 @@ def _expand(text: str, environ: Mapping[str, str]) -> str:
     if missing:
         names = ", ".join(missing)
         verb = "variables {} are" if len(missing) > 1 else "variable {} is"
-        raise _InvalidError(f"environment {verb.format(names)} not set")
+        raise InvalidError(f"environment {verb.format(names)} not set")
     if stray:
-        raise _InvalidError('a "$" must start ${NAME} or be doubled as "$$"')
+        raise InvalidError('a "$" must start ${NAME} or be doubled as "$$"')
     return expanded
 
 
@@ -395,8 +288,8 @@ _SETTINGS: Final[dict[str, Callable[[yaml.Node], float | bool]]] = {
     "jitter": _fraction,
     "timeout": _positive_duration,
     "stall_timeout": _positive_duration,
-    "insecure": _boolean,
-    "run_on_start": _boolean,
+    "insecure": boolean,
+    "run_on_start": boolean,
 }
 _TOP_KEYS: Final = ("defaults", "servers")
 _SERVER_KEYS: Final = ("name", "url", "headers", "max_concurrent_pulls", "models")
@@ -431,86 +324,29 @@ class _Level:
     broken: set[str]
 
 
-def _line(node: yaml.Node) -> int:
-    return int(node.start_mark.line) + 1
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-_UNPRINTABLE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-
-
-class _Loader:
-    """Walks the node tree of one document, collecting (line, message) problems."""
+class _Loader(NodeWalker):
+    """Walks a config document; `${VAR}` in urls and headers come from `environ`."""
 
     def __init__(self, source: str, environ: Mapping[str, str]) -> None:
-        self.source, self.environ = source, environ
-        self.problems: list[tuple[int, str]] = []
-
-    def format(self, line: int, path: str, message: str) -> str:
-        where = f"{path}: " if path else ""
-        text = f"{self.source}:{line}: {where}{message}"
-        return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
-
-    def error(self, node: yaml.Node | int, path: str, message: str) -> None:
-        line = node if isinstance(node, int) else _line(node)
-        self.problems.append((line, self.format(line, path, message)))
-
-    def check(
-        self, node: yaml.Node, path: str, parse: Callable[[yaml.Node], _T], default: _T
-    ) -> _T:
-        """`parse(node)`, or `default` after reporting why it failed."""
-        try:
-            return parse(node)
-        except _InvalidError as exc:
-            self.error(node, path, exc.message)
-            return default
-
-    def mapping(self, node: yaml.Node, path: str, keys: Collection[str]) -> dict[str, yaml.Node]:
-        """The values of a mapping node by key, after reporting bad, repeated and unknown keys."""
-        if not isinstance(node, yaml.MappingNode):
-            expected = f"a mapping with keys {', '.join(keys)}"
-            self.error(node, path, f"expected {expected}, got {_describe(node)}")
-            return {}
-        found: dict[str, yaml.Node] = {}
-        first_line: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            key = _scalar(key_node)
-            if key_node.tag.endswith(":merge"):
-                self.error(key_node, _join(path, "<<"), "merge keys are not supported")
-            elif not isinstance(key, str):
-                self.error(key_node, path, f"keys must be strings, got {_describe(key_node)}")
-            elif key in first_line:
-                message = f"duplicate key (first on line {first_line[key]})"
-                self.error(key_node, _join(path, key), message)
-            elif key not in keys:
-                first_line[key] = _line(key_node)
-                close = difflib.get_close_matches(key, keys, n=1)
-                hint = f'did you mean "{close[0]}"?' if close else f"allowed: {', '.join(keys)}"
-                self.error(key_node, _join(path, key), f"unknown key ({hint})")
-            else:
-                first_line[key] = _line(key_node)
-                found[key] = value_node
-        return found
+        super().__init__(source)
+        self.environ = environ
 
     def document(self, root: yaml.Node | None) -> tuple[ServerConfig, ...]:
         if root is None or (isinstance(root, yaml.ScalarNode) and not root.value):
             self.error(1, "", "the config is empty")
             return ()
         if not isinstance(root, yaml.MappingNode):
-            self.error(root, "", f"the top level must be a mapping, got {_describe(root)}")
+            self.error(root, "", f"the top level must be a mapping, got {describe(root)}")
             return ()
         fields = self.mapping(root, "", _TOP_KEYS)
         defaults = _Level(dict(_BUILTIN), set())
-        if (node := fields.get("defaults")) is not None and _scalar(node) is not None:
+        if (node := fields.get("defaults")) is not None and scalar(node) is not None:
             self.settings(self.mapping(node, "defaults", _SETTINGS), "defaults", defaults)
         if (node := fields.get("servers")) is None:
             self.error(root, "servers", "required key is missing")
             return ()
         if not isinstance(node, yaml.SequenceNode) or not node.value:
-            self.error(node, "servers", f"expected a non-empty list, got {_describe(node)}")
+            self.error(node, "servers", f"expected a non-empty list, got {describe(node)}")
             return ()
         items: list[yaml.Node] = node.value
         servers = [self.server(item, f"servers[{i}]", defaults) for i, item in enumerate(items)]
@@ -524,11 +360,11 @@ class _Loader:
             if key in _SETTINGS:
                 try:
                     value = _SETTINGS[key](node)
-                except _InvalidError as exc:
-                    self.error(node, _join(path, key), exc.message)
+                except InvalidError as exc:
+                    self.error(node, join_path(path, key), exc.message)
                     level.broken.add(key)
                 else:
-                    own[key] = _Setting(value, str(node.value), _join(path, key), _line(node))
+                    own[key] = _Setting(value, str(node.value), join_path(path, key), line_of(node))
                     level.broken.discard(key)
         level.resolved.update(own)
         pair = {"stall_timeout", "timeout"}
@@ -551,7 +387,7 @@ class _Loader:
         if "name" in fields:
             name = self.check(fields["name"], f"{path}.name", _label, "")
         headers: tuple[tuple[str, str], ...] = ()
-        if "headers" in fields and _scalar(fields["headers"]) is not None:
+        if "headers" in fields and scalar(fields["headers"]) is not None:
             headers = self.headers(fields["headers"], f"{path}.headers")
         limit = 1
         if "max_concurrent_pulls" in fields:
@@ -565,7 +401,7 @@ class _Loader:
         return ServerConfig(name, url, headers, limit, models)
 
     def url(self, node: yaml.Node) -> str:
-        return _check_url(_expand(_string(node), self.environ))
+        return _check_url(_expand(string(node), self.environ))
 
     def check_unique_names(self, servers: list[ServerConfig], nodes: list[yaml.Node]) -> None:
         """Report each server whose name an earlier server has; point at where it came from."""
@@ -578,41 +414,41 @@ class _Loader:
                 key = "name" if "name" in fields else "url"
                 origin = "" if key == "name" else "; it comes from the url, so set a name"
                 same = f"same as servers[{first[server.name]}]{origin}"
-                message = f"duplicate server name {_quote(server.name)} ({same})"
+                message = f"duplicate server name {quote(server.name)} ({same})"
                 self.error(fields[key], f"servers[{index}].{key}", message)
 
     def headers(self, node: yaml.Node, path: str) -> tuple[tuple[str, str], ...]:
         if not isinstance(node, yaml.MappingNode):
-            self.error(node, path, f"expected a mapping of names to values, got {_describe(node)}")
+            self.error(node, path, f"expected a mapping of names to values, got {describe(node)}")
             return ()
         headers: list[tuple[str, str]] = []
         first_line: dict[str, int] = {}
         for key_node, value_node in node.value:
-            name = _scalar(key_node)
+            name = scalar(key_node)
             if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
-                self.error(key_node, path, f"invalid header name: {_describe(key_node)}")
+                self.error(key_node, path, f"invalid header name: {describe(key_node)}")
             elif name.lower() in first_line:
                 message = f"duplicate header (first on line {first_line[name.lower()]})"
-                self.error(key_node, _join(path, name), message)
+                self.error(key_node, join_path(path, name), message)
             else:
-                first_line[name.lower()] = _line(key_node)
-                value = self.check(value_node, _join(path, name), self.header_value, None)
+                first_line[name.lower()] = line_of(key_node)
+                value = self.check(value_node, join_path(path, name), self.header_value, None)
                 headers += [] if value is None else [(name, value)]
         return tuple(headers)
 
     def header_value(self, node: yaml.Node) -> str:
         """A header value: a secret, so messages give its type at most."""
-        value = _scalar(node)
+        value = scalar(node)
         if not isinstance(value, str):
-            raise _InvalidError(f"expected a string, got {_kind(value)} (value not shown)")
+            raise InvalidError(f"expected a string, got {kind_of(value)} (value not shown)")
         expanded = _expand(value, self.environ)
         if any(unicodedata.category(char) in {"Cc", "Cs"} and char != "\t" for char in expanded):
-            raise _InvalidError("contains a control character or line break (value not shown)")
+            raise InvalidError("contains a control character or line break (value not shown)")
         return expanded
 
     def models(self, node: yaml.Node, path: str, defaults: _Level) -> tuple[ModelConfig, ...]:
         if not isinstance(node, yaml.SequenceNode) or not node.value:
-            self.error(node, path, f"expected a non-empty list, got {_describe(node)}")
+            self.error(node, path, f"expected a non-empty list, got {describe(node)}")
             return ()
         models: list[ModelConfig] = []
         seen: dict[str, tuple[str, int]] = {}
@@ -624,9 +460,9 @@ class _Loader:
             canonical = canonical_model_name(model.name)
             if canonical in seen:
                 other, line = seen[canonical]
-                same = f"same as {_quote(other)} on line {line}"
-                self.error(name_node, name_path, f"duplicate model {_quote(model.name)} ({same})")
-            seen.setdefault(canonical, (model.name, _line(name_node)))
+                same = f"same as {quote(other)} on line {line}"
+                self.error(name_node, name_path, f"duplicate model {quote(model.name)} ({same})")
+            seen.setdefault(canonical, (model.name, line_of(name_node)))
             models.append(model)
         return tuple(models)
 
@@ -642,11 +478,11 @@ class _Loader:
             if name_node is None:
                 self.error(node, name_path, "required key is missing")
                 return None
-        elif isinstance(_scalar(node), str):
+        elif isinstance(scalar(node), str):
             name_node, name_path = node, path
         else:
             expected = "a model name or a mapping with a name"
-            self.error(node, path, f"expected {expected}, got {_describe(node)}")
+            self.error(node, path, f"expected {expected}, got {describe(node)}")
             return None
         name = self.check(name_node, name_path, _model_name, "")
         if not name:

@@ -46,17 +46,19 @@ import bcrypt
 import yaml
 from aiohttp import hdrs, web
 
-from exporter.config import (
-    _BadYamlError,
-    _boolean,
-    _compose,
-    _describe,
-    _InvalidError,
-    _kind,
-    _line,
-    _Loader,
-    _scalar,
-    _string,
+from exporter.yamlfile import (
+    BadYamlError,
+    FileReadError,
+    InvalidError,
+    NodeWalker,
+    boolean,
+    compose,
+    describe,
+    kind_of,
+    line_of,
+    read_text,
+    scalar,
+    string,
 )
 
 if TYPE_CHECKING:
@@ -134,7 +136,7 @@ class WebConfig:
         """
         if self.tls is None:
             return None
-        return _build_context(self.tls, _Loader(self.source, {}))
+        return _build_context(self.tls, NodeWalker(self.source))
 
 
 def load_web_config(path: str) -> WebConfig:
@@ -143,15 +145,9 @@ def load_web_config(path: str) -> WebConfig:
     Raises WebConfigError listing every problem.
     """
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise WebConfigError([f"{path}: cannot read web config: {exc.strerror or exc}"]) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        message = f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x})"
-        raise WebConfigError([message]) from None
+        text = read_text(path, "web config")
+    except FileReadError as exc:
+        raise WebConfigError([str(exc)]) from None
     return parse_web_config(text, path)
 
 
@@ -159,8 +155,8 @@ def parse_web_config(text: str, source: str) -> WebConfig:
     """Check YAML `text`; `source` names it in messages and anchors relative paths."""
     loader = _WebLoader(source)
     try:
-        root = _compose(text)
-    except _BadYamlError as exc:
+        root = compose(text)
+    except BadYamlError as exc:
         raise WebConfigError([loader.format(exc.line, "", exc.message)]) from None
     web_config = loader.web_config(root)
     if web_config.tls is not None:  # the files too, so that one run reports every problem
@@ -228,11 +224,11 @@ _TLS_NOT_SUPPORTED: Final = {
 _BCRYPT_HASH: Final = re.compile(r"\$2[abxy]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 
 
-class _WebLoader(_Loader):
-    """The main config's node walker, with the web config's sections."""
+class _WebLoader(NodeWalker):
+    """The shared node walker, with the web config's sections."""
 
     def __init__(self, source: str) -> None:
-        super().__init__(source, {})
+        super().__init__(source)
         self.base = Path(source).parent
 
     def known(
@@ -246,7 +242,7 @@ class _WebLoader(_Loader):
         if isinstance(node, yaml.MappingNode):
             kept = []
             for key_node, value_node in node.value:
-                key = _scalar(key_node)
+                key = scalar(key_node)
                 if isinstance(key, str) and key in not_supported:
                     self.error(key_node, f"{path}.{key}" if path else key, not_supported[key])
                 else:
@@ -258,22 +254,22 @@ class _WebLoader(_Loader):
         if root is None or (isinstance(root, yaml.ScalarNode) and not root.value):
             return WebConfig(self.source)  # the toolkit accepts an empty file: no TLS, no auth
         if not isinstance(root, yaml.MappingNode):
-            self.error(root, "", f"the top level must be a mapping, got {_describe(root)}")
+            self.error(root, "", f"the top level must be a mapping, got {describe(root)}")
             return WebConfig(self.source)
         fields = self.known(root, "", _TOP_KEYS, _TOP_NOT_SUPPORTED)
         tls = headers = users = None
-        if (node := fields.get("tls_server_config")) is not None and _scalar(node) is not None:
+        if (node := fields.get("tls_server_config")) is not None and scalar(node) is not None:
             tls = self.tls(node, "tls_server_config")
-        if (node := fields.get("http_server_config")) is not None and _scalar(node) is not None:
+        if (node := fields.get("http_server_config")) is not None and scalar(node) is not None:
             headers = self.http(node, "http_server_config")
-        if (node := fields.get("basic_auth_users")) is not None and _scalar(node) is not None:
+        if (node := fields.get("basic_auth_users")) is not None and scalar(node) is not None:
             users = self.users(node, "basic_auth_users")
         return WebConfig(self.source, tls, headers or (), users or {})
 
     def path(self, node: yaml.Node) -> Path:
-        value = _string(node)
+        value = string(node)
         if not value:
-            raise _InvalidError("must not be empty")
+            raise InvalidError("must not be empty")
         return self.base / value
 
     def get(
@@ -308,7 +304,7 @@ class _WebLoader(_Loader):
         ciphers: tuple[str, ...] = ()
         if "cipher_suites" in fields:
             ciphers = self.ciphers(fields["cipher_suites"], f"{path}.cipher_suites")
-        prefer = self.get(fields, path, "prefer_server_cipher_suites", _boolean, default=True)
+        prefer = self.get(fields, path, "prefer_server_cipher_suites", boolean, default=True)
         if cert is None or key is None or auth is None or low is None or high is None:
             return None
         return TLSServerConfig(
@@ -320,7 +316,7 @@ class _WebLoader(_Loader):
             max_version=high,
             ciphers=ciphers,
             prefer_server_cipher_suites=prefer is not False,
-            lines={name: _line(value) for name, value in fields.items()},
+            lines={name: line_of(value) for name, value in fields.items()},
         )
 
     def check_client_ca(
@@ -341,7 +337,7 @@ class _WebLoader(_Loader):
 
     def ciphers(self, node: yaml.Node, path: str) -> tuple[str, ...]:
         if not isinstance(node, yaml.SequenceNode):
-            self.error(node, path, f"expected a list of cipher suite names, got {_describe(node)}")
+            self.error(node, path, f"expected a list of cipher suite names, got {describe(node)}")
             return ()
         names: list[str] = []
         for index, item in enumerate(node.value):
@@ -352,9 +348,9 @@ class _WebLoader(_Loader):
     def http(self, node: yaml.Node, path: str) -> tuple[tuple[str, str], ...]:
         fields = self.mapping(node, path, _HTTP_KEYS)
         if "http2" in fields:
-            self.check(fields["http2"], f"{path}.http2", _boolean, default=True)  # then ignored
+            self.check(fields["http2"], f"{path}.http2", boolean, default=True)  # then ignored
         node = fields.get("headers", yaml.ScalarNode("tag:yaml.org,2002:null", ""))
-        if _scalar(node) is None:
+        if scalar(node) is None:
             return ()
         headers: list[tuple[str, str]] = []
         for name, value_node in self.mapping(node, f"{path}.headers", _HEADERS).items():
@@ -365,19 +361,19 @@ class _WebLoader(_Loader):
     def users(self, node: yaml.Node, path: str) -> dict[str, bytes]:
         if not isinstance(node, yaml.MappingNode):
             expected = "a mapping of user names to bcrypt hashes"
-            self.error(node, path, f"expected {expected}, got {_describe(node)}")
+            self.error(node, path, f"expected {expected}, got {describe(node)}")
             return {}
         users: dict[str, bytes] = {}
         first_line: dict[str, int] = {}
         for key_node, value_node in node.value:
-            name = _scalar(key_node)
+            name = scalar(key_node)
             if not isinstance(name, str):
-                self.error(key_node, path, f"user names must be strings, got {_describe(key_node)}")
+                self.error(key_node, path, f"user names must be strings, got {describe(key_node)}")
             elif name in first_line:
                 message = f"duplicate user (first on line {first_line[name]})"
                 self.error(key_node, f"{path}.{name}", message)
             else:
-                first_line[name] = _line(key_node)
+                first_line[name] = line_of(key_node)
                 if problem := _user_name_problem(name):
                     self.error(key_node, f"{path}.{name}", problem)
                 hashed = self.check(value_node, f"{path}.{name}", _bcrypt_hash, b"")
@@ -387,27 +383,27 @@ class _WebLoader(_Loader):
 
 
 def _client_auth(node: yaml.Node) -> ClientAuth:
-    value = _string(node)
+    value = string(node)
     try:
         return ClientAuth(value)
     except ValueError:
         pass
     if value in {"RequestClientCert", "RequireAnyClientCert", "RequireClientCert"}:
-        raise _InvalidError(
+        raise InvalidError(
             f"{value} is not supported: Python's ssl cannot ask for a client certificate "
             "without verifying it; use VerifyClientCertIfGiven or RequireAndVerifyClientCert"
         )
     allowed = ", ".join(auth.value for auth in ClientAuth)
-    raise _InvalidError(f"invalid client_auth_type {json.dumps(value)} (allowed: {allowed})")
+    raise InvalidError(f"invalid client_auth_type {json.dumps(value)} (allowed: {allowed})")
 
 
 def _tls_version(node: yaml.Node) -> ssl.TLSVersion:
-    value = _string(node)
+    value = string(node)
     if value in {"TLS10", "TLS11"}:
-        raise _InvalidError(f"{value} is not supported (Python's ssl deprecates TLS 1.0 and 1.1)")
+        raise InvalidError(f"{value} is not supported (Python's ssl deprecates TLS 1.0 and 1.1)")
     if value not in _TLS_VERSIONS:
         allowed = ", ".join(_TLS_VERSIONS)
-        raise _InvalidError(f"invalid TLS version {json.dumps(value)} (allowed: {allowed})")
+        raise InvalidError(f"invalid TLS version {json.dumps(value)} (allowed: {allowed})")
     return _TLS_VERSIONS[value]
 
 
@@ -417,21 +413,21 @@ def _version_name(version: ssl.TLSVersion) -> str:
 
 def _cipher_suite(node: yaml.Node) -> str | None:
     """The OpenSSL name of a Go cipher suite name; None for TLS 1.3 suites (not restrictable)."""
-    value = _string(node)
+    value = string(node)
     if value not in _CIPHER_SUITES:
-        raise _InvalidError(f"unknown or insecure cipher suite {json.dumps(value)}")
+        raise InvalidError(f"unknown or insecure cipher suite {json.dumps(value)}")
     return _CIPHER_SUITES[value]
 
 
 def _header_value(name: str) -> Callable[[yaml.Node], str]:
     def parse(node: yaml.Node) -> str:
-        value = _string(node)
+        value = string(node)
         if any(unicodedata.category(char) == "Cc" and char != "\t" for char in value):
-            raise _InvalidError("must not contain control characters or line breaks")
+            raise InvalidError("must not contain control characters or line breaks")
         allowed = _HEADERS[name]
         if value and allowed and value not in allowed:
             choices = ", ".join(allowed)
-            raise _InvalidError(f"invalid value {json.dumps(value)} (allowed: {choices})")
+            raise InvalidError(f"invalid value {json.dumps(value)} (allowed: {choices})")
         return value
 
     return parse
@@ -450,11 +446,11 @@ def _user_name_problem(name: str) -> str:
 
 def _bcrypt_hash(node: yaml.Node) -> bytes:
     """A bcrypt hash as printed by `htpasswd -nBC 10 ""`; never echoed."""
-    value = _scalar(node)
+    value = scalar(node)
     if not isinstance(value, str):
-        raise _InvalidError(f"expected a bcrypt hash, got {_kind(value)} (value not shown)")
+        raise InvalidError(f"expected a bcrypt hash, got {kind_of(value)} (value not shown)")
     if not _BCRYPT_HASH.fullmatch(value):
-        raise _InvalidError("not a bcrypt hash (value not shown)")
+        raise InvalidError("not a bcrypt hash (value not shown)")
     return value.encode("ascii")
 
 
@@ -466,7 +462,7 @@ def _no_passphrase() -> bytes:
     raise _EncryptedKeyError
 
 
-def _build_context(tls: TLSServerConfig, loader: _Loader) -> ssl.SSLContext:
+def _build_context(tls: TLSServerConfig, loader: NodeWalker) -> ssl.SSLContext:
     """The server context for `tls`; problems go to `loader` and raise WebConfigError."""
     before = len(loader.problems)
 

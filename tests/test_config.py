@@ -12,7 +12,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter import config
+from exporter import yamlfile
 from exporter.config import (
     Config,
     ConfigError,
@@ -228,7 +228,7 @@ def test_bad_config_reports_exact_errors(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(BAD_CONFIGS.keys() - SYNTAX_CASES))
 def test_pure_python_loader_reports_the_same(name: str) -> None:
     with (
-        mock.patch.object(config, "_YamlLoader", yaml.SafeLoader),
+        mock.patch.object(yamlfile, "_YamlLoader", yaml.SafeLoader),
         pytest.raises(ConfigError) as caught,
     ):
         load_config(str(BAD_DIR / f"{name}.yaml"), ENVIRON)
@@ -532,7 +532,7 @@ def test_header_values_stay_out_of_repr() -> None:
 def test_deep_nesting_is_a_config_error() -> None:
     text = "servers: " + "[" * 5000 + "]" * 5000
     for loader in (yaml.CSafeLoader, yaml.SafeLoader):
-        with mock.patch.object(config, "_YamlLoader", loader), pytest.raises(ConfigError):
+        with mock.patch.object(yamlfile, "_YamlLoader", loader), pytest.raises(ConfigError):
             parse_config(text, "c.yaml", {})
 
 
@@ -681,5 +681,5 @@ def test_near_valid_documents_give_config_or_config_error(document: object) -> N
 @given(st.text())
 def test_any_text_gives_config_or_config_error(text: str) -> None:
     _check_outcome(text)
-    with mock.patch.object(config, "_YamlLoader", yaml.SafeLoader):
+    with mock.patch.object(yamlfile, "_YamlLoader", yaml.SafeLoader):
         _check_outcome(text)
