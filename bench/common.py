@@ -219,8 +219,32 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def checkout() -> str:
+    """The commit the benchmark runs from, `+dirty` if tracked files differ from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
 def machine_info() -> dict[str, object]:
-    """Cores, CPU model, OS, Python and package versions, for the report."""
+    """Cores, CPU model, OS, Python, package versions and the commit, for the report."""
     model = "unknown"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -236,6 +260,7 @@ def machine_info() -> dict[str, object]:
         "python": platform.python_version(),
         "load_average_1m_5m_15m": [round(x, 2) for x in os.getloadavg()],
         "packages": {name: _version(name) for name in packages},
+        "commit": checkout(),
     }
 
 

@@ -1,7 +1,8 @@
 """Fleet benchmark: the real exporter process watching many pairs while it is scraped.
 
-The exporter (`python -m exporter`) is configured with `--pairs` (server, model) pairs over
-`--servers` simulated Ollama servers (`bench/fleet_sim.py`, one process, one port each).
+The exporter as shipped (`python -m exporter`, from this checkout) is configured with
+`--pairs` (server, model) pairs over `--servers` simulated Ollama servers
+(`bench/fleet_sim.py`, one process, one port each).
 Each server allows `--concurrency / --servers` pulls at once, so that many pulls stream at
 Ollama's real cadence (a line every 60 ms each) while the rest wait their turn; every pull
 lasts about `--pull-seconds`, so runs keep ending and starting. After `--warmup` seconds,
@@ -14,6 +15,9 @@ pinned to the other CPU(s) and niced (+5 and +10), so they cannot starve the exp
 
     python -m bench.fleet                       # 1,000 pairs, 50 servers, 200 streaming, 60 s
     python -m bench.fleet --pairs 20 --servers 2 --concurrency 4 --warmup 1 --duration 3
+
+The exporter is imported from the checkout the benchmark runs in, so an older commit is
+measured from a worktree of it (docs/performance.md, "Reproduce").
 """
 
 from __future__ import annotations
@@ -62,10 +66,6 @@ class Fleet:
     concurrency: int
     mode: str = "stream"
     pull_seconds: float = 30.0
-    exporter: str = "stock"
-    coalesce: float = 0.0
-    """With `proposed`: seconds `_consume` pauses after each read (`BENCH_COALESCE`)."""
-    """`stock`: the exporter as shipped; `proposed`: through `bench/exporter_shim.py`."""
 
 
 def models_per_server(fleet: Fleet) -> list[int]:
@@ -160,10 +160,9 @@ def fleet_running(fleet: Fleet, workdir: Path, *, spread: float = 0.3) -> Iterat
         config.write_text(exporter_config(fleet, urls))
         port = free_port()
         with (workdir / "exporter.log").open("wb") as log:
-            module = "exporter" if fleet.exporter == "stock" else "bench.exporter_shim"
             exporter = start_process(
                 python_command(
-                    module,
+                    "exporter",
                     f"--config.file={config}",
                     f"--web.listen-address=127.0.0.1:{port}",
                     "--log.level=info",
@@ -171,7 +170,6 @@ def fleet_running(fleet: Fleet, workdir: Path, *, spread: float = 0.3) -> Iterat
                 cpus=measured_cpus,
                 stdout=log.fileno(),
                 stderr=log.fileno(),
-                env={"BENCH_COALESCE": str(fleet.coalesce)},
             )
         running = Running(sim, exporter, f"http://127.0.0.1:{port}", stats_path, workdir)
         running.wait("the exporter to answer", lambda: _answers(running.url), 60)
@@ -313,8 +311,6 @@ def run_fleet(
         "concurrency": fleet.concurrency,
         "pull_seconds": fleet.pull_seconds,
         "warmup_seconds": warmup,
-        "exporter": fleet.exporter,
-        "coalesce_seconds": fleet.coalesce,
     }
     result["placement"] = {
         "exporter_cpus": sorted(measured_cpus),
@@ -332,13 +328,8 @@ def format_report(result: dict[str, Any]) -> str:
         f"{fleet['pairs']:,} pairs on {fleet['servers']} servers, {fleet['concurrency']} pulls "
         f"streaming at once (open streams min/median/max: "
         f"{result['open_streams']['min']:.0f}/{result['open_streams']['median']:.0f}/"
-        f"{result['open_streams']['max']:.0f}), measured for {result['wall_seconds']:.0f} s; "
-        f"exporter: {fleet['exporter']}"
-        + (
-            f", reads coalesced {fleet['coalesce_seconds']:g} s"
-            if fleet["coalesce_seconds"]
-            else ""
-        ),
+        f"{result['open_streams']['max']:.0f}), measured for {result['wall_seconds']:.0f} s"
+        + (f"; exporter at {result['machine']['commit']}" if "machine" in result else ""),
         "",
         "| measure | value |",
         "|---|---:|",
@@ -374,18 +365,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scrape-intervals", default="15,1", help="seconds, comma-separated, one scraper each"
     )
-    parser.add_argument(
-        "--exporter",
-        choices=("stock", "proposed"),
-        default="stock",
-        help="proposed: the web.py changes of bench/exporter_shim.py applied (see there)",
-    )
-    parser.add_argument(
-        "--coalesce",
-        type=float,
-        default=0.0,
-        help="with --exporter proposed: pause reads this long (see bench/exporter_shim.py)",
-    )
     parser.add_argument("--json", help="write the full result here")
     args = parser.parse_args(argv)
     fleet = Fleet(
@@ -393,8 +372,6 @@ def main(argv: list[str] | None = None) -> int:
         args.servers,
         args.concurrency,
         pull_seconds=args.pull_seconds,
-        exporter=args.exporter,
-        coalesce=args.coalesce,
     )
     intervals = tuple(float(x) for x in args.scrape_intervals.split(",") if x)
     result = run_fleet(

@@ -70,12 +70,11 @@ def ollama_available() -> bool:
 
 
 async def _consume_a(url: str) -> dict[str, Any]:
-    import aiohttp  # noqa: PLC0415 - each consumer imports only what it uses
     from prometheus_client import generate_latest  # noqa: PLC0415
 
     from exporter.config import Config, ModelConfig, PullSettings, ServerConfig  # noqa: PLC0415
     from exporter.metrics import build_registry  # noqa: PLC0415
-    from exporter.pull import make_timeout, run_pull  # noqa: PLC0415
+    from exporter.pull import make_session, run_pull  # noqa: PLC0415
     from exporter.state import ExporterState, sync_pairs  # noqa: PLC0415
 
     settings = PullSettings(
@@ -92,7 +91,7 @@ async def _consume_a(url: str) -> dict[str, Any]:
     sync_pairs(state, Config("bench", (server,)))
     registry = build_registry(state)
     pair = state.pairs[server.name, model.name]
-    async with aiohttp.ClientSession(timeout=make_timeout()) as session:
+    async with make_session() as session:
         before, wall = own_cpu_seconds(), time.perf_counter()
         result = await run_pull(session, server, model, state, pair)
         exposition = generate_latest(registry)

@@ -10,17 +10,18 @@ CPU placement):
 - pulls: 10, 50, 200, 500 pulls streaming at once at Ollama's 60 ms cadence, scraped every
   15 s: exporter CPU share and CPU per line.
 
-Each sweep runs for the exporter as shipped (`stock`) and with the proposed web.py changes
-(`proposed`, `bench/exporter_shim.py`); the pull sweep also with reads coalesced (`--coalesce`).
-Writes JSON and draws the plot:
+Writes JSON and draws the plot; `--baseline` adds an earlier report's points to the plot
+(of a report from before the exporter-only variants were dropped, its `stock` points):
 
-    python -m bench.scaling --json bench/results/scaling.json --plot docs/img/scaling.png
+    python -m bench.scaling --json bench/results/scaling.json --plot docs/img/scaling.png \
+        --baseline bench/results/history/scaling-2a8fcf0.json
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import math
 import statistics
 import sys
@@ -35,18 +36,16 @@ from bench.scrape import ACCEPT_TEXT, scrape_once, scrape_size
 
 PAIRS = (10, 100, 1000, 5000)
 PULLS = (10, 50, 200, 500)
-STOCK_CONNECTIONS = 100
-"""aiohttp's default connection limit, which the stock exporter's ClientSession keeps."""
 
 
 def _servers_for(pairs: int) -> int:
     return max(1, min(50, math.ceil(pairs / 20)))
 
 
-def scrape_point(pairs: int, exporter: str, scrapes: int) -> dict[str, Any]:
+def scrape_point(pairs: int, scrapes: int) -> dict[str, Any]:
     """Scrape cost with `pairs` pairs, every series present, nothing streaming."""
     servers = _servers_for(pairs)
-    fleet = Fleet(pairs, servers, servers * 10, mode="uptodate", exporter=exporter)
+    fleet = Fleet(pairs, servers, servers * 10, mode="uptodate")
     with (
         tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp,
         fleet_running(fleet, Path(tmp)) as running,
@@ -73,7 +72,6 @@ def scrape_point(pairs: int, exporter: str, scrapes: int) -> dict[str, Any]:
     return {
         "pairs": pairs,
         "servers": servers,
-        "exporter": exporter,
         "scrape_ms_median": statistics.median(latencies),
         "scrape_ms_max": max(latencies),
         "scrape_cpu_ms": cpu * 1000,
@@ -84,21 +82,12 @@ def scrape_point(pairs: int, exporter: str, scrapes: int) -> dict[str, Any]:
     }
 
 
-def pull_point(
-    pulls: int, exporter: str, coalesce: float, warmup: float, duration: float
-) -> dict[str, Any]:
+def pull_point(pulls: int, warmup: float, duration: float) -> dict[str, Any]:
     """Exporter CPU with `pulls` pulls streaming for the whole window (no turnover)."""
     servers = min(50, pulls)
     # Pull lengths spread over +-30%: the shortest must outlast start-up, warm-up and window.
     pull_seconds = (warmup + duration + 25) / 0.7
-    fleet = Fleet(
-        pulls,
-        servers,
-        pulls,
-        pull_seconds=pull_seconds,
-        exporter=exporter,
-        coalesce=coalesce,
-    )
+    fleet = Fleet(pulls, servers, pulls, pull_seconds=pull_seconds)
     with (
         tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp,
         fleet_running(fleet, Path(tmp)) as running,
@@ -108,8 +97,6 @@ def pull_point(
         result = measure(running, duration, (15.0,))
     return {
         "pulls": pulls,
-        "exporter": exporter,
-        "coalesce_seconds": coalesce,
         "cpu_share": result["exporter_cpu_share"],
         "lines_per_second": result["lines_per_second"],
         "cpu_us_per_line": result["cpu_us_per_line"],
@@ -118,53 +105,69 @@ def pull_point(
     }
 
 
-def plot(report: dict[str, Any], path: str) -> None:
-    """Four panels: scrape time, exposition size, RSS (by pairs); CPU (by pulls)."""
+def _baseline_points(baseline: dict[str, Any], sweep: str) -> list[dict[str, Any]]:
+    """An earlier report's points of one sweep; of an old two-variant report, the shipped ones."""
+    return [
+        p
+        for p in baseline.get(sweep, [])
+        if p.get("exporter", "stock") == "stock" and not p.get("coalesce_seconds")
+    ]
+
+
+def plot(report: dict[str, Any], path: str, baseline: dict[str, Any] | None = None) -> None:
+    """Four panels: scrape time, exposition size, RSS (by pairs); CPU (by pulls).
+
+    With `baseline` (an earlier report), its points are drawn too, grey and dashed.
+    """
     # The bench extra; imported by name so that type checks pass without it installed.
     importlib.import_module("matplotlib").use("Agg")
     plt: Any = importlib.import_module("matplotlib.pyplot")
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    scrape = report["pairs"]
-    by_variant: dict[str, list[dict[str, Any]]] = {}
-    for point in scrape:
-        by_variant.setdefault(point["exporter"], []).append(point)
-    for variant, points in by_variant.items():
-        xs = [p["pairs"] for p in points]
-        axes[0][0].plot(xs, [p["scrape_ms_median"] for p in points], "o-", label=variant)
-        axes[1][0].plot(xs, [p["rss_mib"] for p in points], "o-", label=variant)
-    first = next(iter(by_variant.values()))
-    axes[0][1].plot(
-        [p["pairs"] for p in first],
-        [p["exposition_bytes"] / 2**20 for p in first],
-        "o-",
-        label="text, uncompressed",
-    )
-    axes[0][1].plot(
-        [p["pairs"] for p in first],
-        [p["gzip_bytes"] / 2**20 for p in first],
-        "o-",
-        label="OpenMetrics, gzip",
-    )
-    axes[0][0].axhline(250, color="grey", linestyle=":", label="target p99 250 ms")
-    for ax in (axes[0][0], axes[0][1]):  # slope 1 on log-log axes: linear growth
-        for line in list(ax.get_lines())[:2]:
-            xs, ys = line.get_xdata(), line.get_ydata()
-            if len(xs) > 1:
+    scrape_ax, size_ax, rss_ax, cpu_ax = axes[0][0], axes[0][1], axes[1][0], axes[1][1]
+    label = "now"
+    if baseline is not None:
+        before = "before" + (
+            f" ({baseline['machine']['commit']})" if "commit" in baseline.get("machine", {}) else ""
+        )
+        old = _baseline_points(baseline, "pairs")
+        style = {"color": "grey", "linestyle": "--", "marker": "s", "alpha": 0.7, "label": before}
+        if old:
+            xs = [p["pairs"] for p in old]
+            scrape_ax.plot(xs, [p["scrape_ms_median"] for p in old], **style)
+            rss_ax.plot(xs, [p["rss_mib"] for p in old], **style)
+        old = _baseline_points(baseline, "pulls")
+        if old:
+            cpu_ax.plot([p["pulls"] for p in old], [100 * p["cpu_share"] for p in old], **style)
+    points = report["pairs"]
+    xs = [p["pairs"] for p in points]
+    now = scrape_ax.plot(xs, [p["scrape_ms_median"] for p in points], "o-", label=label)[0]
+    rss_ax.plot(xs, [p["rss_mib"] for p in points], "o-", label=label)
+    text = size_ax.plot(
+        xs, [p["exposition_bytes"] / 2**20 for p in points], "o-", label="text, uncompressed"
+    )[0]
+    gzip = size_ax.plot(
+        xs, [p["gzip_bytes"] / 2**20 for p in points], "o-", label="OpenMetrics, gzip"
+    )[0]
+    scrape_ax.axhline(250, color="grey", linestyle=":", label="target p99 250 ms")
+    for ax, lines in ((scrape_ax, (now,)), (size_ax, (text, gzip))):
+        for line in lines:  # slope 1 on log-log axes: linear growth
+            lxs, lys = line.get_xdata(), line.get_ydata()
+            if len(lxs) > 1:
                 ax.plot(
-                    [xs[0], xs[-1]],
-                    [ys[-1] * xs[0] / xs[-1], ys[-1]],
+                    [lxs[0], lxs[-1]],
+                    [lys[-1] * lxs[0] / lxs[-1], lys[-1]],
                     linestyle="--",
                     color=line.get_color(),
                     alpha=0.4,
-                    label="linear (through the last point)" if line is ax.get_lines()[0] else None,
+                    label="linear (through the last point)" if line is lines[0] else None,
                 )
     for ax, title, unit in (
-        (axes[0][0], "scrape time (median) by pairs", "ms"),
-        (axes[0][1], "exposition size by pairs", "MiB"),
-        (axes[1][0], "exporter RSS by pairs", "MiB"),
+        (scrape_ax, "scrape time (median) by pairs", "ms"),
+        (size_ax, "exposition size by pairs", "MiB"),
+        (rss_ax, "exporter RSS by pairs", "MiB"),
     ):
-        if ax is not axes[1][0]:  # RSS on linear axes: a straight line is linear growth
+        if ax is not rss_ax:  # RSS on linear axes: a straight line is linear growth
             ax.set_xscale("log")
             ax.set_yscale("log")
         ax.set_title(title)
@@ -172,24 +175,16 @@ def plot(report: dict[str, Any], path: str) -> None:
         ax.set_ylabel(unit)
         ax.grid(visible=True, which="both", alpha=0.3)
         ax.legend()
-    pulls: dict[str, list[dict[str, Any]]] = {}
-    for point in report["pulls"]:
-        label = point["exporter"] + (
-            f", reads coalesced {point['coalesce_seconds']:g} s"
-            if point["coalesce_seconds"]
-            else ""
-        )
-        pulls.setdefault(label, []).append(point)
-    for label, points in pulls.items():
-        axes[1][1].plot(
-            [p["pulls"] for p in points], [100 * p["cpu_share"] for p in points], "o-", label=label
-        )
-    axes[1][1].axhline(10, color="grey", linestyle=":", label="target 10% (at 200)")
-    axes[1][1].set_title("exporter CPU by pulls streaming at once (60 ms cadence)")
-    axes[1][1].set_xlabel("pulls streaming at once")
-    axes[1][1].set_ylabel("% of one core")
-    axes[1][1].grid(visible=True, alpha=0.3)
-    axes[1][1].legend()
+    pulls = report["pulls"]
+    cpu_ax.plot(
+        [p["pulls"] for p in pulls], [100 * p["cpu_share"] for p in pulls], "o-", label=label
+    )
+    cpu_ax.axhline(10, color="grey", linestyle=":", label="target 10% (at 200)")
+    cpu_ax.set_title("exporter CPU by pulls streaming at once (60 ms cadence)")
+    cpu_ax.set_xlabel("pulls streaming at once")
+    cpu_ax.set_ylabel("% of one core")
+    cpu_ax.grid(visible=True, alpha=0.3)
+    cpu_ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -198,13 +193,13 @@ def format_report(report: dict[str, Any]) -> str:
     """Markdown tables of both sweeps."""
     out = [
         (
-            "| exporter | pairs | scrape median / max (ms) | CPU per scrape (ms) | "
+            "| pairs | scrape median / max (ms) | CPU per scrape (ms) | "
             "text exposition | OpenMetrics gzip | RSS (MiB) |"
         ),
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     out.extend(
-        f"| {p['exporter']} | {p['pairs']:,} | {p['scrape_ms_median']:.1f} / "
+        f"| {p['pairs']:,} | {p['scrape_ms_median']:.1f} / "
         f"{p['scrape_ms_max']:.1f} | {p['scrape_cpu_ms']:.1f} | "
         f"{p['exposition_bytes'] / 2**20:.2f} MiB | {p['gzip_bytes'] / 1024:.0f} KiB | "
         f"{p['rss_mib']:.1f} |"
@@ -212,15 +207,12 @@ def format_report(report: dict[str, Any]) -> str:
     )
     out += [
         "",
-        "| exporter | pulls at once | lines/s | exporter CPU (% of a core) | CPU per line (us) |",
-        "|---|---:|---:|---:|---:|",
+        "| pulls at once | lines/s | exporter CPU (% of a core) | CPU per line (us) |",
+        "|---:|---:|---:|---:|",
     ]
     for p in report["pulls"]:
-        variant = p["exporter"] + (
-            f", coalesced {p['coalesce_seconds']:g} s" if p["coalesce_seconds"] else ""
-        )
         out.append(
-            f"| {variant} | {p['pulls']} | {p['lines_per_second']:,.0f} | "
+            f"| {p['pulls']} | {p['lines_per_second']:,.0f} | "
             f"{100 * p['cpu_share']:.1f} | {p['cpu_us_per_line']:.1f} |"
         )
     return "\n".join(out)
@@ -238,32 +230,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scrapes", type=int, default=20, help="scrapes per pair count")
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per pull count")
-    parser.add_argument("--variants", default="stock,proposed")
-    parser.add_argument("--coalesce", type=float, default=0.25, help="0: no coalesced variant")
     parser.add_argument("--json", help="write the full report here")
     parser.add_argument("--plot", help="write the PNG plot here (needs matplotlib)")
+    parser.add_argument("--baseline", help="an earlier --json report to draw on the plot too")
     args = parser.parse_args(argv)
-    variants = tuple(v for v in args.variants.split(",") if v)
     report: dict[str, Any] = {"benchmark": "scaling", "pairs": [], "pulls": []}
-    for variant in variants:
-        for pairs in _ints(args.pairs):
-            point = scrape_point(pairs, variant, args.scrapes)
-            print(point, file=sys.stderr, flush=True)
-            report["pairs"].append(point)
-    pull_variants = [(v, 0.0) for v in variants]
-    if args.coalesce > 0 and "proposed" in variants:
-        pull_variants.append(("proposed", args.coalesce))
-    for variant, coalesce in pull_variants:
-        for pulls in _ints(args.pulls):
-            if variant == "stock" and pulls > STOCK_CONNECTIONS:
-                continue  # the stock exporter streams at most 100 pulls at once
-            point = pull_point(pulls, variant, coalesce, args.warmup, args.duration)
-            print(point, file=sys.stderr, flush=True)
-            report["pulls"].append(point)
+    for pairs in _ints(args.pairs):
+        point = scrape_point(pairs, args.scrapes)
+        print(point, file=sys.stderr, flush=True)
+        report["pairs"].append(point)
+    for pulls in _ints(args.pulls):
+        point = pull_point(pulls, args.warmup, args.duration)
+        print(point, file=sys.stderr, flush=True)
+        report["pulls"].append(point)
     report["machine"] = machine_info()
     write_json(args.json, report)
     if args.plot:
-        plot(report, args.plot)
+        baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
+        plot(report, args.plot, baseline)
     print(format_report(report))
     return 0
 

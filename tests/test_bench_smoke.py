@@ -44,9 +44,8 @@ def test_ingest_official_client() -> None:
     _check_ingest(("A", "B"))
 
 
-@pytest.mark.parametrize(("exporter", "coalesce"), [("stock", 0.0), ("proposed", 0.2)])
-def test_fleet(exporter: str, coalesce: float) -> None:
-    fleet = Fleet(6, 2, 4, pull_seconds=2.0, exporter=exporter, coalesce=coalesce)
+def test_fleet() -> None:
+    fleet = Fleet(6, 2, 4, pull_seconds=2.0)
     result = run_fleet(fleet, warmup=0.3, duration=2.5, scrape_intervals=(1.0, 0.5))
     assert result["lines"] > 0
     assert result["exporter_peak_rss_mib"] > 0
@@ -61,13 +60,13 @@ def test_fleet(exporter: str, coalesce: float) -> None:
 
 def test_scaling(tmp_path: Path) -> None:
     report = {
-        "pairs": [scaling.scrape_point(12, "proposed", scrapes=2)],
-        "pulls": [scaling.pull_point(3, "stock", 0.0, warmup=0.3, duration=2.0)],
+        "pairs": [scaling.scrape_point(12, scrapes=2)],
+        "pulls": [scaling.pull_point(3, warmup=0.3, duration=2.0)],
     }
     (point,) = report["pairs"]
     assert point["exposition_bytes"] > point["gzip_bytes"] > 0
     assert report["pulls"][0]["lines_per_second"] > 0
     assert "pulls at once" in scaling.format_report(report)
     if importlib.util.find_spec("matplotlib") is not None:
-        scaling.plot(report, str(tmp_path / "scaling.png"))
+        scaling.plot(report, str(tmp_path / "scaling.png"), baseline=report)
         assert (tmp_path / "scaling.png").stat().st_size > 0
