@@ -131,6 +131,20 @@ def exporter_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "exporter", *args]
 
 
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """Run the exporter to completion (`--once`, `--config.check`, a failing start-up)."""
+    return subprocess.run(
+        exporter_command(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+    )
+
+
 @contextlib.contextmanager
 def run_exporter(
     config: str,

@@ -14,7 +14,7 @@ import pytest
 
 from exporter.protocol import Reason
 from exporter.pull import COALESCE_SECONDS
-from tests.harness import Exporter, exporter_command, free_port, run_exporter, wait_for
+from tests.harness import Exporter, free_port, run_cli, run_exporter, wait_for
 from tests.ollama_sim import (
     NOT_FOUND,
     HttpError,
@@ -434,26 +434,14 @@ def test_once_mode_prints_a_line_per_model_and_exits_by_result(tmp_path: Path) -
     with sim.running() as url:
         config = tmp_path / "config.yaml"
         config.write_text(f"servers:\n  - name: sim\n    url: {url}\n    models: [good, bad]\n")
-        done = subprocess.run(
-            exporter_command(f"--config.file={config}", "--once"),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        done = run_cli(f"--config.file={config}", "--once")
         assert done.returncode == 1, done.stderr
         lines = done.stdout.splitlines()
         assert len(lines) == 2
         assert lines[0].startswith("server=sim model=good result=success")
         assert lines[1].startswith("server=sim model=bad result=failure reason=manifest_not_found")
         config.write_text(f"servers:\n  - name: sim\n    url: {url}\n    models: [good]\n")
-        done = subprocess.run(
-            exporter_command(f"--config.file={config}", "--once"),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        done = run_cli(f"--config.file={config}", "--once")
         assert done.returncode == 0, done.stderr
         assert "downloaded_bytes=0" in done.stdout
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import bcrypt
 import pytest
 
-from tests.harness import exporter_command, run_exporter, wait_for
+from tests.harness import run_cli, run_exporter, wait_for
 from tests.ollama_sim import (
     OllamaSimulator,
     error_after_manifest,
@@ -82,24 +82,6 @@ def test_tls_and_basic_auth_guard_every_endpoint(tls_dir: Path, tmp_path: Path) 
                     status, _ = exporter.get(path, headers=headers)
                     assert status == 401, (path, headers)
             assert exporter.get("/nope", headers={"Authorization": ""})[0] == 401
-            plain = exporter.url.replace("https://", "http://")
-            with pytest.raises(OSError):
-                urllib.request.urlopen(plain + "/-/healthy", timeout=5)
-            assert PASSWORD not in exporter.logs()
-
-
-def test_unauthorized_answer_has_a_challenge(tls_dir: Path, tmp_path: Path) -> None:
-    sim = OllamaSimulator({"a": [up_to_date([1000])]}, time_scale=TIME_SCALE)
-    context = ssl.create_default_context(cafile=str(tls_dir / "server.crt"))
-    with sim.running() as url:
-        config = f"servers:\n  - name: sim\n    url: {url}\n    models: [a]\n"
-        with run_exporter(
-            config,
-            tmp_path,
-            f"--web.config.file={tls_dir / 'web.yml'}",
-            context=context,
-            headers=_auth(USER, PASSWORD),
-        ) as exporter:
             with pytest.raises(urllib.error.HTTPError) as info:
                 urllib.request.urlopen(exporter.url + "/metrics", timeout=5, context=context)
             with info.value:
@@ -107,6 +89,10 @@ def test_unauthorized_answer_has_a_challenge(tls_dir: Path, tmp_path: Path) -> N
                 assert (
                     info.value.headers["WWW-Authenticate"] == 'Basic realm="ollama-pull-exporter"'
                 )
+            plain = exporter.url.replace("https://", "http://")
+            with pytest.raises(OSError):
+                urllib.request.urlopen(plain + "/-/healthy", timeout=5)
+            assert PASSWORD not in exporter.logs()
 
 
 def test_bad_web_config_fails_start_up_with_a_clear_message(tmp_path: Path) -> None:
@@ -116,14 +102,8 @@ def test_bad_web_config_fails_start_up_with_a_clear_message(tmp_path: Path) -> N
     (tmp_path / "web.yml").write_text(
         "tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n"
     )
-    done = subprocess.run(
-        exporter_command(
-            f"--config.file={tmp_path / 'config.yaml'}", f"--web.config.file={tmp_path / 'web.yml'}"
-        ),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    done = run_cli(
+        f"--config.file={tmp_path / 'config.yaml'}", f"--web.config.file={tmp_path / 'web.yml'}"
     )
     assert done.returncode == 1
     assert f"{tmp_path / 'web.yml'}:2: tls_server_config.cert_file" in done.stderr
@@ -242,12 +222,9 @@ def test_a_header_secret_never_leaves_the_process(tmp_path: Path) -> None:
         assert len(outputs) == 5
         for output in outputs:
             assert SECRET not in output
-        check = subprocess.run(
-            exporter_command(f"--config.file={exporter.config_path}", "--config.check"),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
+        check = run_cli(
+            f"--config.file={exporter.config_path}",
+            "--config.check",
             env={"TOKEN": SECRET, "PATH": "/usr/bin"},
         )
         assert check.returncode == 1
