@@ -16,6 +16,10 @@ pinned to the other CPU(s) and niced (+5 and +10), so they cannot starve the exp
     python -m bench.fleet                       # 1,000 pairs, 50 servers, 200 streaming, 60 s
     python -m bench.fleet --pairs 20 --servers 2 --concurrency 4 --warmup 1 --duration 3
 
+Each of `--rounds` rounds (default 5) starts everything afresh; the report gives the median,
+minimum and maximum of every measure over the rounds, and the scrape percentiles of all
+rounds' scrapes pooled.
+
 The exporter is imported from the checkout the benchmark runs in, so an older commit is
 measured from a worktree of it (docs/performance.md, "Reproduce").
 """
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.common import (
+    Summary,
     cpu_layout,
     machine_info,
     percentile,
@@ -238,6 +243,7 @@ def measure(
             "p50_ms": percentile(latencies, 0.5),
             "p99_ms": percentile(latencies, 0.99),
             "max_ms": max(latencies, default=math.nan),
+            "latencies_ms": latencies,
             "gzip_bytes_median": statistics.median(data["sizes"]) if data["sizes"] else 0,
         }
     lines = after_stats["lines"] - before_stats["lines"]
@@ -353,6 +359,92 @@ def format_report(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _measures(result: dict[str, Any]) -> dict[str, float]:
+    """One round's figures, flat, for the summary."""
+    out = {
+        "exporter_cpu_share": result["exporter_cpu_share"],
+        "exporter_peak_rss_mib": result["exporter_peak_rss_mib"],
+        "lines_per_second": result["lines_per_second"],
+        "cpu_us_per_line": result["cpu_us_per_line"],
+        "open_streams_median": result["open_streams"]["median"],
+        "load_generator_cpu_share": result["load_generator_cpu_share"],
+        "runs": result["exporter_totals"]["runs"],
+        "failures": result["exporter_totals"]["failures"],
+    }
+    for name, scrape in result["scrapes"].items():
+        out[f"scrape {name} p50_ms"] = scrape["p50_ms"]
+        out[f"scrape {name} p99_ms"] = scrape["p99_ms"]
+    return out
+
+
+def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median, min and max of each measure over `rounds`; scrape percentiles pooled."""
+    measures = [_measures(result) for result in rounds]
+    pooled: dict[str, Any] = {}
+    for name in rounds[0]["scrapes"]:
+        latencies = [ms for r in rounds for ms in r["scrapes"][name]["latencies_ms"]]
+        pooled[name] = {
+            "count": len(latencies),
+            "errors": sum(r["scrapes"][name]["errors"] for r in rounds),
+            "p50_ms": percentile(latencies, 0.5),
+            "p99_ms": percentile(latencies, 0.99),
+            "max_ms": max(latencies, default=math.nan),
+        }
+    return {
+        "benchmark": "fleet",
+        "fleet": rounds[0]["fleet"],
+        "placement": rounds[0]["placement"],
+        "summary": {key: Summary.of([m[key] for m in measures]).to_json() for key in measures[0]},
+        "scrapes_pooled": pooled,
+        "rounds": rounds,
+    }
+
+
+_ROWS = (
+    ("exporter CPU, share of one core", "exporter_cpu_share", 100, "{:.1f}%"),
+    ("exporter peak RSS (VmHWM)", "exporter_peak_rss_mib", 1, "{:.1f} MiB"),
+    ("lines processed per second", "lines_per_second", 1, "{:,.0f}"),
+    ("exporter CPU per line (scrapes included)", "cpu_us_per_line", 1, "{:.1f} us"),
+    ("pulls streaming (median in the round)", "open_streams_median", 1, "{:.0f}"),
+    ("load generator CPU (other core)", "load_generator_cpu_share", 100, "{:.1f}%"),
+    ("runs started", "runs", 1, "{:,.0f}"),
+    ("runs failed", "failures", 1, "{:,.0f}"),
+)
+
+
+def format_rounds(report: dict[str, Any]) -> str:
+    """A Markdown table of a multi-round report: median, min and max of each measure."""
+    fleet, summary = report["fleet"], report["summary"]
+    rounds = len(report["rounds"])
+    out = [
+        f"{fleet['pairs']:,} pairs on {fleet['servers']} servers, {fleet['concurrency']} pulls "
+        f"streaming at once, {rounds} rounds of "
+        f"{report['rounds'][0]['wall_seconds']:.0f} s"
+        + (f"; exporter at {report['machine']['commit']}" if "machine" in report else ""),
+        "",
+        "| measure | median | min | max |",
+        "|---|---:|---:|---:|",
+    ]
+    rows = list(_ROWS)
+    for name in report["scrapes_pooled"]:
+        rows += [
+            (f"scrape {name}: p50 (ms)", f"scrape {name} p50_ms", 1, "{:.1f}"),
+            (f"scrape {name}: p99 (ms)", f"scrape {name} p99_ms", 1, "{:.1f}"),
+        ]
+    for label, key, scale, fmt in rows:
+        values = summary[key]
+        cells = [fmt.format(scale * values[stat]) for stat in ("median", "min", "max")]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    out += ["", "| scrapes of all rounds pooled | count | errors | p50 | p99 | max |"]
+    out.append("|---|---:|---:|---:|---:|---:|")
+    out.extend(
+        f"| {name} | {p['count']} | {p['errors']} | {p['p50_ms']:.1f} ms | "
+        f"{p['p99_ms']:.1f} ms | {p['max_ms']:.1f} ms |"
+        for name, p in report["scrapes_pooled"].items()
+    )
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line."""
     parser = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__)
@@ -365,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scrape-intervals", default="15,1", help="seconds, comma-separated, one scraper each"
     )
-    parser.add_argument("--json", help="write the full result here")
+    parser.add_argument("--rounds", type=int, default=5, help="fresh runs, summarised")
+    parser.add_argument("--json", help="write the full report here")
     args = parser.parse_args(argv)
     fleet = Fleet(
         args.pairs,
@@ -374,12 +467,17 @@ def main(argv: list[str] | None = None) -> int:
         pull_seconds=args.pull_seconds,
     )
     intervals = tuple(float(x) for x in args.scrape_intervals.split(",") if x)
-    result = run_fleet(
-        fleet, warmup=args.warmup, duration=args.duration, scrape_intervals=intervals
-    )
-    result["machine"] = machine_info()
-    write_json(args.json, result)
-    print(format_report(result))
+    rounds = []
+    for index in range(args.rounds):
+        result = run_fleet(
+            fleet, warmup=args.warmup, duration=args.duration, scrape_intervals=intervals
+        )
+        print(f"round {index + 1}:\n{format_report(result)}\n", file=sys.stderr, flush=True)
+        rounds.append(result)
+    report = summarize(rounds)
+    report["machine"] = machine_info()
+    write_json(args.json, report)
+    print(format_rounds(report))
     return 0
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from bench import ingest, scaling
-from bench.fleet import Fleet, format_report, run_fleet
+from bench.fleet import Fleet, format_report, format_rounds, run_fleet, summarize
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -56,6 +56,11 @@ def test_fleet() -> None:
         assert scrape["errors"] == 0
         assert math.isfinite(scrape["p99_ms"])
     assert "exporter CPU" in format_report(result)
+    report = summarize([result, result])
+    assert report["summary"]["exporter_cpu_share"]["n"] == 2
+    for name, pooled in report["scrapes_pooled"].items():
+        assert pooled["count"] == 2 * result["scrapes"][name]["count"]
+    assert "| exporter CPU, share of one core |" in format_rounds(report)
 
 
 def test_scaling(tmp_path: Path) -> None:
