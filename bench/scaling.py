@@ -10,6 +10,9 @@ CPU placement):
 - pulls: 10, 50, 200, 500 pulls streaming at once at Ollama's 60 ms cadence, scraped every
   15 s: exporter CPU share and CPU per line.
 
+Each of `--rounds` rounds (default 5) runs both sweeps, every point in a fresh exporter; a
+point's figures are the medians over the rounds, with their min and max (`<name>_min`,
+`<name>_max`), and `scrape_ms_max` is the slowest scrape of all rounds.
 Writes JSON and draws the plot; `--baseline` adds an earlier report's points to the plot
 (of a report from before the exporter-only variants were dropped, its `stock` points):
 
@@ -105,6 +108,24 @@ def pull_point(pulls: int, warmup: float, duration: float) -> dict[str, Any]:
     }
 
 
+_KEYS = ("pairs", "pulls", "servers")
+
+
+def combine(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """One point from its rounds: the median of each figure, with its min and max."""
+    out: dict[str, Any] = dict(points[0])
+    for key, value in points[0].items():
+        if key in _KEYS or not isinstance(value, int | float):
+            continue
+        values = [p[key] for p in points]
+        out[key] = statistics.median(values)
+        out[f"{key}_min"], out[f"{key}_max"] = min(values), max(values)
+    if "scrape_ms_max" in out:  # the slowest scrape of all rounds
+        out["scrape_ms_max"] = max(p["scrape_ms_max"] for p in points)
+    out["rounds"] = len(points)
+    return out
+
+
 def _baseline_points(baseline: dict[str, Any], sweep: str) -> list[dict[str, Any]]:
     """An earlier report's points of one sweep; of an old two-variant report, the shipped ones."""
     return [
@@ -114,7 +135,12 @@ def _baseline_points(baseline: dict[str, Any], sweep: str) -> list[dict[str, Any
     ]
 
 
-def plot(report: dict[str, Any], path: str, baseline: dict[str, Any] | None = None) -> None:
+def plot(
+    report: dict[str, Any],
+    path: str,
+    baseline: dict[str, Any] | None = None,
+    baseline_label: str = "before",
+) -> None:
     """Four panels: scrape time, exposition size, RSS (by pairs); CPU (by pulls).
 
     With `baseline` (an earlier report), its points are drawn too, grey and dashed.
@@ -127,9 +153,7 @@ def plot(report: dict[str, Any], path: str, baseline: dict[str, Any] | None = No
     scrape_ax, size_ax, rss_ax, cpu_ax = axes[0][0], axes[0][1], axes[1][0], axes[1][1]
     label = "now"
     if baseline is not None:
-        before = "before" + (
-            f" ({baseline['machine']['commit']})" if "commit" in baseline.get("machine", {}) else ""
-        )
+        before = baseline_label
         old = _baseline_points(baseline, "pairs")
         style = {"color": "grey", "linestyle": "--", "marker": "s", "alpha": 0.7, "label": before}
         if old:
@@ -189,20 +213,29 @@ def plot(report: dict[str, Any], path: str, baseline: dict[str, Any] | None = No
     fig.savefig(path, dpi=110)
 
 
+def _spread(point: dict[str, Any], key: str, fmt: str, scale: float = 1) -> str:
+    """`median (min-max)` of a combined point's figure, or the figure alone."""
+    text = fmt.format(scale * point[key])
+    if f"{key}_min" in point and point.get("rounds", 1) > 1:
+        low, high = scale * point[f"{key}_min"], scale * point[f"{key}_max"]
+        text += f" ({fmt.format(low)}-{fmt.format(high)})"
+    return text
+
+
 def format_report(report: dict[str, Any]) -> str:
-    """Markdown tables of both sweeps."""
+    """Markdown tables of both sweeps: medians over the rounds, (min-max)."""
     out = [
         (
-            "| pairs | scrape median / max (ms) | CPU per scrape (ms) | "
+            "| pairs | scrape median (ms) | slowest scrape (ms) | CPU per scrape (ms) | "
             "text exposition | OpenMetrics gzip | RSS (MiB) |"
         ),
-        "|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     out.extend(
-        f"| {p['pairs']:,} | {p['scrape_ms_median']:.1f} / "
-        f"{p['scrape_ms_max']:.1f} | {p['scrape_cpu_ms']:.1f} | "
+        f"| {p['pairs']:,} | {_spread(p, 'scrape_ms_median', '{:.1f}')} | "
+        f"{p['scrape_ms_max']:.1f} | {_spread(p, 'scrape_cpu_ms', '{:.1f}')} | "
         f"{p['exposition_bytes'] / 2**20:.2f} MiB | {p['gzip_bytes'] / 1024:.0f} KiB | "
-        f"{p['rss_mib']:.1f} |"
+        f"{_spread(p, 'rss_mib', '{:.1f}')} |"
         for p in report["pairs"]
     )
     out += [
@@ -210,11 +243,11 @@ def format_report(report: dict[str, Any]) -> str:
         "| pulls at once | lines/s | exporter CPU (% of a core) | CPU per line (us) |",
         "|---:|---:|---:|---:|",
     ]
-    for p in report["pulls"]:
-        out.append(
-            f"| {p['pulls']} | {p['lines_per_second']:,.0f} | "
-            f"{100 * p['cpu_share']:.1f} | {p['cpu_us_per_line']:.1f} |"
-        )
+    out.extend(
+        f"| {p['pulls']} | {p['lines_per_second']:,.0f} | "
+        f"{_spread(p, 'cpu_share', '{:.1f}', 100)} | {_spread(p, 'cpu_us_per_line', '{:.1f}')} |"
+        for p in report["pulls"]
+    )
     return "\n".join(out)
 
 
@@ -228,26 +261,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", default=",".join(map(str, PAIRS)))
     parser.add_argument("--pulls", default=",".join(map(str, PULLS)))
     parser.add_argument("--scrapes", type=int, default=20, help="scrapes per pair count")
+    parser.add_argument("--rounds", type=int, default=5, help="runs of both sweeps")
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per pull count")
     parser.add_argument("--json", help="write the full report here")
     parser.add_argument("--plot", help="write the PNG plot here (needs matplotlib)")
     parser.add_argument("--baseline", help="an earlier --json report to draw on the plot too")
     args = parser.parse_args(argv)
-    report: dict[str, Any] = {"benchmark": "scaling", "pairs": [], "pulls": []}
-    for pairs in _ints(args.pairs):
-        point = scrape_point(pairs, args.scrapes)
-        print(point, file=sys.stderr, flush=True)
-        report["pairs"].append(point)
-    for pulls in _ints(args.pulls):
-        point = pull_point(pulls, args.warmup, args.duration)
-        print(point, file=sys.stderr, flush=True)
-        report["pulls"].append(point)
+    rounds: list[dict[str, list[dict[str, Any]]]] = []
+    for index in range(args.rounds):
+        done: dict[str, list[dict[str, Any]]] = {"pairs": [], "pulls": []}
+        for pairs in _ints(args.pairs):
+            done["pairs"].append(scrape_point(pairs, args.scrapes))
+            print(f"round {index + 1}: {done['pairs'][-1]}", file=sys.stderr, flush=True)
+        for pulls in _ints(args.pulls):
+            done["pulls"].append(pull_point(pulls, args.warmup, args.duration))
+            print(f"round {index + 1}: {done['pulls'][-1]}", file=sys.stderr, flush=True)
+        rounds.append(done)
+    report: dict[str, Any] = {"benchmark": "scaling"}
+    for sweep in ("pairs", "pulls"):
+        report[sweep] = [
+            combine([r[sweep][i] for r in rounds]) for i in range(len(rounds[0][sweep]))
+        ]
+    report["rounds"] = rounds
     report["machine"] = machine_info()
     write_json(args.json, report)
     if args.plot:
-        baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
-        plot(report, args.plot, baseline)
+        baseline, label = None, "before"
+        if args.baseline:
+            baseline = json.loads(Path(args.baseline).read_text())
+            label += f" ({baseline.get('machine', {}).get('commit', Path(args.baseline).stem)})"
+        plot(report, args.plot, baseline, label)
     print(format_report(report))
     return 0
 

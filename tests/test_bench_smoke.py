@@ -72,6 +72,13 @@ def test_scaling(tmp_path: Path) -> None:
     assert point["exposition_bytes"] > point["gzip_bytes"] > 0
     assert report["pulls"][0]["lines_per_second"] > 0
     assert "pulls at once" in scaling.format_report(report)
+    combined = scaling.combine([point, {**point, "rss_mib": point["rss_mib"] + 2}])
+    assert combined["rss_mib"] == point["rss_mib"] + 1
+    assert (combined["rss_mib_min"], combined["rss_mib_max"]) == (
+        point["rss_mib"],
+        point["rss_mib"] + 2,
+    )
+    assert f"{combined['rss_mib']:.1f} (" in scaling.format_report({**report, "pairs": [combined]})
     if importlib.util.find_spec("matplotlib") is not None:
         scaling.plot(report, str(tmp_path / "scaling.png"), baseline=report)
         assert (tmp_path / "scaling.png").stat().st_size > 0
