@@ -135,6 +135,16 @@ def _baseline_points(baseline: dict[str, Any], sweep: str) -> list[dict[str, Any
     ]
 
 
+def _bars(ax: Any, line: Any, points: list[dict[str, Any]], key: str, scale: float = 1) -> None:  # noqa: ANN401
+    """Min-max bars of the rounds around a combined series (none for a single round)."""
+    if not points or f"{key}_min" not in points[0] or points[0].get("rounds", 1) < 2:
+        return
+    xs, ys = line.get_xdata(), line.get_ydata()
+    low = [y - scale * p[f"{key}_min"] for y, p in zip(ys, points, strict=True)]
+    high = [scale * p[f"{key}_max"] - y for y, p in zip(ys, points, strict=True)]
+    ax.errorbar(xs, ys, yerr=[low, high], fmt="none", ecolor=line.get_color(), capsize=3)
+
+
 def plot(
     report: dict[str, Any],
     path: str,
@@ -143,7 +153,8 @@ def plot(
 ) -> None:
     """Four panels: scrape time, exposition size, RSS (by pairs); CPU (by pulls).
 
-    With `baseline` (an earlier report), its points are drawn too, grey and dashed.
+    With `baseline` (an earlier report), its points are drawn too, grey and dashed. Scrape
+    time and CPU carry min-max bars over the rounds.
     """
     # The bench extra; imported by name so that type checks pass without it installed.
     importlib.import_module("matplotlib").use("Agg")
@@ -166,6 +177,7 @@ def plot(
     points = report["pairs"]
     xs = [p["pairs"] for p in points]
     now = scrape_ax.plot(xs, [p["scrape_ms_median"] for p in points], "o-", label=label)[0]
+    _bars(scrape_ax, now, points, "scrape_ms_median")
     rss_ax.plot(xs, [p["rss_mib"] for p in points], "o-", label=label)
     text = size_ax.plot(
         xs, [p["exposition_bytes"] / 2**20 for p in points], "o-", label="text, uncompressed"
@@ -187,7 +199,7 @@ def plot(
                     label="linear (through the last point)" if line is lines[0] else None,
                 )
     for ax, title, unit in (
-        (scrape_ax, "scrape time (median) by pairs", "ms"),
+        (scrape_ax, "scrape time by pairs (median, bars: min-max of rounds)", "ms"),
         (size_ax, "exposition size by pairs", "MiB"),
         (rss_ax, "exporter RSS by pairs", "MiB"),
     ):
@@ -200,11 +212,12 @@ def plot(
         ax.grid(visible=True, which="both", alpha=0.3)
         ax.legend()
     pulls = report["pulls"]
-    cpu_ax.plot(
+    cpu_line = cpu_ax.plot(
         [p["pulls"] for p in pulls], [100 * p["cpu_share"] for p in pulls], "o-", label=label
-    )
+    )[0]
+    _bars(cpu_ax, cpu_line, pulls, "cpu_share", 100)
     cpu_ax.axhline(10, color="grey", linestyle=":", label="target 10% (at 200)")
-    cpu_ax.set_title("exporter CPU by pulls streaming at once (60 ms cadence)")
+    cpu_ax.set_title("exporter CPU by pulls streaming at once (60 ms cadence)", fontsize=10)
     cpu_ax.set_xlabel("pulls streaming at once")
     cpu_ax.set_ylabel("% of one core")
     cpu_ax.grid(visible=True, alpha=0.3)
