@@ -23,6 +23,7 @@ from exporter.yamlfile import (
     FileReadError,
     InvalidError,
     NodeWalker,
+    ProblemsError,
     boolean,
     compose,
     describe,
@@ -36,7 +37,7 @@ from exporter.yamlfile import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Mapping
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,15 +84,8 @@ class Config:
         return sum(len(server.models) for server in self.servers)
 
 
-class ConfigError(Exception):
+class ConfigError(ProblemsError):
     """The config is invalid; `errors` holds every problem as "FILE:LINE: key.path: message"."""
-
-    def __init__(self, errors: Iterable[str]) -> None:
-        self.errors: tuple[str, ...] = tuple(errors)
-        super().__init__(self.errors)
-
-    def __str__(self) -> str:
-        return "\n".join(self.errors)
 
 
 _UNITS_MS: Final = {

@@ -51,6 +51,7 @@ from exporter.yamlfile import (
     FileReadError,
     InvalidError,
     NodeWalker,
+    ProblemsError,
     boolean,
     compose,
     describe,
@@ -62,7 +63,7 @@ from exporter.yamlfile import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterable, Mapping
+    from collections.abc import Callable, Collection, Mapping
 
     from aiohttp.typedefs import Handler, Middleware
 
@@ -74,15 +75,8 @@ CHALLENGE: Final = f'Basic realm="{REALM}"'
 """The `WWW-Authenticate` value of every 401 answer."""
 
 
-class WebConfigError(Exception):
+class WebConfigError(ProblemsError):
     """The web config is unusable; `errors` holds every problem as "FILE:LINE: key: message"."""
-
-    def __init__(self, errors: Iterable[str]) -> None:
-        self.errors: tuple[str, ...] = tuple(errors)
-        super().__init__(self.errors)
-
-    def __str__(self) -> str:
-        return "\n".join(self.errors)
 
 
 class ClientAuth(enum.Enum):

@@ -18,7 +18,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection
+    from collections.abc import Callable, Collection, Iterable
 
 try:  # libyaml composes several times faster; the pure-Python loader gives the same nodes
     from yaml import CSafeLoader as _YamlLoader
@@ -41,6 +41,17 @@ def read_text(path: str, what: str) -> str:
         raise FileReadError(
             f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x})"
         ) from None
+
+
+class ProblemsError(Exception):
+    """A file is invalid; `errors` holds every problem as "FILE:LINE: key.path: message"."""
+
+    def __init__(self, errors: Iterable[str]) -> None:
+        self.errors: tuple[str, ...] = tuple(errors)
+        super().__init__(self.errors)
+
+    def __str__(self) -> str:
+        return "\n".join(self.errors)
 
 
 class FileReadError(Exception):
