@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import importlib.util
 import json
-import signal
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -204,19 +203,10 @@ def prerendered(lines: int, layers: int) -> Any:  # noqa: ANN401 - a tests.ollam
 
 
 async def _serve(lines: int, layers: int) -> None:
-    from tests.ollama_sim import OllamaSimulator  # noqa: PLC0415
+    from tests.ollama_sim import OllamaSimulator, serve_until_signal  # noqa: PLC0415
 
     sim = OllamaSimulator({MODEL: [prerendered(lines, layers)]})
-    url = await sim.start("127.0.0.1", 0)
-    print(f"listening on {url}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await sim.stop()
+    await serve_until_signal(sim, "127.0.0.1", 0)
 
 
 def start_server(lines: int, layers: int, cpus: set[int]) -> tuple[subprocess.Popen[bytes], str]:

@@ -121,6 +121,7 @@ __all__ = [
     "prune_failed",
     "resumed",
     "scenario_from_json",
+    "serve_until_signal",
     "stalled",
     "transfer_pull",
     "up_to_date",
@@ -2014,7 +2015,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def _serve_cli(sim: OllamaSimulator, host: str, port: int) -> None:
+async def serve_until_signal(sim: OllamaSimulator, host: str, port: int) -> None:
+    """Serve `sim` as a process of its own: print the URL, stop on SIGINT or SIGTERM."""
     url = await sim.start(host, port)
     print(f"listening on {url}", flush=True)
     stop = asyncio.Event()
@@ -2051,7 +2053,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         on_finish=write_record,
     )
     try:
-        asyncio.run(_serve_cli(sim, args.host, args.port))
+        asyncio.run(serve_until_signal(sim, args.host, args.port))
     finally:
         if record_file is not None:
             record_file.close()
