@@ -131,10 +131,10 @@ def running(process: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes
 def start_simulator(
     scenarios: Path, *, cpus: set[int] | None, niceness: int = 0
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """The project's Ollama simulator (`tests/ollama_sim.py`) on a free 127.0.0.1 port."""
+    """The project's Ollama simulator (`ollama_sim/`) on a free 127.0.0.1 port."""
     process = start_process(
         python_command(
-            "tests.ollama_sim",
+            "ollama_sim",
             "--host=127.0.0.1",
             "--port=0",
             f"--scenarios={scenarios}",

@@ -1,4 +1,4 @@
-"""Load generator: many simulated Ollama servers (`tests/ollama_sim.py`) in one process.
+"""Load generator: many simulated Ollama servers (`ollama_sim/`) in one process.
 
 Each server listens on its own 127.0.0.1 port and answers every model with the same kind
 of run, played at real Ollama timing (a progress line every 60 ms per stream):
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from bench.common import own_cpu_seconds
-from tests.ollama_sim import (
+from ollama_sim import (
     TICK,
     Layer,
     Manifest,

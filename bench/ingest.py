@@ -1,6 +1,6 @@
 """Ingest benchmark: lines per CPU-second of four ways to consume one `/api/pull` stream.
 
-One simulator process (`tests/ollama_sim.py`) streams a pull of `--lines` real-shaped lines
+One simulator process (`ollama_sim/`) streams a pull of `--lines` real-shaped lines
 (the `bulk_pull` scenario: several layers of `pulling <hex>` lines with digest, total and
 completed, then verify, write, success) as fast as the socket takes it. The body is rendered
 once when the simulator starts and played as `raw` steps of 512 lines each, the same bytes
@@ -182,15 +182,15 @@ BATCH = 512
 
 def _expected(lines: int, layers: int) -> tuple[int, int]:
     """(lines on the wire, downloaded bytes) of the bulk_pull scenario."""
-    from tests.ollama_sim import bulk_pull  # noqa: PLC0415
+    from ollama_sim import bulk_pull  # noqa: PLC0415
 
     scenario = bulk_pull(lines, layers, batch=BATCH)
     return len(scenario.expected_lines(MODEL)), scenario.expected_downloaded()
 
 
-def prerendered(lines: int, layers: int) -> Any:  # noqa: ANN401 - a tests.ollama_sim.Scenario
+def prerendered(lines: int, layers: int) -> Any:  # noqa: ANN401 - an ollama_sim.Scenario
     """`bulk_pull(lines, layers)` with its body rendered now: raw steps of `BATCH` lines."""
-    from tests.ollama_sim import Raw, Scenario, bulk_pull  # noqa: PLC0415
+    from ollama_sim import Raw, Scenario, bulk_pull  # noqa: PLC0415
 
     body = bulk_pull(lines, layers, batch=BATCH).expected_lines(MODEL)
     head, rest = body[:1], body[1:]  # `pulling manifest` goes alone, as in bulk_pull
@@ -203,7 +203,7 @@ def prerendered(lines: int, layers: int) -> Any:  # noqa: ANN401 - a tests.ollam
 
 
 async def _serve(lines: int, layers: int) -> None:
-    from tests.ollama_sim import OllamaSimulator, serve_until_signal  # noqa: PLC0415
+    from ollama_sim import OllamaSimulator, serve_until_signal  # noqa: PLC0415
 
     sim = OllamaSimulator({MODEL: [prerendered(lines, layers)]})
     await serve_until_signal(sim, "127.0.0.1", 0)

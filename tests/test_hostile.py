@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from exporter.protocol import MAX_LINE_BYTES, Reason
-from tests.harness import Exporter, free_port, run_exporter
-from tests.ollama_sim import (
+from ollama_sim import (
     Disconnect,
     HttpError,
     Layer,
@@ -34,6 +33,7 @@ from tests.ollama_sim import (
     interrupted,
     progress_line,
 )
+from tests.harness import Exporter, free_port, run_exporter
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

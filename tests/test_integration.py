@@ -14,8 +14,7 @@ import pytest
 
 from exporter.protocol import Reason
 from exporter.pull import COALESCE_SECONDS
-from tests.harness import Exporter, free_port, run_cli, run_exporter, wait_for
-from tests.ollama_sim import (
+from ollama_sim import (
     NOT_FOUND,
     HttpError,
     Layer,
@@ -37,6 +36,7 @@ from tests.ollama_sim import (
     transfer_pull,
     up_to_date,
 )
+from tests.harness import Exporter, free_port, run_cli, run_exporter, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

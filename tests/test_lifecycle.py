@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from exporter.protocol import Reason
+from ollama_sim import OllamaSimulator, Scenario, Stall, fresh_pull, stalled, up_to_date
 from tests.harness import Exporter, run_exporter, wait_for
-from tests.ollama_sim import OllamaSimulator, Scenario, Stall, fresh_pull, stalled, up_to_date
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiohttp
 import pytest
 
-from tests.ollama_sim import (
+from ollama_sim import (
     NOT_FOUND,
     PRUNE,
     PRUNE_LEGACY,
@@ -788,7 +788,7 @@ def test_cli_serves_a_json_scenario_file(tmp_path: Path) -> None:
         )
     )
     expected = load_scenario_file(scenario_file).models[MODEL][0].expected_body(MODEL)
-    command = [sys.executable, "-m", "tests.ollama_sim", "--port", "0"]
+    command = [sys.executable, "-m", "ollama_sim", "--port", "0"]
     command += ["--scenarios", str(scenario_file), "--time-scale", "0.05"]
     with subprocess.Popen(
         command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 import bcrypt
 import pytest
 
-from tests.harness import run_cli, run_exporter, wait_for
-from tests.ollama_sim import (
+from ollama_sim import (
     OllamaSimulator,
     error_after_manifest,
     fresh_pull,
     up_to_date,
 )
+from tests.harness import run_cli, run_exporter, wait_for
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.harness import Exporter, free_port, run_exporter, wait_for
-from tests.ollama_sim import (
+from ollama_sim import (
     NOT_FOUND,
     Layer,
     Manifest,
@@ -42,6 +41,7 @@ from tests.ollama_sim import (
     stalled,
     up_to_date,
 )
+from tests.harness import Exporter, free_port, run_exporter, wait_for
 from tests.test_dashboard import load_dashboard, metric_names, panel_targets, variables
 
 if TYPE_CHECKING:

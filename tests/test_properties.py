@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from exporter.progress import RunProgress
 from exporter.protocol import LineDecoder, Phase, ProgressLine, ProtocolError
-from tests.ollama_sim import (
+from ollama_sim import (
     CLIENT2_TICK,
     PRUNE,
     PRUNE_LEGACY,

@@ -32,8 +32,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from exporter.protocol import Reason
-from tests.harness import Exporter, parse_samples, run_exporter
-from tests.ollama_sim import (
+from ollama_sim import (
     NOT_FOUND,
     OllamaSimulator,
     Scenario,
@@ -47,6 +46,7 @@ from tests.ollama_sim import (
     transfer_pull,
     up_to_date,
 )
+from tests.harness import Exporter, parse_samples, run_exporter
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
