@@ -1,7 +1,22 @@
-"""`python -m exporter` runs the same CLI as the `ollama-pull-exporter` script."""
+"""`python -m exporter` and the `ollama-pull-exporter` script.
 
-import sys
+Signal handling is installed before anything heavy is imported: until then Python's
+defaults would let a SIGHUP kill the process during its first half second.
+"""
 
-from exporter.cli import main
+from exporter import signals
 
-sys.exit(main())
+signals.install()
+
+import sys  # noqa: E402 - after the signal handlers, on purpose
+
+from exporter.cli import main as _main  # noqa: E402
+
+
+def run() -> None:
+    """The console script's entry point."""
+    sys.exit(_main())
+
+
+if __name__ == "__main__":
+    run()

@@ -9,31 +9,42 @@ import argparse
 import asyncio
 import logging
 import sys
-import time
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from exporter import __version__
+from exporter import __version__, signals
 from exporter.config import ConfigError, load_config
 from exporter.logs import FORMATS, LEVEL_NAMES, setup_logging
 from exporter.metrics import build_registry
 from exporter.pull import make_session
+from exporter.runtime import Runtime
 from exporter.scheduler import Scheduler
-from exporter.state import ExporterState, sync_pairs
-from exporter.store import Store, StoreError, restore
-from exporter.web import Runtime, make_app
+from exporter.state import ExporterState
+from exporter.store import (
+    Store,
+    StoredPair,
+    StoreError,
+    StorePathError,
+    StoreWriter,
+    restore,
+)
+from exporter.web import make_app
 from exporter.webconfig import WebConfig, WebConfigError, load_web_config
 
 if TYPE_CHECKING:
+    import signal
     from collections.abc import Sequence
 
     from exporter.config import Config
+    from exporter.state import LastRun
 
 log = logging.getLogger("exporter")
 
 SHUTDOWN_TIMEOUT = 2.0
 """Seconds aiohttp waits for open HTTP requests on exit; pulls are cancelled at once."""
+SHUTDOWN_DEADLINE = 4.5
+"""Seconds after SIGTERM/SIGINT by which `--once` has exited, whatever is still going."""
 
 
 def parse_listen_address(text: str) -> tuple[str | None, int]:
@@ -89,9 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of `python -m exporter`."""
+    signals.install()  # again, for callers that did not come through exporter.__main__
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
+    try:
+        return _main(args)
+    except signals.Interrupted as exc:
+        print(f"stopped by {exc.name} during start-up", file=sys.stderr)  # noqa: T201
+        return 0 if not args.once else 1
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config_file)
     except ConfigError as exc:
@@ -108,31 +128,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"config OK: {len(config.servers)} servers, {config.model_count} models")  # noqa: T201
         return 0
     state = ExporterState()
-    sync_pairs(state, config)
-    state.config_reload_successful = True
-    state.config_reload_success_at = time.time()
+    writer: StoreWriter | None = None
+    stored: dict[tuple[str, str], StoredPair] = {}
+    if args.storage_path:
+        try:
+            writer, stored = _open_store(args.storage_path, state)
+        except StorePathError as exc:
+            print(f"--storage.path: {exc}", file=sys.stderr)  # noqa: T201
+            return 1
+    runtime = Runtime(
+        config_path=args.config_file,
+        config=config,
+        state=state,
+        enable_lifecycle=args.enable_lifecycle,
+        save=writer.save if writer is not None else None,
+    )
+    runtime.apply(config)
+    if stored:
+        restored = restore(state, stored)
+        log.info("state restored", extra={"path": args.storage_path, "pairs": restored})
     try:
-        store = Store.open(args.storage_path) if args.storage_path else None
-    except StoreError as exc:
-        print(f"{args.storage_path}: {exc}", file=sys.stderr)  # noqa: T201
-        return 1
-    try:
-        if store is not None:
-            restored = restore(state, store.load())
-            log.info("state restored", extra={"path": args.storage_path, "pairs": restored})
         if args.once:
-            return asyncio.run(_run_once(config, state, store))
-        return _serve(args, config, state, store, web_config)
+            return asyncio.run(_run_once(runtime))
+        return _serve(args, config, runtime, web_config)
     finally:
-        if store is not None:
-            store.close()
+        if writer is not None:
+            writer.close()
+
+
+def _open_store(
+    path: str, state: ExporterState
+) -> tuple[StoreWriter, dict[tuple[str, str], StoredPair]]:
+    """The writer for `--storage.path` and what the file holds.
+
+    A file that cannot be used now costs the saved state, never the process.
+    """
+    try:
+        store = Store.open(path)
+    except StorePathError:
+        raise
+    except StoreError as exc:
+        state.storage_failed()
+        log.error(  # noqa: TRY400 - the message says it all
+            "cannot use the state file; running without saved state",
+            extra={"path": path, "error": str(exc)},
+        )
+        return StoreWriter(path, None, on_failure=state.storage_failed), {}
+    stored = store.load()
+    return StoreWriter(path, store, on_failure=state.storage_failed), stored
 
 
 def _serve(
     args: argparse.Namespace,
     config: Config,
-    state: ExporterState,
-    store: Store | None,
+    runtime: Runtime,
     web_config: WebConfig | None,
 ) -> int:
     """Serve HTTP and run the schedule until SIGTERM or SIGINT."""
@@ -148,14 +197,7 @@ def _serve(
             "basic_auth": web_config is not None and bool(web_config.users),
         },
     )
-    runtime = Runtime(
-        config_path=args.config_file,
-        config=config,
-        state=state,
-        enable_lifecycle=args.enable_lifecycle,
-        store=store,
-    )
-    app = make_app(runtime, build_registry(state), web_config)
+    app = make_app(runtime, build_registry(runtime.state), web_config)
     web.run_app(
         app,
         host=host,
@@ -165,28 +207,69 @@ def _serve(
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         ssl_context=web_config.ssl_context() if web_config is not None else None,
     )
+    signals.install()  # the loop's handlers are gone: stay in charge until the exit
     log.info("stopped")
     return 0
 
 
-async def _run_once(config: Config, state: ExporterState, store: Store | None) -> int:
-    on_finished = store.save if store is not None else None
-    async with make_session() as session:
-        results = await Scheduler(session, state, on_finished=on_finished).run_once(config)
-    failed = 0
-    for server, model, result in results:
-        pair = state.pairs[server.name, model.name]
-        last = pair.last
-        fields = [f"server={server.name}", f"model={model.name}"]
-        if result.reason is None:
-            fields.append("result=success")
-        else:
-            failed += 1
-            fields += ["result=failure", f"reason={result.reason.value}"]
-        if last is not None:
+async def _run_once(runtime: Runtime) -> int:
+    """Run every pair once and print one line per pair; SIGTERM/SIGINT cancel what is left."""
+    config, state = runtime.config, runtime.state
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    received: list[signal.Signals] = []
+
+    def interrupt(signum: signal.Signals) -> None:
+        if not received and task is not None:
+            task.cancel()
+            signals.exit_after(SHUTDOWN_DEADLINE, code=1)
+        received.append(signum)
+
+    for signum in signals.STOP_SIGNALS:
+        loop.add_signal_handler(signum, interrupt, signum)
+    before = {key: pair.last for key, pair in state.pairs.items()}
+    try:
+        async with make_session() as session:
+            await Scheduler(session, state, on_finished=runtime.save).run_once(config)
+    except asyncio.CancelledError:
+        if not received:
+            raise
+    finally:
+        for signum in signals.STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+        signals.install()
+    failed, unfinished = _report(config, state, before)
+    if received:
+        name = received[0].name
+        print(  # noqa: T201
+            f"interrupted by {name}: {unfinished} of {config.model_count} pulls did not finish",
+            file=sys.stderr,
+        )
+    return 1 if failed or unfinished else 0
+
+
+def _report(
+    config: Config, state: ExporterState, before: dict[tuple[str, str], LastRun | None]
+) -> tuple[int, int]:
+    """Print one line per pair of `--once`; returns (failed, not finished)."""
+    failed = unfinished = 0
+    for server in config.servers:
+        for model in server.models:
+            key = (server.name, model.name)
+            last = state.pairs[key].last
+            fields = [f"server={server.name}", f"model={model.name}"]
+            if last is None or last is before.get(key):
+                unfinished += 1
+                print(" ".join([*fields, "result=cancelled"]))  # noqa: T201
+                continue
+            if last.reason is None:
+                fields.append("result=success")
+            else:
+                failed += 1
+                fields += ["result=failure", f"reason={last.reason.value}"]
             fields += [
                 f"duration={last.duration:.3f}s",
                 f"downloaded_bytes={last.downloaded_bytes}",
             ]
-        print(" ".join(fields))  # noqa: T201 - the CLI's own output
-    return 1 if failed else 0
+            print(" ".join(fields))  # noqa: T201 - the CLI's own output
+    return failed, unfinished

@@ -160,8 +160,7 @@ def parse_config(text: str, source: str, environ: Mapping[str, str] | None = Non
         raise ConfigError([loader.format(exc.line, "", exc.message)]) from None
     servers = loader.document(root)
     if loader.problems:
-        loader.problems.sort(key=lambda problem: problem[0])
-        raise ConfigError(message for _, message in loader.problems)
+        raise ConfigError(loader.messages())
     return Config(source=source, servers=servers)
 
 
@@ -185,6 +184,22 @@ def _positive_duration(node: yaml.Node) -> float:
         raise InvalidError(str(exc)) from None
     if seconds <= 0:
         raise InvalidError(f"must be greater than 0, got {quote(value)}")
+    return seconds
+
+
+MIN_INTERVAL: Final = 1.0
+"""Seconds. A typo such as `1ms` for `1m` would start a pull 1,000 times a second (each one a
+manifest request to the registry); every sub-second interval is refused. One second stays
+allowed for demos and tests against the simulator; real schedules are minutes to days."""
+
+
+def _interval(node: yaml.Node) -> float:
+    seconds = _positive_duration(node)
+    if seconds < MIN_INTERVAL:
+        raise InvalidError(
+            f"interval {quote(str(node.value))} is shorter than the minimum of 1s"
+            " (a typo for a minute or an hour?)"
+        )
     return seconds
 
 
@@ -278,7 +293,7 @@ def _expand(text: str, environ: Mapping[str, str]) -> str:
 
 _HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _SETTINGS: Final[dict[str, Callable[[yaml.Node], float | bool]]] = {
-    "interval": _positive_duration,
+    "interval": _interval,
     "jitter": _fraction,
     "timeout": _positive_duration,
     "stall_timeout": _positive_duration,

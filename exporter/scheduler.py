@@ -3,30 +3,75 @@
 Starts follow fixed-rate slots (`first slot + k * interval`) so a slow run never
 drifts the schedule; each start adds its own random jitter. A pair never runs
 twice at once (a start that finds it busy is skipped and counted) and a server
-never sees more than `max_concurrent_pulls` of our pulls at once.
+never sees more than `max_concurrent_pulls` of our pulls at once: one `Limiter`
+per server for the life of the process, resized in place by a reload.
+
+The clock and the run are injected, so tests drive the loop with a fake clock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import math
 import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, Protocol
 
+from exporter.limiter import Limiter
 from exporter.pull import run_pull
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     import aiohttp
 
     from exporter.config import Config, ModelConfig, PullSettings, ServerConfig
     from exporter.state import ExporterState, PairState, RunResult
 
+    Runner = Callable[[ServerConfig, ModelConfig, PairState], Awaitable[RunResult]]
+    """One run of a pair: `run_pull` in the exporter, anything awaitable in tests."""
+
 log = logging.getLogger("exporter.scheduler")
+
+FIRST_RUN_SPREAD: Final = 30.0
+"""Seconds over which `run_on_start` spreads the first runs (at most; less when
+`jitter * interval` is smaller): a new user sees a pull within a minute, and a restart
+of a big fleet still does not start every pull in the same instant."""
+
+
+class Clock(Protocol):
+    """Where the scheduler reads time and sleeps; tests pass a fake one."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never jumps."""
+        ...
+
+    def time(self) -> float:
+        """Unix time, for the next-run gauge and the log."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Return after `seconds` of `monotonic` time."""
+        ...
+
+
+class SystemClock:
+    """The real clock: `time.monotonic`, `time.time`, `asyncio.sleep`."""
+
+    def monotonic(self) -> float:
+        """`time.monotonic()`."""
+        return time.monotonic()
+
+    def time(self) -> float:
+        """`time.time()`."""
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        """`asyncio.sleep(seconds)`."""
+        await asyncio.sleep(seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +83,16 @@ class Plan:
 
 
 def first_plan(now: float, settings: PullSettings, rand: float) -> Plan:
-    """The first start after `now`: at once with `run_on_start`, else one interval later.
+    """The first start after `now`: soon with `run_on_start`, else one interval later.
 
-    `rand` is uniform in [0, 1); jitter adds up to `jitter * interval` to the start.
+    `rand` is uniform in [0, 1); jitter adds up to `jitter * interval` to the start, and
+    with `run_on_start` at most FIRST_RUN_SPREAD seconds.
     """
-    slot = now if settings.run_on_start else now + settings.interval
-    return Plan(slot, slot + settings.jitter * settings.interval * rand)
+    spread = settings.jitter * settings.interval
+    if settings.run_on_start:
+        return Plan(now, now + min(spread, FIRST_RUN_SPREAD) * rand)
+    slot = now + settings.interval
+    return Plan(slot, slot + spread * rand)
 
 
 def next_plan(previous: Plan, now: float, settings: PullSettings, rand: float) -> Plan:
@@ -64,21 +113,33 @@ def wall_time(monotonic_at: float, *, now_monotonic: float, now_wall: float) -> 
 
 
 class Scheduler:
-    """Owns one loop task per pair and the run tasks they start."""
+    """Owns one loop task per pair, the run tasks they start and one limiter per server."""
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        session: aiohttp.ClientSession | None,
         state: ExporterState,
         rand: Callable[[], float] = random.random,
         on_finished: Callable[[PairState], object] | None = None,
+        *,
+        clock: Clock | None = None,
+        run: Runner | None = None,
     ) -> None:
-        self._session = session
+        """`run` does one run of a pair (default: `run_pull` over `session`)."""
         self._state = state
         self._rand = rand
         self._on_finished = on_finished
         """Called with the pair after each finished run (e.g. to persist it)."""
-        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._clock: Clock = clock or SystemClock()
+        if run is None:
+            if session is None:
+                raise ValueError("a Scheduler needs a session or a run function")
+            run = self._pull_with(session)
+        self._run = run
+        self.limits: dict[str, Limiter] = {}
+        """Each server's `max_concurrent_pulls`, resized in place on reload."""
+        self.fleet_limit = Limiter(None)
+        """Pulls at once across all servers, taken after the server's slot (unlimited here)."""
         self._loops: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._runs: dict[tuple[str, str], asyncio.Task[RunResult]] = {}
         self._plans: dict[tuple[str, str], Plan] = {}
@@ -86,6 +147,12 @@ class Scheduler:
         self._fired: dict[tuple[str, str], Plan] = {}
         """The last start (run or skip) of each pair: reloads schedule from it."""
         self._configs: dict[tuple[str, str], tuple[ServerConfig, ModelConfig]] = {}
+
+    def _pull_with(self, session: aiohttp.ClientSession) -> Runner:
+        async def pull(server: ServerConfig, model: ModelConfig, pair: PairState) -> RunResult:
+            return await run_pull(session, server, model, self._state, pair)
+
+        return pull
 
     def start(self, config: Config) -> None:
         """Start a loop for every pair of `config`."""
@@ -96,7 +163,8 @@ class Scheduler:
 
         Removed pairs: loop and running pull cancelled. Added pairs: a fresh loop
         (honouring `run_on_start`). Changed pairs: the running pull goes on, and the
-        new settings take effect from the next start.
+        new settings take effect from the next start. Changed limits apply at once to
+        every run not yet started.
         """
         wanted = {
             (server.name, model.name): (server, model)
@@ -111,12 +179,10 @@ class Scheduler:
             self._plans.pop(key, None)
             self._fired.pop(key, None)
             del self._configs[key]
-        old_limits = {
-            server.name: server.max_concurrent_pulls for server, _ in self._configs.values()
-        }
-        for server in config.servers:
-            if old_limits.get(server.name) != server.max_concurrent_pulls:
-                self._limits[server.name] = asyncio.Semaphore(server.max_concurrent_pulls)
+        servers = {server.name for server in config.servers}
+        for name in [name for name in self.limits if name not in servers]:
+            del self.limits[name]  # its pairs were cancelled above
+        self.apply_limits(config)
         for key, (server, model) in wanted.items():
             if self._configs.get(key) == (server, model):
                 continue
@@ -142,19 +208,29 @@ class Scheduler:
 
     async def run_once(self, config: Config) -> list[tuple[ServerConfig, ModelConfig, RunResult]]:
         """Run every pair once, honouring `max_concurrent_pulls`; for `--once`."""
+        self.apply_limits(config)
         jobs = []
         for server in config.servers:
-            limit = asyncio.Semaphore(server.max_concurrent_pulls)
             for model in server.models:
                 pair = self._state.pairs[server.name, model.name]
-                jobs.append((server, model, self._limited(limit, server, model, pair)))
+                jobs.append((server, model, self._limited(server, model, pair)))
         results = await asyncio.gather(*(job for _, _, job in jobs))
         return [(s, m, r) for (s, m, _), r in zip(jobs, results, strict=True)]
+
+    def apply_limits(self, config: Config) -> None:
+        """Create or resize each server's limiter to `config` (no loops started)."""
+        for server in config.servers:
+            limiter = self.limits.get(server.name)
+            if limiter is None:
+                self.limits[server.name] = Limiter(server.max_concurrent_pulls)
+            else:
+                limiter.resize(server.max_concurrent_pulls)
 
     async def _pair_loop(self, server: ServerConfig, model: ModelConfig, pair: PairState) -> None:
         settings = model.settings
         key = (server.name, model.name)
-        now = time.monotonic()
+        clock = self._clock
+        now = clock.monotonic()
         fired = self._fired.get(key)
         pending = self._plans.get(key)
         if fired is not None:  # reloaded: the new interval counts from the last start
@@ -163,35 +239,39 @@ class Scheduler:
             plan = pending
         else:
             plan = first_plan(now, settings, self._rand())
+        level = logging.INFO
         while True:
             self._plans[key] = plan
-            now = time.monotonic()
-            pair.next_run_at = wall_time(plan.start, now_monotonic=now, now_wall=time.time())
-            await asyncio.sleep(max(0.0, plan.start - now))
+            now = clock.monotonic()
+            wall = wall_time(plan.start, now_monotonic=now, now_wall=clock.time())
+            pair.schedule(wall)
+            if log.isEnabledFor(level):
+                at = dt.datetime.fromtimestamp(wall, dt.UTC).isoformat("T", "seconds")
+                extra = {"server": server.name, "model": model.name, "at": at}
+                log.log(level, "next run", extra={**extra, "in_seconds": round(plan.start - now)})
+            level = logging.DEBUG  # the first plan at info, the routine ones at debug
+            await clock.sleep(max(0.0, plan.start - now))
             self._fired[key] = plan
             running = self._runs.get(key)
             if running is not None and not running.done():
-                pair.skipped_total += 1
+                pair.skip()
                 log.info(
                     "run skipped: previous run still going",
                     extra={"server": server.name, "model": model.name},
                 )
             else:
-                limit = self._limits[server.name]
                 self._runs[key] = asyncio.create_task(
-                    self._limited(limit, server, model, pair), name=f"pull {key}"
+                    self._limited(server, model, pair), name=f"pull {key}"
                 )
-            plan = next_plan(plan, time.monotonic(), settings, self._rand())
+            plan = next_plan(plan, clock.monotonic(), settings, self._rand())
 
     async def _limited(
-        self,
-        limit: asyncio.Semaphore,
-        server: ServerConfig,
-        model: ModelConfig,
-        pair: PairState,
+        self, server: ServerConfig, model: ModelConfig, pair: PairState
     ) -> RunResult:
-        async with limit:
-            result = await run_pull(self._session, server, model, self._state, pair)
+        # The limiter is looked up now, not when the start was planned: after a reload the
+        # run queues on the one limiter in force (resized in place, never replaced).
+        async with self.limits[server.name].slot(), self.fleet_limit.slot():
+            result = await self._run(server, model, pair)
         if self._on_finished is not None:
             self._on_finished(pair)
         return result

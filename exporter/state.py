@@ -1,7 +1,8 @@
 """Per-(server, model) live and last-run state: what `/metrics` and `/` read.
 
 Runs write here, scrapes read here; both happen on the one event loop, so plain
-attributes are enough and a scrape never waits on a lock or does I/O.
+attributes are enough and a scrape never waits on a lock or does I/O. Readers read the
+attributes; writers go through the methods below, so every change has one place to look.
 """
 
 from __future__ import annotations
@@ -104,6 +105,27 @@ class PairState:
         run = self.current
         return run.phase if run is not None else Phase.IDLE
 
+    def schedule(self, next_run_at: float) -> None:
+        """The next scheduled start (Unix time), for `ollama_pull_next_run_timestamp_seconds`."""
+        self.next_run_at = next_run_at
+
+    def skip(self) -> None:
+        """A scheduled start found the previous run still going (`ollama_pull_skipped_total`)."""
+        self.skipped_total += 1
+
+    def restore(self, last: LastRun, last_success_at: float | None) -> bool:
+        """Take a stored last run (`--storage.path`) unless this pair knows a newer one."""
+        changed = False
+        if self.last is None or self.last.ended_at < last.ended_at:
+            self.last = last
+            changed = True
+        if last_success_at is not None and (
+            self.last_success_at is None or self.last_success_at < last_success_at
+        ):
+            self.last_success_at = last_success_at
+            changed = True
+        return changed
+
     def start_run(self, run: RunProgress) -> None:
         """A run has started streaming (counted in `ollama_pull_runs_total`)."""
         self.runs_total += 1
@@ -142,37 +164,86 @@ class PairState:
 
 
 @dataclass(slots=True)
+class ServerStatus:
+    """What the exporter knows of one server itself, apart from its pairs."""
+
+    version: str | None = None
+    """Ollama's `GET /api/version` answer at the last probe, if it gave one."""
+    problem: str | None = None
+    """Why the last probe failed, for the log and `/`; None when it answered."""
+
+
+@dataclass(slots=True)
 class ExporterState:
     """All pairs and servers, in config order, plus the exporter's own status."""
 
     pairs: dict[tuple[str, str], PairState] = field(default_factory=dict)
     server_up: dict[str, float | None] = field(default_factory=dict)
     """1/0 after the first request to a server; None (no series) before it."""
+    servers: dict[str, ServerStatus] = field(default_factory=dict)
+    """Per configured server: what its probe found (version, problem); `server_up` is above."""
     config_reload_successful: bool = False
     config_reload_success_at: float | None = None
     ready: bool = False
+    storage_failures: int = 0
+    """Failed reads and writes of `--storage.path` (a self-metric; runs are unaffected)."""
+
+    def sync(self, config: Config) -> None:
+        """Make `pairs` and `servers` match `config`: new ones start at zero, gone ones vanish.
+
+        Pairs that stay keep their counters; their interval follows the config.
+        """
+        wanted: dict[tuple[str, str], float] = {
+            (server.name, model.name): model.settings.interval
+            for server in config.servers
+            for model in server.models
+        }
+        fresh = {
+            key: self.pairs.get(key) or PairState(server=key[0], model=key[1], interval=interval)
+            for key, interval in wanted.items()
+        }
+        for key, pair in fresh.items():
+            pair.interval = wanted[key]
+        self.pairs.clear()
+        self.pairs.update(fresh)
+        names = [server.name for server in config.servers]
+        kept_up = {name: self.server_up[name] for name in names if name in self.server_up}
+        self.server_up.clear()
+        self.server_up.update(kept_up)
+        self.servers = {name: self.servers.get(name) or ServerStatus() for name in names}
+
+    def server_answered(self, name: str, version: str | None = None) -> None:
+        """`name` answered at the HTTP level (a pull or a probe): `server_up` 1."""
+        self.server_up[name] = 1
+        status = self.servers.setdefault(name, ServerStatus())
+        status.problem = None
+        if version is not None:
+            status.version = version
+
+    def server_unreachable(self, name: str, problem: str = "") -> None:
+        """`name` could not be reached: `server_up` 0."""
+        self.server_up[name] = 0
+        status = self.servers.setdefault(name, ServerStatus())
+        status.problem = problem or "unreachable"
+
+    def config_loaded(self, at: float) -> None:
+        """A config (the first one or a reload) is in force since `at` (Unix time)."""
+        self.config_reload_successful = True
+        self.config_reload_success_at = at
+
+    def config_failed(self) -> None:
+        """A reload failed; the old config stays in force."""
+        self.config_reload_successful = False
+
+    def set_ready(self, ready: bool) -> None:
+        """The scheduler runs (`/-/ready` 200) or has stopped."""
+        self.ready = ready
+
+    def storage_failed(self) -> None:
+        """A read or write of the state file failed (the run itself is unaffected)."""
+        self.storage_failures += 1
 
 
 def sync_pairs(state: ExporterState, config: Config) -> None:
-    """Make `state.pairs` match `config`: new pairs start at zero, gone pairs vanish.
-
-    Pairs that stay keep their counters; their interval follows the config.
-    """
-    wanted: dict[tuple[str, str], float] = {
-        (server.name, model.name): model.settings.interval
-        for server in config.servers
-        for model in server.models
-    }
-    for key in [key for key in state.pairs if key not in wanted]:
-        del state.pairs[key]
-    fresh = {
-        key: state.pairs.get(key) or PairState(server=key[0], model=key[1], interval=interval)
-        for key, interval in wanted.items()
-    }
-    for key, pair in fresh.items():
-        pair.interval = wanted[key]
-    state.pairs.clear()
-    state.pairs.update(fresh)
-    servers = {server.name for server in config.servers}
-    for name in [name for name in state.server_up if name not in servers]:
-        del state.server_up[name]
+    """Same as `state.sync(config)`; kept for callers written before the method."""
+    state.sync(config)

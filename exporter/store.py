@@ -6,13 +6,16 @@ Counters and the duration histogram are not kept: Prometheus handles counter res
 
 One SQLite file (standard library), one row per (server, model), written by one statement (one
 transaction) per finished run. WAL with synchronous=NORMAL: a commit appends to the WAL without an
-fsync, so a save takes well under a millisecond and may run on the event loop. A killed process
-loses nothing it committed; a power cut may lose the last few runs, never the file.
+fsync. A killed process loses nothing it committed; a power cut may lose the last few runs, never
+the file. The running exporter saves through a `StoreWriter`, on a thread of its own: a save can
+wait up to 5 s for another process's lock, and the event loop must never wait with it.
 
 A file that is not ours is reported in the log, moved aside as `<path>.corrupt-<unix-ts>` (a
 damaged or non-SQLite file) or `<path>.foreign-<unix-ts>` (another application's database or
-another schema), and replaced by a fresh store: losing last-run gauges beats not starting. Only
-an unusable path (a directory, no permission, a file locked by another process) is an error.
+another schema), and replaced by a fresh store: losing last-run gauges beats not starting.
+`StoreError` means the file cannot be used now (no permission, a read-only or full volume, a lock
+held by another process): the exporter then runs without saved state and says so. Only a path
+that cannot be right (`StorePathError`: a missing directory, a directory) stops start-up.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from exporter.state import LastRun
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from types import TracebackType
 
     from exporter.state import ExporterState, PairState
@@ -87,7 +90,11 @@ _SIDE_FILES: Final = ("-wal", "-shm", "-journal")
 
 
 class StoreError(Exception):
-    """The storage path cannot be used at all; the message names it and says why."""
+    """The store cannot be used (now); the message names the path and says why."""
+
+
+class StorePathError(StoreError):
+    """The storage path cannot be right (its directory is missing, it is a directory)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,16 +122,18 @@ class Store:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Self:
-        """Open the store at `path`, creating it (and its directory) when missing.
+        """Open the store at `path`, creating the file (not its directory) when missing.
 
         A damaged or foreign file is logged, moved aside and replaced by an empty store.
-        Raises StoreError only when the path cannot hold a store at all.
+        Raises StorePathError when the path cannot be right, StoreError when it cannot be
+        used now.
         """
         file = Path(path)
-        try:
-            file.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"{file}: cannot create its directory: {exc.strerror}") from None
+        if not file.parent.is_dir():
+            problem = "is not a directory" if file.parent.exists() else "does not exist"
+            raise StorePathError(f"{file}: the directory {str(file.parent)!r} {problem}")
+        if file.is_dir():
+            raise StorePathError(f"{file}: is a directory; give the path of a file in it")
         try:
             _inspect(file)
         except _NotOursError as exc:
@@ -156,12 +165,29 @@ class Store:
         One statement, so one transaction: a crash keeps either the old row or the new one.
         Returns False (after a warning) when it could not; a run never fails because of it.
         """
-        last = pair.last
+        try:
+            return self.write(pair.server, pair.model, pair.last, pair.last_success_at)
+        except sqlite3.Error as exc:
+            log.warning(
+                "cannot save the last run",
+                extra={
+                    "path": str(self.path),
+                    "server": pair.server,
+                    "model": pair.model,
+                    "error": str(exc),
+                },
+            )
+            return False
+
+    def write(
+        self, server: str, model: str, last: LastRun | None, last_success_at: float | None
+    ) -> bool:
+        """`save` without the warning: raises sqlite3.Error; False when there is nothing to save."""
         if last is None:
             return False
         values = (
-            pair.server,
-            pair.model,
+            server,
+            model,
             int(last.success),
             None if last.reason is None else last.reason.value,
             last.ended_at,
@@ -177,22 +203,10 @@ class Store:
                     last.layers_completed,
                 )
             ),
-            pair.last_success_at,
+            last_success_at,
         )
-        try:
-            with self._lock:
-                self._connection.execute(_UPSERT, values)  # the statement cache keeps it prepared
-        except sqlite3.Error as exc:
-            log.warning(
-                "cannot save the last run",
-                extra={
-                    "path": str(self.path),
-                    "server": pair.server,
-                    "model": pair.model,
-                    "error": str(exc),
-                },
-            )
-            return False
+        with self._lock:
+            self._connection.execute(_UPSERT, values)  # the statement cache keeps it prepared
         return True
 
     def load(self) -> dict[tuple[str, str], StoredPair]:
@@ -235,6 +249,109 @@ class Store:
         self.close()
 
 
+RETRY_OPEN_SECONDS: Final = 60.0
+"""How often a `StoreWriter` without a usable store tries to open it again."""
+
+
+class StoreWriter:
+    """Saves finished runs on a thread of its own; the event loop only hands them over.
+
+    A save may wait 5 s for another process's lock, or fail on a full or read-only volume:
+    that costs the saved state, never a run, a scrape or the loop. Saves waiting for the
+    thread are coalesced per pair (only the newest run of a pair matters). Failures are
+    counted in `ExporterState.storage_failures` and logged when saving starts or stops
+    failing, not once per run. Without a usable store it tries to open one again every
+    RETRY_OPEN_SECONDS (the volume may come back).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        store: Store | None,
+        on_failure: Callable[[], object] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self._store = store
+        self._on_failure = on_failure
+        self._pending: dict[tuple[str, str], tuple[LastRun, float | None]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._closing = False
+        self._failing = store is None
+        self._next_open = time.monotonic() + RETRY_OPEN_SECONDS
+        self._thread = threading.Thread(target=self._work, name="state writer", daemon=True)
+        self._thread.start()
+
+    def save(self, pair: PairState) -> None:
+        """Queue `pair`'s last run for saving; returns at once (call it from the loop)."""
+        if pair.last is None:
+            return
+        with self._lock:
+            self._pending[pair.server, pair.model] = (pair.last, pair.last_success_at)
+            self._wake.notify()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Write what is queued (for up to `timeout` seconds) and close the store."""
+        with self._lock:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning(
+                "state writer did not finish in time; the last runs may not be saved",
+                extra={"path": str(self.path), "queued": len(self._pending)},
+            )
+            return
+        if self._store is not None:
+            self._store.close()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending and not self._closing:
+                    self._wake.wait()
+                batch, self._pending = self._pending, {}
+                closing = self._closing
+            if batch:
+                self._write(batch)
+            if closing and not self._pending:
+                return
+
+    def _write(self, batch: dict[tuple[str, str], tuple[LastRun, float | None]]) -> None:
+        store = self._usable()
+        if store is None:
+            self._failed(f"{len(batch)} runs not saved: the store is not open")
+            return
+        for (server, model), (last, success_at) in batch.items():
+            try:
+                store.write(server, model, last, success_at)
+            except sqlite3.Error as exc:
+                self._failed(str(exc), server=server, model=model)
+            else:
+                if self._failing:
+                    self._failing = False
+                    log.info("saving the state works again", extra={"path": str(self.path)})
+
+    def _usable(self) -> Store | None:
+        if self._store is None and time.monotonic() >= self._next_open:
+            self._next_open = time.monotonic() + RETRY_OPEN_SECONDS
+            try:
+                self._store = Store.open(self.path)
+            except StoreError as exc:
+                log.debug("state file still unusable", extra={"error": str(exc)})
+        return self._store
+
+    def _failed(self, error: str, **extra: str) -> None:
+        if self._on_failure is not None:
+            self._on_failure()
+        if not self._failing:
+            self._failing = True
+            log.error(
+                "cannot save the state file; runs go on, their last results are not kept",
+                extra={"path": str(self.path), "error": error, **extra},
+            )
+
+
 def restore(state: ExporterState, stored: Mapping[tuple[str, str], StoredPair]) -> int:
     """Give the configured pairs of `state` their stored last run; returns how many got one.
 
@@ -246,12 +363,7 @@ def restore(state: ExporterState, stored: Mapping[tuple[str, str], StoredPair]) 
         pair = state.pairs.get(key)
         if pair is None:
             continue
-        if pair.last is None or pair.last.ended_at < entry.last.ended_at:
-            pair.last = entry.last
-        if entry.last_success_at is not None and (
-            pair.last_success_at is None or pair.last_success_at < entry.last_success_at
-        ):
-            pair.last_success_at = entry.last_success_at
+        pair.restore(entry.last, entry.last_success_at)
         restored += 1
     return restored
 
@@ -313,7 +425,8 @@ def _initialize(connection: sqlite3.Connection, path: Path) -> None:
         connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         connection.execute("COMMIT")
     except BaseException:
-        connection.execute("ROLLBACK")
+        if connection.in_transaction:  # SQLite already rolled back e.g. on a full disk
+            connection.execute("ROLLBACK")
         raise
 
 

@@ -1,27 +1,22 @@
 """The HTTP side: `/metrics`, a status page at `/`, `/-/healthy` and `/-/ready`.
 
-The app owns the lifecycle: the one `ClientSession` and the scheduler start in a
-cleanup context and are cancelled and awaited when the server stops.
+The app owns the lifecycle: the one `ClientSession` and the scheduler (`Runtime.running`)
+start in a cleanup context and are cancelled and awaited when the server stops.
 """
 
 from __future__ import annotations
 
-import asyncio
 import html
 import logging
-import signal
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
 from exporter import __version__
-from exporter.config import Config, ConfigError, load_config
 from exporter.metrics import make_metrics_handler
 from exporter.pull import make_session
-from exporter.scheduler import Scheduler
-from exporter.state import ExporterState, sync_pairs
+from exporter.runtime import Runtime
 from exporter.webconfig import WebConfig, install
 
 if TYPE_CHECKING:
@@ -29,51 +24,9 @@ if TYPE_CHECKING:
 
     from prometheus_client.registry import CollectorRegistry
 
-    from exporter.state import PairState
-    from exporter.store import Store
+    from exporter.state import ExporterState, PairState
 
 log = logging.getLogger("exporter.web")
-
-
-@dataclass(slots=True)
-class Runtime:
-    """What the running app holds: the config in force and how to replace it."""
-
-    config_path: str
-    config: Config
-    state: ExporterState
-    enable_lifecycle: bool = False
-    store: Store | None = None
-    """Where finished runs are persisted (`--storage.path`)."""
-    scheduler: Scheduler | None = None
-    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    async def reload(self) -> tuple[str, ...]:
-        """Load the config file again; all or nothing. Returns the errors (empty: applied).
-
-        Reloads are serialised: a second request waits for the first to finish.
-        """
-        async with self.reload_lock:
-            try:
-                config = await asyncio.to_thread(load_config, self.config_path)
-            except ConfigError as exc:
-                self.state.config_reload_successful = False
-                log.error(  # noqa: TRY400 - the errors are the message, no traceback helps
-                    "config reload failed, keeping the old config",
-                    extra={"config": self.config_path, "errors": "; ".join(exc.errors)},
-                )
-                return exc.errors
-            sync_pairs(self.state, config)
-            if self.scheduler is not None:
-                self.scheduler.apply(config)
-            self.config = config
-            self.state.config_reload_successful = True
-            self.state.config_reload_success_at = time.time()
-            log.info(
-                "config reloaded",
-                extra={"config": self.config_path, "pairs": config.model_count},
-            )
-            return ()
 
 
 RUNTIME_KEY: Final = web.AppKey("runtime", Runtime)
@@ -100,33 +53,8 @@ def make_app(
 
 
 async def _run_scheduler(app: web.Application) -> AsyncIterator[None]:
-    runtime = app[RUNTIME_KEY]
-    state = runtime.state
-    loop = asyncio.get_running_loop()
-    pending: set[asyncio.Task[tuple[str, ...]]] = set()
-
-    def on_sighup() -> None:
-        task = loop.create_task(runtime.reload())
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-
-    async with make_session() as session:
-        store = runtime.store
-        runtime.scheduler = Scheduler(
-            session, state, on_finished=store.save if store is not None else None
-        )
-        runtime.scheduler.start(runtime.config)
-        loop.add_signal_handler(signal.SIGHUP, on_sighup)
-        state.ready = True
-        try:
-            yield
-        finally:
-            state.ready = False
-            loop.remove_signal_handler(signal.SIGHUP)
-            for task in pending:
-                task.cancel()
-            await runtime.scheduler.stop()
-            runtime.scheduler = None
+    async with make_session() as session, app[RUNTIME_KEY].running(session):
+        yield
 
 
 async def _reload(request: web.Request) -> web.Response:
@@ -174,9 +102,28 @@ async def _index(request: web.Request) -> web.Response:
         "<table><thead><tr><th>Server</th><th>Model</th><th>Phase</th><th>Progress</th>"
         "<th>Layers</th><th>Last result</th><th>Last duration</th><th>Last success</th>"
         "<th>Next run</th></tr></thead>"
-        f"<tbody>{rows}</tbody></table></body></html>\n"
+        f"<tbody>{rows}</tbody></table>{_servers(state)}</body></html>\n"
     )
     return web.Response(text=body, content_type="text/html")
+
+
+def _servers(state: ExporterState) -> str:
+    """One row per server: whether it answered, its Ollama version, or what went wrong."""
+    rows = []
+    for name, status in state.servers.items():
+        up = state.server_up.get(name)
+        if up is None:
+            seen = "not asked yet"
+        elif up:
+            seen = '<span class="ok">up</span>'
+        else:
+            seen = '<span class="fail">down</span>'
+        cells = (html.escape(name), seen, html.escape(status.version or status.problem or ""))
+        rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    return (
+        "<h2>Servers</h2><table><thead><tr><th>Server</th><th>State</th><th>Version or problem"
+        f"</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def _row(pair: PairState, now: float) -> str:

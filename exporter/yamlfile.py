@@ -3,6 +3,11 @@
 PyYAML's node tree (not plain dicts) keeps every value's line, so each problem can be
 reported as `FILE:LINE: key.path: message`. `NodeWalker` collects all problems of a
 document; the typed scalar checks raise `InvalidError`, which the walker turns into one.
+
+A file is input from anyone who can write it, so the work it can cause is bounded: at most
+MAX_FILE_BYTES are read (a symlink to `/dev/zero` ends there), aliases may not expand the
+tree past MAX_EXPANDED_NODES (a "billion laughs" file is refused before it is walked), and at
+most MAX_PROBLEMS problems are reported, with a count of the rest.
 """
 
 from __future__ import annotations
@@ -27,13 +32,26 @@ except ImportError:  # pragma: no cover - PyYAML built without libyaml
 
 _T = TypeVar("_T")
 
+MAX_FILE_BYTES: Final = 1 << 20
+"""1 MiB: about 20,000 servers of three models each, parsed in about 1.5 s of CPU."""
+MAX_EXPANDED_NODES: Final = 500_000
+"""Nodes of the tree with every alias expanded (a 1 MiB file without aliases has fewer)."""
+MAX_PROBLEMS: Final = 100
+"""Problems reported per file; the rest are counted in one last line."""
+_READ_CHUNK: Final = 1 << 16
 
-def read_text(path: str, what: str) -> str:
-    """The UTF-8 text of the file at `path`; raises `FileReadError` naming file (and line)."""
+
+def read_text(path: str, what: str, limit: int = MAX_FILE_BYTES) -> str:
+    """The UTF-8 text of the file at `path`; raises `FileReadError` naming file (and line).
+
+    Reads at most `limit` bytes: a bigger file (or a device that never ends) is an error.
+    """
     try:
-        data = Path(path).read_bytes()
+        data = _read_at_most(Path(path), limit)
     except OSError as exc:
         raise FileReadError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise FileReadError(f"{path}: {what} is larger than {_size(limit)}: refusing to read it")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -41,6 +59,24 @@ def read_text(path: str, what: str) -> str:
         raise FileReadError(
             f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x})"
         ) from None
+
+
+def _read_at_most(path: Path, limit: int) -> bytes:
+    """Up to `limit + 1` bytes of `path`, read in chunks (a FIFO or device may be endless)."""
+    chunks: list[bytes] = []
+    size = 0
+    with path.open("rb", buffering=0) as file:
+        while size <= limit:
+            chunk = file.read(min(_READ_CHUNK, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    return b"".join(chunks)
+
+
+def _size(count: int) -> str:
+    return f"{count >> 20} MiB" if count >= 1 << 20 and not count % (1 << 20) else f"{count} bytes"
 
 
 class ProblemsError(Exception):
@@ -84,7 +120,7 @@ def compose(text: str) -> yaml.Node | None:
         message = f"invalid YAML: character U+{ord(bad.group()):04X} is not allowed"
         raise BadYamlError(line, message)
     try:
-        return yaml.compose(text, Loader=_YamlLoader)
+        root = yaml.compose(text, Loader=_YamlLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = min(last_line, mark.line + 1) if mark else 1
@@ -94,6 +130,47 @@ def compose(text: str) -> yaml.Node | None:
         raise BadYamlError(1, f"invalid YAML: {exc}") from None
     except RecursionError:  # only the pure-Python composer recurses per nesting level
         raise BadYamlError(1, "invalid YAML: nested too deeply") from None
+    if root is not None and expanded_size(root) > MAX_EXPANDED_NODES:
+        message = (
+            f"aliases expand the document to more than {MAX_EXPANDED_NODES:,} values:"
+            " refusing to read it"
+        )
+        raise BadYamlError(1, message)
+    return root
+
+
+def expanded_size(root: yaml.Node, cap: int = MAX_EXPANDED_NODES) -> int:
+    """Nodes in the tree of `root` with every alias expanded, counted up to just past `cap`.
+
+    Each distinct node is measured once (aliases share node objects), without recursion,
+    so even an exponential alias bomb costs time linear in the file.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # on the current path: meeting one again is a cycle
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
+            open_nodes.discard(id(node))
+            total = 1 + sum(sizes[id(child)] for child in _children(node))
+            sizes[id(node)] = min(total, cap + 1)
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in open_nodes:
+            raise BadYamlError(line_of(node), "invalid YAML: an alias refers to itself")
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +267,19 @@ class NodeWalker:
     def __init__(self, source: str) -> None:
         self.source = source
         self.problems: list[tuple[int, str]] = []
+        """The first MAX_PROBLEMS problems found, as (line, message)."""
+        self.more = 0
+        """Problems found past MAX_PROBLEMS (counted, not kept)."""
+
+    def messages(self) -> list[str]:
+        """The kept problems sorted by line, plus one line counting the ones left out."""
+        messages = [message for _, message in sorted(self.problems, key=lambda p: p[0])]
+        if self.more:
+            messages.append(
+                f"{self.source}: ... and {self.more:,} more problems"
+                f" (only the first {MAX_PROBLEMS} are shown)"
+            )
+        return messages
 
     def format(self, line: int, path: str, message: str) -> str:
         """`FILE:LINE: key.path: message`, control characters escaped (one line per problem)."""
@@ -199,6 +289,9 @@ class NodeWalker:
 
     def error(self, node: yaml.Node | int, path: str, message: str) -> None:
         """Record a problem at `node` (or at a line number)."""
+        if len(self.problems) >= MAX_PROBLEMS:
+            self.more += 1
+            return
         line = node if isinstance(node, int) else line_of(node)
         self.problems.append((line, self.format(line, path, message)))
 

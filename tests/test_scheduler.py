@@ -28,7 +28,17 @@ def settings(
         (100.0, settings(run_on_start=False), 0.0, Plan(160.0, 160.0)),
         (100.0, settings(jitter=0.1), 0.5, Plan(100.0, 103.0)),
         (100.0, settings(jitter=0.1, run_on_start=False), 0.999, Plan(160.0, 165.994)),
-        (100.0, settings(jitter=1.0), 0.25, Plan(100.0, 115.0)),
+        # run_on_start spreads first runs over at most FIRST_RUN_SPREAD (30 s) ...
+        (100.0, settings(jitter=1.0), 0.25, Plan(100.0, 107.5)),
+        # ... even for the default 6h interval with jitter 0.1 (a 36 min spread otherwise) ...
+        (100.0, settings(interval=21600.0, jitter=0.1), 0.999, Plan(100.0, 129.97)),
+        # ... while later runs keep the whole jitter.
+        (
+            100.0,
+            settings(interval=21600.0, jitter=0.1, run_on_start=False),
+            0.5,
+            Plan(21700.0, 22780.0),
+        ),
     ],
 )
 def test_first_plan(now: float, cfg: PullSettings, rand: float, expected: Plan) -> None:

@@ -18,7 +18,14 @@ import pytest
 from exporter import store as store_module
 from exporter.protocol import RUN_PHASES, Phase, Reason
 from exporter.state import ExporterState, LastRun, PairState
-from exporter.store import APPLICATION_ID, SCHEMA_VERSION, Store, StoredPair, StoreError, restore
+from exporter.store import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    Store,
+    StoredPair,
+    StorePathError,
+    restore,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +64,7 @@ def _moved(path: Path, kind: str) -> list[Path]:
 
 
 def test_missing_file_is_created_with_our_ids(tmp_path: Path) -> None:
-    path = tmp_path / "sub" / "dir" / "state.db"
+    path = tmp_path / "state.db"
     with Store.open(path) as store:
         assert store.load() == {}
     assert path.is_file()
@@ -295,15 +302,17 @@ def test_a_wal_without_its_database_is_moved_aside(
     assert "storage side file without its database, moved it aside" in caplog.messages
 
 
-def test_unusable_paths_are_errors(tmp_path: Path) -> None:
+def test_paths_that_cannot_be_right_are_errors(tmp_path: Path) -> None:
     (tmp_path / "dir").mkdir()
-    with pytest.raises(StoreError, match=r"dir: cannot open: unable to open database file"):
+    with pytest.raises(StorePathError, match=r"dir: is a directory; give the path of a file"):
         Store.open(tmp_path / "dir")
     (tmp_path / "file").write_text("x")
-    with pytest.raises(
-        StoreError, match=r"file/state\.db: cannot create its directory: File exists"
-    ):
+    with pytest.raises(StorePathError, match=r"file/state\.db: the directory .*file' is not a"):
         Store.open(tmp_path / "file" / "state.db")
+    # A missing directory is not created (a typo in --storage.path would go unnoticed).
+    with pytest.raises(StorePathError, match=r"missing/state\.db: the directory .* does not exist"):
+        Store.open(tmp_path / "missing" / "state.db")
+    assert not (tmp_path / "missing").exists()
 
 
 def test_restore_fills_configured_pairs_only() -> None:

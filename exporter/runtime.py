@@ -1,0 +1,208 @@
+"""The config in force and the one path that changes it, at start-up and on every reload.
+
+`Runtime.apply` is that path: the state's pairs, the scheduler's loops and limits, the
+reload gauges and the server probes all follow a new `Config` in one call (a reload, and
+later discovery, call it the same way). `reload` reads the file off the event loop in a
+thread of its own with a deadline, so a file that blocks (a FIFO, a hung mount) fails the
+reload instead of holding it, and never delays shutdown. Reload requests that arrive while
+one is going are coalesced: a burst of SIGHUPs costs at most one more reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from exporter import signals
+from exporter.config import Config, ConfigError, load_config
+from exporter.probe import probe_servers
+from exporter.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Coroutine
+
+    import aiohttp
+
+    from exporter.config import ServerConfig
+    from exporter.state import ExporterState, PairState
+
+log = logging.getLogger("exporter")
+
+READ_TIMEOUT: Final = 30.0
+"""Seconds a reload waits for the file to be read and checked (a 1 MiB file takes ~2 s)."""
+MAX_HUNG_READS: Final = 2
+"""Reads still blocked after their deadline; past this, reloads fail at once (each one
+would leave another thread behind)."""
+SHUTDOWN_GRACE: Final = 2.5
+"""Seconds the scheduler's shutdown may take before the process exits regardless; with the
+HTTP server's own 2 s this keeps every exit within the 5 s of the contract."""
+
+
+@dataclass(slots=True)
+class Runtime:
+    """What the running exporter holds: the config in force and how to replace it."""
+
+    config_path: str
+    config: Config
+    state: ExporterState
+    enable_lifecycle: bool = False
+    save: Callable[[PairState], object] | None = None
+    """Called with a pair after each finished run (`--storage.path`); must not block."""
+    scheduler: Scheduler | None = None
+    _session: aiohttp.ClientSession | None = None
+    _pending: asyncio.Future[tuple[str, ...]] | None = None
+    """The next reload, requested and not started yet; later requests share it."""
+    _worker: asyncio.Task[None] | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _hung: list[threading.Thread] = field(default_factory=list)
+
+    def apply(self, config: Config) -> None:
+        """Put `config` in force: pairs, schedule, limits, gauges, probes of new servers."""
+        known = set(self.state.servers)
+        self.state.sync(config)
+        if self.scheduler is not None:
+            self.scheduler.apply(config)
+        self.config = config
+        self.state.config_loaded(time.time())
+        if self._session is not None:
+            self._probe([server for server in config.servers if server.name not in known])
+
+    async def reload(self) -> tuple[str, ...]:
+        """Load the config file again; all or nothing. Returns the errors (empty: applied).
+
+        A request that arrives while a reload runs waits for the next one, which reads the
+        file as it is then; every request arriving meanwhile shares that same reload.
+        """
+        if self._pending is None:
+            self._pending = asyncio.get_running_loop().create_future()
+            if self._worker is None or self._worker.done():
+                self._worker = asyncio.create_task(self._reloads(), name="reload")
+        return await asyncio.shield(self._pending)
+
+    def request_reload(self) -> None:
+        """`reload` without waiting for it (SIGHUP)."""
+        self._spawn(self._reload_quietly())
+
+    async def _reload_quietly(self) -> None:
+        await self.reload()
+
+    async def _reloads(self) -> None:
+        while (future := self._pending) is not None:
+            self._pending = None
+            try:
+                errors = await self._reload_now()
+            except BaseException:
+                future.cancel()
+                raise
+            future.set_result(errors)
+
+    async def _reload_now(self) -> tuple[str, ...]:
+        try:
+            config = await self._read()
+        except ConfigError as exc:
+            self.state.config_failed()
+            log.error(  # noqa: TRY400 - the errors are the message, no traceback helps
+                "config reload failed, keeping the old config",
+                extra={"config": self.config_path, "errors": "; ".join(exc.errors)},
+            )
+            return exc.errors
+        self.apply(config)
+        log.info("config reloaded", extra={"config": self.config_path, "pairs": config.model_count})
+        return ()
+
+    async def _read(self) -> Config:
+        """`load_config` in a daemon thread: never the loop, never a thread shutdown waits on."""
+        self._hung = [thread for thread in self._hung if thread.is_alive()]
+        if len(self._hung) >= MAX_HUNG_READS:
+            raise ConfigError(
+                [
+                    (
+                        f"{self.config_path}: earlier reads of the config have not returned"
+                        " (a FIFO or a hung mount?); not starting another one"
+                    ),
+                ]
+            )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Config] = loop.create_future()
+
+        def settle(config: Config | None, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(config)  # type: ignore[arg-type]
+
+        def work() -> None:
+            try:
+                config, error = load_config(self.config_path), None
+            except Exception as exc:  # noqa: BLE001 - handed to the loop as the outcome
+                config, error = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle, config, error)
+
+        thread = threading.Thread(target=work, name="config read", daemon=True)
+        thread.start()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), READ_TIMEOUT)
+        except TimeoutError:
+            self._hung.append(thread)
+            raise ConfigError(
+                [
+                    (
+                        f"{self.config_path}: reading the config took longer than {READ_TIMEOUT:g}s"
+                        " (a FIFO or a hung mount?)"
+                    ),
+                ]
+            ) from None
+
+    def _spawn(self, coroutine: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _probe(self, servers: list[ServerConfig]) -> None:
+        if servers and self._session is not None:
+            self._spawn(probe_servers(self._session, servers, self.state))
+
+    @contextlib.asynccontextmanager
+    async def running(self, session: aiohttp.ClientSession) -> AsyncIterator[None]:
+        """Run the schedule of the config in force, probe servers, reload on SIGHUP."""
+        loop = asyncio.get_running_loop()
+        self._session = session
+        self.scheduler = Scheduler(session, self.state, on_finished=self.save)
+        self.scheduler.start(self.config)
+        self._probe(list(self.config.servers))
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        if signals.take_reload_request():  # a SIGHUP during start-up: the file may have changed
+            self.request_reload()
+        self.state.set_ready(True)
+        try:
+            yield
+        finally:
+            self.state.set_ready(False)
+            deadline = signals.exit_after(SHUTDOWN_GRACE)
+            loop.remove_signal_handler(signal.SIGHUP)
+            signals.remember_reloads()
+            await self._stop(self.scheduler)
+            deadline.cancel()
+
+    async def _stop(self, scheduler: Scheduler) -> None:
+        tasks = list(self._tasks)
+        if self._worker is not None:
+            tasks.append(self._worker)
+        for task in tasks:
+            task.cancel()
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await scheduler.stop()
+        self.scheduler = None
+        self._session = None
