@@ -119,9 +119,10 @@ def _servers(state: ExporterState) -> str:
         else:
             seen = '<span class="fail">down</span>'
         cells = (html.escape(name), seen, html.escape(status.version or status.problem or ""))
-        rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+        rows.append('<tr class="server">' + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
     return (
-        "<h2>Servers</h2><table><thead><tr><th>Server</th><th>State</th><th>Version or problem"
+        '<h2>Servers</h2><table><thead><tr class="server"><th>Server</th>'
+        "<th>State</th><th>Version or problem"
         f"</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
 
