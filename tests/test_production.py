@@ -137,6 +137,7 @@ def test_state_survives_a_restart_and_a_kill_9(tmp_path: Path) -> None:
         time_scale=TIME_SCALE,
     )
     storage = tmp_path / "state" / "exporter.db"
+    storage.parent.mkdir()  # the exporter does not create missing directories
     with sim.running() as url:
         config = (
             "defaults: {interval: 1h, jitter: 0}\n"
