@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,11 @@ class RequestRecord:
     status: int | None = None
     lines_sent: int = 0
     bytes_sent: int = 0
+
+    def finish(self, outcome: str) -> None:
+        """End the record with `outcome` and the time now, unless it has ended already."""
+        if self.outcome == OUTCOME_OPEN:
+            self.outcome, self.ended = outcome, time.monotonic()
 
     @property
     def client_disconnected(self) -> bool:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping  # noqa: TC003 - typing.get_type_hints resolves it at runtime
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 _GO_WHITESPACE = " \t\r\n"
 _PULL_FIELDS: Mapping[str, type] = {

@@ -8,7 +8,6 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Mapping  # noqa: TC003 - typing.get_type_hints resolves it at runtime
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from ollama_sim.scenario import (
 from ollama_sim.steps import STEP_TYPES, Raw, ScenarioError, Step
 
 if typing.TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 
 _PRESETS: dict[str, Callable[..., Scenario]] = {
