@@ -26,7 +26,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=11434, help="port; 0 picks a free one")
     parser.add_argument(
-        "--scenarios", help="JSON scenario file (without it every model is unknown)"
+        "--scenarios",
+        help="scenario file, JSON or YAML (docs/simulator.md); without it every model is unknown",
     )
     parser.add_argument("--time-scale", type=float, help="delay multiplier (default: file, else 1)")
     parser.add_argument("--ollama-version", default="0.33.0", help="answer of /api/version")
@@ -39,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         loaded = load_scenario_file(args.scenarios) if args.scenarios else ScenarioFile({})
-    except (OSError, ScenarioError):
+    except (OSError, ScenarioError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     scale = args.time_scale if args.time_scale is not None else loaded.time_scale
     record_file = Path(args.record).open("a", encoding="utf-8") if args.record else None  # noqa: SIM115
@@ -54,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         time_scale=1.0 if scale is None else scale,
         unknown=loaded.unknown,
         version=args.ollama_version,
+        loop=loaded.loop,
         on_finish=write_record,
     )
     try:

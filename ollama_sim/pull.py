@@ -38,7 +38,7 @@ if typing.TYPE_CHECKING:
 
 
 class PullEndpoint:
-    """The `/api/pull` family: request k for a model plays runs[min(k, len - 1)]."""
+    """The `/api/pull` family: request k for a model plays runs[min(k, len - 1)] (or k mod len)."""
 
     def __init__(self, sim: OllamaSimulator) -> None:
         self._sim = sim
@@ -158,6 +158,8 @@ class PullEndpoint:
             index = self._run_counts[key]
             self._run_counts[key] = index + 1
             record.run_index = index
+            if self._sim.loop:
+                return runs[index % len(runs)]
             return runs[min(index, len(runs) - 1)]
 
     def _open(self, model: str, delta: int) -> None:

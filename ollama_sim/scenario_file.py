@@ -11,6 +11,8 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from ollama_sim.scenario import (
     Scenario,
     bulk_pull,
@@ -140,13 +142,14 @@ class ScenarioFile:
     models: Mapping[str, Sequence[Scenario]]
     unknown: Scenario | None = None
     time_scale: float | None = None
+    loop: bool = False
 
 
 def parse_scenario_file(data: object, source: str = "<scenarios>") -> ScenarioFile:
-    """Parse the JSON scenario file format (see `load_scenario_file`)."""
+    """Parse a scenario document already decoded from JSON or YAML (see `load_scenario_file`)."""
     if not isinstance(data, dict):
         raise ScenarioError(f"{source}: the top level must be an object")
-    unknown_keys = sorted(set(data) - {"models", "unknown", "time_scale"})
+    unknown_keys = sorted(set(data) - {"models", "unknown", "time_scale", "loop"})
     if unknown_keys:
         raise ScenarioError(f"{source}: unknown key(s): {', '.join(unknown_keys)}")
     models = data.get("models", {})
@@ -163,23 +166,37 @@ def parse_scenario_file(data: object, source: str = "<scenarios>") -> ScenarioFi
     scale = data.get("time_scale")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int | float)):
         raise ScenarioError(f"{source}: time_scale must be a number")
+    loop = data.get("loop", False)
+    if not isinstance(loop, bool):
+        raise ScenarioError(f"{source}: loop must be true or false")
     return ScenarioFile(
         models=parsed,
         unknown=None if unknown is None else scenario_from_json(unknown, f"{source}: unknown"),
         time_scale=None if scale is None else float(scale),
+        loop=loop,
     )
 
 
 def load_scenario_file(path: str | Path) -> ScenarioFile:
     """Load a scenario file.
 
-    Format: `{"time_scale": 0.1, "models": {"llama3.2:1b": [RUN, RUN, ...]}, "unknown": RUN}`
-    where request k for a model plays run min(k, len - 1), and a RUN is either a list of step
+    Format: `{"time_scale": 0.1, "loop": false, "models": {"llama3.2:1b": [RUN, ...]},
+    "unknown": RUN}` where request k for a model plays run min(k, len - 1) (with `loop`: run
+    k mod len), and a RUN is either a list of step
     objects (`{"step": "layer", "size": 1000, "rate": 5e6}`; the step names are the `kind`
     of each Step class, the keys its fields; `raw` takes `text` or `base64` and `repeat`) or
     a preset (`{"preset": "fresh_pull", "sizes": [1000, 20]}`, any helper constructor).
+
+    A file named `*.yaml` or `*.yml` is read as YAML (the same document, with comments),
+    anything else as JSON. See docs/simulator.md.
     """
     text = Path(path).read_text(encoding="utf-8")
+    if Path(path).suffix in {".yaml", ".yml"}:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ScenarioError(f"{path}: invalid YAML: {exc}") from None
+        return parse_scenario_file(data, str(path))
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

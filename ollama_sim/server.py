@@ -34,7 +34,8 @@ class OllamaSimulator:
 
     `scenarios` maps model names to runs: request k for a model plays runs[min(k, len - 1)].
     Models are matched in Ollama's short form (`canonical_model`). A model with no runs plays
-    `unknown` (default: `not_found()`). Delays are multiplied by `time_scale`.
+    `unknown` (default: `not_found()`). Delays are multiplied by `time_scale`. With `loop`,
+    request k plays runs[k % len] instead, so a list of runs repeats forever.
     """
 
     def __init__(
@@ -44,12 +45,14 @@ class OllamaSimulator:
         time_scale: float = 1.0,
         unknown: Scenario | None = None,
         version: str = "0.33.0",
+        loop: bool = False,
         on_finish: Callable[[RequestRecord], None] | None = None,
     ) -> None:
         check(time_scale >= 0 and math.isfinite(time_scale), "time_scale must be >= 0")
         self.time_scale = time_scale
         self.unknown = unknown or not_found()
         self.version = version
+        self.loop = loop
         self._on_finish = on_finish
         self._lock = threading.Condition()
         self.pull = PullEndpoint(self)

@@ -1,4 +1,4 @@
-"""The simulator emits exactly the wire shapes of `ollama-pull-protocol.md`.
+"""The simulator emits exactly the wire shapes docs/simulator.md describes (Ollama's own).
 
 Every test talks to a running simulator over a real socket with a plain aiohttp client.
 """
@@ -765,6 +765,49 @@ def test_bad_scenario_files_name_the_problem(data: object, message: str) -> None
     assert message in str(caught.value)
 
 
+def test_yaml_scenario_file_is_the_json_document_with_comments(tmp_path: Path) -> None:
+    document = {
+        "time_scale": 0.5,
+        "loop": True,
+        "models": {MODEL: [{"preset": "fresh_pull", "sizes": [1_000, 20], "rate": 5_000_000}]},
+        "unknown": [{"step": "http_error", "status": 503, "body": {"error": "busy"}}],
+    }
+    as_json = tmp_path / "scenarios.json"
+    as_json.write_text(json.dumps(document))
+    as_yaml = tmp_path / "scenarios.yaml"
+    as_yaml.write_text(
+        "# a comment\n"
+        "time_scale: 0.5\n"
+        "loop: true\n"
+        "models:\n"
+        f"  {MODEL}:\n"
+        "    - {preset: fresh_pull, sizes: [1000, 20], rate: 5000000}\n"
+        "unknown:\n"
+        "  - {step: http_error, status: 503, body: {error: busy}}\n"
+    )
+    assert load_scenario_file(as_yaml) == load_scenario_file(as_json)
+    assert load_scenario_file(as_yaml).loop
+    broken = tmp_path / "broken.yml"
+    broken.write_text("models: [\n")
+    with pytest.raises(ScenarioError, match=r"broken\.yml: invalid YAML"):
+        load_scenario_file(broken)
+    with pytest.raises(ScenarioError, match="loop must be true or false"):
+        parse_scenario_file({"loop": "yes"})
+
+
+def test_without_loop_the_last_run_repeats_and_with_loop_the_runs_cycle() -> None:
+    runs = [up_to_date([10]), not_found()]
+
+    async def outcomes(*, loop: bool) -> list[bytes]:
+        sim = OllamaSimulator({MODEL: runs}, time_scale=SCALE, loop=loop)
+        async with serving(sim) as url:
+            return [(await pull(url, {"model": MODEL})).lines[-1] for _ in range(5)]
+
+    success, missing = b'{"status":"success"}', b'{"error":"' + NOT_FOUND.encode() + b'"}'
+    assert run(outcomes(loop=False)) == [success, missing, missing, missing, missing]
+    assert run(outcomes(loop=True)) == [success, missing, success, missing, success]
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -808,3 +851,21 @@ def test_cli_serves_a_json_scenario_file(tmp_path: Path) -> None:
             proc.terminate()
             returncode = proc.wait(timeout=10)
     assert returncode == 0
+
+
+def test_cli_names_a_bad_scenario_file_and_exits_1(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  m: [{preset: nope}]\n")
+    for path in (bad, tmp_path / "missing.json"):
+        result = subprocess.run(
+            [sys.executable, "-m", "ollama_sim", "--port=0", f"--scenarios={path}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            cwd=REPO_ROOT,
+        )
+        assert result.returncode == 1
+        assert result.stderr.startswith("error: ")
+        assert str(path.name) in result.stderr
+        assert "Traceback" not in result.stderr
