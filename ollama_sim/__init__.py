@@ -2,7 +2,7 @@ r"""A simulated Ollama server for tests and benchmarks: `POST /api/pull` driven 
 
 The simulator is an aiohttp application on a real socket. Every stream it sends follows
 Ollama's wire protocol as a real server sends it (the § numbers are the sections of
-`docs/simulator.md`):
+`docs/ollama-pull-protocol.md`; scenario files and the command: `docs/simulator.md`):
 
 - Lines are compact JSON plus `\n`, one HTTP chunk per line, keys in Go's field order `status`,
   `digest`, `total`, `completed`; the last three are `omitempty`, so a 0 is left out (§1).
