@@ -1,0 +1,101 @@
+"""Recorded real-Ollama answers, replayed by the simulator, give the exporter's real numbers.
+
+The transcripts under tests/real/transcripts/<version>/ were recorded by the real tier
+(`RECORD_TRANSCRIPTS=1 pytest -m real`). Each carries what the exporter reported against the
+real server; here the simulator replays the recording (sped up) and the real exporter
+process must report exactly that again. This keeps the fast suite honest about real streams
+without needing Ollama.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from ollama_sim import Disconnect, HttpError, Raw, Sleep, Stall
+from ollama_sim.replay import Transcript, load_transcripts
+from ollama_sim.steps import ScenarioError
+from tests.real.ollama import PINNED_VERSION
+from tests.real.rig import TRANSCRIPTS, replay_summary
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+RECORDED = load_transcripts(TRANSCRIPTS / PINNED_VERSION)
+REPLAY_SECONDS = 2.0
+"""Each replay is sped up to take about this long (never slowed down)."""
+
+
+def test_transcripts_of_the_pinned_release_exist() -> None:
+    assert {"fresh", "uptodate", "moved"} <= RECORDED.keys()
+    assert {t.ollama_version for t in RECORDED.values()} == {PINNED_VERSION}
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED))
+def test_replay_reports_what_the_real_run_reported(name: str, tmp_path: Path) -> None:
+    transcript = RECORDED[name]
+    scale = min(1.0, REPLAY_SECONDS / max(transcript.duration, 0.001))
+    assert replay_summary(transcript, tmp_path, time_scale=scale) == transcript.expect
+
+
+def _transcript(**changes: object) -> Transcript:
+    fields: dict[str, object] = {
+        "ollama_version": "0.17.4",
+        "scenario": "t",
+        "request": {"model": "m", "insecure": True, "stream": True},
+        "status": 200,
+        "content_type": "application/x-ndjson",
+        "lines": ((0.01, '{"status":"pulling manifest"}'), (0.5, '{"status":"success"}')),
+        "end": "complete",
+    }
+    fields.update(changes)
+    return Transcript(**fields)  # type: ignore[arg-type]
+
+
+def test_replay_steps_keep_lines_and_gaps() -> None:
+    steps = _transcript().replay().steps
+    assert steps == (
+        Sleep(0.01),
+        Raw(b'{"status":"pulling manifest"}\n'),
+        Sleep(0.49),
+        Raw(b'{"status":"success"}\n'),
+    )
+
+
+def test_replay_ends_like_the_recording() -> None:
+    assert _transcript(end="cut").replay().steps[-1] == Disconnect(reset=True)
+    assert _transcript(end="left").replay().steps[-1] == Stall()
+    answer = _transcript(status=400, content_type="application/json; charset=utf-8",
+                         lines=((0.002, '{"error":"invalid model name"}'),))  # fmt: skip
+    assert answer.replay().steps == (
+        Sleep(0.002),
+        HttpError(400, '{"error":"invalid model name"}', "application/json; charset=utf-8"),
+    )
+
+
+def test_file_form_round_trips() -> None:
+    transcript = _transcript(expect={"runs": 1}, settings={"stall_timeout": 3.0})
+    assert Transcript.from_json(transcript.to_json()) == transcript
+    assert transcript.to_json().count("\n") == len(transcript.lines) + 2
+
+
+def test_bad_transcripts_are_refused() -> None:
+    with pytest.raises(ScenarioError, match="end must be one of"):
+        _transcript(end="gone")
+    with pytest.raises(ScenarioError, match="never go backwards"):
+        _transcript(lines=((1.0, "{}"), (0.5, "{}")))
+    with pytest.raises(ScenarioError, match="x.json: not a transcript"):
+        Transcript.from_json('{"lines": 3}', "x.json")
+
+
+def test_statuses_collapse_runs_of_one_status() -> None:
+    transcript = _transcript(
+        lines=(
+            (0.0, '{"status":"pulling manifest"}'),
+            (0.1, '{"status":"pulling ab","digest":"sha256:ab","total":2}'),
+            (0.2, '{"status":"pulling ab","digest":"sha256:ab","total":2,"completed":2}'),
+            (0.3, '{"error":"boom"}'),
+        )
+    )
+    assert transcript.statuses() == ["pulling manifest", "pulling ab", "error: boom"]
