@@ -85,7 +85,7 @@ def test_bad_transcripts_are_refused() -> None:
         _transcript(end="gone")
     with pytest.raises(ScenarioError, match="never go backwards"):
         _transcript(lines=((1.0, "{}"), (0.5, "{}")))
-    with pytest.raises(ScenarioError, match="x.json: not a transcript"):
+    with pytest.raises(ScenarioError, match=r"x\.json: not a transcript"):
         Transcript.from_json('{"lines": 3}', "x.json")
 
 
