@@ -184,3 +184,48 @@ def test_the_readme_demo_runs_and_reports_every_model(tmp_path: Path) -> None:
         assert model in str(page["body"])
     stopped = json.loads(tail.strip().splitlines()[-1])["stopped"]
     assert stopped == [0, 0], f"simulator and exporter should exit 0 on SIGTERM:\n{logs}"
+
+
+def test_the_compose_demo_runs_the_simulator_and_the_demo_config() -> None:
+    compose_dir = REPO_ROOT / "deploy" / "compose"
+    base = yaml.safe_load((compose_dir / "docker-compose.yml").read_text(encoding="utf-8"))
+    demo = yaml.safe_load((compose_dir / "docker-compose.demo.yml").read_text(encoding="utf-8"))
+    assert set(demo["services"]) <= set(base["services"])  # an override, no new service
+    simulator = demo["services"]["ollama"]
+    assert simulator["build"] == base["services"]["exporter"]["build"]  # the exporter's image
+    assert simulator["image"] == base["services"]["exporter"]["image"]
+    assert simulator["entrypoint"] == ["python", "-m", "ollama_sim"]
+    assert simulator["command"] == [
+        "--host=0.0.0.0",
+        "--port=11434",
+        "--scenarios=/demo/scenarios.yaml",
+    ]
+    assert simulator["volumes"] == ["../../demo:/demo:ro"]
+    assert (
+        compose_dir / "../../demo/scenarios.yaml"
+    ).resolve() == REPO_ROOT / "demo/scenarios.yaml"
+    assert "http://127.0.0.1:11434/" in " ".join(simulator["healthcheck"]["test"])
+    exporter = demo["services"]["exporter"]
+    assert exporter["depends_on"] == {"ollama": {"condition": "service_healthy"}}
+    (mount,) = exporter["volumes"]
+    source, target, _mode = mount.split(":")
+    assert target == "/etc/ollama-pull-exporter/config.yaml"
+    in_compose = yaml.safe_load((compose_dir / source).read_text(encoding="utf-8"))
+    local = yaml.safe_load((REPO_ROOT / "demo/config.yaml").read_text(encoding="utf-8"))
+    assert in_compose["servers"][0].pop("url") == "http://ollama:11434"
+    assert local["servers"][0].pop("url") == "http://127.0.0.1:11434"
+    assert in_compose == local, "exporter-demo.yaml and demo/config.yaml drifted apart"
+    check = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "--config.check",
+            f"--config.file={compose_dir / source}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
