@@ -28,6 +28,7 @@ from exporter.store import (
     StorePathError,
     StoreWriter,
     restore,
+    restore_digests,
 )
 from exporter.web import make_app
 from exporter.webconfig import WebConfig, WebConfigError, load_web_config
@@ -130,9 +131,10 @@ def _main(args: argparse.Namespace) -> int:
     state = ExporterState()
     writer: StoreWriter | None = None
     stored: dict[tuple[str, str], StoredPair] = {}
+    digests: dict[tuple[str, str], tuple[str, float | None]] = {}
     if args.storage_path:
         try:
-            writer, stored = _open_store(args.storage_path, state)
+            writer, stored, digests = _open_store(args.storage_path, state)
         except StorePathError as exc:
             print(f"--storage.path: {exc}", file=sys.stderr)  # noqa: T201
             return 1
@@ -142,11 +144,13 @@ def _main(args: argparse.Namespace) -> int:
         state=state,
         enable_lifecycle=args.enable_lifecycle,
         save=writer.save if writer is not None else None,
+        save_digest=writer.save_digest if writer is not None else None,
     )
     runtime.apply(config)
     if stored:
         restored = restore(state, stored)
         log.info("state restored", extra={"path": args.storage_path, "pairs": restored})
+    restore_digests(state, digests)
     try:
         if args.once:
             return asyncio.run(_run_once(runtime))
@@ -158,7 +162,9 @@ def _main(args: argparse.Namespace) -> int:
 
 def _open_store(
     path: str, state: ExporterState
-) -> tuple[StoreWriter, dict[tuple[str, str], StoredPair]]:
+) -> tuple[
+    StoreWriter, dict[tuple[str, str], StoredPair], dict[tuple[str, str], tuple[str, float | None]]
+]:
     """The writer for `--storage.path` and what the file holds.
 
     A file that cannot be used now costs the saved state, never the process.
@@ -173,9 +179,9 @@ def _open_store(
             "cannot use the state file; running without saved state",
             extra={"path": path, "error": str(exc)},
         )
-        return StoreWriter(path, None, on_failure=state.storage_failed), {}
+        return StoreWriter(path, None, on_failure=state.storage_failed), {}, {}
     stored = store.load()
-    return StoreWriter(path, store, on_failure=state.storage_failed), stored
+    return StoreWriter(path, store, on_failure=state.storage_failed), stored, store.load_digests()
 
 
 def _serve(

@@ -14,10 +14,11 @@ import re
 import unicodedata
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import yaml
 
+from exporter.windows import Window, check_timezone, parse_window
 from exporter.yamlfile import (
     BadYamlError,
     FileReadError,
@@ -50,6 +51,10 @@ class PullSettings:
     stall_timeout: float
     insecure: bool
     run_on_start: bool
+    mode: str = "pull"
+    """`pull` (scheduled pulls) or `check` (ask the registry whether an update waits)."""
+    window: Window | None = None
+    """Scheduled pulls start only inside it; None: any time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,8 @@ class ServerConfig:
     headers: tuple[tuple[str, str], ...] = field(repr=False)
     max_concurrent_pulls: int
     models: tuple[ModelConfig, ...]
+    inventory_interval: float = 60.0
+    """Seconds between two `GET /api/tags`; 0 disables the inventory."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +84,8 @@ class Config:
 
     source: str
     servers: tuple[ServerConfig, ...]
+    max_concurrent_pulls: int | None = None
+    """Pulls at once across all servers; None: no fleet-wide limit."""
 
     @property
     def model_count(self) -> int:
@@ -161,7 +170,14 @@ def parse_config(text: str, source: str, environ: Mapping[str, str] | None = Non
     servers = loader.document(root)
     if loader.problems:
         raise ConfigError(loader.messages())
-    return Config(source=source, servers=servers)
+    return Config(source=source, servers=servers, max_concurrent_pulls=loader.fleet_limit)
+
+
+def _resolve_window(window: object, timezone: object) -> Window | None:
+    if not isinstance(window, tuple):
+        return None
+    start, end = window
+    return Window(start, end, timezone if isinstance(timezone, str) else None)
 
 
 def _fraction(node: yaml.Node) -> float:
@@ -201,6 +217,42 @@ def _interval(node: yaml.Node) -> float:
             " (a typo for a minute or an hour?)"
         )
     return seconds
+
+
+def _interval_or_zero(node: yaml.Node) -> float:
+    """An interval (at least MIN_INTERVAL) or "0s", which means off."""
+    value = scalar(node)
+    if isinstance(value, str) and _seconds_or_none(value) == 0:
+        return 0.0
+    return _interval(node)
+
+
+def _seconds_or_none(text: str) -> float | None:
+    try:
+        return parse_duration(text)
+    except ValueError:
+        return None
+
+
+def _mode(node: yaml.Node) -> str:
+    value = scalar(node)
+    if value not in {"pull", "check"}:
+        raise InvalidError(f'expected "pull" or "check", got {describe(node)}')
+    return str(value)
+
+
+def _window(node: yaml.Node) -> tuple[int, int]:
+    try:
+        return parse_window(string(node))
+    except ValueError as exc:
+        raise InvalidError(str(exc)) from None
+
+
+def _timezone(node: yaml.Node) -> str:
+    try:
+        return check_timezone(string(node))
+    except ValueError as exc:
+        raise InvalidError(str(exc)) from None
 
 
 def _pull_limit(node: yaml.Node) -> int:
@@ -292,16 +344,28 @@ def _expand(text: str, environ: Mapping[str, str]) -> str:
 
 
 _HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_SETTINGS: Final[dict[str, Callable[[yaml.Node], float | bool]]] = {
+_SETTINGS: Final[dict[str, Callable[[yaml.Node], object]]] = {
     "interval": _interval,
     "jitter": _fraction,
     "timeout": _positive_duration,
     "stall_timeout": _positive_duration,
     "insecure": boolean,
     "run_on_start": boolean,
+    "mode": _mode,
+    "window": _window,
+    "window_timezone": _timezone,
 }
-_TOP_KEYS: Final = ("defaults", "servers")
-_SERVER_KEYS: Final = ("name", "url", "headers", "max_concurrent_pulls", "models")
+_WINDOW_KEYS: Final = ("window", "window_timezone")
+_TOP_KEYS: Final = ("defaults", "servers", "inventory_interval", "max_concurrent_pulls")
+_SERVER_KEYS: Final = (
+    "name",
+    "url",
+    "headers",
+    "max_concurrent_pulls",
+    "models",
+    "inventory_interval",
+    *_WINDOW_KEYS,
+)
 _MODEL_KEYS: Final = ("name", *_SETTINGS)
 
 
@@ -309,7 +373,7 @@ _MODEL_KEYS: Final = ("name", *_SETTINGS)
 class _Setting:
     """A resolved setting and where it was written ("" path: the built-in default)."""
 
-    value: float | bool
+    value: object
     text: str
     path: str = ""
     line: int = 0
@@ -322,6 +386,9 @@ _BUILTIN: Final = {
     "stall_timeout": _Setting(600.0, "10m"),
     "insecure": _Setting(value=False, text="false"),
     "run_on_start": _Setting(value=True, text="true"),
+    "mode": _Setting("pull", "pull"),
+    "window": _Setting(None, ""),
+    "window_timezone": _Setting(None, ""),
 }
 
 
@@ -339,6 +406,8 @@ class _Loader(NodeWalker):
     def __init__(self, source: str, environ: Mapping[str, str]) -> None:
         super().__init__(source)
         self.environ = environ
+        self.fleet_limit: int | None = None
+        self.inventory = _Setting(60.0, "1m")
 
     def document(self, root: yaml.Node | None) -> tuple[ServerConfig, ...]:
         if root is None or (isinstance(root, yaml.ScalarNode) and not root.value):
@@ -349,6 +418,10 @@ class _Loader(NodeWalker):
             return ()
         fields = self.mapping(root, "", _TOP_KEYS)
         defaults = _Level(dict(_BUILTIN), set())
+        if (node := fields.get("max_concurrent_pulls")) is not None:
+            self.fleet_limit = self.check(node, "max_concurrent_pulls", _pull_limit, None)
+        if (node := fields.get("inventory_interval")) is not None:
+            self.inventory = self.interval_setting(node, "inventory_interval")
         if (node := fields.get("defaults")) is not None and scalar(node) is not None:
             self.settings(self.mapping(node, "defaults", _SETTINGS), "defaults", defaults)
         if (node := fields.get("servers")) is None:
@@ -361,6 +434,11 @@ class _Loader(NodeWalker):
         servers = [self.server(item, f"servers[{i}]", defaults) for i, item in enumerate(items)]
         self.check_unique_names(servers, items)
         return tuple(servers)
+
+    def interval_setting(self, node: yaml.Node, path: str) -> _Setting:
+        """An `inventory_interval` and where it was written (1m after an error)."""
+        value = self.check(node, path, _interval_or_zero, 60.0)
+        return _Setting(value, str(node.value), path, line_of(node))
 
     def settings(self, fields: Mapping[str, yaml.Node], path: str, level: _Level) -> None:
         """Apply the settings in `fields` to `level`, then check stall_timeout < timeout."""
@@ -380,7 +458,7 @@ class _Loader(NodeWalker):
         if level.broken & pair or not own.keys() & pair:
             return  # broken values are reported already; an inherited clash, where it is set
         stall, timeout = level.resolved["stall_timeout"], level.resolved["timeout"]
-        if stall.value >= timeout.value:
+        if cast("float", stall.value) >= cast("float", timeout.value):
             blame = own.get("stall_timeout") or own["timeout"]
             message = f"stall_timeout ({stall.text}) must be less than timeout ({timeout.text})"
             self.error(blame.line, blame.path, message)
@@ -402,12 +480,28 @@ class _Loader(NodeWalker):
         if "max_concurrent_pulls" in fields:
             limit_path = f"{path}.max_concurrent_pulls"
             limit = self.check(fields["max_concurrent_pulls"], limit_path, _pull_limit, 1)
+        inventory = self.inventory
+        if "inventory_interval" in fields:
+            inventory = self.interval_setting(
+                fields["inventory_interval"], f"{path}.inventory_interval"
+            )
+        level = _Level(dict(defaults.resolved), set(defaults.broken))
+        self.settings({k: v for k, v in fields.items() if k in _WINDOW_KEYS}, path, level)
         models: tuple[ModelConfig, ...] = ()
         if "models" in fields:
-            models = self.models(fields["models"], f"{path}.models", defaults)
+            models = self.models(fields["models"], f"{path}.models", level)
         elif isinstance(node, yaml.MappingNode):
             self.error(node, f"{path}.models", "required key is missing")
-        return ServerConfig(name, url, headers, limit, models)
+        checking = [m.name for m in models if m.settings.mode == "check"]
+        if checking and inventory.value == 0:
+            where = inventory.path or "inventory_interval"
+            message = (
+                f"{inventory.text} disables the inventory, which mode: check needs "
+                f"(model {quote(checking[0])} of {path})"
+            )
+            self.error(inventory.line or line_of(node), where, message)
+        interval = float(cast("float", inventory.value))
+        return ServerConfig(name, url, headers, limit, models, inventory_interval=interval)
 
     def url(self, node: yaml.Node) -> str:
         return _check_url(_expand(string(node), self.environ))
@@ -496,7 +590,7 @@ class _Loader(NodeWalker):
         name = self.check(name_node, name_path, _model_name, "")
         if not name:
             return None
-        values = {key: setting.value for key, setting in level.resolved.items()}
+        values: dict[str, Any] = {key: setting.value for key, setting in level.resolved.items()}
         settings = PullSettings(
             interval=float(values["interval"]),
             jitter=float(values["jitter"]),
@@ -504,5 +598,7 @@ class _Loader(NodeWalker):
             stall_timeout=float(values["stall_timeout"]),
             insecure=bool(values["insecure"]),
             run_on_start=bool(values["run_on_start"]),
+            mode=str(values["mode"]),
+            window=_resolve_window(values["window"], values["window_timezone"]),
         )
         return ModelConfig(name, settings), name_node, name_path

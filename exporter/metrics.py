@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString, parse_version
 
 from exporter import __version__
+from exporter.holdings import CheckResult, InventoryResult
 from exporter.protocol import RUN_PHASES, Phase, Reason
 from exporter.state import DURATION_BUCKETS
 
@@ -190,6 +191,43 @@ def _interval(pair: PairState) -> _Values:
     return (pair.interval,)
 
 
+def _reused(pair: PairState) -> _Values:
+    return (pair.reused_total,)
+
+
+def _present(pair: PairState) -> _Values:
+    present = pair.holding.present
+    return None if present is None else (1 if present else 0,)
+
+
+def _size(pair: PairState) -> _Values:
+    size = pair.holding.size
+    return None if size is None else (size,)
+
+
+def _changes(pair: PairState) -> _Values:
+    holding = pair.holding
+    return (holding.changes_total,) if holding.tracked else None
+
+
+def _last_change(pair: PairState) -> _Values:
+    at = pair.holding.last_change_at
+    return None if at is None else (at,)
+
+
+def _update_available(pair: PairState) -> _Values:
+    update = pair.holding.update_available
+    return None if update is None else (update,)
+
+
+_CHECK_RESULTS: Final = tuple(CheckResult)
+
+
+def _registry_checks(pair: PairState) -> _Values:
+    checks = pair.holding.checks
+    return None if checks is None else tuple(map(checks.__getitem__, _CHECK_RESULTS))
+
+
 _PAIR_FAMILIES: Final = (
     _Family("ollama_pull_runs", "counter", "Pull runs started.", _runs),
     _Family(
@@ -288,6 +326,50 @@ _PAIR_FAMILIES: Final = (
         _next_run,
     ),
     _Family("ollama_pull_interval_seconds", "gauge", "The configured pull interval.", _interval),
+    # What each server holds and whether an update waits (contract section 6).
+    _Family(
+        "ollama_pull_reused_bytes",
+        "counter",
+        "Bytes of layers that runs found already present (first seen complete).",
+        _reused,
+    ),
+    _Family(
+        "ollama_pull_model_present",
+        "gauge",
+        "1 if the server's /api/tags lists the model, 0 if not.",
+        _present,
+    ),
+    _Family(
+        "ollama_pull_model_size_bytes",
+        "gauge",
+        "Size of the held copy per /api/tags.",
+        _size,
+    ),
+    _Family(
+        "ollama_pull_model_changes",
+        "counter",
+        "Times the held copy's digest changed.",
+        _changes,
+    ),
+    _Family(
+        "ollama_pull_model_last_change_timestamp_seconds",
+        "gauge",
+        "When the held copy's digest last changed (Unix time).",
+        _last_change,
+    ),
+    _Family(
+        "ollama_pull_update_available",
+        "gauge",
+        "check mode: 1 if the registry's digest differs from the held one, 0 if equal.",
+        _update_available,
+    ),
+    _Family(
+        "ollama_pull_registry_checks",
+        "counter",
+        "check mode registry requests, by result.",
+        _registry_checks,
+        ("result", tuple(result.value for result in _CHECK_RESULTS)),
+    ),
 )
 
 
@@ -328,8 +410,32 @@ def _cumulative(counts: Sequence[float]) -> list[tuple[str, float]]:
     return buckets
 
 
+def _holding_families(state: ExporterState) -> Iterator[Metric]:
+    """`ollama_pull_model_info` (a label per digest) and the per-server inventory requests."""
+    info = GaugeMetricFamily(
+        "ollama_pull_model_info",
+        "Always 1; digest is the first 12 hex characters of the held copy's digest.",
+        labels=("server", "model", "digest"),
+    )
+    for pair in state.pairs.values():
+        digest = pair.holding.digest
+        if digest is not None:
+            info.add_metric([pair.server, pair.model, digest[:12]], 1)
+    yield info
+    requests = CounterMetricFamily(
+        "ollama_pull_inventory_requests",
+        "Inventory requests (GET /api/tags), by result.",
+        labels=("server", "result"),
+    )
+    for server, holding in state.inventory.items():
+        for result in InventoryResult:
+            requests.add_metric([server, result.value], holding.requests[result])
+    yield requests
+
+
 def _exporter_families(state: ExporterState) -> Iterator[Metric]:
     """Per-server and exporter-wide families."""
+    yield from _holding_families(state)
     server_up = GaugeMetricFamily(
         "ollama_pull_server_up",
         "1 if the Ollama server answered the last request at the HTTP level.",

@@ -51,6 +51,7 @@ class RunProgress:
         "phase_durations",
         "phase_started_at",
         "regressions",
+        "reused_bytes",
         "started_at",
     )
 
@@ -65,6 +66,8 @@ class RunProgress:
         self.expected_bytes = 0
         self.layers_completed = 0
         self.regressions = 0
+        self.reused_bytes = 0
+        """Bytes of layers first seen complete (`completed == total`): already on disk."""
         self._layers: dict[str, Layer] = {}
         self._current: Layer | None = None
         self._last_digest: str | None = None
@@ -158,6 +161,8 @@ class RunProgress:
         self.last_progress_at = now
         if total and completed >= total:
             self._mark_done(layer)
+            if completed == total:
+                self.reused_bytes += total
 
     def _retotal(self, layer: Layer, new_total: int) -> None:
         """A layer's `total` changed: its size is its latest `total`."""

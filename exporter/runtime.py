@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Final
 
 from exporter import signals
 from exporter.config import Config, ConfigError, load_config
+from exporter.inventory import Inventory
 from exporter.probe import probe_servers
+from exporter.registry import Checker, make_registry_session
 from exporter.scheduler import Scheduler
 
 if TYPE_CHECKING:
@@ -54,7 +56,11 @@ class Runtime:
     enable_lifecycle: bool = False
     save: Callable[[PairState], object] | None = None
     """Called with a pair after each finished run (`--storage.path`); must not block."""
+    save_digest: Callable[[PairState], object] | None = None
+    """Called with a pair whose last known digest changed (`--storage.path`); must not block."""
     scheduler: Scheduler | None = None
+    inventory: Inventory | None = None
+    """The `/api/tags` poller (contract section 6), while the schedule runs."""
     _session: aiohttp.ClientSession | None = None
     _pending: asyncio.Future[tuple[str, ...]] | None = None
     """The next reload, requested and not started yet; later requests share it."""
@@ -66,6 +72,8 @@ class Runtime:
         """Put `config` in force: pairs, schedule, limits, gauges, probes of new servers."""
         known = set(self.state.servers)
         self.state.sync(config)
+        if self.inventory is not None:
+            self.inventory.apply(config)
         if self.scheduler is not None:
             self.scheduler.apply(config)
         self.config = config
@@ -176,7 +184,15 @@ class Runtime:
         """Run the schedule of the config in force, probe servers, reload on SIGHUP."""
         loop = asyncio.get_running_loop()
         self._session = session
-        self.scheduler = Scheduler(session, self.state, on_finished=self.save)
+        registry_session = make_registry_session()
+        inventory = self.inventory = Inventory(session, self.state, on_digest=self.save_digest)
+        inventory.apply(self.config)
+        self.scheduler = Scheduler(
+            session,
+            self.state,
+            on_finished=self._finished,
+            check=Checker(registry_session).check,
+        )
         self.scheduler.start(self.config)
         self._probe(list(self.config.servers))
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
@@ -191,7 +207,17 @@ class Runtime:
             loop.remove_signal_handler(signal.SIGHUP)
             signals.remember_reloads()
             await self._stop(self.scheduler)
+            await inventory.stop()
+            self.inventory = None
+            await registry_session.close()
             deadline.cancel()
+
+    def _finished(self, pair: PairState) -> None:
+        """After each finished run: persist it, and take a fresh inventory after a success."""
+        if self.save is not None:
+            self.save(pair)
+        if self.inventory is not None:
+            self.inventory.after_run(pair)
 
     async def _stop(self, scheduler: Scheduler) -> None:
         tasks = list(self._tasks)

@@ -18,13 +18,14 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from exporter.limiter import Limiter
 from exporter.pull import run_pull
+from exporter.windows import windowed_start
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Coroutine
 
     import aiohttp
 
@@ -124,6 +125,8 @@ class Scheduler:
         *,
         clock: Clock | None = None,
         run: Runner | None = None,
+        check: Callable[[ServerConfig, ModelConfig, PairState], Coroutine[Any, Any, object]]
+        | None = None,
     ) -> None:
         """`run` does one run of a pair (default: `run_pull` over `session`)."""
         self._state = state
@@ -141,12 +144,14 @@ class Scheduler:
         self.fleet_limit = Limiter(None)
         """Pulls at once across all servers, taken after the server's slot (unlimited here)."""
         self._loops: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self._runs: dict[tuple[str, str], asyncio.Task[RunResult]] = {}
+        self._runs: dict[tuple[str, str], asyncio.Task[object]] = {}
         self._plans: dict[tuple[str, str], Plan] = {}
         """The next start of each pair."""
         self._fired: dict[tuple[str, str], Plan] = {}
         """The last start (run or skip) of each pair: reloads schedule from it."""
         self._configs: dict[tuple[str, str], tuple[ServerConfig, ModelConfig]] = {}
+        self._check = check
+        """Runs a `mode: check` pair's registry check in place of its pull."""
 
     def _pull_with(self, session: aiohttp.ClientSession) -> Runner:
         async def pull(server: ServerConfig, model: ModelConfig, pair: PairState) -> RunResult:
@@ -212,6 +217,8 @@ class Scheduler:
         jobs = []
         for server in config.servers:
             for model in server.models:
+                if model.settings.mode == "check":
+                    continue  # never pulled: its registry checks run only on a schedule
                 pair = self._state.pairs[server.name, model.name]
                 jobs.append((server, model, self._limited(server, model, pair)))
         results = await asyncio.gather(*(job for _, _, job in jobs))
@@ -225,6 +232,7 @@ class Scheduler:
                 self.limits[server.name] = Limiter(server.max_concurrent_pulls)
             else:
                 limiter.resize(server.max_concurrent_pulls)
+        self.fleet_limit.resize(config.max_concurrent_pulls)
 
     async def _pair_loop(self, server: ServerConfig, model: ModelConfig, pair: PairState) -> None:
         settings = model.settings
@@ -241,9 +249,12 @@ class Scheduler:
             plan = first_plan(now, settings, self._rand())
         level = logging.INFO
         while True:
-            self._plans[key] = plan
             now = clock.monotonic()
             wall = wall_time(plan.start, now_monotonic=now, now_wall=clock.time())
+            if settings.window is not None and settings.mode == "pull":
+                opens = windowed_start(settings.window, wall, plan.start - plan.slot)
+                plan, wall = Plan(plan.slot, plan.start + (opens - wall)), opens
+            self._plans[key] = plan
             pair.schedule(wall)
             if log.isEnabledFor(level):
                 at = dt.datetime.fromtimestamp(wall, dt.UTC).isoformat("T", "seconds")
@@ -258,6 +269,10 @@ class Scheduler:
                 log.info(
                     "run skipped: previous run still going",
                     extra={"server": server.name, "model": model.name},
+                )
+            elif settings.mode == "check" and self._check is not None:
+                self._runs[key] = asyncio.create_task(
+                    self._check(server, model, pair), name=f"check {key}"
                 )
             else:
                 self._runs[key] = asyncio.create_task(

@@ -11,6 +11,7 @@ import bisect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from exporter.holdings import PairHolding, ServerHolding
 from exporter.protocol import RUN_PHASES, Phase, Reason
 
 if TYPE_CHECKING:
@@ -86,6 +87,16 @@ class PairState:
     next_run_at: float | None = None
     """Unix time of the next scheduled start."""
     durations: DurationHistogram = field(default_factory=DurationHistogram)
+    reused_before: int = 0
+    """Bytes of layers finished runs found already present; the live run adds its own."""
+    holding: PairHolding = field(default_factory=PairHolding)
+    """The held copy per the inventory, and the registry's digest in `check` mode."""
+
+    @property
+    def reused_total(self) -> int:
+        """`ollama_pull_reused_bytes_total`, live like the downloaded bytes."""
+        run = self.current
+        return self.reused_before + (run.reused_bytes if run is not None else 0)
 
     @property
     def downloaded_total(self) -> int:
@@ -138,6 +149,7 @@ class PairState:
         self.current = None
         self.downloaded_before += run.downloaded_bytes
         self.regressions_before += run.regressions
+        self.reused_before += run.reused_bytes
         if result.reason is None:
             self.last_success_at = ended_at
             self.durations.observe(duration)
@@ -161,6 +173,7 @@ class PairState:
         self.current = None
         self.downloaded_before += run.downloaded_bytes
         self.regressions_before += run.regressions
+        self.reused_before += run.reused_bytes
 
 
 @dataclass(slots=True)
@@ -182,6 +195,8 @@ class ExporterState:
     """1/0 after the first request to a server; None (no series) before it."""
     servers: dict[str, ServerStatus] = field(default_factory=dict)
     """Per configured server: what its probe found (version, problem); `server_up` is above."""
+    inventory: dict[str, ServerHolding] = field(default_factory=dict)
+    """Per server with the inventory enabled: its `/api/tags` requests and last good answer."""
     config_reload_successful: bool = False
     config_reload_success_at: float | None = None
     ready: bool = False

@@ -83,6 +83,18 @@ _NAMES: Final = ", ".join(_COLUMNS)
 _PLACEHOLDERS: Final = ", ".join("?" for _ in _COLUMNS)
 _UPSERT: Final = f"INSERT OR REPLACE INTO last_run ({_NAMES}) VALUES ({_PLACEHOLDERS})"  # noqa: S608
 _SELECT: Final = f"SELECT {_NAMES} FROM last_run"  # noqa: S608
+_CREATE_DIGESTS: Final = """CREATE TABLE IF NOT EXISTS model_digest (
+    server TEXT NOT NULL,
+    model TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    changed_at REAL,
+    PRIMARY KEY (server, model)
+) WITHOUT ROWID"""
+"""The last digest seen per pair (contract section 6: a change compares with it after a restart)."""
+_UPSERT_DIGEST: Final = (
+    "INSERT OR REPLACE INTO model_digest (server, model, digest, changed_at) VALUES (?, ?, ?, ?)"
+)
+_SELECT_DIGESTS: Final = "SELECT server, model, digest, changed_at FROM model_digest"
 # Primary result codes (the low byte of extended ones) that mean "this file is damaged".
 _SQLITE_CORRUPT: Final = 11
 _SQLITE_NOTADB: Final = 26
@@ -209,6 +221,31 @@ class Store:
             self._connection.execute(_UPSERT, values)  # the statement cache keeps it prepared
         return True
 
+    def write_digest(self, server: str, model: str, digest: str, changed_at: float | None) -> None:
+        """Keep the last digest seen for a pair and when it last changed; raises sqlite3.Error."""
+        with self._lock:
+            self._connection.execute(_UPSERT_DIGEST, (server, model, digest, changed_at))
+
+    def load_digests(self) -> dict[tuple[str, str], tuple[str, float | None]]:
+        """Every stored (digest, changed_at) by pair; rows that make no sense are skipped."""
+        try:
+            with self._lock:
+                rows = self._connection.execute(_SELECT_DIGESTS).fetchall()
+        except sqlite3.Error as exc:
+            log.warning(
+                "cannot read the stored digests, starting without them",
+                extra={"path": str(self.path), "error": str(exc)},
+            )
+            return {}
+        digests: dict[tuple[str, str], tuple[str, float | None]] = {}
+        for server, model, digest, changed_at in rows:
+            if not all(isinstance(text, str) for text in (server, model, digest)):
+                continue
+            if changed_at is not None and _number(changed_at) is None:
+                continue
+            digests[server, model] = (digest, None if changed_at is None else float(changed_at))
+        return digests
+
     def load(self) -> dict[tuple[str, str], StoredPair]:
         """Every stored pair; rows that do not make sense are skipped with a warning."""
         try:
@@ -274,6 +311,7 @@ class StoreWriter:
         self._store = store
         self._on_failure = on_failure
         self._pending: dict[tuple[str, str], tuple[LastRun, float | None]] = {}
+        self._digests: dict[tuple[str, str], tuple[str, float | None]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._closing = False
@@ -288,6 +326,15 @@ class StoreWriter:
             return
         with self._lock:
             self._pending[pair.server, pair.model] = (pair.last, pair.last_success_at)
+            self._wake.notify()
+
+    def save_digest(self, pair: PairState) -> None:
+        """Queue the last digest seen for `pair` (contract section 6); returns at once."""
+        digest = pair.holding.known_digest
+        if digest is None:
+            return
+        with self._lock:
+            self._digests[pair.server, pair.model] = (digest, pair.holding.last_change_at)
             self._wake.notify()
 
     def close(self, timeout: float = 2.0) -> None:
@@ -308,14 +355,28 @@ class StoreWriter:
     def _work(self) -> None:
         while True:
             with self._lock:
-                while not self._pending and not self._closing:
+                while not self._pending and not self._digests and not self._closing:
                     self._wake.wait()
                 batch, self._pending = self._pending, {}
+                digests, self._digests = self._digests, {}
                 closing = self._closing
             if batch:
                 self._write(batch)
-            if closing and not self._pending:
+            if digests:
+                self._write_digests(digests)
+            if closing and not self._pending and not self._digests:
                 return
+
+    def _write_digests(self, batch: dict[tuple[str, str], tuple[str, float | None]]) -> None:
+        store = self._usable()
+        if store is None:
+            self._failed(f"{len(batch)} digests not saved: the store is not open")
+            return
+        for (server, model), (digest, changed_at) in batch.items():
+            try:
+                store.write_digest(server, model, digest, changed_at)
+            except sqlite3.Error as exc:
+                self._failed(str(exc), server=server, model=model)
 
     def _write(self, batch: dict[tuple[str, str], tuple[LastRun, float | None]]) -> None:
         store = self._usable()
@@ -365,6 +426,19 @@ def restore(state: ExporterState, stored: Mapping[tuple[str, str], StoredPair]) 
             continue
         pair.restore(entry.last, entry.last_success_at)
         restored += 1
+    return restored
+
+
+def restore_digests(
+    state: ExporterState, stored: Mapping[tuple[str, str], tuple[str, float | None]]
+) -> int:
+    """Give the configured pairs their stored last digest; returns how many got one."""
+    restored = 0
+    for key, (digest, changed_at) in stored.items():
+        pair = state.pairs.get(key)
+        if pair is not None:
+            pair.holding.restore(digest, changed_at)
+            restored += 1
     return restored
 
 
@@ -421,6 +495,7 @@ def _initialize(connection: sqlite3.Connection, path: Path) -> None:
     connection.execute("BEGIN IMMEDIATE")
     try:
         connection.execute(_CREATE)
+        connection.execute(_CREATE_DIGESTS)
         connection.execute(f"PRAGMA application_id={APPLICATION_ID}")
         connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         connection.execute("COMMIT")

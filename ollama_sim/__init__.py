@@ -31,6 +31,9 @@ Ollama's wire protocol as a real server sends it (the § numbers are the section
   32 KiB read, aggregate `total`/`completed`, no verify or prune line.
 - client2 path (§1c): progress lines with no `status` key, every 100 ms one line per layer,
   layers in parallel, a final flush with every layer complete.
+- `GET /api/tags` lists what the simulated disk holds in Ollama's `api.ListModelResponse`
+  format (`ollama_sim.tags`); a successful pull puts the model there, at the digest of the
+  attached `RegistrySimulator` (a Docker v2 registry with token auth, `ollama_sim.registry`).
 - `GET /api/version` answers `{"version":"0.33.0"}`, `GET /` answers `Ollama is running` (§7).
 
 Scenarios are data: a `Scenario` is a tuple of frozen `Step`s. Every delay, tick and silence
@@ -44,6 +47,13 @@ with its tag (`llama3.2:1b`, `gemma3:latest`). Run standalone with
 
 from ollama_sim.names import canonical_model, layer_digest
 from ollama_sim.record import RequestRecord
+from ollama_sim.registry import (
+    MANIFEST_V2,
+    CannedAnswer,
+    RegistryRequest,
+    RegistrySimulator,
+    schema2_manifest,
+)
 from ollama_sim.scenario import (
     Scenario,
     bulk_pull,
@@ -87,6 +97,7 @@ from ollama_sim.steps import (
     Verify,
     Write,
 )
+from ollama_sim.tags import HeldModel, manifest_digest, tags_body
 from ollama_sim.wire import (
     CLIENT2_TICK,
     DEFAULT_RATE,
@@ -103,21 +114,26 @@ from ollama_sim.wire import (
 __all__ = [
     "CLIENT2_TICK",
     "DEFAULT_RATE",
+    "MANIFEST_V2",
     "NOT_FOUND",
     "PRUNE",
     "PRUNE_LEGACY",
     "TICK",
     "TRANSFER_CHUNK",
     "Bulk",
+    "CannedAnswer",
     "Client2Layers",
     "Disconnect",
     "ErrorLine",
+    "HeldModel",
     "HttpError",
     "Layer",
     "Manifest",
     "OllamaSimulator",
     "Prune",
     "Raw",
+    "RegistryRequest",
+    "RegistrySimulator",
     "RequestRecord",
     "Scenario",
     "ScenarioError",
@@ -140,6 +156,7 @@ __all__ = [
     "interrupted",
     "layer_digest",
     "load_scenario_file",
+    "manifest_digest",
     "not_found",
     "parse_scenario_file",
     "partly_present",
@@ -148,8 +165,10 @@ __all__ = [
     "prune_failed",
     "resumed",
     "scenario_from_json",
+    "schema2_manifest",
     "serve_until_signal",
     "stalled",
+    "tags_body",
     "transfer_pull",
     "up_to_date",
 ]

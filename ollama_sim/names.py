@@ -36,6 +36,11 @@ def _name_parts(name: str) -> tuple[str, str, str, str]:
     return (host or _DEFAULT_HOST, namespace or _DEFAULT_NAMESPACE, model, tag or _DEFAULT_TAG)
 
 
+def name_parts(name: str) -> tuple[str, str, str, str]:
+    """(host, namespace, model, tag) of `name` with Ollama's defaults, case kept."""
+    return _name_parts(name)
+
+
 def _valid_part(kind: str, part: str) -> bool:
     limit = 350 if kind == "host" else 80
     if not 1 <= len(part) <= limit:

@@ -22,11 +22,14 @@ from ollama_sim import info
 from ollama_sim.pull import PullEndpoint
 from ollama_sim.scenario import Scenario, not_found
 from ollama_sim.steps import check
+from ollama_sim.tags import TagsEndpoint
 
 if typing.TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
 
     from ollama_sim.record import RequestRecord
+    from ollama_sim.registry import CannedAnswer, RegistrySimulator
+    from ollama_sim.tags import HeldModel
 
 
 class OllamaSimulator:
@@ -47,6 +50,7 @@ class OllamaSimulator:
         version: str = "0.33.0",
         loop: bool = False,
         on_finish: Callable[[RequestRecord], None] | None = None,
+        registry: RegistrySimulator | None = None,
     ) -> None:
         check(time_scale >= 0 and math.isfinite(time_scale), "time_scale must be >= 0")
         self.time_scale = time_scale
@@ -56,6 +60,8 @@ class OllamaSimulator:
         self._on_finish = on_finish
         self._lock = threading.Condition()
         self.pull = PullEndpoint(self)
+        self.tags = TagsEndpoint(self, registry)
+        """`/api/tags` and the simulated disk; successful pulls take `registry`'s digests."""
         self._runner: web.AppRunner | None = None
         self._stopping: asyncio.Future[None] | None = None
         self._waiters: set[asyncio.Future[None]] = set()
@@ -99,6 +105,28 @@ class OllamaSimulator:
     def max_concurrent_overall(self) -> int:
         """Most pull streams open at once, all models."""
         return self.pull.max_concurrent_overall
+
+    def hold(self, model: str, digest: str | None = None, size: int = 1000) -> str:
+        """Put `model` on the simulated disk (as a pull would); return its digest."""
+        return self.tags.hold(model, digest, size)
+
+    def drop(self, model: str) -> None:
+        """Remove `model` from the simulated disk (`ollama rm`)."""
+        self.tags.drop(model)
+
+    @property
+    def held(self) -> dict[str, HeldModel]:
+        """What `/api/tags` lists, by short name."""
+        return self.tags.held
+
+    @property
+    def tags_requests(self) -> int:
+        """`GET /api/tags` requests so far."""
+        return self.tags.requests
+
+    def answer_tags_with(self, answer: CannedAnswer | None) -> None:
+        """Answer `/api/tags` with `answer` (bad input for tests); None: the real answer."""
+        self.tags.answer_with(answer)
 
     def wait_for(self, predicate: Callable[[], bool], within: float = 5.0) -> None:
         """Block until `predicate()` holds (checked after every change); TimeoutError if not.
@@ -158,6 +186,7 @@ class OllamaSimulator:
         app = web.Application()
         app.add_routes(self.pull.routes())
         app.add_routes(info.routes(self))
+        app.add_routes(self.tags.routes())
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:

@@ -46,7 +46,8 @@ BAD_CONFIGS: dict[str, tuple[str, ...]] = {
         "top-level-not-mapping.yaml:1: the top level must be a mapping, got a list",
     ),
     "unknown-top-level-key": (
-        "unknown-top-level-key.yaml:1: global: unknown key (allowed: defaults, servers)",
+        "unknown-top-level-key.yaml:1: global: unknown key "
+        "(allowed: defaults, servers, inventory_interval, max_concurrent_pulls)",
     ),
     "unknown-defaults-key": (
         'unknown-defaults-key.yaml:2: defaults.intervall: unknown key (did you mean "interval"?)',
@@ -56,7 +57,8 @@ BAD_CONFIGS: dict[str, tuple[str, ...]] = {
     ),
     "unknown-model-key": (
         "unknown-model-key.yaml:5: servers[0].models[0].retries: unknown key "
-        "(allowed: name, interval, jitter, timeout, stall_timeout, insecure, run_on_start)",
+        "(allowed: name, interval, jitter, timeout, stall_timeout, insecure, run_on_start, "
+        "mode, window, window_timezone)",
     ),
     "duplicate-key": ("duplicate-key.yaml:3: servers[0].url: duplicate key (first on line 2)",),
     "non-string-key": ("non-string-key.yaml:4: servers[0]: keys must be strings, got integer 1",),
@@ -67,7 +69,8 @@ BAD_CONFIGS: dict[str, tuple[str, ...]] = {
     ),
     "server-not-mapping": (
         "server-not-mapping.yaml:2: servers[0]: expected a mapping with keys name, url, headers, "
-        'max_concurrent_pulls, models, got string "http://127.0.0.1:11434"',
+        "max_concurrent_pulls, models, inventory_interval, window, window_timezone, "
+        'got string "http://127.0.0.1:11434"',
     ),
     "url-missing": ("url-missing.yaml:2: servers[0].url: required key is missing",),
     "url-scheme": (
@@ -194,6 +197,43 @@ BAD_CONFIGS: dict[str, tuple[str, ...]] = {
         "header-stray-dollar.yaml:4: servers[0].headers.Authorization: "
         'a "$" must start ${NAME} or be doubled as "$$"',
     ),
+    # Inventory, check mode, windows and the fleet-wide limit (contract section 6).
+    "inventory-interval-invalid": (
+        'inventory-interval-invalid.yaml:1: inventory_interval: invalid duration "1 minute"',
+    ),
+    "inventory-interval-too-short": (
+        'inventory-interval-too-short.yaml:1: inventory_interval: interval "1ms" is shorter '
+        "than the minimum of 1s (a typo for a minute or an hour?)",
+    ),
+    "inventory-interval-bare-number": (
+        "inventory-interval-bare-number.yaml:3: servers[0].inventory_interval: "
+        'invalid duration 60: a unit is required (e.g. "60s")',
+    ),
+    "fleet-limit-zero": (
+        "fleet-limit-zero.yaml:1: max_concurrent_pulls: expected an integer >= 1, got integer 0",
+    ),
+    "mode-unknown": (
+        'mode-unknown.yaml:2: defaults.mode: expected "pull" or "check", got string "watch"',
+    ),
+    "window-format": (
+        'window-format.yaml:3: servers[0].window: invalid window "22-04": '
+        'expected "HH:MM-HH:MM" (e.g. "22:00-04:00")',
+    ),
+    "window-empty": (
+        'window-empty.yaml:5: servers[0].models[0].window: invalid window "10:00-10:00": '
+        "it starts when it ends",
+    ),
+    "window-not-string": (
+        "window-not-string.yaml:2: defaults.window: expected a string, got integer 2200",
+    ),
+    "window-timezone-unknown": (
+        "window-timezone-unknown.yaml:3: defaults.window_timezone: "
+        'unknown time zone "Mars/Olympus_Mons" (an IANA name such as "Europe/Berlin")',
+    ),
+    "check-without-inventory": (
+        "check-without-inventory.yaml:3: servers[0].inventory_interval: 0s disables the "
+        'inventory, which mode: check needs (model "gemma3" of servers[0])',
+    ),
 }
 # Messages of the YAML parser itself; the pure-Python fallback words these differently.
 SYNTAX_CASES = {"yaml-syntax", "multiple-documents"}
@@ -268,7 +308,8 @@ servers:
         "c.yaml:12: servers[1].max_concurrent_pulls: expected an integer >= 1, got integer 0",
         "c.yaml:13: servers[1].models: expected a non-empty list, got an empty list",
         "c.yaml:14: servers[1].extra: unknown key "
-        "(allowed: name, url, headers, max_concurrent_pulls, models)",
+        "(allowed: name, url, headers, max_concurrent_pulls, models, inventory_interval, "
+        "window, window_timezone)",
     )
     with pytest.raises(ConfigError) as caught:
         parse_config(text, "c.yaml", {})
