@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -10,16 +9,15 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.prometheus3 import find
+
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "prometheus" / "alerts.yml"
 RULES_TEST = ROOT / "prometheus" / "alerts_test.yml"
 
 
-def _promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool is not installed (CI installs Debian's prometheus package)")
-    return path
+# Debian's 2.42 and a current Prometheus 3: the rules must load and pass on both.
+FLAVOURS = pytest.mark.parametrize("flavour", ["2", "3"], ids=["prometheus2", "prometheus3"])
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -36,15 +34,17 @@ def _alert_rules() -> list[dict[str, Any]]:
 
 
 @pytest.mark.prometheus
-def test_rules_pass_promtool_lint() -> None:
-    result = _run(_promtool(), "check", "rules", "--lint-fatal", str(RULES))
+@FLAVOURS
+def test_rules_pass_promtool_lint(flavour: str) -> None:
+    result = _run(find("promtool", flavour), "check", "rules", "--lint-fatal", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(_alert_rules())} rules found" in result.stdout
 
 
 @pytest.mark.prometheus
-def test_rule_unit_tests_pass() -> None:
-    result = _run(_promtool(), "test", "rules", str(RULES_TEST))
+@FLAVOURS
+def test_rule_unit_tests_pass(flavour: str) -> None:
+    result = _run(find("promtool", flavour), "test", "rules", str(RULES_TEST))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
@@ -57,6 +57,10 @@ REQUIRED_ALERTS = {
     "OllamaPullRunningLong",
     "OllamaServerDown",
     "OllamaPullExporterConfigReloadFailed",
+    "OllamaModelMissing",
+    "OllamaModelDrift",
+    "OllamaModelUpdateAvailable",
+    "OllamaInventoryFailing",
 }
 
 
@@ -73,6 +77,10 @@ def test_required_alerts_exist_with_severity_and_annotations() -> None:
         # models through a query); the config alert names the exporter instance.
         if name == "OllamaPullExporterConfigReloadFailed":
             assert "$labels.instance" in text, name
+        elif name == "OllamaModelDrift":  # across servers: it lists them with their digests
+            assert "$labels.model" in text, name
+            assert ".Labels.server" in text, name
+            assert ".Labels.digest" in text, name
         else:
             assert "$labels.server" in text, name
             assert "$labels.model" in text or ".Labels.model" in text, name

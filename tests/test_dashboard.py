@@ -52,6 +52,19 @@ CONTRACT_METRICS: dict[str, frozenset[str]] = {
     "ollama_pull_exporter_config_last_reload_successful": frozenset(),
     "ollama_pull_exporter_config_last_reload_success_timestamp_seconds": frozenset(),
 }
+# Section 6: what each server holds, drift, updates (the `digest` of model_info, `result`s).
+SECTION_6_METRICS: dict[str, frozenset[str]] = {
+    "ollama_pull_model_present": PAIR,
+    "ollama_pull_model_info": PAIR | {"digest"},
+    "ollama_pull_model_size_bytes": PAIR,
+    "ollama_pull_model_changes_total": PAIR,
+    "ollama_pull_model_last_change_timestamp_seconds": PAIR,
+    "ollama_pull_update_available": PAIR,
+    "ollama_pull_registry_checks_total": PAIR | {"result"},
+    "ollama_pull_inventory_requests_total": frozenset({"server", "result"}),
+    "ollama_pull_reused_bytes_total": PAIR,
+}
+ALL_METRICS = CONTRACT_METRICS | SECTION_6_METRICS
 HISTOGRAMS = frozenset({"ollama_pull_duration_seconds"})
 REASONS = frozenset(
     {
@@ -260,6 +273,13 @@ def test_dashboard_covers_what_the_issue_asks_for() -> None:
         "ollama_pull_last_downloaded_bytes",
         "ollama_pull_server_up",
         "ollama_pull_in_progress",
+        # The Fleet row (contract section 6).
+        "ollama_pull_model_info",
+        "count by (model, digest) (ollama_pull_model_info",
+        "ollama_pull_model_present",
+        "ollama_pull_update_available",
+        "ollama_pull_reused_bytes_total",
+        "ollama_pull_inventory_requests_total",
     ):
         assert needle in exprs, needle
 
@@ -285,8 +305,8 @@ def test_every_metric_is_in_the_contract_and_filtered_by_the_variables() -> None
     for title, target in panel_targets(load_dashboard()):
         for match in METRIC_RE.finditer(target["expr"]):
             name, selector = base_metric(match.group(1)), match.group(2) or ""
-            assert name in CONTRACT_METRICS, f"{title}: {match.group(1)} is not in the contract"
-            labels = CONTRACT_METRICS[name]
+            assert name in ALL_METRICS, f"{title}: {match.group(1)} is not in the contract"
+            labels = ALL_METRICS[name]
             if "server" in labels:
                 assert 'server=~"$server"' in selector, f"{title}: {name} ignores $server"
             if "model" in labels:
@@ -309,3 +329,6 @@ def test_metric_list_matches_the_contract_document() -> None:
         re.findall(r"^\| `([a-z_]+)` \| ", section[section.index("| reason |") :], re.MULTILINE)
     )
     assert reasons == REASONS
+    section_6 = text[text.index("## 6. What each server holds") : text.index("## 7.")]
+    documented = set(re.findall(r"^\| `(ollama_pull_[a-z_]+)` \|", section_6, re.MULTILINE))
+    assert documented == set(SECTION_6_METRICS)

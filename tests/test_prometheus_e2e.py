@@ -1,8 +1,11 @@
 """The dashboard and the alert rules against a real Prometheus scraping the real exporter.
 
 The simulator serves several scenarios (a fresh download, an up-to-date model, a failure, a
-stall) plus a server that is down; the exporter pulls them every couple of seconds, and a real
-Prometheus (Debian's 2.42) scrapes it every second with prometheus/alerts.yml loaded. Then
+stall) plus a server that is down, and two more simulated servers hold a `mode: check` model
+at different digests of the simulated registry (drift, an update waiting); the exporter pulls
+and checks them every couple of seconds, and a real Prometheus scrapes it every second with
+prometheus/alerts.yml loaded: Debian's 2.42 and a current Prometheus 3 (tests/prometheus3.py),
+each in its own stack, since every query and rule must work on both. Then
 every dashboard query, with its variables substituted the way Grafana's Prometheus datasource
 does it, must parse and return series through the HTTP API; every metric the dashboard and the
 rules use must exist; the exposition passes `promtool check metrics`; the rules evaluate without
@@ -32,6 +35,7 @@ from ollama_sim import (
     Layer,
     Manifest,
     OllamaSimulator,
+    RegistrySimulator,
     Scenario,
     Success,
     Verify,
@@ -42,6 +46,7 @@ from ollama_sim import (
     up_to_date,
 )
 from tests.harness import Exporter, free_port, run_exporter, wait_for
+from tests.prometheus3 import find
 from tests.test_dashboard import load_dashboard, metric_names, panel_targets, variables
 
 if TYPE_CHECKING:
@@ -200,6 +205,8 @@ def _is_ready(prometheus: Prometheus) -> bool:
 class Stack:
     exporter: Exporter
     prometheus: Prometheus
+    checked: str = ""
+    """The check-mode model the two fleet servers hold at different digests."""
 
 
 TIME_SCALE = 0.1  # simulated delays run 10x faster than real Ollama
@@ -224,11 +231,22 @@ SCENARIOS: dict[str, list[Scenario]] = {
 }
 HEALTHY = ("fresh:1.5b", "current:latest", "wobbly:7b", "slow:70b")
 FAILING = ("missing:1b", "stuck:1b")
+FLEET = ("fleet-a", "fleet-b")
+"""Two servers that hold the check-mode model at different digests."""
 
 
-def exporter_config(ollama_url: str, down_url: str) -> str:
-    """Two simulated servers (names and models with regex metacharacters) and a dead one."""
+def drift_model(registry_host: str) -> str:
+    """The check-mode model, at the simulated registry (a name with `.`, `:` and `/`)."""
+    return f"{registry_host}/library/drift:1b"
+
+
+def exporter_config(
+    ollama_url: str, down_url: str, fleet_urls: tuple[str, str], checked: str
+) -> str:
+    """Two simulated servers (names and models with regex metacharacters), a dead one, and
+    two that hold the check-mode model `checked`."""
     return f"""\
+inventory_interval: 1s
 defaults:
   interval: 2s
   jitter: 0
@@ -246,20 +264,49 @@ servers:
   - name: down
     url: {down_url}
     models: [fresh:1.5b]
+  - name: {FLEET[0]}
+    url: {fleet_urls[0]}
+    models: [{{name: "{checked}", mode: check, insecure: true}}]
+  - name: {FLEET[1]}
+    url: {fleet_urls[1]}
+    models: [{{name: "{checked}", mode: check, insecure: true}}]
 """
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("prometheus is not installed (CI installs Debian's prometheus package)")
+@pytest.fixture(scope="module", params=["2", "3"], ids=["prometheus2", "prometheus3"])
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    binary = find("prometheus", request.param)
     workdir = tmp_path_factory.mktemp("e2e")
     down_url = f"http://127.0.0.1:{free_port()}"
     simulator = OllamaSimulator(SCENARIOS, time_scale=TIME_SCALE)
+    registry = RegistrySimulator()
+    fleet = (OllamaSimulator(), OllamaSimulator())
     with (
+        registry.running(),
         simulator.running() as ollama_url,
-        run_exporter(exporter_config(ollama_url, down_url), workdir) as exporter,
+        fleet[0].running() as fleet_a,
+        fleet[1].running() as fleet_b,
+    ):
+        assert registry.host is not None
+        checked = drift_model(registry.host)
+        fleet[0].hold(checked, registry.push(checked))  # behind: an update waits for it
+        fleet[1].hold(checked, registry.push(checked))  # current
+        config = exporter_config(ollama_url, down_url, (fleet_a, fleet_b), checked)
+        with _stack(binary, config, workdir) as running:
+            running.checked = checked
+            # The current server pulls the next version: one change, the other still behind.
+            present = "ollama_pull_model_present"
+            running.exporter.wait_value(present, lambda v: v == 1, server=FLEET[1], model=checked)
+            fleet[1].hold(checked, registry.push(checked))
+            yield running
+
+
+@contextlib.contextmanager
+def _stack(binary: str, config: str, workdir: Path) -> Iterator[Stack]:
+    with (
+        run_exporter(config, workdir) as exporter,
         run_prometheus(binary, exporter.url.removeprefix("http://"), workdir) as prometheus,
     ):
         yield Stack(exporter, prometheus)
@@ -292,8 +339,8 @@ def test_variables_resolve_to_the_configured_pairs(stack: Stack) -> None:
     selections = wait_for(
         lambda: resolve_variables(stack.prometheus, dashboard), 30, "label values"
     )
-    assert set(selections["server"].values) == {"sim-a", "sim-b.local", "down"}
-    assert set(selections["model"].values) == {*HEALTHY, *FAILING}
+    assert set(selections["server"].values) == {"sim-a", "sim-b.local", "down", *FLEET}
+    assert set(selections["model"].values) == {*HEALTHY, *FAILING, stack.checked}
     assert substitute('x{server=~"$server"}', {"server": Selection(("sim-b.local",), True)}) == (
         'x{server=~"sim-b\\\\.local"}'
     )
@@ -387,9 +434,11 @@ def test_alerts_react_to_the_live_scenarios(stack: Stack) -> None:
         status, body = stack.prometheus.get("/api/v1/alerts")
         assert status == 200, body
         found = {
-            (a["labels"]["alertname"], a["labels"]["server"], a["labels"].get("model", "")): a[
-                "state"
-            ]
+            (
+                a["labels"]["alertname"],
+                a["labels"].get("server", ""),
+                a["labels"].get("model", ""),
+            ): a["state"]
             for a in body["data"]["alerts"]
         }
         wanted = {
@@ -397,6 +446,10 @@ def test_alerts_react_to_the_live_scenarios(stack: Stack) -> None:
             ("OllamaPullFailing", "sim-b.local", "missing:1b"),
             ("OllamaPullFailing", "down", "fresh:1.5b"),
             ("OllamaServerDown", "down", ""),
+            ("OllamaModelMissing", "sim-b.local", "missing:1b"),
+            ("OllamaModelDrift", "", stack.checked),
+            ("OllamaModelUpdateAvailable", FLEET[0], stack.checked),
+            ("OllamaInventoryFailing", "down", ""),
         }
         return found if wanted <= set(found) else None
 
@@ -406,6 +459,15 @@ def test_alerts_react_to_the_live_scenarios(stack: Stack) -> None:
     assert found[("OllamaServerDown", "down", "")] == "pending"
     # Two 2 s intervals after start the never-succeeded pairs qualify; `for: 5m` holds them.
     assert found[("OllamaPullNeverSucceeded", "sim-b.local", "missing:1b")] == "pending"
+    # Fleet (section 6): all held by their `for:`; the current server raises nothing.
+    for key in (
+        ("OllamaModelMissing", "sim-b.local", "missing:1b"),
+        ("OllamaModelDrift", "", stack.checked),
+        ("OllamaModelUpdateAvailable", FLEET[0], stack.checked),
+        ("OllamaInventoryFailing", "down", ""),
+    ):
+        assert found[key] == "pending", key
+    assert [key for key in found if key[1] == FLEET[1]] == []
     # The healthy server only gets the informational alerts its scenarios provoke.
     assert {key: state for key, state in found.items() if key[1] == "sim-a"} == {
         ("OllamaPullProgressRegressions", "sim-a", "wobbly:7b"): "firing",
