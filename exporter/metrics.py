@@ -472,6 +472,11 @@ def _exporter_families(state: ExporterState) -> Iterator[Metric]:
             "When the config was last loaded successfully (Unix time).",
             value=state.config_reload_success_at,
         )
+    yield CounterMetricFamily(
+        "ollama_pull_exporter_storage_failures",
+        "Failed opens and writes of the --storage.path state file (runs go on without it).",
+        value=state.storage_failures,
+    )
 
 
 # --------------------------------------------------------------------------- fast /metrics

@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("exporter")
 
-READ_TIMEOUT: Final = 30.0
-"""Seconds a reload waits for the file to be read and checked (a 1 MiB file takes ~2 s)."""
+READ_TIMEOUT: Final = 10.0
+"""Seconds a reload waits for the file to be read and checked (a 1 MiB file takes ~2 s of CPU)."""
 MAX_HUNG_READS: Final = 2
 """Reads still blocked after their deadline; past this, reloads fail at once (each one
 would leave another thread behind)."""

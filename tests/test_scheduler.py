@@ -1,11 +1,27 @@
-"""Next-run arithmetic from tables, with the clock passed in (no sleeps)."""
+"""The scheduler: next-run arithmetic from tables, and its loop in process with a fake clock.
+
+The loop tests inject the clock and the run (no sleeps, no sockets): time moves only when the
+test advances it, and each run lasts until the test releases it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import heapq
+from typing import TYPE_CHECKING
+
 import pytest
 
-from exporter.config import PullSettings
-from exporter.scheduler import Plan, first_plan, next_plan, wall_time
+from exporter.config import Config, ModelConfig, PullSettings, ServerConfig
+from exporter.scheduler import FIRST_RUN_SPREAD, Plan, Scheduler, first_plan, next_plan, wall_time
+from exporter.state import ExporterState, RunResult
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Coroutine
+
+    from exporter.state import PairState
 
 
 def settings(
@@ -86,3 +102,199 @@ def test_schedule_over_many_runs_keeps_the_interval_without_drift() -> None:
 
 def test_wall_time() -> None:
     assert wall_time(150.0, now_monotonic=100.0, now_wall=1_700_000_000.0) == 1_700_000_050.0
+
+
+# --------------------------------------------------------------------------- the loop, in process
+
+
+class FakeClock:
+    """A monotonic clock that moves only when the test says so; sleepers wake in order."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = 0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return WALL_OFFSET + self.now
+
+    async def sleep(self, seconds: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._sleepers, (self.now + seconds, self._seq, future))
+        await future
+
+    async def advance(self, seconds: float) -> None:
+        """Move time on, waking every sleeper due on the way (in deadline order)."""
+        target = self.now + seconds
+        await settle()
+        while self._sleepers and self._sleepers[0][0] <= target:
+            deadline, _, future = heapq.heappop(self._sleepers)
+            self.now = max(self.now, deadline)
+            if not future.done():
+                future.set_result(None)
+            await settle()
+        self.now = target
+        await settle()
+
+
+WALL_OFFSET = 1_700_000_000.0
+
+
+def in_loop(test: Callable[[], Coroutine[object, object, None]]) -> Callable[[], None]:
+    """Run an async test in a fresh event loop (no pytest plugin needed)."""
+
+    @functools.wraps(test)
+    def run() -> None:
+        asyncio.run(test())
+
+    return run
+
+
+async def settle() -> None:
+    """Let every task that can run, run (the fake runs and the loops never sleep for real)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+class Runs:
+    """The run function of the scheduler under test: each run waits until released."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, float]] = []
+        self.active = 0
+        self.max_active = 0
+        self._gates: list[asyncio.Event] = []
+        self.clock: FakeClock | None = None
+
+    async def __call__(
+        self, server: ServerConfig, model: ModelConfig, pair: PairState
+    ) -> RunResult:
+        del server, pair
+        gate = asyncio.Event()
+        self._gates.append(gate)
+        self.started.append((model.name, self.clock.now if self.clock else 0.0))
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            await gate.wait()
+        finally:
+            self.active -= 1
+        return RunResult(None)
+
+    async def release(self, count: int = 1) -> None:
+        """Let the `count` oldest running runs finish."""
+        waiting = [gate for gate in self._gates if not gate.is_set()]
+        for gate in waiting[:count]:
+            gate.set()
+        await settle()
+
+
+def one_server(models: int, limit: int, **overrides: object) -> Config:
+    values: dict[str, object] = {"interval": 3600.0, "jitter": 0.0} | overrides
+    cfg = settings(**values)  # type: ignore[arg-type]
+    names = tuple(ModelConfig(f"m{i}", cfg) for i in range(models))
+    return Config("test", (ServerConfig("s", "http://127.0.0.1:1", (), limit, names),))
+
+
+@contextlib.asynccontextmanager
+async def scheduling(
+    config: Config,
+) -> AsyncIterator[tuple[Scheduler, Runs, FakeClock, ExporterState]]:
+    state = ExporterState()
+    state.sync(config)
+    clock, runs = FakeClock(), Runs()
+    runs.clock = clock
+    scheduler = Scheduler(None, state, rand=lambda: 0.5, clock=clock, run=runs)
+    scheduler.start(config)
+    try:
+        yield scheduler, runs, clock, state
+    finally:
+        await scheduler.stop()
+
+
+@in_loop
+async def test_lowering_the_limit_holds_for_runs_already_queued() -> None:
+    async with scheduling(one_server(4, limit=2)) as (scheduler, runs, clock, _):
+        await clock.advance(0)
+        assert runs.active == 2  # two run, two wait for the limit
+        scheduler.apply(one_server(4, limit=1))
+        await runs.release(1)
+        assert runs.active == 1  # the one left is over the new limit already: nothing starts
+        await runs.release(1)
+        assert runs.active == 1
+        for _ in range(3):
+            await runs.release(1)
+            assert runs.active <= 1
+        assert len(runs.started) == 4
+
+
+@in_loop
+async def test_raising_the_limit_starts_queued_runs_at_once() -> None:
+    async with scheduling(one_server(4, limit=1)) as (scheduler, runs, clock, _):
+        await clock.advance(0)
+        assert runs.active == 1
+        scheduler.apply(one_server(4, limit=3))
+        await settle()
+        assert runs.active == 3
+        assert runs.max_active == 3
+
+
+@in_loop
+async def test_limit_changes_back_and_forth_never_exceed_the_limit_in_force() -> None:
+    # The issue's case: each change made a new semaphore, and 2 -> 1 -> 2 let 6 run at once.
+    async with scheduling(one_server(6, limit=2)) as (scheduler, runs, clock, _):
+        await clock.advance(0)
+        for limit in (1, 2, 1, 2):
+            scheduler.apply(one_server(6, limit=limit))
+            await settle()
+            assert runs.active <= 2
+        await runs.release(6)
+        assert runs.max_active == 2
+
+
+@in_loop
+async def test_first_runs_come_within_the_spread_then_keep_the_grid() -> None:
+    config = one_server(1, limit=1, interval=21600.0, jitter=0.1)
+    async with scheduling(config) as (_, runs, clock, state):
+        pair = state.pairs["s", "m0"]
+        start = clock.now
+        await settle()
+        assert pair.next_run_at == WALL_OFFSET + start + FIRST_RUN_SPREAD * 0.5
+        await clock.advance(FIRST_RUN_SPREAD)
+        assert runs.started == [("m0", start + FIRST_RUN_SPREAD * 0.5)]
+        await runs.release()
+        # The next start: one interval after the slot, plus its jitter (0.5 * 0.1 * 6h).
+        assert pair.next_run_at == WALL_OFFSET + start + 21600.0 + 1080.0
+        await clock.advance(21600.0 + 1080.0)
+        assert len(runs.started) == 2
+
+
+@in_loop
+async def test_a_start_that_finds_the_run_going_is_skipped_and_counted() -> None:
+    async with scheduling(one_server(1, limit=1, interval=60.0)) as (_, runs, clock, state):
+        await clock.advance(0)
+        await clock.advance(60.0)
+        await clock.advance(60.0)
+        assert len(runs.started) == 1
+        assert state.pairs["s", "m0"].skipped_total == 2
+        await runs.release()
+        await clock.advance(60.0)
+        assert len(runs.started) == 2
+
+
+@in_loop
+async def test_a_reload_that_changes_the_interval_counts_from_the_last_start() -> None:
+    async with scheduling(one_server(1, limit=1, interval=600.0)) as (scheduler, runs, clock, _):
+        await clock.advance(0)
+        await runs.release()
+        first = clock.now
+        await clock.advance(100.0)
+        scheduler.apply(one_server(1, limit=1, interval=300.0))
+        await clock.advance(199.0)
+        assert len(runs.started) == 1
+        await clock.advance(1.0)
+        assert runs.started[1] == ("m0", first + 300.0)
