@@ -724,3 +724,93 @@ def test_any_text_gives_config_or_config_error(text: str) -> None:
     _check_outcome(text)
     with mock.patch.object(yamlfile, "_YamlLoader", yaml.SafeLoader):
         _check_outcome(text)
+
+
+# --------------------------------------------------------------------------- limits (issue 8)
+
+SERVER = "servers: [{url: 'http://127.0.0.1:11434', models: [m]}]\n"
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """A "billion laughs" document: 9 ** levels model names from a few hundred bytes."""
+    lines = ['l0: &l0 ["a", "a", "a", "a", "a", "a", "a", "a", "a"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return (
+        "\n".join(lines)
+        + f"\nservers: [{{url: 'http://127.0.0.1:11434', models: *l{levels - 1}}}]\n"
+    )
+
+
+@pytest.mark.timeout(30)  # the unbounded walk took minutes and gigabytes
+def test_an_alias_bomb_is_refused_before_it_is_walked() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(alias_bomb(), "bomb.yaml")
+    assert caught.value.errors == (
+        "bomb.yaml:1: aliases expand the document to more than 500,000 values: refusing to read it",
+    )
+
+
+def test_modest_aliases_still_work() -> None:
+    text = (
+        "servers:\n"
+        "  - {name: x, url: 'http://127.0.0.1:1', models: &models [a, b]}\n"
+        "  - {name: y, url: 'http://127.0.0.1:2', models: *models}\n"
+    )
+    assert parse_config(text, "c.yaml").model_count == 4
+
+
+def test_a_self_referencing_alias_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"an alias refers to itself"):
+        parse_config("servers: &s [{url: 'http://127.0.0.1:1', models: *s}]\n", "c.yaml")
+
+
+@pytest.mark.timeout(30)
+def test_a_file_over_the_size_limit_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text(SERVER + "#" * (1 << 20) + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert caught.value.errors == (f"{path}: config is larger than 1 MiB: refusing to read it",)
+
+
+@pytest.mark.timeout(30)  # reading it whole never ended (memory grew without bound)
+def test_a_symlink_to_dev_zero_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.symlink_to("/dev/zero")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert caught.value.errors == (f"{path}: config is larger than 1 MiB: refusing to read it",)
+
+
+@pytest.mark.timeout(60)
+def test_reported_problems_are_capped_with_a_count_of_the_rest() -> None:
+    # 300,000 bad entries in 600 KB: every one is a problem, only the first 100 are listed.
+    text = "servers: [" + "1," * 300_000 + "]\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "many.yaml")
+    errors = caught.value.errors
+    assert len(errors) == 101
+    assert errors[0] == (
+        "many.yaml:1: servers[0]: expected a mapping with keys name, url, headers,"
+        " max_concurrent_pulls, models, got integer 1"
+    )
+    assert errors[-1] == "many.yaml: ... and 299,900 more problems (only the first 100 are shown)"
+    assert sum(len(error) for error in errors) < 20_000
+
+
+@pytest.mark.parametrize("interval", ["1ms", "999ms", "500ms"])
+def test_sub_second_intervals_are_refused(interval: str) -> None:
+    text = f"defaults: {{interval: {interval}}}\n" + SERVER
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "c.yaml")
+    assert caught.value.errors == (
+        f'c.yaml:1: defaults.interval: interval "{interval}" is shorter than the minimum of 1s'
+        " (a typo for a minute or an hour?)",
+    )
+
+
+def test_one_second_is_the_shortest_interval() -> None:
+    config = parse_config(
+        "defaults: {interval: 1s, timeout: 10s, stall_timeout: 5s}\n" + SERVER, "c.yaml"
+    )
+    assert config.servers[0].models[0].settings.interval == 1.0
