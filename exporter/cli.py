@@ -177,7 +177,7 @@ def _open_store(
         state.storage_failed()
         log.error(  # noqa: TRY400 - the message says it all
             "cannot use the state file; running without saved state",
-            extra={"path": path, "error": str(exc)},
+            extra={"path": path, "error": exc.reason},
         )
         return StoreWriter(path, None, on_failure=state.storage_failed), {}, {}
     stored = store.load()

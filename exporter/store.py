@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -33,7 +34,6 @@ from exporter.protocol import RUN_PHASES, Reason
 from exporter.state import LastRun
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Callable, Mapping
     from types import TracebackType
 
@@ -102,7 +102,11 @@ _SIDE_FILES: Final = ("-wal", "-shm", "-journal")
 
 
 class StoreError(Exception):
-    """The store cannot be used (now); the message names the path and says why."""
+    """The store cannot be used (now); `path` is where, `reason` why (without the path)."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
 
 
 class StorePathError(StoreError):
@@ -143,9 +147,9 @@ class Store:
         file = Path(path)
         if not file.parent.is_dir():
             problem = "is not a directory" if file.parent.exists() else "does not exist"
-            raise StorePathError(f"{file}: the directory {str(file.parent)!r} {problem}")
+            raise StorePathError(file, f"the directory {str(file.parent)!r} {problem}")
         if file.is_dir():
-            raise StorePathError(f"{file}: is a directory; give the path of a file in it")
+            raise StorePathError(file, "is a directory; give the path of a file in it")
         try:
             _inspect(file)
         except _NotOursError as exc:
@@ -163,12 +167,12 @@ class Store:
         try:
             connection = _connect(file)
         except sqlite3.Error as exc:
-            raise StoreError(f"{file}: cannot open: {exc}") from None
+            raise StoreError(file, _why("cannot open", file, exc)) from None
         try:
             _initialize(connection, file)
         except sqlite3.Error as exc:
             connection.close()
-            raise StoreError(f"{file}: cannot initialise: {exc}") from None
+            raise StoreError(file, _why("cannot initialise", file, exc)) from None
         return cls(connection, file)
 
     def save(self, pair: PairState) -> bool:
@@ -455,15 +459,15 @@ def _inspect(path: Path) -> None:
     try:
         connection = _connect(path)
     except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot open: {exc}") from None
+        raise StoreError(path, _why("cannot open", path, exc)) from None
     try:
         _check(connection)
     except sqlite3.DatabaseError as exc:
         if exc.sqlite_errorcode & 0xFF in {_SQLITE_CORRUPT, _SQLITE_NOTADB}:
             raise _NotOursError("corrupt", str(exc)) from None
-        raise StoreError(f"{path}: cannot read: {exc}") from None
+        raise StoreError(path, _why("cannot read", path, exc)) from None
     except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot read: {exc}") from None
+        raise StoreError(path, _why("cannot read", path, exc)) from None
     finally:
         connection.close()
 
@@ -505,6 +509,19 @@ def _initialize(connection: sqlite3.Connection, path: Path) -> None:
         raise
 
 
+def _why(what: str, path: Path, exc: sqlite3.Error) -> str:
+    """SQLite's reason, plus what it hides: a full or read-only file system."""
+    try:
+        volume = os.statvfs(path.parent)
+    except OSError:
+        return f"{what}: {exc}"
+    if volume.f_flag & os.ST_RDONLY:
+        return f"{what}: the file system is read-only ({exc})"
+    if volume.f_bavail == 0 or volume.f_favail == 0:
+        return f"{what}: the file system is full ({exc})"
+    return f"{what}: {exc}"
+
+
 def _move_aside(path: Path, kind: str) -> Path:
     """Rename `path` (and its WAL side files) to `<path>.<kind>-<unix-ts>`; returns the new path."""
     stamp = int(time.time())
@@ -520,7 +537,7 @@ def _move_aside(path: Path, kind: str) -> Path:
             if side.exists():
                 side.rename(target.with_name(target.name + suffix))
     except OSError as exc:
-        raise StoreError(f"{path}: cannot move it aside: {exc.strerror}") from None
+        raise StoreError(path, f"cannot move it aside: {exc.strerror}") from None
     return target
 
 
@@ -536,7 +553,7 @@ def _set_aside_orphans(path: Path) -> None:
             try:
                 side.rename(target)
             except OSError as exc:
-                raise StoreError(f"{side}: cannot move it aside: {exc.strerror}") from None
+                raise StoreError(side, f"cannot move it aside: {exc.strerror}") from None
             log.warning(
                 "storage side file without its database, moved it aside",
                 extra={"path": str(side), "moved_to": str(target)},
