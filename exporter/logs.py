@@ -53,7 +53,7 @@ _UNPRINTABLE: Final = re.compile(r"[^\x20-\x7e]")
 
 
 def _escape_char(char: str) -> str:
-    """`\\uXXXX` (a surrogate pair beyond the BMP): the notation Go's logfmt and JSON share."""
+    """A `u` escape (two, a surrogate pair, beyond the BMP): notation Go's logfmt and JSON share."""
     code = ord(char)
     if code <= 0xFFFF:
         return f"\\u{code:04x}"

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from exporter.logs import JsonFormatter, LogfmtFormatter
 
-FORGED = "\nts=2026-01-01T00:00:00.000+00:00 level=info msg=\"pull finished\" model=x"
+FORGED = '\nts=2026-01-01T00:00:00.000+00:00 level=info msg="pull finished" model=x'
 LINE_BREAKERS = ("\n", "\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")  # fmt: skip
 NASTY = (
     *LINE_BREAKERS,
@@ -121,9 +121,13 @@ def test_any_text_round_trips_as_one_line(detail: str) -> None:
     assert json.loads(JsonFormatter().format(record(detail)))["detail"] == detail
 
 
+def _fail() -> None:
+    raise ValueError("bad\nlevel=info msg=forged")
+
+
 def test_tracebacks_are_escaped_too() -> None:
     try:
-        raise ValueError("bad\nlevel=info msg=forged")
+        _fail()
     except ValueError:
         rec = record("x")
         rec.exc_info = sys.exc_info()
