@@ -1,15 +1,28 @@
 """One run's bookkeeping: layers, bytes, phases and regressions (contract §3).
 
-Pure: lines and timestamps go in, numbers come out. The metrics read the fields
-directly while the run streams, so every number here is kept incrementally and
-`apply` stays O(1) per line.
+Pure: the events of `protocol` and timestamps go in, numbers and the run's verdict come
+out. The metrics read the fields directly while the run streams, so every number here
+is kept incrementally and `apply_lines` stays O(1) per line.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from exporter.protocol import RUN_PHASES, Phase, ProgressLine, phase_of_status
+from exporter.protocol import (
+    MAX_LAYERS,
+    RUN_PHASES,
+    Phase,
+    PhaseStarted,
+    ProgressLine,
+    RunEnded,
+    event_of,
+    follows_previous_layer,
+    too_many_layers,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 _DOWNLOAD: Final = Phase.DOWNLOAD
 """A module constant: reading `Phase.DOWNLOAD` goes through the enum class (slow on 3.11)."""
@@ -31,10 +44,11 @@ _NO_LAYER: Final = Layer(0, 0)
 
 
 class RunProgress:
-    """Folds the lines of one run into the numbers the contract names.
+    """Folds the events of one run into the numbers the contract names.
 
     Timestamps are monotonic seconds passed in by the caller, so tests drive
-    the clock by hand.
+    the clock by hand. What a line means is decided by `protocol.event_of`; the
+    hot loop only inlines its first two rules (`protocol.is_layer_progress`).
     """
 
     __slots__ = (
@@ -80,49 +94,64 @@ class RunProgress:
         return len(self._layers)
 
     @property
-    def transferring(self) -> bool:
-        """A layer is mid-download: Ollama's 60 ms ticker is sending its progress lines."""
-        current = self._current
-        return self.phase is _DOWNLOAD and current is not None and not current.done
-
-    def apply(self, line: ProgressLine, now: float) -> None:
-        """Fold one line in; `now` is when its chunk arrived.
-
-        This runs once per line of every stream, so the common case (a known layer
-        whose `completed` grew) is inlined here; the rare cases live in helpers.
-        """
-        digest = line.digest
-        if digest is None:
-            self._status_line(line.status, now)
-            return
+    def remaining_bytes(self) -> int:
+        """Bytes the layers seen so far still lack (0 outside the download phase)."""
         if self.phase is not _DOWNLOAD:
-            self._enter(_DOWNLOAD, now)
-        if digest == self._last_digest:  # lines of one layer come in runs: skip the hashing
-            layer = self._last_layer
-        else:
-            found = self._layers.get(digest)
-            if found is None:
-                self._new_layer(digest, line, now)
-                return
-            layer = self._last_layer = found
-            self._last_digest = digest
-        if layer.done:
-            return
-        new_total = line.total
-        if new_total is not None and new_total != layer.total:
-            self._retotal(layer, new_total)
-        completed = line.completed or 0
-        old = layer.completed
-        if completed > old:
-            self.downloaded_bytes += completed - old
-            layer.completed = completed
-            self.last_progress_at = now
-            if completed < layer.total:
-                self.completed_bytes += completed - old
+            return 0
+        return self.expected_bytes - self.completed_bytes
+
+    def apply(self, line: ProgressLine, now: float) -> RunEnded | None:
+        """Fold one line in; see `apply_lines`."""
+        return self.apply_lines((line,), now)
+
+    def apply_lines(  # noqa: C901, PLR0912 - the hot loop, inlined on purpose (performance.md)
+        self, lines: Iterable[ProgressLine], now: float
+    ) -> RunEnded | None:
+        """Fold the lines of one chunk in; `now` is when the chunk arrived.
+
+        Returns the verdict when a line ends the run (success, an error line, too many
+        layers); the lines after it are not folded. This runs for every line of every
+        stream, so the common case (a known layer whose `completed` grew) is inlined
+        here; the rare cases live in helpers.
+        """
+        for line in lines:
+            digest = line.digest
+            if digest is None or line.error is not None:
+                ended = self._rare(line, now)
+                if ended is not None:
+                    return ended
+                continue
+            if self.phase is not _DOWNLOAD:
+                self._enter(_DOWNLOAD, now)
+            if digest == self._last_digest:  # lines of one layer come in runs: skip the hashing
+                layer = self._last_layer
             else:
-                self._reached_total(layer, old)
-        elif completed < old:
-            self._rolled_back(layer, completed)
+                found = self._layers.get(digest)
+                if found is None:
+                    if len(self._layers) >= MAX_LAYERS:
+                        return too_many_layers()
+                    self._new_layer(digest, line, now)
+                    continue
+                layer = self._last_layer = found
+                self._last_digest = digest
+            if layer.done:
+                continue
+            new_total = line.total
+            if new_total is not None and new_total != layer.total:
+                self._retotal(layer, new_total)
+            completed = line.completed or 0
+            old = layer.completed
+            if completed > old:
+                self.downloaded_bytes += completed - old
+                layer.completed = completed
+                self.last_progress_at = now
+                if completed < layer.total:
+                    self.completed_bytes += completed - old
+                else:
+                    self._reached_total(layer, old)
+            elif completed < old:
+                self._rolled_back(layer, completed)
+        return None
 
     def finish(self, now: float, *, succeeded: bool) -> None:
         """Close the last phase; a success means every layer made it to disk."""
@@ -137,19 +166,23 @@ class RunProgress:
         self.phase_started_at = now
         self.last_progress_at = now
 
-    def _status_line(self, status: str | None, now: float) -> None:
-        if status is None or status == "success":
-            return
-        phase = phase_of_status(status)
-        if phase is not None and phase is not self.phase:
-            self._complete_open_layers()
-            self._enter(phase, now)
+    def _rare(self, line: ProgressLine, now: float) -> RunEnded | None:
+        """A line that is not plain layer progress: ask `protocol` what it means."""
+        event = event_of(line)
+        if isinstance(event, PhaseStarted):
+            if event.phase is not self.phase:
+                self._complete_open_layers()
+                self._enter(event.phase, now)
+            return None
+        if isinstance(event, RunEnded):
+            return event
+        return None  # an unknown status (a line with a digest never comes here)
 
     def _new_layer(self, digest: str, line: ProgressLine, now: float) -> None:
         # Legacy path: layers come one at a time, so a new digest means the one
         # before finished (Ollama sends no final 100% line). client2 lines have
         # no status and interleave, so they never complete a neighbour.
-        if line.status is not None and self._current is not None:
+        if self._current is not None and follows_previous_layer(line):
             self._complete(self._current)
         completed = line.completed or 0
         total = line.total or 0

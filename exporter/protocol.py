@@ -1,15 +1,18 @@
-"""Sans-I/O view of Ollama's `/api/pull` NDJSON stream.
+"""Sans-I/O view of Ollama's `/api/pull` NDJSON stream: the one place a line gets its meaning.
 
-Byte chunks go in, typed lines come out; a status string maps to a phase and an
-error text to a bounded failure reason. Nothing here knows about sockets or time,
-so every rule is tested from tables (see `ollama-pull-protocol.md` §1-§4).
+Byte chunks go in, typed lines come out (`LineDecoder`), and `event_of` says what each
+line means: progress of a layer, the start of a phase, or the end of the run (success,
+or an error line with its contract reason). The fold (`progress.RunProgress`) acts on
+those events and nothing else; `pull` only moves bytes. Nothing here knows about
+sockets or time, so every rule is tested from tables (tests/test_protocol.py).
 """
 
 from __future__ import annotations
 
 import enum
 import re
-from typing import TYPE_CHECKING, Annotated, Final
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Final, TypeAlias
 
 import msgspec
 
@@ -18,6 +21,8 @@ if TYPE_CHECKING:
 
 MAX_LINE_BYTES: Final = 1 << 20
 """Longest line we accept: real lines are < 300 bytes, so 1 MiB means a broken peer."""
+MAX_LAYERS: Final = 10_000
+"""Distinct digests one run may show; real models have tens. Bounds memory on a hostile stream."""
 
 _INT64_MAX: Final = (1 << 63) - 1
 _Count = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
@@ -220,3 +225,81 @@ def classify_error(text: str) -> Reason:
         if matches(clean):
             return reason
     return Reason.OTHER
+
+
+# --------------------------------------------------------------------------- events
+
+LayerProgress: TypeAlias = ProgressLine
+"""A line with a `digest` and no `error`: the event is the line itself (no copy on the hot path).
+
+Its status does not matter (`pulling <hex>`, the transfer path's `pulling model`, or none
+for client2), except through `follows_previous_layer`.
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseStarted:
+    """A status-only line that moves the run to `phase`."""
+
+    phase: Phase
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnded:
+    """The stream decided the run: success (`reason` None) or a failure with its reason."""
+
+    reason: Reason | None
+    detail: str = ""
+    """The error text as Ollama sent it (for the log), or what broke."""
+
+
+Event: TypeAlias = LayerProgress | PhaseStarted | RunEnded | None
+"""What a line means; None for lines that do not move the run (unknown statuses)."""
+
+SUCCEEDED: Final = RunEnded(None)
+_PHASE_STARTED: Final = {phase: PhaseStarted(phase) for phase in Phase}
+
+
+def event_of(line: ProgressLine) -> Event:
+    """The meaning of one line. First match wins, in this order.
+
+    1. An `error` key ends the run with the reason of its text (contract §4).
+    2. A `digest` makes it layer progress, whatever its status says (§1a, §1c).
+    3. `success` ends the run successfully (contract §3).
+    4. A known status starts its phase; any other line is None.
+
+    The fold tests rules 1 and 2 inline for speed (`is_layer_progress`); every other
+    line comes here.
+    """
+    error = line.error
+    if error is not None:
+        return RunEnded(classify_error(error), error)
+    if line.digest is not None:
+        return line
+    status = line.status
+    if status is None:
+        return None
+    if status == "success":
+        return SUCCEEDED
+    phase = phase_of_status(status)
+    return None if phase is None else _PHASE_STARTED[phase]
+
+
+def is_layer_progress(line: ProgressLine) -> bool:
+    """Rules 1 and 2 of `event_of`: the test the fold inlines for every line."""
+    return line.digest is not None and line.error is None
+
+
+def follows_previous_layer(line: LayerProgress) -> bool:
+    """Whether a line for a new digest means the layer before it finished.
+
+    The legacy and transfer paths download one layer at a time and put a status on every
+    line, and Ollama sends no final 100% line, so a new digest is the "done" signal of the
+    one before (§1a.2). client2's lines have no status and its layers interleave (§1c).
+    """
+    return line.status is not None
+
+
+def too_many_layers() -> RunEnded:
+    """The verdict on a run that showed more than `MAX_LAYERS` distinct digests."""
+    return RunEnded(Reason.PROTOCOL_ERROR, f"more than {MAX_LAYERS} layers in one run")

@@ -9,37 +9,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING, Final
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 
+from exporter import __version__
+from exporter.clock import SYSTEM_CLOCK
+from exporter.pacing import COALESCE_BELOW_BYTES, ReadPacer
 from exporter.progress import RunProgress
-from exporter.protocol import LineDecoder, ProtocolError, Reason, classify_error
+from exporter.protocol import LineDecoder, ProtocolError, Reason
 from exporter.state import RunResult
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from exporter.clock import Clock
     from exporter.config import ModelConfig, ServerConfig
+    from exporter.protocol import RunEnded
     from exporter.state import ExporterState, PairState
 
 log = logging.getLogger("exporter.pull")
 
 CONNECT_TIMEOUT: Final = 30.0
 """Seconds to open a TCP (and TLS) connection before the server counts as unreachable."""
+USER_AGENT: Final = f"ollama-pull-exporter/{__version__}"
+"""Sent with every request, so Ollama's and proxies' logs name who is pulling."""
+_REQUEST_HEADERS: Final = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+"""Identity: a compressed stream would be inflated inside aiohttp's parser, all of one read at
+once, where a small body can expand a thousandfold and stall the event loop. A body that
+comes compressed anyway is refused unread (`protocol_error`)."""
 
 _ERROR_BODY_LIMIT: Final = 4096
 _DETAIL_LIMIT: Final = 2048
-COALESCE_SECONDS: Final = 0.25
-"""While a layer downloads, Ollama sends one line per 60 ms, each in its own TCP segment.
-Pausing the socket this long after each read hands us ~4 lines per wake-up instead of one,
-which cuts the exporter's CPU about 2x with 200 pulls streaming (docs/performance.md).
-Only then: phase changes, errors and the end of a run that follow are seen at most this
-late, and everything else (manifest, verify, up-to-date re-pulls) is read at once."""
-COALESCE_BELOW_BYTES: Final = 8192
-"""Pause only after a small read (the ticker's trickle). A stream that already arrives in big
-chunks is read flat out, so a fast sender is never held back by our socket buffer."""
-MAX_LAYERS: Final = 10_000
-"""Distinct digests one run may show; real models have tens. Bounds memory on a hostile stream."""
 
 
 def make_timeout() -> aiohttp.ClientTimeout:
@@ -55,10 +57,14 @@ def make_session() -> aiohttp.ClientSession:
 
     No connection-pool limit (aiohttp's default of 100 would queue pulls past the
     hundredth, counted as started with their stall clock running); `max_concurrent_pulls`
-    per server is the limit that matters.
+    per server is the limit that matters. Every request names the exporter and asks for an
+    uncompressed body, which is never inflated (see `_REQUEST_HEADERS`).
     """
     return aiohttp.ClientSession(
-        timeout=make_timeout(), connector=aiohttp.TCPConnector(limit=0, limit_per_host=0)
+        timeout=make_timeout(),
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
+        headers=_REQUEST_HEADERS,
+        auto_decompress=False,
     )
 
 
@@ -68,36 +74,46 @@ async def run_pull(
     model: ModelConfig,
     state: ExporterState,
     pair: PairState,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+    on_chunk: Callable[[bytes, float], None] | None = None,
 ) -> RunResult:
-    """Run one pull of `model` on `server` and record it in `pair`; return how it ended."""
+    """Run one pull of `model` on `server` and record it in `pair`; return how it ended.
+
+    `on_chunk(chunk, arrived_at)` sees every chunk of the stream as it was read, with the
+    `clock.monotonic()` reading its lines are folded at (b"" at the end): a transcript
+    costs one call per chunk, not per line. It must be cheap and must not raise.
+    """
     settings = model.settings
-    started_wall = time.time()
-    started = time.monotonic()
+    started_wall = clock.time()
+    started = clock.monotonic()
     run = RunProgress(started)
     pair.start_run(run)
     extra = {"server": server.name, "model": model.name}
     log.debug("pull started", extra=extra)
-    reader = asyncio.create_task(_stream(session, server, model, state, run))
-    watchdog = asyncio.create_task(_watch_stall(run, settings.stall_timeout))
+    reader = asyncio.create_task(
+        _stream(session, server, model, state, run, clock=clock, on_chunk=on_chunk)
+    )
+    watchdog = asyncio.create_task(_watch_stall(run, settings.stall_timeout, clock))
+    deadline = asyncio.create_task(clock.sleep(settings.timeout))
+    tasks = (reader, watchdog, deadline)
     try:
-        done, _ = await asyncio.wait(
-            {reader, watchdog}, timeout=settings.timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-        if reader in done:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if reader.done():
             result = _result_of(reader)
-        elif watchdog in done:
+        elif watchdog.done():
             result = RunResult(
                 Reason.STALLED, f"no progress for {settings.stall_timeout:g}s in {run.phase.value}"
             )
         else:
             result = RunResult(Reason.TIMEOUT, f"run passed its timeout of {settings.timeout:g}s")
     except asyncio.CancelledError:
-        await _cancel(reader, watchdog)
+        await _cancel(*tasks)
         pair.abandon_run(run)
         log.info("pull cancelled", extra=extra)
         raise
-    await _cancel(reader, watchdog)
-    ended = time.monotonic()
+    await _cancel(*tasks)
+    ended = clock.monotonic()
     run.finish(ended, succeeded=result.succeeded)
     duration = ended - started
     pair.finish_run(run, result, ended_at=started_wall + duration, duration=duration)
@@ -121,14 +137,14 @@ async def _cancel(*tasks: asyncio.Task[object]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _watch_stall(run: RunProgress, stall_timeout: float) -> None:
+async def _watch_stall(run: RunProgress, stall_timeout: float, clock: Clock) -> None:
     """Return once `stall_timeout` passes with no progress; sleeps, never polls tightly."""
     while True:
         deadline = run.last_progress_at + stall_timeout
-        delay = deadline - time.monotonic()
+        delay = deadline - clock.monotonic()
         if delay <= 0:
             return
-        await asyncio.sleep(delay)
+        await clock.sleep(delay)
 
 
 async def _stream(
@@ -137,6 +153,9 @@ async def _stream(
     model: ModelConfig,
     state: ExporterState,
     run: RunProgress,
+    *,
+    clock: Clock,
+    on_chunk: Callable[[bytes, float], None] | None,
 ) -> RunResult:
     """POST the pull and fold the NDJSON stream into `run` until it ends."""
     body = {"model": model.name, "insecure": model.settings.insecure, "stream": True}
@@ -152,45 +171,141 @@ async def _stream(
             state.server_up[server.name] = 1
             if response.status != 200:
                 return await _http_error(response)
-            return await _consume(response, run)
+            return await _consume(response, run, clock, on_chunk)
+    except aiohttp.ClientResponseError as exc:
+        # Raised before a response exists: the server did answer, with bytes that are not
+        # HTTP (a bad status line, a malformed chunk in the first segment).
+        state.server_up[server.name] = 1
+        return RunResult(Reason.PROTOCOL_ERROR, f"malformed HTTP response: {exc.message}")
     except (aiohttp.ClientError, OSError) as exc:
         # `_consume` handles everything after the headers, so this is "no response".
         state.server_up[server.name] = 0
         return RunResult(Reason.OLLAMA_UNREACHABLE, _describe(exc))
 
 
-async def _consume(response: aiohttp.ClientResponse, run: RunProgress) -> RunResult:
-    """Read chunks as they come and decode them a batch at a time."""
+class _MalformedBodyError(aiohttp.ClientPayloadError):
+    """aiohttp's parser rejected the body (a bad chunk) after the headers."""
+
+
+async def _consume(
+    response: aiohttp.ClientResponse,
+    run: RunProgress,
+    clock: Clock,
+    on_chunk: Callable[[bytes, float], None] | None,
+) -> RunResult:
+    """Fold a 200 stream into `run`; a broken stream becomes its reason."""
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in {"", "identity"}:
+        return RunResult(
+            Reason.PROTOCOL_ERROR, f"body sent with Content-Encoding {encoding!r}, not asked for"
+        )
+    unwatch = _fail_reads_on_malformed_body(response)
+    try:
+        return await _fold_stream(response, run, clock, on_chunk)
+    except (ProtocolError, aiohttp.ClientError, RuntimeError) as exc:
+        return _broken(exc, response)
+    finally:
+        unwatch()
+
+
+async def _fold_stream(
+    response: aiohttp.ClientResponse,
+    run: RunProgress,
+    clock: Clock,
+    on_chunk: Callable[[bytes, float], None] | None,
+) -> RunResult:
+    """Read chunks as they come, fold each chunk's lines in one call, pace small reads."""
     decoder = LineDecoder()
     content = response.content
-    apply = run.apply
+    apply_lines = run.apply_lines
+    pacer = ReadPacer()
     connection = response.connection
     transport = connection.transport if connection is not None else None
-    try:
-        while True:
-            chunk = await content.readany()
-            now = time.monotonic()
-            lines = decoder.finish() if not chunk else decoder.feed(chunk)
-            for line in lines:
-                if line.error is not None:
-                    return RunResult(classify_error(line.error), line.error)
-                if line.status == "success":
-                    return RunResult(None)
-                apply(line, now)
-            if not chunk:
+    while True:
+        chunk = await content.readany()
+        now = clock.monotonic()
+        if on_chunk is not None:
+            on_chunk(chunk, now)
+        if not chunk:
+            ended = apply_lines(decoder.finish(), now)
+            if ended is None:
                 return RunResult(Reason.STREAM_INTERRUPTED, "stream ended without success")
-            if run.layers > MAX_LAYERS:
-                return RunResult(Reason.PROTOCOL_ERROR, f"more than {MAX_LAYERS} layers in one run")
-            if len(chunk) < COALESCE_BELOW_BYTES and run.transferring and transport is not None:
-                await _coalesce(transport)
-    except ProtocolError as exc:
+            return _result(ended)
+        ended = apply_lines(decoder.feed(chunk), now)
+        if ended is not None:
+            return _result(ended)
+        if len(chunk) < COALESCE_BELOW_BYTES and transport is not None:
+            pause = pacer.pause_after(len(chunk), run, now)
+            if pause:
+                await _coalesce(transport, pause, clock)
+
+
+def _broken(
+    exc: ProtocolError | aiohttp.ClientError | RuntimeError, response: aiohttp.ClientResponse
+) -> RunResult:
+    """The reason of a stream that broke after its headers."""
+    if isinstance(exc, ProtocolError):
         return RunResult(Reason.PROTOCOL_ERROR, str(exc))
-    except aiohttp.ClientError as exc:
+    if isinstance(exc, _MalformedBodyError):
+        return RunResult(Reason.PROTOCOL_ERROR, f"malformed HTTP body: {exc}")
+    if isinstance(exc, aiohttp.ClientError):
         return RunResult(Reason.STREAM_INTERRUPTED, _describe(exc))
+    # aiohttp's `readany` raises a bare RuntimeError once the connection is gone.
+    failure = _parser_failure(response)
+    if failure is not None:
+        return RunResult(Reason.PROTOCOL_ERROR, f"malformed HTTP body: {failure.message}")
+    connection = response.connection
+    if connection is None or connection.closed:
+        return RunResult(Reason.STREAM_INTERRUPTED, _describe(exc))
+    raise exc
 
 
-async def _coalesce(transport: asyncio.BaseTransport) -> None:
-    """Let the next ticks of a download pile up in the socket (see COALESCE_SECONDS).
+def _result(ended: RunEnded) -> RunResult:
+    return RunResult(ended.reason, ended.detail)
+
+
+def _parser_failure(response: aiohttp.ClientResponse) -> HttpProcessingError | None:
+    """The HTTP parser's error on this response's connection, if it rejected the bytes."""
+    connection = response.connection
+    protocol = connection.protocol if connection is not None else None
+    failure = protocol.exception() if protocol is not None else None
+    return failure if isinstance(failure, HttpProcessingError) else None
+
+
+def _fail_reads_on_malformed_body(response: aiohttp.ClientResponse) -> Callable[[], None]:
+    """Make a read fail at once when aiohttp's parser rejects the body; return the undo.
+
+    When the parser rejects a chunk it closes the connection and records the error on the
+    connection's protocol, but a reader already waiting for the body is never woken: it
+    would wait for the stall timeout. So the error is handed to the body when the
+    connection closes.
+    """
+    connection = response.connection
+    protocol = connection.protocol if connection is not None else None
+    closed: asyncio.Future[None] | None = getattr(protocol, "closed", None)
+    if closed is None:
+        return _nothing
+    content = response.content
+
+    def on_closed(_: asyncio.Future[None]) -> None:
+        failure = _parser_failure(response)
+        if failure is not None and content.exception() is None and not content.is_eof():
+            content.set_exception(_MalformedBodyError(failure.message))
+
+    closed.add_done_callback(on_closed)
+
+    def unwatch() -> None:
+        closed.remove_done_callback(on_closed)
+
+    return unwatch
+
+
+def _nothing() -> None:
+    return None
+
+
+async def _coalesce(transport: asyncio.BaseTransport, seconds: float, clock: Clock) -> None:
+    """Let the next ticks of a download pile up in the socket (see exporter/pacing.py).
 
     The transport is paused directly: aiohttp's protocol-level pause asserts inside its parser.
     """
@@ -198,7 +313,7 @@ async def _coalesce(transport: asyncio.BaseTransport) -> None:
         return
     transport.pause_reading()
     try:
-        await asyncio.sleep(COALESCE_SECONDS)
+        await clock.sleep(seconds)
     finally:
         if not transport.is_closing():
             transport.resume_reading()

@@ -1,0 +1,537 @@
+"""`run_pull` in process: real aiohttp on both ends of a 127.0.0.1 socket, no subprocess.
+
+Three kinds of servers:
+- `Script` (an aiohttp app in `aiohttp.test_utils.TestServer`): the test writes the stream
+  line by line while it moves a `FakeClock` by hand, so phase durations, stalls, timeouts
+  and the read pacing are checked exactly, with no sleeping and no polling of `/metrics`;
+- the simulator (`ollama_sim`) on the real clock, for timing at Ollama's own cadence;
+- a raw asyncio server for bytes that are not valid HTTP or that a polite server never
+  sends (malformed chunks, a gzip body that was not asked for).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from exporter import __version__
+from exporter.config import parse_config
+from exporter.pacing import COALESCE_SECONDS
+from exporter.protocol import Phase, Reason
+from exporter.pull import make_session, run_pull
+from exporter.state import ExporterState, PairState, RunResult, sync_pairs
+from ollama_sim import (
+    Layer,
+    Manifest,
+    OllamaSimulator,
+    Prune,
+    Scenario,
+    Stall,
+    Success,
+    Verify,
+    Write,
+    go_json,
+    progress_line,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Coroutine
+
+    from exporter.config import ModelConfig, ServerConfig
+
+MODEL = "m"
+DIGEST = "sha256:" + "ab" * 32
+START = 1000.0
+
+
+def line(**fields: object) -> bytes:
+    return go_json(fields) + b"\n"
+
+
+def tick(completed: int, total: int) -> bytes:
+    return progress_line(f"pulling {DIGEST[7:19]}", DIGEST, total, completed)
+
+
+MANIFEST = line(status="pulling manifest")
+VERIFY = line(status="verifying sha256 digest")
+WRITE = line(status="writing manifest")
+PRUNE = line(status="removing unused layers")
+SUCCESS = line(status="success")
+
+
+# --------------------------------------------------------------------------- a fake clock
+
+
+class FakeClock:
+    """`exporter.clock.Clock` whose time moves only in `advance`; sleepers wake in order."""
+
+    def __init__(self) -> None:
+        self.now = START
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return 1_700_000_000.0 + self.now
+
+    async def sleep(self, seconds: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.now + seconds, next(self._order), future))
+        await future
+
+    def advance(self, seconds: float) -> None:
+        """Move time on and wake every sleeper whose time has come."""
+        self.now += seconds
+        while self._sleepers and self._sleepers[0][0] <= self.now:
+            _, _, future = heapq.heappop(self._sleepers)
+            if not future.done():
+                future.set_result(None)
+
+    def pausing(self) -> bool:
+        """A read pause is pending (the watchdogs sleep for much longer)."""
+        return any(
+            self.now < at <= self.now + COALESCE_SECONDS and not future.done()
+            for at, _, future in self._sleepers
+        )
+
+
+# --------------------------------------------------------------------------- the pair
+
+
+def _pair(url: str, defaults: str = "") -> tuple[ServerConfig, ModelConfig, ExporterState]:
+    """The config of one pair; `defaults` like `, stall_timeout: 5s` overrides the settings."""
+    settings = {"interval": "1h", "jitter": "0", "timeout": "1h", "stall_timeout": "10m"}
+    for item in defaults.split(",")[1:]:
+        key, value = item.split(":")
+        settings[key.strip()] = value.strip()
+    text = ", ".join(f"{key}: {value}" for key, value in settings.items())
+    config = parse_config(
+        f"defaults: {{{text}}}\n"
+        f"servers:\n  - name: s\n    url: {url}\n    models: [{MODEL}]\n",
+        "test.yaml",
+    )
+    state = ExporterState()
+    sync_pairs(state, config)
+    server = config.servers[0]
+    return server, server.models[0], state
+
+
+@dataclass
+class Run:
+    """One `run_pull` going on in the test's loop, and what its stream looked like."""
+
+    state: ExporterState
+    pair: PairState
+    task: asyncio.Task[RunResult]
+    chunks: list[tuple[bytes, float]] = field(default_factory=list)
+
+    @property
+    def received(self) -> int:
+        return sum(len(chunk) for chunk, _ in self.chunks)
+
+
+def start_run(url: str, defaults: str = "", clock: FakeClock | None = None) -> Run:
+    server, model, state = _pair(url, defaults)
+    pair = state.pairs[server.name, model.name]
+    chunks: list[tuple[bytes, float]] = []
+    session = make_session()
+
+    async def go() -> RunResult:
+        async with session:
+            if clock is None:
+                return await run_pull(session, server, model, state, pair)
+            return await run_pull(
+                session,
+                server,
+                model,
+                state,
+                pair,
+                clock=clock,
+                on_chunk=lambda chunk, at: chunks.append((chunk, at)),
+            )
+
+    return Run(state, pair, asyncio.create_task(go()), chunks)
+
+
+def run_async(test: Callable[[], Coroutine[object, object, None]]) -> None:
+    """Run one test coroutine in a fresh loop, bounded so a hang fails instead of blocking."""
+
+    async def bounded() -> None:
+        await asyncio.wait_for(test(), timeout=60)
+
+    asyncio.run(bounded())
+
+
+async def until(check: Callable[[], bool], what: str) -> None:
+    """Yield to the loop until `check()` holds: in-process state, not a timed poll."""
+    deadline = time.monotonic() + 20
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0.001)
+
+
+# --------------------------------------------------------------------------- a scripted stream
+
+
+class Script:
+    """An Ollama stand-in whose stream the test writes, line by line."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.headers: dict[str, str] = {}
+        self.started = asyncio.Event()
+        self.sent = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.headers = dict(request.headers)
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        self.started.set()
+        while (data := await self.queue.get()) is not None:
+            await response.write(data)
+        return response
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/api/pull", self.handle)
+        return app
+
+
+@dataclass
+class Driver:
+    """Moves the fake clock and writes the script, waiting until the reader has caught up."""
+
+    clock: FakeClock
+    script: Script
+    run: Run
+
+    async def send(self, data: bytes, after: float = 0.0) -> None:
+        """`after` seconds later, send `data`; return once it is read or a pause holds it."""
+        self.clock.advance(after)
+        self.script.sent += len(data)
+        await self.script.queue.put(data)
+        await until(
+            self._caught_up,
+            "the reader to read the line or pause",
+        )
+
+    async def wait(self, seconds: float) -> None:
+        """Let `seconds` pass with nothing sent; a pause that ends meanwhile reads on."""
+        self.clock.advance(seconds)
+        await until(
+            self._caught_up,
+            "the reader to catch up",
+        )
+
+    def _caught_up(self) -> bool:
+        return (
+            self.run.received >= self.script.sent or self.clock.pausing() or self.run.task.done()
+        )
+
+
+async def scripted(
+    body: Callable[[Driver], Awaitable[None]], defaults: str = ""
+) -> tuple[Run, RunResult, Script]:
+    script = Script()
+    clock = FakeClock()
+    async with TestServer(script.app(), host="127.0.0.1") as server:
+        run = start_run(str(server.make_url("")).rstrip("/"), defaults, clock)
+        await until(script.started.is_set, "the request")
+        await body(Driver(clock, script, run))
+        if not run.task.done():
+            await script.queue.put(None)
+        result = await run.task
+    return run, result, script
+
+
+# --------------------------------------------------------------------------- fake-clock tests
+
+
+def test_phase_durations_are_exact_and_the_download_is_read_in_batches() -> None:
+    total, step = 16_000_000, 100_000  # 160 ticks of 60 ms: 9.6 s
+
+    async def body(drive: Driver) -> None:
+        await drive.send(MANIFEST, after=0.5)
+        for completed in range(0, total, step):
+            await drive.send(tick(completed, total), after=0.06)
+        await drive.send(VERIFY, after=0.03)  # the blob finished between two ticks
+        await drive.send(WRITE, after=0.3)
+        await drive.send(PRUNE, after=0.01)
+        await drive.send(SUCCESS, after=0.2)
+
+    async def test() -> None:
+        run, result, _ = await scripted(body)
+        assert result == RunResult(None)
+        last = run.pair.last
+        assert last is not None
+        ticks = total // step
+        assert last.phase_durations == pytest.approx(
+            {
+                Phase.MANIFEST: 0.56,
+                Phase.DOWNLOAD: (ticks - 1) * 0.06 + 0.03,
+                Phase.VERIFY: 0.3,
+                Phase.WRITE: 0.01,
+                Phase.PRUNE: 0.2,
+            },
+            abs=1e-9,
+        )
+        assert last.downloaded_bytes == total
+        # The ticks were read about four at a time while the download had far to go...
+        reads = [chunk for chunk, _ in run.chunks if chunk]
+        assert len(reads) < ticks * 0.5
+        # ...and one by one in its last second, so the end of the download was not late.
+        last_second = [at for chunk, at in run.chunks if chunk.count(b"\n") == 1][-10:]
+        assert len(set(last_second)) == 10
+
+    run_async(test)
+
+
+def test_a_stall_ends_the_run_exactly_at_stall_timeout() -> None:
+    async def body(drive: Driver) -> None:
+        await drive.send(MANIFEST, after=0.5)
+        await drive.wait(9.999)
+        assert not drive.run.task.done()
+        drive.clock.advance(0.002)
+        await until(drive.run.task.done, "the stall to end the run")
+
+    async def test() -> None:
+        run, result, _ = await scripted(body, defaults=", stall_timeout: 10s")
+        assert result.reason is Reason.STALLED
+        last = run.pair.last
+        assert last is not None
+        assert last.duration == pytest.approx(10.501, abs=1e-9)
+        assert last.phase_durations[Phase.MANIFEST] == pytest.approx(10.501, abs=1e-9)
+
+    run_async(test)
+
+
+def test_a_run_that_keeps_progressing_still_ends_at_its_timeout() -> None:
+    async def body(drive: Driver) -> None:
+        await drive.send(MANIFEST)
+        completed = 0
+        while not drive.run.task.done():
+            completed += 1000
+            await drive.send(tick(completed, 10**12), after=0.5)
+
+    async def test() -> None:
+        run, result, _ = await scripted(body, defaults=", timeout: 30s, stall_timeout: 5s")
+        assert result.reason is Reason.TIMEOUT
+        last = run.pair.last
+        assert last is not None
+        assert 30 <= last.duration <= 30 + COALESCE_SECONDS + 0.5
+
+    run_async(test)
+
+
+def test_the_chunk_hook_sees_every_byte_with_its_arrival_time() -> None:
+    sent = [MANIFEST, tick(5, 10), VERIFY, WRITE, SUCCESS]
+
+    async def body(drive: Driver) -> None:
+        for index, data in enumerate(sent):
+            await drive.send(data, after=1.0 + index)
+
+    async def test() -> None:
+        run, result, _ = await scripted(body)
+        assert result.succeeded
+        assert b"".join(chunk for chunk, _ in run.chunks) == b"".join(sent)
+        assert [at - START for _, at in run.chunks] == [1.0, 3.0, 6.0, 10.0, 15.0]
+
+    run_async(test)
+
+
+def test_requests_name_the_exporter_and_ask_for_no_compression() -> None:
+    async def test() -> None:
+        script = Script()
+        async with TestServer(script.app(), host="127.0.0.1") as server:
+            run = start_run(str(server.make_url("")).rstrip("/"))
+            await script.queue.put(MANIFEST + SUCCESS)
+            await script.queue.put(None)
+            result = await run.task
+        assert result.succeeded
+        assert script.headers["User-Agent"] == f"ollama-pull-exporter/{__version__}"
+        assert script.headers["Accept-Encoding"] == "identity"
+
+    run_async(test)
+
+
+# --------------------------------------------------------------------------- the real clock
+
+
+def _phase_error(scenario: Scenario, truth: dict[Phase, float]) -> dict[Phase, float]:
+    """Run `scenario` against the simulator at real Ollama timing; per phase, reported - true."""
+
+    async def go() -> dict[Phase, float]:
+        sim = OllamaSimulator({MODEL: [scenario]})
+        url = await sim.start()
+        try:
+            run = start_run(url)
+            result = await run.task
+        finally:
+            await sim.stop()
+        assert result.succeeded, result
+        last = run.pair.last
+        assert last is not None
+        return {phase: last.phase_durations[phase] - seconds for phase, seconds in truth.items()}
+
+    errors: dict[Phase, float] = {}
+
+    async def test() -> None:
+        errors.update(await go())
+
+    run_async(test)
+    return errors
+
+
+# The old pause (0.25 s after every small read of a layer) made each boundary after a
+# download up to 0.25 s late; 0.12 s is far from both that and the loop's own latency.
+TOLERANCE = 0.12
+
+
+def test_verify_after_a_download_is_timed_from_when_ollama_sent_it() -> None:
+    scenario = Scenario(Manifest(), Layer(3_000_000, ticks=25), Verify(0.4), Write(), Success())
+    errors = _phase_error(scenario, {Phase.VERIFY: 0.4})
+    assert abs(errors[Phase.VERIFY]) < TOLERANCE, errors
+
+
+def test_prune_right_after_a_download_is_timed_from_when_ollama_sent_it() -> None:
+    scenario = Scenario(
+        Manifest(), Layer(3_000_000, ticks=25), Verify(), Write(), Prune(), Stall(0.3), Success()
+    )
+    errors = _phase_error(scenario, {Phase.PRUNE: 0.3})
+    assert abs(errors[Phase.PRUNE]) < TOLERANCE, errors
+
+
+# --------------------------------------------------------------------------- raw, hostile bytes
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+async def raw_server(
+    parts: list[bytes], *, close: bool = False
+) -> tuple[asyncio.Server, str, asyncio.Event]:
+    """A server that answers any request with `parts`, one write each, then holds the socket."""
+    done = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            for part in parts:
+                writer.write(part)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            if not close:
+                await done.wait()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}", done
+
+
+async def pull_from_raw(
+    parts: list[bytes], *, close: bool = False, stall: str = "5s"
+) -> tuple[RunResult, ExporterState]:
+    server, url, done = await raw_server(parts, close=close)
+    try:
+        run = start_run(url, defaults=f", stall_timeout: {stall}")
+        result = await run.task
+    finally:
+        done.set()
+        server.close()
+        await server.wait_closed()
+    return result, run.state
+
+
+MALFORMED_CHUNKS = {
+    "bad size with the headers": [HEAD + b"zz\r\n" + MANIFEST + b"\r\n"],
+    "bad size later": [HEAD + chunk(MANIFEST), b"zz\r\nxx\r\n"],
+    "data longer than its size": [HEAD + chunk(MANIFEST), b"5\r\nhello world\r\n"],
+    "no CRLF after the data": [HEAD + chunk(MANIFEST), b"5\r\nhelloXX"],
+    "size overflows": [HEAD + chunk(MANIFEST), b"ffffffffffffffffff\r\n"],
+    "negative size": [HEAD + chunk(MANIFEST), b"-5\r\nhello\r\n"],
+    "control bytes in an extension": [HEAD + chunk(MANIFEST), b"5;\x00\x01\r\nhello\r\n"],
+}
+
+
+@pytest.mark.parametrize("parts", MALFORMED_CHUNKS.values(), ids=MALFORMED_CHUNKS.keys())
+def test_a_malformed_chunked_body_is_a_protocol_error_at_once(parts: list[bytes]) -> None:
+    async def test() -> None:
+        began = time.monotonic()
+        result, state = await pull_from_raw(parts, stall="30s")
+        assert result.reason is Reason.PROTOCOL_ERROR, result
+        assert "malformed HTTP" in result.detail
+        assert state.server_up["s"] == 1  # the server did answer
+        assert time.monotonic() - began < 15, "waited for the stall timeout"
+
+    run_async(test)
+
+
+def test_a_chunked_body_cut_mid_chunk_is_an_interrupted_stream() -> None:
+    async def test() -> None:
+        result, state = await pull_from_raw([HEAD + chunk(MANIFEST), b"50\r\nabc"], close=True)
+        assert result.reason is Reason.STREAM_INTERRUPTED, result
+        assert state.server_up["s"] == 1
+
+    run_async(test)
+
+
+def _gzip_bomb(expanded: int) -> bytes:
+    """A gzip body that inflates to `expanded` bytes of newlines (1000x and more)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = b"\n" * (1 << 20)
+    parts = [compressor.compress(block) for _ in range(expanded >> 20)]
+    return b"".join([*parts, compressor.flush()])
+
+
+def test_a_gzip_body_that_was_not_asked_for_is_refused_and_the_loop_stays_responsive() -> None:
+    bomb = _gzip_bomb(256 << 20)
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+        b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(bomb)
+    )
+
+    async def test() -> None:
+        gaps: list[float] = []
+        stop = asyncio.Event()
+
+        async def probe() -> None:  # what `/-/healthy` would see: how long the loop was away
+            last = time.monotonic()
+            while not stop.is_set():
+                await asyncio.sleep(0.005)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        prober = asyncio.create_task(probe())
+        try:
+            result, state = await pull_from_raw([head + bomb[:1000], bomb[1000:]], stall="30s")
+        finally:
+            stop.set()
+            await prober
+        assert result.reason is Reason.PROTOCOL_ERROR, result
+        assert "gzip" in result.detail
+        assert state.server_up["s"] == 1
+        assert max(gaps) < 0.25, f"the event loop was blocked for {max(gaps):.2f}s"
+
+    run_async(test)
