@@ -63,7 +63,14 @@ MANIFEST = _line(status="pulling manifest")
 OK_TAIL = _line(status="verifying sha256 digest") + _line(status="writing manifest")
 SUCCESS = _line(status="success")
 
+FORGED = "ts=2026-01-01T00:00:00.000Z level=info msg=forged-by-ollama"
+INJECTION = "".join(
+    f"boom{breaker}{FORGED}"
+    for breaker in ("\n", "\r", "\x00", "\x1b[2K", "\x85", "\u2028", "\u2029")
+)
+
 HOSTILE: dict[str, tuple[Scenario, Reason | None]] = {
+    "log-injection": (Scenario(Raw(MANIFEST + _line(error=INJECTION))), Reason.OTHER),
     "no-headers": (Scenario(Sleep(3600), HttpError(500, "never sent")), Reason.STALLED),
     "reset": (interrupted([2_000_000], reset=True, rate=20_000_000), Reason.STREAM_INTERRUPTED),
     "eof-before-headers": (Scenario(Disconnect()), Reason.OLLAMA_UNREACHABLE),
@@ -267,3 +274,18 @@ def test_metrics_kept_answering_and_memory_stayed_bounded(
     rss_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
     assert rss_kb < 150 * 1024, f"RSS {rss_kb} kB"
     assert exporter.process.poll() is None
+
+
+def test_ollama_error_text_cannot_forge_a_log_line(hostile: tuple[Exporter, Scraper]) -> None:
+    exporter, _ = hostile
+    raw = exporter.log_path.read_bytes().decode()
+    records = raw.split("\n")  # the only record separator; every other breaker is escaped
+    assert all(record.isprintable() for record in records), "a raw control or separator char"
+    forged = [record for record in raw.splitlines() if "forged-by-ollama" in record]
+    assert forged, "the injection run was not logged"
+    assert all(
+        record.startswith("ts=")
+        and 'msg="pull failed"' in record
+        and "model=log-injection" in record
+        for record in forged
+    ), forged[:3]

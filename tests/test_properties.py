@@ -8,7 +8,8 @@
    same final numbers, and those numbers are the ones the scenario predicts.
 2. Arbitrary bytes never make the decoder raise anything but `ProtocolError`.
 3. Arbitrary line sequences never make `RunProgress` raise, never decrease its counters,
-   and keep `completed_bytes <= expected_bytes`.
+   and keep `completed_bytes <= expected_bytes`; the fold ends a run exactly where
+   `protocol.event_of` says a line ends it (one place decides what a line means).
 
 The config property ("any YAML gives a config or a config error") lives in test_config.py.
 Runs are derandomized (the same examples on every run) so CI is stable; see EXPLORE.
@@ -28,7 +29,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from exporter.progress import RunProgress
-from exporter.protocol import LineDecoder, Phase, ProgressLine, ProtocolError
+from exporter.protocol import (
+    LineDecoder,
+    Phase,
+    ProgressLine,
+    ProtocolError,
+    RunEnded,
+    event_of,
+    is_layer_progress,
+)
 from ollama_sim import (
     CLIENT2_TICK,
     PRUNE,
@@ -527,3 +536,23 @@ def test_any_line_sequence_keeps_the_counters_sane(
         assert run.completed_bytes == run.expected_bytes
     assert all(seconds >= 0 for seconds in run.phase_durations.values())
     assert math.isclose(sum(run.phase_durations.values()), now + 1.0, abs_tol=1e-6)
+
+
+@PROPERTIES
+@given(lines=st.lists(PROGRESS_LINES, max_size=40))
+def test_the_fold_ends_the_run_exactly_where_protocol_says(lines: list[ProgressLine]) -> None:
+    events = [event_of(line) for line in lines]
+    for line, event in zip(lines, events, strict=True):
+        assert is_layer_progress(line) == (event is line)  # the test the fold inlines
+    expected = next((event for event in events if isinstance(event, RunEnded)), None)
+    run = RunProgress(0.0)
+    assert run.apply_lines(lines, 1.0) == expected
+    if expected is not None:  # the lines after the verdict were not folded
+        cut = next(i for i, event in enumerate(events) if event is expected)
+        again = RunProgress(0.0)
+        again.apply_lines(lines[:cut], 1.0)
+        assert (run.downloaded_bytes, run.layers, run.phase) == (
+            again.downloaded_bytes,
+            again.layers,
+            again.phase,
+        )

@@ -1,0 +1,64 @@
+"""When the reader pauses the socket (exporter/pacing.py), from tables: no sockets, no clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporter.pacing import COALESCE_BELOW_BYTES, COALESCE_SECONDS, SPEED_UP_MARGIN, ReadPacer
+from exporter.progress import RunProgress
+from exporter.protocol import ProgressLine
+
+DIGEST = "sha256:" + "cd" * 32
+TOTAL = 10_000_000_000
+STEP = 100_000  # per 60 ms tick: 1.67 MB/s
+
+
+def downloading(completed: int, now: float, run: RunProgress | None = None) -> RunProgress:
+    run = run or RunProgress(0.0)
+    run.apply(ProgressLine("pulling cdcdcdcdcdcd", DIGEST, TOTAL, completed), now)
+    return run
+
+
+def test_no_pause_before_a_rate_is_known_then_pauses_while_far_from_the_end() -> None:
+    pacer = ReadPacer()
+    run = downloading(STEP, 1.0)
+    assert pacer.pause_after(200, run, 1.0) == 0.0  # the first reading: no rate yet
+    downloading(2 * STEP, 1.06, run)
+    assert pacer.pause_after(200, run, 1.06) == COALESCE_SECONDS
+
+
+def test_no_pause_after_a_big_read_or_outside_the_download() -> None:
+    pacer = ReadPacer()
+    run = downloading(STEP, 1.0)
+    pacer.pause_after(200, run, 1.0)
+    downloading(2 * STEP, 1.06, run)
+    assert pacer.pause_after(COALESCE_BELOW_BYTES, run, 1.06) == 0.0
+    run.apply(ProgressLine("verifying sha256 digest"), 1.1)
+    assert pacer.pause_after(100, run, 1.1) == 0.0
+
+
+def test_no_pause_while_completed_stands_still() -> None:
+    pacer = ReadPacer()
+    run = downloading(STEP, 1.0)
+    pacer.pause_after(200, run, 1.0)
+    downloading(STEP, 1.06, run)
+    assert pacer.pause_after(200, run, 1.06) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("seconds_left", "pauses"),
+    [
+        (60.0, True),
+        (SPEED_UP_MARGIN * COALESCE_SECONDS * 1.01, True),
+        (SPEED_UP_MARGIN * COALESCE_SECONDS * 0.99, False),
+        (0.1, False),
+    ],
+)
+def test_the_last_stretch_of_a_download_is_read_at_once(seconds_left: float, pauses: bool) -> None:
+    rate = STEP / 0.06
+    completed = TOTAL - round(seconds_left * rate)
+    pacer = ReadPacer()
+    run = downloading(completed - STEP, 1.0)
+    pacer.pause_after(200, run, 1.0)
+    downloading(completed, 1.06, run)
+    assert (pacer.pause_after(200, run, 1.06) > 0) is pauses
