@@ -286,8 +286,14 @@ def _fail_reads_on_malformed_body(response: aiohttp.ClientResponse) -> Callable[
     if closed is None:
         return _nothing
     content = response.content
+    watching = [True]
 
-    def on_closed(_: asyncio.Future[None]) -> None:
+    def on_closed(future: asyncio.Future[None]) -> None:
+        # Retrieve the outcome (a reset sets an exception), or asyncio logs it at exit.
+        if not future.cancelled():
+            future.exception()
+        if not watching[0]:
+            return
         failure = _parser_failure(response)
         if failure is not None and content.exception() is None and not content.is_eof():
             content.set_exception(_MalformedBodyError(failure.message))
@@ -295,7 +301,7 @@ def _fail_reads_on_malformed_body(response: aiohttp.ClientResponse) -> Callable[
     closed.add_done_callback(on_closed)
 
     def unwatch() -> None:
-        closed.remove_done_callback(on_closed)
+        watching[0] = False
 
     return unwatch
 
