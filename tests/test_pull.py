@@ -5,8 +5,9 @@ Three kinds of servers:
   line by line while it moves a `FakeClock` by hand, so phase durations, stalls, timeouts
   and the read pacing are checked exactly, with no sleeping and no polling of `/metrics`;
 - the simulator (`ollama_sim`) on the real clock, for timing at Ollama's own cadence;
-- a raw asyncio server for bytes that are not valid HTTP or that a polite server never
-  sends (malformed chunks, a gzip body that was not asked for).
+- a raw TCP server in its own process (tests/raw_http.py) for bytes that are not valid HTTP
+  or that a polite server never sends (malformed chunks, a gzip body that was not asked for,
+  a flood of newlines), so its own cost does not count against the loop under test.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from ollama_sim import (
     go_json,
     progress_line,
 )
+from tests.raw_http import raw_http_server
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
@@ -444,42 +446,12 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-async def raw_server(
-    parts: list[bytes], *, close: bool = False
-) -> tuple[asyncio.Server, str, asyncio.Event]:
-    """A server that answers any request with `parts`, one write each, then holds the socket."""
-    done = asyncio.Event()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await reader.readuntil(b"\r\n\r\n")
-            for part in parts:
-                writer.write(part)
-                await writer.drain()
-                await asyncio.sleep(0.05)
-            if not close:
-                await done.wait()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    return server, f"http://127.0.0.1:{port}", done
-
-
 async def pull_from_raw(
     parts: list[bytes], *, close: bool = False, stall: str = "5s"
 ) -> tuple[RunResult, ExporterState]:
-    server, url, done = await raw_server(parts, close=close)
-    try:
+    with raw_http_server(parts, close=close) as url:
         run = start_run(url, defaults=f", stall_timeout: {stall}")
         result = await run.task
-    finally:
-        done.set()
-        server.close()
-        await server.wait_closed()
     return result, run.state
 
 
@@ -516,6 +488,12 @@ def test_a_chunked_body_cut_mid_chunk_is_an_interrupted_stream() -> None:
     run_async(test)
 
 
+BLOCKED_AT_MOST = 0.25
+"""The loop's longest absence allowed while a hostile stream is read. The exporter of 1e4c640
+was away 5.5 s on the gzip test; now it is 5-7 ms (gzip) and 20-45 ms (newline flood) with a
+load average of 10 on 2 cores. The margin is for busy CI hosts."""
+
+
 def _gzip_bomb(expanded: int) -> bytes:
     """A gzip body that inflates to `expanded` bytes of newlines (1000x and more)."""
     compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
@@ -531,7 +509,7 @@ def test_a_gzip_body_that_was_not_asked_for_is_refused_and_the_loop_stays_respon
         b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(bomb)
     )
     result, state, blocked = loop_blocked_while_pulling([head + bomb[:1000], bomb[1000:]])
-    assert blocked < 0.25, f"the event loop was blocked for {blocked:.2f}s"
+    assert blocked < BLOCKED_AT_MOST, f"the event loop was blocked for {blocked:.2f}s"
     assert result.reason is Reason.PROTOCOL_ERROR, result
     assert "gzip" in result.detail
     assert state.server_up["s"] == 1
@@ -541,7 +519,7 @@ def test_a_flood_of_blank_lines_keeps_the_loop_responsive() -> None:
     flood = b"\n" * (64 << 20)
     head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(MANIFEST) + len(flood))
     result, _, blocked = loop_blocked_while_pulling([head + MANIFEST + flood], close=True)
-    assert blocked < 0.25, f"the event loop was blocked for {blocked:.2f}s"
+    assert blocked < BLOCKED_AT_MOST, f"the event loop was blocked for {blocked:.2f}s"
     assert result.reason is Reason.STREAM_INTERRUPTED, result
 
 
@@ -563,13 +541,15 @@ def loop_blocked_while_pulling(
                 gaps.append(now - last)
                 last = now
 
-        prober = asyncio.create_task(probe())
-        try:
-            result, state = await pull_from_raw(parts, close=close, stall="30s")
-        finally:
-            stop.set()
-            await prober
-        outcome.append((result, state, max(gaps)))
+        with raw_http_server(parts, close=close) as url:  # started before the probe runs
+            prober = asyncio.create_task(probe())
+            try:
+                run = start_run(url, defaults=", stall_timeout: 30s")
+                result = await run.task
+            finally:
+                stop.set()
+                await prober
+        outcome.append((result, run.state, max(gaps)))
 
     run_async(test)
     return outcome[0]
