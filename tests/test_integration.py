@@ -215,10 +215,11 @@ def test_fresh_pull_downloads_the_sum_of_its_layers_and_times_its_phases(
     assert exporter.value("ollama_pull_last_downloaded_bytes", **labels) == sum(SIZES)
     verify = exporter.value("ollama_pull_last_phase_duration_seconds", phase="verify", **labels)
     assert verify is not None
-    # Verify(5.0) is a silence of 0.5 s (scaled). Reads pause while a layer downloads, but
-    # never near its end (exporter/pacing.py), so the verify line is seen when it comes.
+    # Verify(5.0) is a silence of 0.5 s (scaled). The simulator keeps an absolute schedule, so
+    # on a busy machine a late verify line shortens the silence; tests/test_pull.py times the
+    # phases against the moments the lines were sent.
     silence = 5.0 * TIME_SCALE
-    assert silence - 0.06 <= verify <= silence + 0.1
+    assert silence - COALESCE_SECONDS - 0.02 <= verify <= silence + 0.1
     prune = exporter.value("ollama_pull_last_phase_duration_seconds", phase="prune", **labels)
     assert prune is not None
     assert prune >= 0
