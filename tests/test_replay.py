@@ -28,7 +28,11 @@ REPLAY_SECONDS = 2.0
 
 
 def test_transcripts_of_the_pinned_release_exist() -> None:
-    assert {"fresh", "uptodate", "moved"} <= RECORDED.keys()
+    assert {
+        "fresh", "uptodate", "moved", "not-found", "bad-name", "registry-down", "registry-500",
+        "registry-401", "registry-basic-auth", "stalled", "cut", "corrupt", "disk-full",
+        "killed", "resumed", "secure-vs-http",
+    } <= RECORDED.keys()  # fmt: skip
     assert {t.ollama_version for t in RECORDED.values()} == {PINNED_VERSION}
 
 

@@ -183,17 +183,17 @@ class Front:
         started, sent = time.monotonic(), 0
         async for data in upstream.content.iter_chunked(PIECE):
             piece = data
-            if faults.stall_at is not None and offset + sent + len(piece) > faults.stall_at:
-                piece = piece[: max(0, faults.stall_at - offset - sent)]
-                await response.write(piece)
-                self.stalls += 1
-                await asyncio.Event().wait()  # until Ollama gives up on this connection
             if cut and faults.cut_after is not None and sent + len(piece) > faults.cut_after:
                 await response.write(piece[: faults.cut_after - sent])
                 self.cuts += 1
                 assert request.transport is not None
                 request.transport.close()
                 return response
+            if faults.stall_at is not None and offset + sent + len(piece) > faults.stall_at:
+                piece = piece[: max(0, faults.stall_at - offset - sent)]
+                await response.write(piece)
+                self.stalls += 1
+                await asyncio.Event().wait()  # until Ollama gives up on this connection
             if faults.corrupt_at is not None and offset + sent <= faults.corrupt_at < (
                 offset + sent + len(piece)
             ):

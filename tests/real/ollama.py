@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Final
@@ -76,6 +75,8 @@ class OllamaServer:
         self.log_path = root / "ollama.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.last_version: str | None = None
+        """What `/api/version` said the last time it answered."""
 
     def _env(self) -> dict[str, str]:
         keep = {"PATH", "LANG", "TMPDIR"}
@@ -116,9 +117,10 @@ class OllamaServer:
         """What `/api/version` says, or None when the server does not answer."""
         try:
             with urllib.request.urlopen(self.url + "/api/version", timeout=5) as response:
-                return str(json.load(response)["version"])
+                self.last_version = str(json.load(response)["version"])
         except (OSError, ValueError, KeyError):
             return None
+        return self.last_version
 
     def tags(self) -> list[dict[str, object]]:
         """`/api/tags`: the models the server holds."""
@@ -134,15 +136,15 @@ class OllamaServer:
         self.process.wait(10)
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL; safe to call twice."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        """SIGTERM, then SIGKILL; safe to call twice. Then no process of it may be left."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        wait_for(lambda: not processes_using(self.models), 10, "no process of ollama serve left")
 
     def logs(self) -> str:
         """The server's log so far."""
@@ -153,12 +155,18 @@ class OllamaServer:
         return sorted((self.models / "blobs").glob("*-partial*"))
 
 
-def pull_direct(url: str, model: str, *, insecure: bool = True, timeout: float = 120) -> list[str]:
-    """`POST /api/pull` from the test itself; every line of the answer (or its error body)."""
-    body = json.dumps({"model": model, "insecure": insecure}).encode()
-    request = urllib.request.Request(url + "/api/pull", data=body, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return [line.decode() for line in response if line.strip()]
-    except urllib.error.HTTPError as exc:
-        return [exc.read().decode()]
+def processes_using(models: Path) -> list[int]:
+    """PIDs of live processes started with `OLLAMA_MODELS=models` (server and its runners)."""
+    marker = f"OLLAMA_MODELS={models}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes()
+            state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and marker in environ.split(b"\0"):
+            found.append(int(proc.name))
+    return found

@@ -56,9 +56,12 @@ def _ms(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
-def summary(exporter: Exporter, model: str) -> dict[str, object]:
-    """The pair's series after its runs, as the scenarios and the differential tests compare."""
-    samples = exporter.scrape()
+def summary(exporter: Exporter, model: str, *, scrape: bool = True) -> dict[str, object]:
+    """The pair's series after its runs, as the scenarios and the differential tests compare.
+
+    `scrape=False` summarises the exporter's latest scrape instead of scraping again.
+    """
+    samples = exporter.scrape() if scrape else exporter._samples
     labels = {"server": SERVER, "model": model}
 
     def value(name: str, **extra: str) -> float | None:
@@ -176,9 +179,9 @@ class Rig:
 
     @property
     def ollama_version(self) -> str:
-        """What the server reports at `/api/version`."""
-        version = self.ollama.version()
-        assert version is not None, "ollama serve does not answer"
+        """What `/api/version` says (or said, once the server has stopped)."""
+        version = self.ollama.version() or self.ollama.last_version
+        assert version is not None, "ollama serve never answered"
         return version
 
 
@@ -195,22 +198,34 @@ def contract_downloaded(transcript: Transcript) -> int:
     """Downloaded bytes by the rule of contract section 3, worked out from the recorded lines.
 
     Per layer: the growth of `completed` from its first line (absent: 0; a first line with
-    `completed == total` counts 0: "already on disk"); a layer the stream moved past counts
-    up to its `total`. Used as the oracle for runs that end in `success`.
+    `completed == total` counts 0: "already on disk"), up to `total` for a layer the stream
+    moved past (a later layer or phase, or `success`), else up to its last `completed`.
+    The oracle the scenarios compare the exporter's counters with.
     """
     first: dict[str, int] = {}
+    last: dict[str, int] = {}
     totals: dict[str, int] = {}
+    passed: set[str] = set()
+    current: str | None = None
     for _, line in transcript.lines:
         value = json.loads(line)
-        digest = value.get("digest") if isinstance(value, dict) else None
-        if not isinstance(digest, str):
+        if not isinstance(value, dict) or "error" in value:
             continue
+        digest = value.get("digest")
+        if not isinstance(digest, str):
+            if current is not None:
+                passed.update(first)
+            continue
+        if current is not None and digest != current:
+            passed.add(current)
+        current = digest
         total = int(value.get("total", 0))
         completed = int(value.get("completed", 0))
         if digest not in first:
             first[digest] = total if total and completed >= total else completed
         totals[digest] = total
-    return sum(totals[d] - first[d] for d in first)
+        last[digest] = max(last.get(digest, 0), completed)
+    return sum((totals[d] if d in passed else min(last[d], totals[d])) - first[d] for d in first)
 
 
 def _request_of(exchange: Exchange) -> dict[str, object]:

@@ -142,6 +142,8 @@ class Tap:
     upstream_port: int
     port: int = field(default_factory=free_port)
     exchanges: list[Exchange] = field(default_factory=list)
+    refused: int = 0
+    """Connections reset because Ollama was not listening (the exporter saw no answer)."""
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
     @property
@@ -157,6 +159,7 @@ class Tap:
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:
+            self.refused += 1
             _reset(writer)
             return
         self._writers.add(writer)
