@@ -138,12 +138,21 @@ def fresh_pull(
     prune: bool | str = False,
     verify: float = 0.0,
     manifest_fetch: float = 0.0,
+    latency_ticks: int | None = None,
+    settle_ticks: int = 0,
 ) -> Scenario:
-    """A first pull: every layer downloaded at `rate`, then verify, write, (prune), success."""
+    """A first pull: every layer downloaded at `rate`, then verify, write, (prune), success.
+
+    Like Ollama 0.17.4 with a registry that answers at once: `latency_ticks=0` (the first
+    tick already carries bytes) and `settle_ticks=SETTLE_TICKS_0_17`.
+    """
     prune_steps = [Prune(prune if isinstance(prune, str) else PRUNE)] if prune else []
     return Scenario(
         Manifest(fetch=manifest_fetch),
-        *(Layer(size, rate=rate) for size in sizes),
+        *(
+            Layer(size, rate=rate, latency_ticks=latency_ticks, settle_ticks=settle_ticks)
+            for size in sizes
+        ),
         Verify(verify),
         Write(),
         *prune_steps,

@@ -187,6 +187,10 @@ class Layer(Step):
     sent. `present` gives one immediate line with `completed == total` instead. `rollback_at`
     (a `completed` value) makes the next tick show `rollback_bytes` fewer bytes, once.
     `stop_after` cuts the layer after that many lines; the next step follows at once.
+    `settle_ticks` lines with `completed == total` follow the last byte, one per tick from the
+    next tick on: Ollama 0.17.4 keeps ticking until the part's 1 s watchdog returns, so every
+    downloaded blob ends with about `SETTLE_TICKS_0_17` such lines (recorded from the real
+    server, `tests/real/transcripts/0.17.4/`).
     """
 
     kind: ClassVar[str] = "layer"
@@ -200,9 +204,11 @@ class Layer(Step):
     digest: str | None = None
     latency_ticks: int | None = None
     stop_after: int | None = None
+    settle_ticks: int = 0
 
     def __post_init__(self) -> None:
         check(self.size > 0, "layer size must be > 0")
+        check(self.settle_ticks >= 0, "settle_ticks must be >= 0")
         check(self.rate is None or self.ticks is None, "give a layer rate or ticks, not both")
         check(self.rate is None or self.rate > 0, "layer rate must be > 0")
         check(self.ticks is None or self.ticks >= 1, "layer ticks must be >= 1")
@@ -252,7 +258,9 @@ class Layer(Step):
         if self.present:
             return (self.size,)
         values, _ = self._schedule()
-        return values if self.stop_after is None else values[: self.stop_after]
+        if self.stop_after is not None:
+            return values[: self.stop_after]
+        return values + (self.size,) * self.settle_ticks
 
     def actions(self, ctx: Context) -> Iterator[Action]:
         digest = ctx.take_digest(self.digest)
@@ -266,7 +274,13 @@ class Layer(Step):
         for value in values:
             yield Wait(TICK)
             yield Emit(progress_line(status, digest, self.size, value))
-        if self.stop_after is None:
+        if self.stop_after is None and self.settle_ticks:
+            yield Wait((math.ceil(done_at) - len(values)) * TICK)
+            yield Emit(progress_line(status, digest, self.size, self.size))
+            for _ in range(self.settle_ticks - 1):
+                yield Wait(TICK)
+                yield Emit(progress_line(status, digest, self.size, self.size))
+        elif self.stop_after is None:
             yield Wait((done_at - len(values)) * TICK)
 
     def layer_views(self, ctx: Context) -> list[LayerView]:
@@ -277,6 +291,8 @@ class Layer(Step):
         if self.present:
             return 0.0
         values, done_at = self._schedule()
+        if self.stop_after is None and self.settle_ticks:
+            return (math.ceil(done_at) + self.settle_ticks - 1) * TICK
         ticks = done_at if self.stop_after is None else min(len(values), self.stop_after)
         return ticks * TICK
 

@@ -6,6 +6,9 @@ import json
 import re
 
 TICK = 0.06
+SETTLE_TICKS_0_17 = 16
+"""Lines at 100% after a blob's last byte in Ollama 0.17.4 (about 1 s of 60 ms ticks: the
+part watchdog returns on its 1 s ticker only), as recorded from the real server."""
 """Seconds between two progress lines of the legacy downloader (`blobDownload.Wait`, §1a)."""
 CLIENT2_TICK = 0.1
 """Seconds between two progress flushes of the client2 path (§1c)."""

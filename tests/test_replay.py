@@ -9,15 +9,28 @@ without needing Ollama.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import TYPE_CHECKING
 
 import pytest
 
-from ollama_sim import Disconnect, HttpError, Raw, Sleep, Stall
+from ollama_sim import (
+    SETTLE_TICKS_0_17,
+    TICK,
+    Disconnect,
+    HttpError,
+    Layer,
+    OllamaSimulator,
+    Raw,
+    Sleep,
+    Stall,
+    fresh_pull,
+)
 from ollama_sim.replay import Transcript, load_transcripts
 from ollama_sim.steps import ScenarioError
 from tests.real.ollama import PINNED_VERSION
-from tests.real.rig import TRANSCRIPTS, replay_summary
+from tests.real.rig import TRANSCRIPTS, exporter_for, replay_summary, summary, wait_runs
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -103,3 +116,56 @@ def test_statuses_collapse_runs_of_one_status() -> None:
         )
     )
     assert transcript.statuses() == ["pulling manifest", "pulling ab", "error: boom"]
+
+
+def _lines_per_layer(lines: list[str]) -> dict[str, tuple[int, int, int]]:
+    """Per digest: (lines, lines at 100%, first `completed`)."""
+    out: dict[str, tuple[int, int, int]] = {}
+    for line in lines:
+        value = json.loads(line)
+        if "digest" not in value:
+            continue
+        n, full, first = out.get(value["digest"], (0, 0, value.get("completed", 0)))
+        out[value["digest"]] = (n + 1, full + (value.get("completed") == value["total"]), first)
+    return out
+
+
+def test_simulated_0_17_fresh_pull_is_shaped_like_the_recording(tmp_path: Path) -> None:
+    """The simulator's `fresh_pull` with the 0.17.4 knobs against the real recording.
+
+    The knobs: the first tick already carries bytes (`latency_ticks=0`), and every blob ends
+    with about 1 s of 100% lines (`settle_ticks`). Given the real first tick as its rate, the
+    simulated pull makes the exporter report exactly what the real one did.
+    """
+    real = RECORDED["fresh"]
+    layers = _lines_per_layer([line for _, line in real.lines])
+    sizes = [json.loads(next(ln for _, ln in real.lines if d in ln))["total"] for d in layers]
+    first_tick = next(iter(layers.values()))[2]
+    scenario = fresh_pull(
+        sizes, rate=first_tick / TICK, latency_ticks=0, settle_ticks=SETTLE_TICKS_0_17
+    )
+    model = str(real.request["model"])
+    body = scenario.expected_body(model).decode().splitlines()
+    simulated = dataclasses.replace(real, lines=tuple((0.0, ln) for ln in body))
+    assert simulated.statuses()[0] == real.statuses()[0] == "pulling manifest"
+    assert simulated.statuses()[-3:] == real.statuses()[-3:]
+    shape = _lines_per_layer(body)
+    assert [v[2] for v in shape.values()] == [v[2] for v in layers.values()]
+    small = [v[1] for v in list(layers.values())[1:]]
+    assert [v[1] for v in list(shape.values())[1:]] == small == [SETTLE_TICKS_0_17] * len(small)
+    sim = OllamaSimulator({model: [scenario]}, time_scale=0.2, version=real.ollama_version)
+    with sim.running() as url, exporter_for(url, model, tmp_path) as exporter:
+        wait_runs(exporter, model, 1, 60)
+        assert summary(exporter, model) == real.expect
+
+
+def test_settle_ticks_end_a_blob_with_full_lines_on_the_tick_grid() -> None:
+    small = Layer(1000, rate=1e6, settle_ticks=3)  # fits in the first tick
+    assert small.wire_values() == (1000, 1000, 1000)
+    assert small.nominal_seconds() == pytest.approx(3 * TICK)
+    big = Layer(250, ticks=2, latency_ticks=0, settle_ticks=2)
+    assert big.wire_values() == (125, 250, 250)
+    assert big.nominal_seconds() == pytest.approx(3 * TICK)
+    assert Layer(250, ticks=2).wire_values() == (0, 125)  # the default: no 100% line
+    with pytest.raises(ScenarioError, match="settle_ticks"):
+        Layer(10, settle_ticks=-1)
