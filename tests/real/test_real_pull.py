@@ -74,6 +74,14 @@ def test_fresh_then_up_to_date_then_moved_tag(rig: Rig) -> None:
     gets = rig.front.blob_gets(big.digest)
     assert len(gets) == 1
     assert gets[0].headers["Range"] == f"bytes=0-{big.size - 1}"
+    assert "Authorization" not in gets[0].headers
+    manifest = next(r for r in rig.front.requests if "/manifests/" in r.path)
+    assert manifest.headers["Accept"] == "application/vnd.docker.distribution.manifest.v2+json"
+    assert manifest.headers["User-Agent"].startswith(f"ollama/{rig.ollama_version} (")
+    shapes = [(r.method, r.host.partition(":")[0]) for r in rig.front.requests[1:]]
+    assert shapes == [("HEAD", "127.0.0.1"), ("GET", "127.0.0.1"), ("GET", "localhost")] * len(
+        model.blobs
+    )
     assert recorded.statuses() == [
         "pulling manifest",
         *(f"pulling {b.digest[7:19]}" for b in model.blobs),
