@@ -15,11 +15,13 @@ from aiohttp import web
 
 from exporter import __version__, signals
 from exporter.config import ConfigError, load_config
+from exporter.fleet import Fleet
 from exporter.logs import FORMATS, LEVEL_NAMES, setup_logging
 from exporter.metrics import build_registry
 from exporter.pull import make_session
 from exporter.runtime import Runtime
 from exporter.scheduler import Scheduler
+from exporter.sharding import Shard, ShardError, resolve_shard
 from exporter.state import ExporterState
 from exporter.store import (
     Store,
@@ -95,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--web.config.file", dest="web_config_file", default=None, help="TLS and basic auth")
     add("--storage.path", dest="storage_path", default=None, help="SQLite file for last results")
+    add(
+        "--shard",
+        default="0",
+        help="schedule only the servers of this shard (0..N-1), or auto: the host name's -<N>",
+    )
+    add(
+        "--total-shards",
+        dest="total_shards",
+        type=int,
+        default=1,
+        help="number of exporters splitting the servers (hashmod of the server name)",
+    )
     add("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -106,13 +120,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     try:
-        return _main(args)
+        shard = Shard() if args.config_check else resolve_shard(args.shard, args.total_shards)
+    except ShardError as exc:
+        print(f"ollama-pull-exporter: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    try:
+        return _main(args, shard)
     except signals.Interrupted as exc:
         print(f"stopped by {exc.name} during start-up", file=sys.stderr)  # noqa: T201
         return 0 if not args.once else 1
 
 
-def _main(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace, shard: Shard) -> int:
     try:
         config = load_config(args.config_file)
     except ConfigError as exc:
@@ -126,7 +145,8 @@ def _main(args: argparse.Namespace) -> int:
             print("\n".join(exc.errors), file=sys.stderr)  # noqa: T201
             return 1
     if args.config_check:
-        print(f"config OK: {len(config.servers)} servers, {config.model_count} models")  # noqa: T201
+        found = f" and {len(config.discovery)} server_discovery entries" if config.discovery else ""
+        print(f"config OK: {len(config.servers)} servers, {config.model_count} models{found}")  # noqa: T201
         return 0
     state = ExporterState()
     writer: StoreWriter | None = None
@@ -145,6 +165,8 @@ def _main(args: argparse.Namespace) -> int:
         enable_lifecycle=args.enable_lifecycle,
         save=writer.save if writer is not None else None,
         save_digest=writer.save_digest if writer is not None else None,
+        fleet=Fleet(shard, state.fleet),
+        stored=stored,
     )
     runtime.apply(config)
     if stored:
@@ -220,6 +242,11 @@ def _serve(
 
 async def _run_once(runtime: Runtime) -> int:
     """Run every pair once and print one line per pair; SIGTERM/SIGINT cancel what is left."""
+    fleet, loaded = runtime.fleet, runtime.loaded
+    if fleet is not None and loaded is not None and loaded.discovery:
+        await fleet.start(loaded, lambda: None)  # one answer of each discovery
+        await fleet.stop()
+        runtime.apply(loaded)
     config, state = runtime.config, runtime.state
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()

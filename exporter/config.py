@@ -14,6 +14,7 @@ import re
 import unicodedata
 import urllib.parse
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import yaml
@@ -79,6 +80,29 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DiscoveryConfig:
+    """One `server_discovery` entry: where servers come from, and the `template` they get.
+
+    Exactly one of `file` and `dns` is set; `template` is a server without name and url.
+    """
+
+    name: str
+    """`ollama_pull_exporter_discovered_servers{discovery=...}`: its `name`, else its index."""
+    template: ServerConfig
+    file: str | None = None
+    """Path of a YAML/JSON list of {name, url}; relative paths are relative to the config."""
+    dns: str | None = None
+    type: str = "SRV"
+    """`A`, `AAAA` or `SRV` (DNS only)."""
+    port: int | None = None
+    """The port of every answer of an A/AAAA lookup."""
+    refresh_interval: float = 30.0
+    nameserver: tuple[str, int] | None = field(default=None, compare=True)
+    """`HOST:PORT` to ask instead of the system's resolver."""
+    scheme: str = "http"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A whole, valid config file."""
 
@@ -86,6 +110,8 @@ class Config:
     servers: tuple[ServerConfig, ...]
     max_concurrent_pulls: int | None = None
     """Pulls at once across all servers; None: no fleet-wide limit."""
+    discovery: tuple[DiscoveryConfig, ...] = ()
+    """`server_discovery` entries; the servers they find join `servers` at run time."""
 
     @property
     def model_count(self) -> int:
@@ -170,7 +196,12 @@ def parse_config(text: str, source: str, environ: Mapping[str, str] | None = Non
     servers = loader.document(root)
     if loader.problems:
         raise ConfigError(loader.messages())
-    return Config(source=source, servers=servers, max_concurrent_pulls=loader.fleet_limit)
+    return Config(
+        source=source,
+        servers=servers,
+        max_concurrent_pulls=loader.fleet_limit,
+        discovery=tuple(loader.discovery),
+    )
 
 
 def _resolve_window(window: object, timezone: object) -> Window | None:
@@ -356,7 +387,13 @@ _SETTINGS: Final[dict[str, Callable[[yaml.Node], object]]] = {
     "window_timezone": _timezone,
 }
 _WINDOW_KEYS: Final = ("window", "window_timezone")
-_TOP_KEYS: Final = ("defaults", "servers", "inventory_interval", "max_concurrent_pulls")
+_TOP_KEYS: Final = (
+    "defaults",
+    "servers",
+    "inventory_interval",
+    "max_concurrent_pulls",
+    "server_discovery",
+)
 _SERVER_KEYS: Final = (
     "name",
     "url",
@@ -366,6 +403,7 @@ _SERVER_KEYS: Final = (
     "inventory_interval",
     *_WINDOW_KEYS,
 )
+_TEMPLATE_KEYS: Final = tuple(key for key in _SERVER_KEYS if key not in {"name", "url"})
 _MODEL_KEYS: Final = ("name", *_SETTINGS)
 
 
@@ -408,6 +446,7 @@ class _Loader(NodeWalker):
         self.environ = environ
         self.fleet_limit: int | None = None
         self.inventory = _Setting(60.0, "1m")
+        self.discovery: list[DiscoveryConfig] = []
 
     def document(self, root: yaml.Node | None) -> tuple[ServerConfig, ...]:
         if root is None or (isinstance(root, yaml.ScalarNode) and not root.value):
@@ -424,6 +463,12 @@ class _Loader(NodeWalker):
             self.inventory = self.interval_setting(node, "inventory_interval")
         if (node := fields.get("defaults")) is not None and scalar(node) is not None:
             self.settings(self.mapping(node, "defaults", _SETTINGS), "defaults", defaults)
+        if (found := fields.get("server_discovery")) is not None:
+            self.discovery = self.server_discovery(found, defaults)
+            if (node := fields.get("servers")) is None or (
+                isinstance(node, yaml.SequenceNode) and not node.value
+            ):
+                return ()  # every server comes from discovery
         if (node := fields.get("servers")) is None:
             self.error(root, "servers", "required key is missing")
             return ()
@@ -463,10 +508,16 @@ class _Loader(NodeWalker):
             message = f"stall_timeout ({stall.text}) must be less than timeout ({timeout.text})"
             self.error(blame.line, blame.path, message)
 
-    def server(self, node: yaml.Node, path: str, defaults: _Level) -> ServerConfig:
-        fields = self.mapping(node, path, _SERVER_KEYS)
+    def server(
+        self, node: yaml.Node, path: str, defaults: _Level, *, template: bool = False
+    ) -> ServerConfig:
+        """A `servers` entry, or (`template`) a discovery template: no name, no url."""
+        keys = _TEMPLATE_KEYS if template else _SERVER_KEYS
+        fields = self.mapping(node, path, keys)
         url = ""
-        if "url" in fields:
+        if template:
+            pass
+        elif "url" in fields:
             url = self.check(fields["url"], f"{path}.url", self.url, "")
         elif isinstance(node, yaml.MappingNode):
             self.error(node, f"{path}.url", "required key is missing")
@@ -602,3 +653,166 @@ class _Loader(NodeWalker):
             window=_resolve_window(values["window"], values["window_timezone"]),
         )
         return ModelConfig(name, settings), name_node, name_path
+
+    # ------------------------------------------------------------------ server_discovery
+
+    def server_discovery(self, node: yaml.Node, defaults: _Level) -> list[DiscoveryConfig]:
+        """The `server_discovery` entries (section "Many machines" of the contract)."""
+        path = "server_discovery"
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            self.error(node, path, f"expected a non-empty list, got {describe(node)}")
+            return []
+        entries: list[DiscoveryConfig] = []
+        first: dict[str, int] = {}
+        for index, item in enumerate(node.value):
+            entry = self.discovery_entry(item, f"{path}[{index}]", str(index), defaults)
+            if entry is None:
+                continue
+            if entry.name in first:
+                where = line_of(item)
+                same = f"same as {path}[{first[entry.name]}]"
+                self.error(
+                    where, f"{path}[{index}].name", f"duplicate name {quote(entry.name)} ({same})"
+                )
+                continue
+            first[entry.name] = index
+            entries.append(entry)
+        return entries
+
+    def discovery_entry(  # noqa: PLR0911 - one return per way an entry can be unusable
+        self, node: yaml.Node, path: str, index: str, defaults: _Level
+    ) -> DiscoveryConfig | None:
+        fields = self.mapping(node, path, _DISCOVERY_KEYS)
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        name = index
+        if "name" in fields:
+            name = self.check(fields["name"], f"{path}.name", _label, index)
+        sources = [key for key in ("file", "dns") if key in fields]
+        if not sources:
+            self.error(node, path, "needs a source: file: PATH or dns: NAME")
+            return None
+        if len(sources) > 1:
+            self.error(fields["dns"], f"{path}.dns", "set only one of file and dns")
+            return None
+        if "template" not in fields:
+            self.error(node, f"{path}.template", "required key is missing")
+            return None
+        template = self.server(fields["template"], f"{path}.template", defaults, template=True)
+        source = sources[0]
+        value = self.check(fields[source], f"{path}.{source}", _label, "")
+        if not value:
+            return None
+        if source == "file":
+            return self.file_entry(fields, path, name, template, value)
+        return self.dns_entry(fields, path, name, template, value)
+
+    def file_entry(
+        self,
+        fields: Mapping[str, yaml.Node],
+        path: str,
+        name: str,
+        template: ServerConfig,
+        file: str,
+    ) -> DiscoveryConfig:
+        for key in ("type", "port", "nameserver", "scheme"):
+            if key in fields:
+                self.error(fields[key], f"{path}.{key}", "only for dns discovery")
+        refresh = 5.0
+        if "refresh_interval" in fields:
+            refresh_path = f"{path}.refresh_interval"
+            refresh = self.check(
+                fields["refresh_interval"], refresh_path, _positive_duration, refresh
+            )
+        resolved = str(Path(self.source).parent / file)  # relative to the config file
+        return DiscoveryConfig(name, template, file=resolved, refresh_interval=refresh)
+
+    def dns_entry(
+        self,
+        fields: Mapping[str, yaml.Node],
+        path: str,
+        name: str,
+        template: ServerConfig,
+        dns_name: str,
+    ) -> DiscoveryConfig | None:
+        if any(char.isspace() for char in dns_name):
+            self.error(fields["dns"], f"{path}.dns", f"invalid DNS name {quote(dns_name)}")
+            return None
+        kind = "SRV"
+        if "type" in fields:
+            kind = self.check(fields["type"], f"{path}.type", _dns_type, "")
+        port: int | None = None
+        if "port" in fields:
+            port = self.check(fields["port"], f"{path}.port", _port, None)
+            if kind == "SRV" and port is not None:
+                self.error(
+                    fields["port"], f"{path}.port", "not for type SRV: the answers carry the port"
+                )
+        elif kind in {"A", "AAAA"}:
+            self.error(fields["dns"], f"{path}.port", f"required key is missing (type {kind})")
+        refresh = 30.0
+        if "refresh_interval" in fields:
+            refresh = self.check(
+                fields["refresh_interval"], f"{path}.refresh_interval", _positive_duration, refresh
+            )
+        nameserver = None
+        if "nameserver" in fields:
+            nameserver = self.check(fields["nameserver"], f"{path}.nameserver", _host_port, None)
+        scheme = "http"
+        if "scheme" in fields:
+            scheme = self.check(fields["scheme"], f"{path}.scheme", _scheme, "http")
+        return DiscoveryConfig(
+            name,
+            template,
+            dns=dns_name.rstrip("."),
+            type=kind or "SRV",
+            port=port,
+            refresh_interval=refresh,
+            nameserver=nameserver,
+            scheme=scheme,
+        )
+
+
+_DISCOVERY_KEYS: Final = (
+    "name",
+    "file",
+    "dns",
+    "type",
+    "port",
+    "refresh_interval",
+    "nameserver",
+    "scheme",
+    "template",
+)
+
+
+def _dns_type(node: yaml.Node) -> str:
+    value = string(node)
+    if value not in {"A", "AAAA", "SRV"}:
+        raise InvalidError(f"expected A, AAAA or SRV, got {quote(value)}")
+    return value
+
+
+def _port(node: yaml.Node) -> int:
+    value = scalar(node)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise InvalidError(f"expected a port number from 1 to 65535, got {describe(node)}")
+    return value
+
+
+def _scheme(node: yaml.Node) -> str:
+    value = string(node)
+    if value not in {"http", "https"}:
+        raise InvalidError(f"expected http or https, got {quote(value)}")
+    return value
+
+
+def _host_port(node: yaml.Node) -> tuple[str, int]:
+    """`HOST:PORT` or `[V6]:PORT`."""
+    value = string(node)
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise InvalidError(f"expected HOST:PORT, got {quote(value)}")
+    return host, int(port)

@@ -477,6 +477,45 @@ def _exporter_families(state: ExporterState) -> Iterator[Metric]:
         "Failed opens and writes of the --storage.path state file (runs go on without it).",
         value=state.storage_failures,
     )
+    yield from _fleet_families(state)
+
+
+def _fleet_families(state: ExporterState) -> Iterator[Metric]:
+    """Sharding and discovery (`--shard`, `server_discovery`): a few series per exporter."""
+    fleet = state.fleet
+    shard_info = GaugeMetricFamily(
+        "ollama_pull_exporter_shard_info",
+        "Always 1; which shard of how many this exporter is (--shard, --total-shards).",
+        labels=("shard", "total_shards"),
+    )
+    shard_info.add_metric([str(fleet.shard), str(fleet.total_shards)], 1)
+    yield shard_info
+    pairs = len(state.pairs)
+    yield GaugeMetricFamily(
+        "ollama_pull_exporter_pairs", "(server, model) pairs this exporter schedules.", value=pairs
+    )
+    configured = fleet.configured_pairs
+    yield GaugeMetricFamily(
+        "ollama_pull_exporter_configured_pairs",
+        "(server, model) pairs in the config and discovery, before sharding.",
+        value=pairs if configured is None else configured,
+    )
+    discovered = GaugeMetricFamily(
+        "ollama_pull_exporter_discovered_servers",
+        "Servers produced by each server_discovery entry (its name, else its index).",
+        labels=("discovery",),
+    )
+    for name, count in fleet.discovered.items():
+        discovered.add_metric([name], count)
+    yield discovered
+    failures = CounterMetricFamily(
+        "ollama_pull_exporter_discovery_failures",
+        "Failed refreshes of each server_discovery entry (the last good list stays).",
+        labels=("discovery",),
+    )
+    for name in fleet.discovered:
+        failures.add_metric([name], fleet.failures.get(name, 0))
+    yield failures
 
 
 # --------------------------------------------------------------------------- fast /metrics

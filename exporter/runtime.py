@@ -25,14 +25,17 @@ from exporter.inventory import Inventory
 from exporter.probe import probe_servers
 from exporter.registry import Checker, make_registry_session
 from exporter.scheduler import Scheduler
+from exporter.store import restore
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Coroutine
+    from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 
     import aiohttp
 
     from exporter.config import ServerConfig
+    from exporter.fleet import Fleet
     from exporter.state import ExporterState, PairState
+    from exporter.store import StoredPair
 
 log = logging.getLogger("exporter")
 
@@ -67,19 +70,39 @@ class Runtime:
     _worker: asyncio.Task[None] | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _hung: list[threading.Thread] = field(default_factory=list)
+    fleet: Fleet | None = None
+    """Discovery and sharding between the file's config and the one in force."""
+    loaded: Config | None = None
+    """The config file as last loaded, before discovery and sharding (`config` is after)."""
+    stored: Mapping[tuple[str, str], StoredPair] | None = None
+    """`--storage.path` contents at start-up, for pairs that join later (discovery)."""
 
     def apply(self, config: Config) -> None:
         """Put `config` in force: pairs, schedule, limits, gauges, probes of new servers."""
+        self.loaded = config
+        if self.fleet is not None:
+            self.fleet.sync(config)
+            config = self.fleet.effective(config)
         known = set(self.state.servers)
+        known_pairs = set(self.state.pairs)
         self.state.sync(config)
         if self.inventory is not None:
             self.inventory.apply(config)
+        if self.stored:
+            joined = {key for key in self.state.pairs if key not in known_pairs}
+            restore(self.state, {key: self.stored[key] for key in joined if key in self.stored})
         if self.scheduler is not None:
             self.scheduler.apply(config)
         self.config = config
         self.state.config_loaded(time.time())
         if self._session is not None:
             self._probe([server for server in config.servers if server.name not in known])
+
+    def rediscovered(self) -> None:
+        """A discovery list changed: apply the loaded config again with the new servers."""
+        if self.loaded is not None:
+            self.apply(self.loaded)
+            log.info("servers rediscovered", extra={"pairs": self.config.model_count})
 
     async def reload(self) -> tuple[str, ...]:
         """Load the config file again; all or nothing. Returns the errors (empty: applied).
@@ -183,6 +206,9 @@ class Runtime:
     async def running(self, session: aiohttp.ClientSession) -> AsyncIterator[None]:
         """Run the schedule of the config in force, probe servers, reload on SIGHUP."""
         loop = asyncio.get_running_loop()
+        if self.fleet is not None and self.loaded is not None:
+            await self.fleet.start(self.loaded, self.rediscovered)  # the first lists, bounded
+            self.apply(self.loaded)
         self._session = session
         registry_session = make_registry_session()
         inventory = self.inventory = Inventory(session, self.state, on_digest=self.save_digest)
@@ -229,6 +255,8 @@ class Runtime:
             self._pending.cancel()
             self._pending = None
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.fleet is not None:
+            await self.fleet.stop()
         await scheduler.stop()
         self.scheduler = None
         self._session = None

@@ -187,6 +187,20 @@ class ServerStatus:
 
 
 @dataclass(slots=True)
+class FleetStatus:
+    """What the shard and discovery gauges read (contract "Many machines")."""
+
+    shard: int = 0
+    total_shards: int = 1
+    configured_pairs: int | None = None
+    """Pairs of the config and discovery before sharding; None: not sharded (= the pairs)."""
+    discovered: dict[str, int] = field(default_factory=dict)
+    """Servers each `server_discovery` entry produced, by entry name."""
+    failures: dict[str, int] = field(default_factory=dict)
+    """Failed refreshes, by entry name (kept across reloads while the entry exists)."""
+
+
+@dataclass(slots=True)
 class ExporterState:
     """All pairs and servers, in config order, plus the exporter's own status."""
 
@@ -201,6 +215,8 @@ class ExporterState:
     config_reload_success_at: float | None = None
     ready: bool = False
     storage_failures: int = 0
+    fleet: FleetStatus = field(default_factory=FleetStatus)
+    """Shard, pairs before sharding, discovery counts."""
     """Failed reads and writes of `--storage.path` (a self-metric; runs are unaffected)."""
 
     def sync(self, config: Config) -> None:

@@ -61,6 +61,7 @@ REQUIRED_ALERTS = {
     "OllamaModelDrift",
     "OllamaModelUpdateAvailable",
     "OllamaInventoryFailing",
+    "OllamaPullExporterShardsIncomplete",
 }
 
 
@@ -81,6 +82,8 @@ def test_required_alerts_exist_with_severity_and_annotations() -> None:
             assert "$labels.model" in text, name
             assert ".Labels.server" in text, name
             assert ".Labels.digest" in text, name
+        elif name == "OllamaPullExporterShardsIncomplete":  # about a job's shards together
+            assert "$labels.job" in text, name
         else:
             assert "$labels.server" in text, name
             assert "$labels.model" in text or ".Labels.model" in text, name

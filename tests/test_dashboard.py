@@ -52,6 +52,14 @@ CONTRACT_METRICS: dict[str, frozenset[str]] = {
     "ollama_pull_exporter_config_last_reload_successful": frozenset(),
     "ollama_pull_exporter_config_last_reload_success_timestamp_seconds": frozenset(),
 }
+# Section 8 (many machines): sharding and discovery, one series set per exporter.
+FLEET_METRICS: dict[str, frozenset[str]] = {
+    "ollama_pull_exporter_shard_info": frozenset({"shard", "total_shards"}),
+    "ollama_pull_exporter_pairs": frozenset(),
+    "ollama_pull_exporter_configured_pairs": frozenset(),
+    "ollama_pull_exporter_discovered_servers": frozenset({"discovery"}),
+    "ollama_pull_exporter_discovery_failures_total": frozenset({"discovery"}),
+}
 # Section 6: what each server holds, drift, updates (the `digest` of model_info, `result`s).
 SECTION_6_METRICS: dict[str, frozenset[str]] = {
     "ollama_pull_model_present": PAIR,
@@ -64,7 +72,7 @@ SECTION_6_METRICS: dict[str, frozenset[str]] = {
     "ollama_pull_inventory_requests_total": frozenset({"server", "result"}),
     "ollama_pull_reused_bytes_total": PAIR,
 }
-ALL_METRICS = CONTRACT_METRICS | SECTION_6_METRICS
+ALL_METRICS = CONTRACT_METRICS | SECTION_6_METRICS | FLEET_METRICS
 HISTOGRAMS = frozenset({"ollama_pull_duration_seconds"})
 REASONS = frozenset(
     {
@@ -332,3 +340,10 @@ def test_metric_list_matches_the_contract_document() -> None:
     section_6 = text[text.index("## 6. What each server holds") : text.index("## 7.")]
     documented = set(re.findall(r"^\| `(ollama_pull_[a-z_]+)` \|", section_6, re.MULTILINE))
     assert documented == set(SECTION_6_METRICS)
+
+
+def test_fleet_metric_list_matches_the_contract_document() -> None:
+    text = CONTRACT_PATH.read_text(encoding="utf-8")
+    section = text[text.index("## 8. Many machines") : text.index("## 9.")]
+    documented = set(re.findall(r"^\| `(ollama_pull_[a-z_]+)` \|", section, re.MULTILINE))
+    assert documented == set(FLEET_METRICS)

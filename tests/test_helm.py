@@ -225,14 +225,19 @@ def test_sidecar_mode_puts_the_exporter_beside_ollama() -> None:
     assert "metrics" in {port["name"] for port in container["ports"]}
 
 
-@pytest.mark.parametrize("values", ["default", "sidecar"])
+@pytest.mark.parametrize("values", ["default", "sharded", "sidecar"])
 def test_the_rendered_config_passes_the_exporters_own_check(values: str, tmp_path: Path) -> None:
     _, docs = _render(values)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(_config(docs)))
     result = run_cli(f"--config.file={config}", "--config.check")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("config OK: 1 servers")
+    want = {
+        "default": "config OK: 1 servers, 1 models",
+        "sharded": "config OK: 0 servers, 0 models and 1 server_discovery entries",
+        "sidecar": "config OK: 1 servers, 2 models",
+    }
+    assert result.stdout.strip() == want[values]
 
 
 def test_rules_and_dashboard_come_from_their_one_source() -> None:

@@ -270,6 +270,11 @@ servers:
   - name: {FLEET[1]}
     url: {fleet_urls[1]}
     models: [{{name: "{checked}", mode: check, insecure: true}}]
+server_discovery:  # an empty list (discovered.yaml): the discovery series exist, nobody joins
+  - name: extra
+    file: discovered.yaml
+    template:
+      models: [fresh:1.5b]
 """
 
 
@@ -283,6 +288,7 @@ def stack(
     simulator = OllamaSimulator(SCENARIOS, time_scale=TIME_SCALE)
     registry = RegistrySimulator()
     fleet = (OllamaSimulator(), OllamaSimulator())
+    (workdir / "discovered.yaml").write_text("[]\n")
     with (
         registry.running(),
         simulator.running() as ollama_url,
