@@ -514,16 +514,7 @@ class _Loader(NodeWalker):
         """A `servers` entry, or (`template`) a discovery template: no name, no url."""
         keys = _TEMPLATE_KEYS if template else _SERVER_KEYS
         fields = self.mapping(node, path, keys)
-        url = ""
-        if template:
-            pass
-        elif "url" in fields:
-            url = self.check(fields["url"], f"{path}.url", self.url, "")
-        elif isinstance(node, yaml.MappingNode):
-            self.error(node, f"{path}.url", "required key is missing")
-        name = _name_from_url(url) if url else ""
-        if "name" in fields:
-            name = self.check(fields["name"], f"{path}.name", _label, "")
+        name, url = ("", "") if template else self.server_identity(node, fields, path)
         headers: tuple[tuple[str, str], ...] = ()
         if "headers" in fields and scalar(fields["headers"]) is not None:
             headers = self.headers(fields["headers"], f"{path}.headers")
@@ -553,6 +544,20 @@ class _Loader(NodeWalker):
             self.error(inventory.line or line_of(node), where, message)
         interval = float(cast("float", inventory.value))
         return ServerConfig(name, url, headers, limit, models, inventory_interval=interval)
+
+    def server_identity(
+        self, node: yaml.Node, fields: Mapping[str, yaml.Node], path: str
+    ) -> tuple[str, str]:
+        """A server's name and url (the name defaults to the url's host:port)."""
+        url = ""
+        if "url" in fields:
+            url = self.check(fields["url"], f"{path}.url", self.url, "")
+        elif isinstance(node, yaml.MappingNode):
+            self.error(node, f"{path}.url", "required key is missing")
+        name = _name_from_url(url) if url else ""
+        if "name" in fields:
+            name = self.check(fields["name"], f"{path}.name", _label, "")
+        return name, url
 
     def url(self, node: yaml.Node) -> str:
         return _check_url(_expand(string(node), self.environ))

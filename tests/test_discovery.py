@@ -115,7 +115,7 @@ server_discovery:
         'c.yaml:4: server_discovery[0].nameserver: expected HOST:PORT, got "resolver"',
         'c.yaml:5: server_discovery[0].scheme: expected http or https, got "ftp"',
         'c.yaml:6: server_discovery[0].refresh_interval: invalid duration 30: a unit is required (e.g. "30s")',
-        "c.yaml:7: server_discovery[0].template.url: unknown key (allowed: headers, max_concurrent_pulls, models)",
+        "c.yaml:7: server_discovery[0].template.url: unknown key (allowed: headers, max_concurrent_pulls, models, inventory_interval, window, window_timezone)",
         "c.yaml:9: server_discovery[1].dns: set only one of file and dns",
         "c.yaml:11: server_discovery[2]: needs a source: file: PATH or dns: NAME",
         "c.yaml:12: server_discovery[3].template: required key is missing",
