@@ -47,7 +47,7 @@ BAD_CONFIGS: dict[str, tuple[str, ...]] = {
     ),
     "unknown-top-level-key": (
         "unknown-top-level-key.yaml:1: global: unknown key "
-        "(allowed: defaults, servers, inventory_interval, max_concurrent_pulls)",
+        "(allowed: defaults, servers, inventory_interval, max_concurrent_pulls, server_discovery)",
     ),
     "unknown-defaults-key": (
         'unknown-defaults-key.yaml:2: defaults.intervall: unknown key (did you mean "interval"?)',
