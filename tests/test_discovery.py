@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from dnslib import QTYPE, RCODE, RR, SRV, A
+from dnslib import AAAA, QTYPE, RCODE, RR, SRV, A
 from dnslib.server import BaseResolver, DNSServer
 
 from exporter.config import ConfigError, parse_config
@@ -434,3 +435,93 @@ server_discovery:
                 "ollama_pull_last_success", lambda v: v == 1, server=name, model="m:1b"
             )
             assert exporter.value("ollama_pull_exporter_discovered_servers", discovery="0") == 1
+
+
+def test_dns_aaaa_answers_are_named_with_brackets(tmp_path: Path) -> None:
+    answers = _Answers()
+    with _dns_server(answers) as (_, dns_port):
+        answers.set(
+            [
+                RR("v6.pulls.test.", QTYPE.AAAA, ttl=1, rdata=AAAA(address))
+                for address in ("::1", "fd00::7")
+            ]
+        )
+        config = f"""\
+defaults: {{interval: 1h, run_on_start: false}}
+server_discovery:
+  - name: v6
+    dns: v6.pulls.test
+    type: AAAA
+    port: 11434
+    scheme: https
+    nameserver: 127.0.0.1:{dns_port}
+    template:
+      models: [m:1b]
+"""
+        with run_exporter(config, tmp_path) as exporter:
+            assert _pairs(exporter) == {
+                ("v6.pulls.test/[::1]:11434", "m:1b"),
+                ("v6.pulls.test/[fd00::7]:11434", "m:1b"),
+            }
+            assert exporter.value("ollama_pull_exporter_discovered_servers", discovery="v6") == 2
+
+
+def test_a_discovered_pair_gets_its_stored_last_run_back_after_a_restart(tmp_path: Path) -> None:
+    sim = OllamaSimulator(unknown=up_to_date([1000]))
+    state = tmp_path / "state" / "state.db"
+    state.parent.mkdir()
+    config = """\
+defaults: {interval: 1h, jitter: 0}
+server_discovery:
+  - file: servers.yaml
+    template:
+      models: [m:1b]
+"""
+    with sim.running() as url:
+        (tmp_path / "servers.yaml").write_text(_servers_file({"found": url}))
+        with run_exporter(config, tmp_path, f"--storage.path={state}") as exporter:
+            ended = exporter.wait_value(
+                "ollama_pull_last_run_timestamp_seconds",
+                lambda v: v > 0,
+                server="found",
+                model="m:1b",
+            )
+        run_on_start_off = config.replace("jitter: 0}", "jitter: 0, run_on_start: false}")
+        with run_exporter(run_on_start_off, tmp_path, f"--storage.path={state}") as exporter:
+            exporter.scrape()
+            assert exporter.value("ollama_pull_runs_total", server="found", model="m:1b") == 0
+            restored = exporter.value(
+                "ollama_pull_last_run_timestamp_seconds", server="found", model="m:1b"
+            )
+            assert restored == ended
+            assert exporter.value("ollama_pull_last_success", server="found", model="m:1b") == 1
+
+
+def test_a_reload_adds_and_removes_discovery_entries(tmp_path: Path) -> None:
+    sim = OllamaSimulator(unknown=up_to_date([1000]))
+    static = """\
+defaults: {interval: 1h, run_on_start: false}
+servers:
+  - {name: static, url: "http://127.0.0.1:1", models: [m:1b]}
+"""
+    with sim.running() as url:
+        (tmp_path / "servers.yaml").write_text(_servers_file({"x": url, "y": url}))
+        with run_exporter(static, tmp_path) as exporter:
+            assert _pairs(exporter) == {("static", "m:1b")}
+            assert (
+                exporter.value("ollama_pull_exporter_discovered_servers", discovery="lab") is None
+            )
+            exporter.config_path.write_text(
+                static
+                + "server_discovery:\n  - {name: lab, file: servers.yaml, template: {models: [m:1b]}}\n"
+            )
+            exporter.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: len(_pairs(exporter)) == 3, 10, "the discovered servers to join")
+            assert exporter.value("ollama_pull_exporter_discovered_servers", discovery="lab") == 2
+            assert exporter.value("ollama_pull_exporter_configured_pairs") == 3
+            exporter.config_path.write_text(static)
+            exporter.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: _pairs(exporter) == {("static", "m:1b")}, 10, "them to leave")
+            assert (
+                exporter.value("ollama_pull_exporter_discovered_servers", discovery="lab") is None
+            )
