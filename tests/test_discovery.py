@@ -377,6 +377,9 @@ server_discovery:
             slow.wait_for(lambda: slow.active.get("m:1b", 0) == 0, 10)
             (record,) = slow.requests
             assert record.outcome == "client_disconnected"  # the stream was closed, not left
+            cancelled = [line for line in exporter.logs().splitlines() if "pull cancelled" in line]
+            assert len(cancelled) == 1, cancelled
+            assert _name(ports["slow"]) in cancelled[0]
             exporter.wait_value(
                 "ollama_pull_last_success",
                 lambda v: v == 1,
