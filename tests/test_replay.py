@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import TYPE_CHECKING
 
 import pytest
@@ -23,9 +24,13 @@ from ollama_sim import (
     Layer,
     OllamaSimulator,
     Raw,
+    Scenario,
     Sleep,
     Stall,
+    error_after_manifest,
     fresh_pull,
+    not_found,
+    up_to_date,
 )
 from ollama_sim.replay import Transcript, load_transcripts
 from ollama_sim.steps import ScenarioError
@@ -33,6 +38,7 @@ from tests.real.ollama import PINNED_VERSION
 from tests.real.rig import TRANSCRIPTS, exporter_for, replay_summary, summary, wait_runs
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 RECORDED = load_transcripts(TRANSCRIPTS / PINNED_VERSION)
@@ -169,3 +175,56 @@ def test_settle_ticks_end_a_blob_with_full_lines_on_the_tick_grid() -> None:
     assert Layer(250, ticks=2).wire_values() == (0, 125)  # the default: no 100% line
     with pytest.raises(ScenarioError, match="settle_ticks"):
         Layer(10, settle_ticks=-1)
+
+
+def _sizes(transcript: Transcript) -> list[int]:
+    """The `total` of each layer of a recording, in order."""
+    sizes: dict[str, int] = {}
+    for _, line in transcript.lines:
+        value = json.loads(line)
+        if "digest" in value:
+            sizes[value["digest"]] = value["total"]
+    return list(sizes.values())
+
+
+def _shape(transcript: Transcript) -> list[str]:
+    """The statuses with layer digests blanked (the simulator makes its digests up)."""
+    out: list[str] = []
+    for status in transcript.statuses():
+        text = re.sub(r"^pulling [0-9a-f]{12}$", "pulling <layer>", status)
+        if not out or out[-1] != text:
+            out.append(text)
+    return out
+
+
+def _last_error(transcript: Transcript) -> str:
+    return str(json.loads(transcript.lines[-1][1])["error"])
+
+
+BUILDERS: dict[str, Callable[[Transcript], Scenario]] = {
+    "uptodate": lambda t: up_to_date(_sizes(t)),
+    "not-found": lambda _: not_found(),
+    "registry-down": lambda t: error_after_manifest(_last_error(t)),
+    "registry-500": lambda t: error_after_manifest(_last_error(t)),
+    "registry-401": lambda t: error_after_manifest(_last_error(t)),
+    "registry-basic-auth": lambda t: error_after_manifest(_last_error(t)),
+    "secure-vs-http": lambda t: error_after_manifest(_last_error(t)),
+    "disk-full": lambda t: error_after_manifest(_last_error(t)),
+    "bad-name": lambda _: not_found(),  # never played: the simulator refuses the name itself
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_simulator_presets_match_the_real_recordings(name: str, tmp_path: Path) -> None:
+    """The simulator's own presets, fed the recorded texts and sizes, report what real Ollama did."""
+    real = RECORDED[name]
+    scenario = BUILDERS[name](real)
+    if name != "bad-name":
+        body = scenario.expected_body(str(real.request["model"])).decode().splitlines()
+        simulated = dataclasses.replace(real, lines=tuple((0.0, ln) for ln in body))
+        assert _shape(simulated) == _shape(real)
+    model = str(real.request["model"])
+    sim = OllamaSimulator({model: [scenario]}, version=real.ollama_version)
+    with sim.running() as url, exporter_for(url, model, tmp_path, insecure=True) as exporter:
+        wait_runs(exporter, model, 1, 60)
+        assert summary(exporter, model) == real.expect
