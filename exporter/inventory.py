@@ -186,7 +186,7 @@ class Inventory:
                 timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
             ) as response:
                 answered = True
-                self._state.server_up[server.name] = 1
+                self._state.server_answered(server.name)
                 if response.status != 200:
                     text = await _read_some(response)
                     raise InventoryFailedError(
@@ -198,7 +198,7 @@ class Inventory:
                 raise InventoryFailedError(
                     InventoryResult.PROTOCOL_ERROR, f"answer cut off: {_describe(exc)}"
                 ) from None
-            self._state.server_up[server.name] = 0
+            self._state.server_unreachable(server.name, _describe(exc))
             raise InventoryFailedError(InventoryResult.OLLAMA_UNREACHABLE, _describe(exc)) from None
         try:
             return parse_tags(body)

@@ -168,7 +168,7 @@ async def _stream(
             headers=dict(server.headers),
             allow_redirects=False,
         ) as response:
-            state.server_up[server.name] = 1
+            state.server_answered(server.name)
             if response.status != 200:
                 return await _http_error(response)
             return await _consume(response, run, clock, on_chunk)
@@ -179,7 +179,7 @@ async def _stream(
         return RunResult(Reason.PROTOCOL_ERROR, f"malformed HTTP response: {exc.message}")
     except (aiohttp.ClientError, OSError) as exc:
         # `_consume` handles everything after the headers, so this is "no response".
-        state.server_up[server.name] = 0
+        state.server_unreachable(server.name, _describe(exc))
         return RunResult(Reason.OLLAMA_UNREACHABLE, _describe(exc))
 
 
