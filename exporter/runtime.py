@@ -2,9 +2,10 @@
 
 `Runtime.apply` is that path: the state's pairs, the scheduler's loops and limits, the
 reload gauges and the server probes all follow a new `Config` in one call (a reload, and
-later discovery, call it the same way). `reload` reads the file off the event loop in a
-thread of its own with a deadline, so a file that blocks (a FIFO, a hung mount) fails the
-reload instead of holding it, and never delays shutdown. Reload requests that arrive while
+later discovery, call it the same way). `reload` reads and checks the file in a child
+process (`exporter.reader`) with a deadline: the event loop only unpickles the answer, and a
+file that blocks (a FIFO, a hung mount) fails the reload instead of holding it, and never
+delays shutdown. Reload requests that arrive while
 one is going are coalesced: a burst of SIGHUPs costs at most one more reload.
 """
 
@@ -13,14 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pickle
 import signal
-import threading
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from exporter import signals
-from exporter.config import Config, ConfigError, load_config
+from exporter.config import Config, ConfigError
 from exporter.inventory import Inventory
 from exporter.probe import probe_servers
 from exporter.registry import Checker, make_registry_session
@@ -40,10 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("exporter")
 
 READ_TIMEOUT: Final = 10.0
-"""Seconds a reload waits for the file to be read and checked (a 1 MiB file takes ~2 s of CPU)."""
-MAX_HUNG_READS: Final = 2
-"""Reads still blocked after their deadline; past this, reloads fail at once (each one
-would leave another thread behind)."""
+"""Seconds a reload waits for the file to be read and checked (a 1 MiB file takes ~2 s of CPU);
+past it the reader is killed and the reload fails."""
 SHUTDOWN_GRACE: Final = 2.5
 """Seconds the scheduler's shutdown may take before the process exits regardless; with the
 HTTP server's own 2 s this keeps every exit within the 5 s of the contract."""
@@ -69,7 +69,6 @@ class Runtime:
     """The next reload, requested and not started yet; later requests share it."""
     _worker: asyncio.Task[None] | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _hung: list[threading.Thread] = field(default_factory=list)
     fleet: Fleet | None = None
     """Discovery and sharding between the file's config and the one in force."""
     loaded: Config | None = None
@@ -148,50 +147,35 @@ class Runtime:
         return ()
 
     async def _read(self) -> Config:
-        """`load_config` in a daemon thread: never the loop, never a thread shutdown waits on."""
-        self._hung = [thread for thread in self._hung if thread.is_alive()]
-        if len(self._hung) >= MAX_HUNG_READS:
-            raise ConfigError(
-                [
-                    (
-                        f"{self.config_path}: earlier reads of the config have not returned"
-                        " (a FIFO or a hung mount?); not starting another one"
-                    ),
-                ]
-            )
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Config] = loop.create_future()
-
-        def settle(config: Config | None, error: BaseException | None) -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(config)  # type: ignore[arg-type]
-
-        def work() -> None:
-            try:
-                config, error = load_config(self.config_path), None
-            except Exception as exc:  # noqa: BLE001 - handed to the loop as the outcome
-                config, error = None, exc
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(settle, config, error)
-
-        thread = threading.Thread(target=work, name="config read", daemon=True)
-        thread.start()
+        """`load_config` in a child process (`exporter.reader`), killed past READ_TIMEOUT."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "exporter.reader",
+            self.config_path,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         try:
-            return await asyncio.wait_for(asyncio.shield(future), READ_TIMEOUT)
+            out, err = await asyncio.wait_for(process.communicate(), READ_TIMEOUT)
         except TimeoutError:
-            self._hung.append(thread)
+            _kill(process)
+            message = f"reading the config took longer than {READ_TIMEOUT:g}s"
             raise ConfigError(
-                [
-                    (
-                        f"{self.config_path}: reading the config took longer than {READ_TIMEOUT:g}s"
-                        " (a FIFO or a hung mount?)"
-                    ),
-                ]
+                [f"{self.config_path}: {message} (a FIFO or a hung mount?)"]
             ) from None
+        except BaseException:
+            _kill(process)
+            raise
+        if process.returncode != 0 or not out:
+            why = err.decode(errors="replace").strip().splitlines()[-1:] or ["no answer"]
+            message = f"checking the config failed (exit {process.returncode}): {why[0][:200]}"
+            raise ConfigError([f"{self.config_path}: {message}"])
+        outcome = pickle.loads(out)  # noqa: S301 - written by our own child process
+        if isinstance(outcome, Config):
+            return outcome
+        raise ConfigError(outcome)
 
     def _spawn(self, coroutine: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(coroutine)
@@ -260,3 +244,10 @@ class Runtime:
         await scheduler.stop()
         self.scheduler = None
         self._session = None
+
+
+def _kill(process: asyncio.subprocess.Process) -> None:
+    """Kill a config reader that is still going; it is reaped in the background."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()

@@ -237,12 +237,22 @@ def test_a_lower_max_concurrent_pulls_holds_for_runs_already_queued(tmp_path: Pa
 
 
 def blocked_on_fifo(pid: int) -> bool:
-    """True while a thread of `pid` waits in open() for the other end of a FIFO (Linux)."""
-    for wchan in Path(f"/proc/{pid}/task").glob("*/wchan"):
-        with contextlib.suppress(OSError):
-            if wchan.read_text() == "wait_for_partner":
-                return True
+    """True while `pid` or a child of it waits in open() for the other end of a FIFO (Linux)."""
+    for process in [pid, *children(pid)]:
+        for wchan in Path(f"/proc/{process}/task").glob("*/wchan"):
+            with contextlib.suppress(OSError):
+                if wchan.read_text() == "wait_for_partner":
+                    return True
     return False
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
 
 
 def feed_fifo(path: Path, text: str) -> threading.Thread:
