@@ -167,6 +167,7 @@ def _main(args: argparse.Namespace, shard: Shard) -> int:
         save_digest=writer.save_digest if writer is not None else None,
         fleet=Fleet(shard, state.fleet),
         stored=stored,
+        exit_on_hang=True,
     )
     runtime.apply(config)
     if stored:

@@ -45,8 +45,9 @@ READ_TIMEOUT: Final = 10.0
 """Seconds a reload waits for the file to be read and checked (a 1 MiB file takes ~2 s of CPU);
 past it the reader is killed and the reload fails."""
 SHUTDOWN_GRACE: Final = 2.5
-"""Seconds the scheduler's shutdown may take before the process exits regardless; with the
-HTTP server's own 2 s this keeps every exit within the 5 s of the contract."""
+"""Seconds the scheduler's shutdown may take before the process exits regardless (when
+`exit_on_hang` is set, as the CLI does); with the HTTP server's own 2 s this keeps every exit
+within the 5 s of the contract."""
 
 
 @dataclass(slots=True)
@@ -64,6 +65,8 @@ class Runtime:
     scheduler: Scheduler | None = None
     inventory: Inventory | None = None
     """The `/api/tags` poller (contract section 6), while the schedule runs."""
+    exit_on_hang: bool = False
+    """End the process if stopping takes longer than SHUTDOWN_GRACE (never in tests in process)."""
     _session: aiohttp.ClientSession | None = None
     _pending: asyncio.Future[tuple[str, ...]] | None = None
     """The next reload, requested and not started yet; later requests share it."""
