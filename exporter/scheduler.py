@@ -16,10 +16,10 @@ import datetime as dt
 import logging
 import math
 import random
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
+from exporter.clock import SYSTEM_CLOCK
 from exporter.limiter import Limiter
 from exporter.pull import run_pull
 from exporter.windows import windowed_start
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     import aiohttp
 
+    from exporter.clock import Clock
     from exporter.config import Config, ModelConfig, PullSettings, ServerConfig
     from exporter.state import ExporterState, PairState, RunResult
 
@@ -41,38 +42,6 @@ FIRST_RUN_SPREAD: Final = 30.0
 """Seconds over which `run_on_start` spreads the first runs (at most; less when
 `jitter * interval` is smaller): a new user sees a pull within a minute, and a restart
 of a big fleet still does not start every pull in the same instant."""
-
-
-class Clock(Protocol):
-    """Where the scheduler reads time and sleeps; tests pass a fake one."""
-
-    def monotonic(self) -> float:
-        """Seconds on a clock that never jumps."""
-        ...
-
-    def time(self) -> float:
-        """Unix time, for the next-run gauge and the log."""
-        ...
-
-    async def sleep(self, seconds: float) -> None:
-        """Return after `seconds` of `monotonic` time."""
-        ...
-
-
-class SystemClock:
-    """The real clock: `time.monotonic`, `time.time`, `asyncio.sleep`."""
-
-    def monotonic(self) -> float:
-        """`time.monotonic()`."""
-        return time.monotonic()
-
-    def time(self) -> float:
-        """`time.time()`."""
-        return time.time()
-
-    async def sleep(self, seconds: float) -> None:
-        """`asyncio.sleep(seconds)`."""
-        await asyncio.sleep(seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +102,7 @@ class Scheduler:
         self._rand = rand
         self._on_finished = on_finished
         """Called with the pair after each finished run (e.g. to persist it)."""
-        self._clock: Clock = clock or SystemClock()
+        self._clock: Clock = clock or SYSTEM_CLOCK
         if run is None:
             if session is None:
                 raise ValueError("a Scheduler needs a session or a run function")
