@@ -1,15 +1,14 @@
 """The inventory poller: `GET /api/tags` per server, every `inventory_interval` and after runs.
 
 One loop task per server with the inventory enabled. It asks once per interval whatever the
-number of models, and once more right after a successful run of one of the server's pairs
-(requests that arrive while one is going are folded into one). A failed request is counted
-and logged, never fails a run, and leaves the last good inventory in place.
+number of models, and once more right after a successful run of one of the server's pairs (a
+second later: runs that end meanwhile, or while a request is going, share that request). A
+failed request is counted and logged, never fails a run, and leaves the last good inventory.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Final
@@ -31,6 +30,10 @@ log = logging.getLogger("exporter.inventory")
 
 REQUEST_TIMEOUT: Final = 30.0
 """Seconds for the whole `/api/tags` request; Ollama answers from a cache in milliseconds."""
+AFTER_RUN_DELAY: Final = 1.0
+"""Seconds between a successful run and the inventory it asks for. Ollama refreshes its model
+list only after it has sent `success`, and a burst of runs ending together (a fleet of pairs
+on one server) is folded into one request."""
 _READ_SIZE: Final = 64 * 1024
 _DETAIL_LIMIT: Final = 300
 
@@ -172,8 +175,11 @@ class Inventory:
                 await self.poll(server)
             except Exception:  # a bug must not end the loop: log it, try again next time
                 log.exception("inventory poll crashed", extra={"server": server.name})
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(wake.wait(), server.inventory_interval)
+            except TimeoutError:
+                continue
+            await asyncio.sleep(AFTER_RUN_DELAY)
 
     async def _request(self, server: ServerConfig) -> dict[str, Held]:
         """`GET /api/tags`, read with a size cap and parsed; raises InventoryFailedError."""
