@@ -71,6 +71,8 @@ class Fleet:
     concurrency: int
     mode: str = "stream"
     pull_seconds: float = 30.0
+    inventory_interval: str = "1m"
+    """The exporter's `inventory_interval` (`0s`: no `/api/tags` requests at all)."""
 
 
 def models_per_server(fleet: Fleet) -> list[int]:
@@ -87,7 +89,8 @@ def limits_per_server(fleet: Fleet) -> list[int]:
 
 def exporter_config(fleet: Fleet, urls: list[str]) -> str:
     """The exporter's YAML config: every pair starts at once (no jitter) and runs once."""
-    lines = ["defaults:", "  interval: 24h", "  jitter: 0", "  timeout: 2h", "servers:"]
+    lines = [f"inventory_interval: {fleet.inventory_interval}"]
+    lines += ["defaults:", "  interval: 24h", "  jitter: 0", "  timeout: 2h", "servers:"]
     counts, limits = models_per_server(fleet), limits_per_server(fleet)
     for index, (url, count, limit) in enumerate(zip(urls, counts, limits, strict=True)):
         lines += [
@@ -458,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
         "--scrape-intervals", default="15,1", help="seconds, comma-separated, one scraper each"
     )
     parser.add_argument("--rounds", type=int, default=5, help="fresh runs, summarised")
+    parser.add_argument(
+        "--inventory-interval", default="1m", help="the exporter's inventory_interval (0s: off)"
+    )
     parser.add_argument("--json", help="write the full report here")
     args = parser.parse_args(argv)
     fleet = Fleet(
@@ -465,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         args.servers,
         args.concurrency,
         pull_seconds=args.pull_seconds,
+        inventory_interval=args.inventory_interval,
     )
     intervals = tuple(float(x) for x in args.scrape_intervals.split(",") if x)
     rounds = []

@@ -82,6 +82,9 @@ async def serve(args: argparse.Namespace) -> None:
         OllamaSimulator(scenarios(args.mode, args.models, args.pull_seconds, args.spread))
         for _ in range(args.servers)
     ]
+    for sim in sims:  # every model already on disk: each /api/tags answer lists them all
+        for index in range(args.models):
+            sim.hold(model_name(index), size=BIG_LAYER)
     urls = [await sim.start("127.0.0.1", 0) for sim in sims]
     print(json.dumps({"urls": urls}), flush=True)
     stop = asyncio.Event()

@@ -54,6 +54,8 @@ class PairHolding:
     """Registry checks by result; None unless the pair is in `check` mode."""
     registry_digest: str | None = None
     """The tag's manifest digest at the registry, from the last successful check."""
+    registry_rewritten: str | None = None
+    """The same manifest's digest as Ollama before 0.19 stores it (re-encoded)."""
 
     def observe(self, held: Held | None, now: float) -> bool:
         """Fold in one inventory observation; returns True when it is a change."""
@@ -82,21 +84,27 @@ class PairHolding:
             self.checks = dict.fromkeys(CheckResult, 0)
         elif not checking:
             self.checks = None
-            self.registry_digest = None
+            self.registry_digest = self.registry_rewritten = None
 
-    def checked(self, result: CheckResult, digest: str | None = None) -> None:
-        """One registry check ended with `result` (and the tag's digest when `ok`)."""
+    def checked(
+        self, result: CheckResult, digest: str | None = None, rewritten: str | None = None
+    ) -> None:
+        """One registry check ended with `result` (and the tag's digests when `ok`)."""
         if self.checks is not None:
             self.checks[result] += 1
         if digest is not None:
-            self.registry_digest = digest
+            self.registry_digest, self.registry_rewritten = digest, rewritten
 
     @property
     def update_available(self) -> int | None:
         """1 when the registry's digest differs from the held one (or none is held), else 0."""
         if self.checks is None or self.registry_digest is None or self.present is None:
             return None
-        return 0 if self.present and self.digest == self.registry_digest else 1
+        current = self.digest is not None and self.digest in {
+            self.registry_digest,
+            self.registry_rewritten,
+        }
+        return 0 if self.present and current else 1
 
 
 @dataclass(slots=True)

@@ -14,6 +14,7 @@ exception. The digest is the `Docker-Content-Digest` header, which must match th
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import time
@@ -89,6 +90,8 @@ class Outcome:
     result: CheckResult
     digest: str | None = None
     detail: str = ""
+    rewritten: str | None = None
+    """The digest of the manifest as Ollama before 0.19 rewrites it (see `ollama_rewrite`)."""
 
 
 class _CheckFailedError(Exception):
@@ -102,8 +105,18 @@ class _Token(msgspec.Struct, frozen=True):
     access_token: str = ""
 
 
+class _Descriptor(msgspec.Struct, frozen=True):
+    mediaType: str = ""  # noqa: N815 - the JSON key
+    digest: str = ""
+    size: int = 0
+    # `from` is a Python keyword: Ollama's own manifests carry it for local layers only.
+
+
 class _Manifest(msgspec.Struct, frozen=True):
     schemaVersion: int  # noqa: N815 - the JSON key
+    mediaType: str = ""  # noqa: N815
+    config: _Descriptor = _Descriptor()
+    layers: list[_Descriptor] = []
 
 
 _token_decoder: Final = msgspec.json.Decoder(_Token)
@@ -134,7 +147,7 @@ class Checker:
             outcome = await self.fetch(reference, insecure=model.settings.insecure)
         except ValueError as exc:
             outcome = Outcome(CheckResult.ERROR, detail=str(exc))
-        pair.holding.checked(outcome.result, outcome.digest)
+        pair.holding.checked(outcome.result, outcome.digest, outcome.rewritten)
         fields: dict[str, object] = {
             "server": server.name,
             "model": model.name,
@@ -226,14 +239,40 @@ def _manifest_outcome(status: int, headers: CIMultiDictProxy[str], body: bytes) 
             _STATUS_RESULTS.get(status, CheckResult.ERROR), detail=f"HTTP {status}: {text}"
         )
     try:
-        _manifest_decoder.decode(body)
+        manifest = _manifest_decoder.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         return Outcome(CheckResult.ERROR, detail=f"the manifest is not a manifest: {exc}")
     computed = hashlib.sha256(body).hexdigest()
     problem = _digest_problem(headers.get("Docker-Content-Digest", ""), computed)
     if problem is not None:
         return Outcome(CheckResult.ERROR, detail=problem)
-    return Outcome(CheckResult.OK, digest=computed)
+    rewritten = hashlib.sha256(ollama_rewrite(manifest)).hexdigest()
+    return Outcome(CheckResult.OK, digest=computed, rewritten=rewritten)
+
+
+def ollama_rewrite(manifest: _Manifest) -> bytes:
+    """The manifest as Ollama before 0.19 stores it: decoded, then `json.Marshal`led again.
+
+    Those releases write that re-encoding (compact, their struct's field order) instead of the
+    registry's bytes, so `/api/tags` reports its digest; a held copy at either digest is current.
+    """
+    doc = {
+        "schemaVersion": manifest.schemaVersion,
+        "mediaType": manifest.mediaType,
+        "config": _descriptor(manifest.config),
+        "layers": [_descriptor(layer) for layer in manifest.layers],
+    }
+    text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    return text.translate(_GO_ESCAPES).encode()
+
+
+def _descriptor(descriptor: _Descriptor) -> dict[str, object]:
+    return {"mediaType": descriptor.mediaType, "digest": descriptor.digest, "size": descriptor.size}
+
+
+_GO_ESCAPES: Final = str.maketrans(
+    {"&": "\\u0026", "<": "\\u003c", ">": "\\u003e", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
 
 
 def _digest_problem(header: str, computed: str) -> str | None:

@@ -16,10 +16,17 @@ from typing import TYPE_CHECKING
 import aiohttp
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from exporter.config import ModelConfig, PullSettings, ServerConfig
 from exporter.holdings import CheckResult
-from exporter.registry import Checker, Reference, make_registry_session, parse_reference
+from exporter.registry import (
+    Checker,
+    Reference,
+    _manifest_outcome,
+    make_registry_session,
+    parse_reference,
+)
 from exporter.state import PairState
 from ollama_sim import MANIFEST_V2, CannedAnswer, RegistrySimulator
 from tests.harness import free_port
@@ -237,3 +244,22 @@ def _serve(handler: Callable[[web.Request], Awaitable[web.Response]]) -> Iterato
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+def test_the_manifest_as_old_ollama_rewrites_it() -> None:
+    # What Ollama before 0.19 stores (json.Marshal of its Manifest struct): compact, its
+    # field order, HTML characters escaped; what a registry serves may be spaced and ordered
+    # differently. Both digests count as the tag's.
+    served = (
+        b'{"layers": [{"size": 5, "digest": "sha256:aa", "mediaType": "m<1>"}], '
+        b'"schemaVersion": 2, "config": {"mediaType": "c", "digest": "sha256:bb", "size": 2}, '
+        b'"mediaType": "application/vnd.docker.distribution.manifest.v2+json"}'
+    )
+    expected = (
+        b'{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json",'
+        b'"config":{"mediaType":"c","digest":"sha256:bb","size":2},'
+        b'"layers":[{"mediaType":"m\\u003c1\\u003e","digest":"sha256:aa","size":5}]}'
+    )
+    outcome = _manifest_outcome(200, CIMultiDictProxy(CIMultiDict()), served)
+    assert outcome.digest == hashlib.sha256(served).hexdigest()
+    assert outcome.rewritten == hashlib.sha256(expected).hexdigest()
