@@ -7,10 +7,12 @@ it makes it 0 again and counts one change; two servers at different versions sho
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from typing import TYPE_CHECKING
 
 from tests.harness import Exporter, run_exporter
-from tests.real.ollama import OllamaServer, ollama_binary, pull_direct
+from tests.real.ollama import OllamaServer, ollama_binary
 from tests.real.registry import MODEL, Blob, Model, filler
 
 if TYPE_CHECKING:
@@ -34,8 +36,12 @@ def _config(model: str, servers: dict[str, str]) -> str:
 
 
 def _pulled(url: str, model: str) -> None:
-    lines = pull_direct(url, model)
-    assert lines[-1].strip() == '{"status":"success"}', lines[-3:]
+    """`POST /api/pull` from the test itself (an operator's pull), to its `success`."""
+    body = json.dumps({"model": model, "insecure": True}).encode()
+    request = urllib.request.Request(url + "/api/pull", data=body, method="POST")
+    with urllib.request.urlopen(request, timeout=120) as response:
+        lines = response.read().decode().splitlines()
+    assert lines[-1] == '{"status":"success"}', lines[-3:]
 
 
 def _digests(exporter: Exporter, model: str) -> dict[str, str]:
