@@ -31,12 +31,14 @@ _DOWNLOAD: Final = Phase.DOWNLOAD
 class Layer:
     """A distinct digest seen in this run."""
 
-    __slots__ = ("completed", "done", "total")
+    __slots__ = ("completed", "done", "maybe_cached", "total")
 
     def __init__(self, total: int, completed: int) -> None:
         self.total = total
         self.completed = completed
         self.done = False
+        self.maybe_cached = False
+        """First seen complete: on disk already, unless another line for it follows."""
 
 
 _NO_LAYER: Final = Layer(0, 0)
@@ -56,6 +58,7 @@ class RunProgress:
         "_last_digest",
         "_last_layer",
         "_layers",
+        "_maybe_cached",
         "completed_bytes",
         "downloaded_bytes",
         "expected_bytes",
@@ -81,8 +84,10 @@ class RunProgress:
         self.layers_completed = 0
         self.regressions = 0
         self.reused_bytes = 0
-        """Bytes of layers first seen complete (`completed == total`): already on disk."""
+        """Bytes of layers that were already on disk: first seen complete and never again."""
         self._layers: dict[str, Layer] = {}
+        self._maybe_cached: list[Layer] = []
+        """Layers first seen complete whose fate (cached or fetched within one tick) is open."""
         self._current: Layer | None = None
         self._last_digest: str | None = None
         self._last_layer = _NO_LAYER
@@ -135,6 +140,8 @@ class RunProgress:
                 layer = self._last_layer = found
                 self._last_digest = digest
             if layer.done:
+                if layer.maybe_cached:
+                    self._fetched_after_all(layer, now)
                 continue
             new_total = line.total
             if new_total is not None and new_total != layer.total:
@@ -157,6 +164,7 @@ class RunProgress:
         """Close the last phase; a success means every layer made it to disk."""
         if succeeded:
             self._complete_open_layers()
+        self._settle_cached()
         self.phase_durations[self.phase] += now - self.phase_started_at
         self.phase_started_at = now
 
@@ -172,6 +180,7 @@ class RunProgress:
         if isinstance(event, PhaseStarted):
             if event.phase is not self.phase:
                 self._complete_open_layers()
+                self._settle_cached()
                 self._enter(event.phase, now)
             return None
         if isinstance(event, RunEnded):
@@ -195,7 +204,27 @@ class RunProgress:
         if total and completed >= total:
             self._mark_done(layer)
             if completed == total:
-                self.reused_bytes += total
+                layer.maybe_cached = True
+                self._maybe_cached.append(layer)
+
+    def _fetched_after_all(self, layer: Layer, now: float) -> None:
+        """A second line for a layer first seen complete: it was downloaded in this run.
+
+        Ollama sends exactly one line for a blob it already has, but after a download it
+        keeps sending 100% lines (0.17.4: about 1 s of them), so a blob that arrived within
+        the first 60 ms tick also starts at `completed == total`. Its bytes count now.
+        """
+        layer.maybe_cached = False
+        self.downloaded_bytes += layer.total
+        self.last_progress_at = now
+
+    def _settle_cached(self) -> None:
+        """The download phase is over: layers first seen complete and never again were on disk."""
+        for layer in self._maybe_cached:
+            if layer.maybe_cached:
+                layer.maybe_cached = False
+                self.reused_bytes += layer.total
+        self._maybe_cached.clear()
 
     def _retotal(self, layer: Layer, new_total: int) -> None:
         """A layer's `total` changed: its size is its latest `total`."""

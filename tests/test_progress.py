@@ -82,6 +82,32 @@ def test_up_to_date_pull_downloads_nothing() -> None:
     assert (run.layers, run.layers_completed) == (2, 2)
 
 
+def test_layer_first_seen_complete_is_reused_only_if_no_other_line_follows() -> None:
+    # Ollama 0.17.4: one line for a blob it has; a blob fetched within the first 60 ms tick
+    # also starts at 100%, then ~1 s of 100% lines follow it.
+    lines = [
+        (0.0, status("pulling manifest")),
+        (0.1, layer(A, 1000, 1000)),  # on disk: one line only
+        (0.2, layer(B, 20, 20)),  # fetched within the first tick
+        (0.3, layer(B, 20, 20)),
+        (0.4, layer(B, 20, 20)),
+    ]
+    run = RunProgress(0.0)
+    for at, line in lines:
+        run.apply(line, at)
+    assert (run.downloaded_bytes, run.reused_bytes) == (20, 0)  # counted live, reuse still open
+    run.apply(status("verifying sha256 digest"), 0.5)
+    assert (run.downloaded_bytes, run.reused_bytes) == (20, 1000)
+    run.finish(0.6, succeeded=True)
+    assert (run.downloaded_bytes, run.reused_bytes) == (20, 1000)
+    assert (run.completed_bytes, run.layers_completed) == (1020, 2)
+
+
+def test_reuse_of_a_run_that_ends_in_the_download_phase_is_settled_at_the_end() -> None:
+    run = feed([(0.1, layer(A, 1000, 1000))], end=0.2, succeeded=False)
+    assert (run.downloaded_bytes, run.reused_bytes) == (0, 1000)
+
+
 def test_resumed_layer_counts_from_where_it_resumed() -> None:
     run = feed(
         [

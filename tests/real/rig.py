@@ -198,10 +198,12 @@ def contract_downloaded(transcript: Transcript) -> int:
     """Downloaded bytes by the rule of contract section 3, worked out from the recorded lines.
 
     Per layer: the growth of `completed` from its first line (absent: 0; a first line with
-    `completed == total` counts 0: "already on disk"), up to `total` for a layer the stream
-    moved past (a later layer or phase, or `success`), else up to its last `completed`.
-    The oracle the scenarios compare the exporter's counters with.
+    `completed == total` counts 0, "already on disk", unless another line for that layer
+    follows: Ollama sends one line for a blob it has and many 100% lines after fetching one),
+    up to `total` for a layer the stream moved past (a later layer or phase, or `success`),
+    else up to its last `completed`. The oracle the scenarios compare the exporter's counters with.
     """
+    seen: dict[str, int] = {}
     first: dict[str, int] = {}
     last: dict[str, int] = {}
     totals: dict[str, int] = {}
@@ -221,8 +223,11 @@ def contract_downloaded(transcript: Transcript) -> int:
         current = digest
         total = int(value.get("total", 0))
         completed = int(value.get("completed", 0))
+        seen[digest] = seen.get(digest, 0) + 1
         if digest not in first:
             first[digest] = total if total and completed >= total else completed
+        elif seen[digest] == 2 and total and first[digest] == total:
+            first[digest] = 0  # fetched within the first tick, not on disk
         totals[digest] = total
         last[digest] = max(last.get(digest, 0), completed)
     return sum((totals[d] if d in passed else min(last[d], totals[d])) - first[d] for d in first)
