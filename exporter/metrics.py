@@ -1,35 +1,27 @@
-"""The only module that names metrics: a Collector over `ExporterState`.
+"""The only module that names metrics: the metric table and a Collector over `ExporterState`.
 
-Each scrape builds fresh families from in-memory state (the client_python
-"custom collector" pattern), so series of removed pairs vanish by themselves,
-`_created` series never appear, and `collect()` does no I/O and takes no locks.
-
-`/metrics` itself is served by `make_metrics_handler` from `Exposition`, which writes
-the same bytes as prometheus_client but re-renders only the series whose values
-changed since the last scrape (see docs/performance.md).
+`PAIR_FAMILIES` says, for each per-(server, model) family, its name, type, help and how to
+read its values from a `PairState`; `exporter_families` builds the per-server and
+exporter-wide ones. Both `PullCollector` (the prometheus_client "custom collector": fresh
+families from in-memory state on each scrape, so series of removed pairs vanish, `_created`
+series never appear, and `collect()` does no I/O) and the cached renderer behind `/metrics`
+(`exporter.exposition`) read this table, so they cannot disagree. Adding a family is one
+`Family(...)` row here (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from aiohttp import hdrs, web
-from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import choose_encoder, generate_latest, gzip_accepted
-from prometheus_client.openmetrics import exposition as om
-from prometheus_client.openmetrics.exposition import generate_latest as om_generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
-from prometheus_client.utils import floatToGoString, parse_version
 
 from exporter import __version__
 from exporter.holdings import CheckResult, InventoryResult
@@ -39,15 +31,10 @@ from exporter.state import DURATION_BUCKETS
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
 
-    from aiohttp.typedefs import Handler
-
-    _Encoder = Callable[[Collector], bytes]
-    """A prometheus_client encoder: `generate_latest` or its OpenMetrics twin, maybe partial."""
-
     from exporter.progress import RunProgress
     from exporter.state import ExporterState, LastRun, PairState
 
-_PAIR = ("server", "model")
+PAIR_LABELS = ("server", "model")
 _ALL_PHASES = tuple(Phase)
 _REASONS = tuple(Reason)
 _BUCKET_BOUNDS = (*(repr(b) for b in DURATION_BUCKETS), "+Inf")
@@ -61,28 +48,30 @@ class PullCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Yield every family; called by the registry on each scrape."""
-        yield from _pair_families(self._state.pairs.values())
-        yield from _exporter_families(self._state)
+        yield from pair_families(self._state.pairs.values())
+        yield from exporter_families(self._state)
 
 
 # --------------------------------------------------------------------------- per-pair series
 #
 # One table says which value of a pair goes into which family. The collector above and
-# the cached renderer below (`Exposition`) both read it, so they cannot disagree.
+# the cached renderer (`exporter.exposition`) both read it. To add a per-pair family, write
+# its values function (a tuple of floats, one per `extra` label value, or None for "no
+# series") and add a `Family` row to `PAIR_FAMILIES`; nothing else changes.
 
-_Values = tuple[float, ...] | None
+Values = tuple[float, ...] | None
 """A pair's values for one family, one per `extra` label value (None: no series)."""
 
 
 @dataclass(frozen=True, slots=True)
-class _Family:
+class Family:
     """One per-pair family: name (counters without `_total`), type, help, values."""
 
     name: str
     kind: str
     """`counter`, `gauge` or `histogram`."""
     help: str
-    values: Callable[[PairState], _Values]
+    values: Callable[[PairState], Values]
     extra: tuple[str, tuple[str, ...]] | None = None
     """A third label and its values, in order (`reason`, `phase`)."""
 
@@ -93,27 +82,27 @@ def _source(pair: PairState) -> RunProgress | LastRun | None:
     return run if run is not None else pair.last
 
 
-def _runs(pair: PairState) -> _Values:
+def _runs(pair: PairState) -> Values:
     return (pair.runs_total,)
 
 
-def _failures(pair: PairState) -> _Values:
+def _failures(pair: PairState) -> Values:
     return tuple(map(pair.failures.__getitem__, _REASONS))
 
 
-def _downloaded(pair: PairState) -> _Values:
+def _downloaded(pair: PairState) -> Values:
     return (pair.downloaded_total,)
 
 
-def _regressions(pair: PairState) -> _Values:
+def _regressions(pair: PairState) -> Values:
     return (pair.regressions_total,)
 
 
-def _skipped(pair: PairState) -> _Values:
+def _skipped(pair: PairState) -> Values:
     return (pair.skipped_total,)
 
 
-def _in_progress(pair: PairState) -> _Values:
+def _in_progress(pair: PairState) -> Values:
     return (0 if pair.current is None else 1,)
 
 
@@ -122,100 +111,100 @@ _ONE_HOT: Final = {
 }
 
 
-def _phase(pair: PairState) -> _Values:
+def _phase(pair: PairState) -> Values:
     return _ONE_HOT[pair.phase]
 
 
-def _completed_bytes(pair: PairState) -> _Values:
+def _completed_bytes(pair: PairState) -> Values:
     source = _source(pair)
     return (source.completed_bytes if source else 0,)
 
 
-def _expected_bytes(pair: PairState) -> _Values:
+def _expected_bytes(pair: PairState) -> Values:
     source = _source(pair)
     return (source.expected_bytes if source else 0,)
 
 
-def _layers(pair: PairState) -> _Values:
+def _layers(pair: PairState) -> Values:
     source = _source(pair)
     return (source.layers if source else 0,)
 
 
-def _layers_completed(pair: PairState) -> _Values:
+def _layers_completed(pair: PairState) -> Values:
     source = _source(pair)
     return (source.layers_completed if source else 0,)
 
 
-def _last_success(pair: PairState) -> _Values:
+def _last_success(pair: PairState) -> Values:
     last = pair.last
     return None if last is None else (1 if last.success else 0,)
 
 
-def _last_run_ts(pair: PairState) -> _Values:
+def _last_run_ts(pair: PairState) -> Values:
     last = pair.last
     return None if last is None else (last.ended_at,)
 
 
-def _last_success_ts(pair: PairState) -> _Values:
+def _last_success_ts(pair: PairState) -> Values:
     at = pair.last_success_at
     return None if at is None else (at,)
 
 
-def _last_duration(pair: PairState) -> _Values:
+def _last_duration(pair: PairState) -> Values:
     last = pair.last
     return None if last is None else (last.duration,)
 
 
-def _last_phase_duration(pair: PairState) -> _Values:
+def _last_phase_duration(pair: PairState) -> Values:
     last = pair.last
     return None if last is None else tuple(map(last.phase_durations.__getitem__, RUN_PHASES))
 
 
-def _last_downloaded(pair: PairState) -> _Values:
+def _last_downloaded(pair: PairState) -> Values:
     last = pair.last
     return None if last is None else (last.downloaded_bytes,)
 
 
-def _duration(pair: PairState) -> _Values:
+def _duration(pair: PairState) -> Values:
     """Bucket counts (not cumulative) then the sum; the family cumulates them."""
     durations = pair.durations
     return (*durations.counts, durations.total)
 
 
-def _next_run(pair: PairState) -> _Values:
+def _next_run(pair: PairState) -> Values:
     at = pair.next_run_at
     return None if at is None else (at,)
 
 
-def _interval(pair: PairState) -> _Values:
+def _interval(pair: PairState) -> Values:
     return (pair.interval,)
 
 
-def _reused(pair: PairState) -> _Values:
+def _reused(pair: PairState) -> Values:
     return (pair.reused_total,)
 
 
-def _present(pair: PairState) -> _Values:
+def _present(pair: PairState) -> Values:
     present = pair.holding.present
     return None if present is None else (1 if present else 0,)
 
 
-def _size(pair: PairState) -> _Values:
+def _size(pair: PairState) -> Values:
     size = pair.holding.size
     return None if size is None else (size,)
 
 
-def _changes(pair: PairState) -> _Values:
+def _changes(pair: PairState) -> Values:
     holding = pair.holding
     return (holding.changes_total,) if holding.tracked else None
 
 
-def _last_change(pair: PairState) -> _Values:
+def _last_change(pair: PairState) -> Values:
     at = pair.holding.last_change_at
     return None if at is None else (at,)
 
 
-def _update_available(pair: PairState) -> _Values:
+def _update_available(pair: PairState) -> Values:
     update = pair.holding.update_available
     return None if update is None else (update,)
 
@@ -223,147 +212,147 @@ def _update_available(pair: PairState) -> _Values:
 _CHECK_RESULTS: Final = tuple(CheckResult)
 
 
-def _registry_checks(pair: PairState) -> _Values:
+def _registry_checks(pair: PairState) -> Values:
     checks = pair.holding.checks
     return None if checks is None else tuple(map(checks.__getitem__, _CHECK_RESULTS))
 
 
-_PAIR_FAMILIES: Final = (
-    _Family("ollama_pull_runs", "counter", "Pull runs started.", _runs),
-    _Family(
+PAIR_FAMILIES: Final = (
+    Family("ollama_pull_runs", "counter", "Pull runs started.", _runs),
+    Family(
         "ollama_pull_failures",
         "counter",
         "Failed pull runs, by reason.",
         _failures,
         ("reason", tuple(reason.value for reason in _REASONS)),
     ),
-    _Family(
+    Family(
         "ollama_pull_downloaded_bytes",
         "counter",
         "Bytes downloaded by pulls, increased live while a run streams.",
         _downloaded,
     ),
-    _Family(
+    Family(
         "ollama_pull_progress_regressions",
         "counter",
         "Times a layer's completed bytes went backwards (Ollama rolled back a part).",
         _regressions,
     ),
-    _Family(
+    Family(
         "ollama_pull_skipped",
         "counter",
         "Scheduled starts skipped because the previous run was still going.",
         _skipped,
     ),
-    _Family("ollama_pull_in_progress", "gauge", "1 while a pull run is going.", _in_progress),
-    _Family(
+    Family("ollama_pull_in_progress", "gauge", "1 while a pull run is going.", _in_progress),
+    Family(
         "ollama_pull_phase",
         "gauge",
         "1 for the current phase of the pair, 0 for the others.",
         _phase,
         ("phase", tuple(each.value for each in _ALL_PHASES)),
     ),
-    _Family(
+    Family(
         "ollama_pull_completed_bytes",
         "gauge",
         "Bytes completed, summed over layers, of the current or last run.",
         _completed_bytes,
     ),
-    _Family(
+    Family(
         "ollama_pull_expected_bytes",
         "gauge",
         "Sum of the layer sizes seen in the current or last run.",
         _expected_bytes,
     ),
-    _Family("ollama_pull_layers", "gauge", "Layers seen in the current or last run.", _layers),
-    _Family(
+    Family("ollama_pull_layers", "gauge", "Layers seen in the current or last run.", _layers),
+    Family(
         "ollama_pull_layers_completed",
         "gauge",
         "Layers completed in the current or last run.",
         _layers_completed,
     ),
-    _Family(
+    Family(
         "ollama_pull_last_success", "gauge", "1 if the last finished run succeeded.", _last_success
     ),
-    _Family(
+    Family(
         "ollama_pull_last_run_timestamp_seconds",
         "gauge",
         "When the last finished run ended (Unix time).",
         _last_run_ts,
     ),
-    _Family(
+    Family(
         "ollama_pull_last_success_timestamp_seconds",
         "gauge",
         "When the last successful run ended (Unix time).",
         _last_success_ts,
     ),
-    _Family(
+    Family(
         "ollama_pull_last_duration_seconds",
         "gauge",
         "Wall time of the last finished run.",
         _last_duration,
     ),
-    _Family(
+    Family(
         "ollama_pull_last_phase_duration_seconds",
         "gauge",
         "Time the last finished run spent in each phase (0 if not reached).",
         _last_phase_duration,
         ("phase", tuple(each.value for each in RUN_PHASES)),
     ),
-    _Family(
+    Family(
         "ollama_pull_last_downloaded_bytes",
         "gauge",
         "Bytes the last finished run downloaded (0: the model was up to date).",
         _last_downloaded,
     ),
-    _Family(
+    Family(
         "ollama_pull_duration_seconds", "histogram", "Wall time of successful pull runs.", _duration
     ),
-    _Family(
+    Family(
         "ollama_pull_next_run_timestamp_seconds",
         "gauge",
         "When the next scheduled run will start (Unix time).",
         _next_run,
     ),
-    _Family("ollama_pull_interval_seconds", "gauge", "The configured pull interval.", _interval),
+    Family("ollama_pull_interval_seconds", "gauge", "The configured pull interval.", _interval),
     # What each server holds and whether an update waits (contract section 6).
-    _Family(
+    Family(
         "ollama_pull_reused_bytes",
         "counter",
         "Bytes of layers that runs found already present (first seen complete).",
         _reused,
     ),
-    _Family(
+    Family(
         "ollama_pull_model_present",
         "gauge",
         "1 if the server's /api/tags lists the model, 0 if not.",
         _present,
     ),
-    _Family(
+    Family(
         "ollama_pull_model_size_bytes",
         "gauge",
         "Size of the held copy per /api/tags.",
         _size,
     ),
-    _Family(
+    Family(
         "ollama_pull_model_changes",
         "counter",
         "Times the held copy's digest changed.",
         _changes,
     ),
-    _Family(
+    Family(
         "ollama_pull_model_last_change_timestamp_seconds",
         "gauge",
         "When the held copy's digest last changed (Unix time).",
         _last_change,
     ),
-    _Family(
+    Family(
         "ollama_pull_update_available",
         "gauge",
         "check mode: 1 if the registry's digest differs from the held one, 0 if equal.",
         _update_available,
     ),
-    _Family(
+    Family(
         "ollama_pull_registry_checks",
         "counter",
         "check mode registry requests, by result.",
@@ -373,8 +362,9 @@ _PAIR_FAMILIES: Final = (
 )
 
 
-def _empty_family(family: _Family) -> Metric:
-    labels = _PAIR if family.extra is None else (*_PAIR, family.extra[0])
+def empty_family(family: Family) -> Metric:
+    """The prometheus_client family of `family`, with no samples yet."""
+    labels = PAIR_LABELS if family.extra is None else (*PAIR_LABELS, family.extra[0])
     if family.kind == "counter":
         return CounterMetricFamily(family.name, family.help, labels=labels)
     if family.kind == "histogram":
@@ -382,17 +372,17 @@ def _empty_family(family: _Family) -> Metric:
     return GaugeMetricFamily(family.name, family.help, labels=labels)
 
 
-def _pair_families(pairs: Iterable[PairState]) -> list[Metric]:
+def pair_families(pairs: Iterable[PairState]) -> list[Metric]:
     """The per-(server, model) families, one pass over the pairs."""
-    metrics = [_empty_family(family) for family in _PAIR_FAMILIES]
+    metrics = [empty_family(family) for family in PAIR_FAMILIES]
     for pair in pairs:
         labels = [pair.server, pair.model]
-        for family, metric in zip(_PAIR_FAMILIES, metrics, strict=True):
+        for family, metric in zip(PAIR_FAMILIES, metrics, strict=True):
             values = family.values(pair)
             if values is None:
                 continue
             if isinstance(metric, HistogramMetricFamily):
-                metric.add_metric(labels, _cumulative(values[:-1]), values[-1])
+                metric.add_metric(labels, cumulative(values[:-1]), values[-1])
             elif family.extra is None:
                 metric.add_metric(labels, values[0])  # type: ignore[attr-defined]
             else:
@@ -401,7 +391,8 @@ def _pair_families(pairs: Iterable[PairState]) -> list[Metric]:
     return metrics
 
 
-def _cumulative(counts: Sequence[float]) -> list[tuple[str, float]]:
+def cumulative(counts: Sequence[float]) -> list[tuple[str, float]]:
+    """Per-bucket counts -> the (`le`, cumulative count) pairs of a histogram."""
     buckets: list[tuple[str, float]] = []
     running: float = 0
     for bound, count in zip(_BUCKET_BOUNDS, counts, strict=True):
@@ -433,7 +424,7 @@ def _holding_families(state: ExporterState) -> Iterator[Metric]:
     yield requests
 
 
-def _exporter_families(state: ExporterState) -> Iterator[Metric]:
+def exporter_families(state: ExporterState) -> Iterator[Metric]:
     """Per-server and exporter-wide families."""
     yield from _holding_families(state)
     server_up = GaugeMetricFamily(
@@ -518,191 +509,19 @@ def _fleet_families(state: ExporterState) -> Iterator[Metric]:
     yield failures
 
 
-# --------------------------------------------------------------------------- fast /metrics
+class PullRegistry(CollectorRegistry):
+    """The exporter's own registry (never the global one): the pull collector over `state`.
 
-
-class _Fixed(Collector):
-    """A collector over families already built (to reuse the library's encoders)."""
-
-    def __init__(self, metrics: list[Metric]) -> None:
-        self._metrics = metrics
-
-    def collect(self) -> Iterator[Metric]:
-        """The families, as given."""
-        return iter(self._metrics)
-
-
-def _escape(value: str) -> str:
-    """A label value as both text formats write it."""
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-class _Cached:
-    """One pair's rendered lines, per family, with the values they were rendered from."""
-
-    __slots__ = ("lines", "model", "pair", "server", "values")
-
-    def __init__(self, pair: PairState) -> None:
-        self.pair = pair
-        self.server = _escape(pair.server)
-        self.model = _escape(pair.model)
-        count = len(_PAIR_FAMILIES)
-        self.values: list[object] = [_UNSET] * count
-        self.lines: list[bytes] = [b""] * count
-
-    def render(self, family: _Family, values: _Values) -> bytes:
-        """The sample lines of `family` for this pair (same bytes as prometheus_client)."""
-        if values is None:
-            return b""
-        pair = f'model="{self.model}",server="{self.server}"'
-        name = family.name
-        if family.kind == "counter":
-            name += "_total"
-        if family.kind == "histogram":
-            lines = [
-                f'{name}_bucket{{le="{bound}",{pair}}} {_go(count)}\n'
-                for bound, count in _cumulative(values[:-1])
-            ]
-            lines.append(f"{name}_count{{{pair}}} {_go(sum(values[:-1]))}\n")
-            lines.append(f"{name}_sum{{{pair}}} {_go(values[-1])}\n")
-        elif family.extra is None:
-            lines = [f"{name}{{{pair}}} {_go(values[0])}\n"]
-        else:
-            label, extras = family.extra
-            # Labels sorted by name, as the library writes them: model < phase/reason < server.
-            lines = [
-                f'{name}{{model="{self.model}",{label}="{_escape(extra)}",server="{self.server}"}}'
-                f" {_go(value)}\n"
-                for extra, value in zip(extras, values, strict=True)
-            ]
-        return "".join(lines).encode()
-
-
-_UNSET: Final = object()
-_go: Final[Callable[[float], str]] = floatToGoString
-"""prometheus_client's own value formatting (Go's float format), typed."""
-
-
-class Exposition:
-    """`/metrics` bytes for `ExporterState`, re-rendering only the series whose values changed.
-
-    A scrape of 1,000 pairs is about 57,000 samples; building `Metric` objects and formatting
-    each sample through prometheus_client costs 0.4 s (text) to 0.65 s (OpenMetrics) of CPU,
-    on the event loop. Here every pair keeps its rendered lines per family together with the
-    values they came from; a scrape reads each pair's values (one small tuple per family),
-    re-renders only what changed, and joins bytes. The bytes are identical to what
-    `generate_latest` writes for the same state (tests compare them).
+    `/metrics` is served from `exporter.exposition.Exposition` over the same `state`; this
+    registry is what `generate_latest` and the tests read.
     """
 
     def __init__(self, state: ExporterState) -> None:
-        self._state = state
-        self._ids: list[int] = []
-        self._cached: list[_Cached] = []
-        self._headers: dict[object, tuple[bytes, ...]] = {}
-
-    def render(self, encoder: _Encoder, *, openmetrics: bool) -> bytes:
-        """The whole exposition in the format of `encoder` (a prometheus_client encoder)."""
-        headers = self._headers.get(encoder)
-        if headers is None:
-            headers = self._headers[encoder] = self._family_headers(encoder, openmetrics)
-        cached = self._refresh()
-        parts: list[bytes] = []
-        for index, header in enumerate(headers):
-            parts.append(header)
-            parts.extend([entry.lines[index] for entry in cached])
-        # The few exporter-wide families go through the library itself (`# EOF` included).
-        parts.append(encoder(_Fixed(list(_exporter_families(self._state)))))
-        return b"".join(parts)
-
-    def _refresh(self) -> list[_Cached]:
-        pairs = list(self._state.pairs.values())
-        ids = list(map(id, pairs))  # the cache holds the pairs, so ids are not reused
-        if ids != self._ids:
-            known = {id(entry.pair): entry for entry in self._cached}
-            self._cached = [known.get(id(pair)) or _Cached(pair) for pair in pairs]
-            self._ids = ids
-        families = tuple(enumerate(_PAIR_FAMILIES))
-        for entry in self._cached:
-            pair, seen, lines = entry.pair, entry.values, entry.lines
-            for index, family in families:
-                values = family.values(pair)
-                if values != seen[index]:
-                    seen[index] = values
-                    lines[index] = entry.render(family, values)
-        return self._cached
-
-    @staticmethod
-    def _family_headers(encoder: _Encoder, openmetrics: bool) -> tuple[bytes, ...]:
-        """`# HELP` and `# TYPE` of each pair family, written by the library itself."""
-        headers = []
-        for family in _PAIR_FAMILIES:
-            text = encoder(_Fixed([_empty_family(family)]))
-            if openmetrics:
-                text = text.removesuffix(b"# EOF\n")
-            headers.append(text)
-        return tuple(headers)
-
-
-class PullRegistry(CollectorRegistry):
-    """The exporter's registry: the pull collector, plus the cached `Exposition` of it."""
-
-    def __init__(self, state: ExporterState) -> None:
         super().__init__(auto_describe=False)
+        self.state = state
         self.register(PullCollector(state))
-        self.exposition = Exposition(state)
-
-    def render(self, accept: str) -> tuple[bytes, str] | None:
-        """(body, content type) for an Accept header, as prometheus_client would answer it.
-
-        None when the negotiated format is one the cache does not write (name escaping other
-        than underscores or UTF-8, OpenMetrics 2.x): the caller falls back to the library.
-        """
-        encoder, content_type = choose_encoder(accept)
-        options = encoder.keywords if isinstance(encoder, functools.partial) else {}
-        function = encoder.func if isinstance(encoder, functools.partial) else encoder
-        if options.get("escaping", om.UNDERSCORES) not in {om.UNDERSCORES, om.ALLOWUTF8}:
-            return None
-        if function is om_generate_latest:
-            if parse_version(str(options.get("version", "1.0.0"))) >= (2, 0, 0):
-                return None
-            return self.exposition.render(encoder, openmetrics=True), content_type
-        if function is generate_latest:
-            return self.exposition.render(encoder, openmetrics=False), content_type
-        return None
 
 
 def build_registry(state: ExporterState) -> PullRegistry:
     """A registry of our own (never the global one) holding the pull collector."""
     return PullRegistry(state)
-
-
-_GZIP_LEVEL: Final = 1
-"""zlib level 1: a 5 MB exposition compresses in about 10 ms instead of about 28 ms at 6."""
-
-
-def make_metrics_handler(registry: CollectorRegistry) -> Handler:
-    """The `/metrics` handler: `make_aiohttp_handler`'s answers, from the cached exposition.
-
-    Same content negotiation (prometheus_client's `choose_encoder`) and gzip when the client
-    accepts it. Requests the cache cannot answer (`name[]` filters, unusual formats) and
-    registries other than `PullRegistry` go to prometheus_client's own handler.
-    """
-    fallback = make_aiohttp_handler(registry)
-    if not isinstance(registry, PullRegistry):
-        return fallback
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        if "name[]" in request.query:
-            return await fallback(request)
-        rendered = registry.render(",".join(request.headers.getall(hdrs.ACCEPT, [])))
-        if rendered is None:
-            return await fallback(request)
-        body, content_type = rendered
-        headers = {hdrs.CONTENT_TYPE: content_type}
-        if gzip_accepted(request.headers.get(hdrs.ACCEPT_ENCODING, "")):
-            compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-            body = compressor.compress(body) + compressor.flush()
-            headers[hdrs.CONTENT_ENCODING] = "gzip"
-        return web.Response(body=body, headers=headers)
-
-    return handler

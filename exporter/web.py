@@ -14,16 +14,15 @@ from typing import TYPE_CHECKING, Final
 from aiohttp import web
 
 from exporter import __version__
-from exporter.metrics import make_metrics_handler
 from exporter.pull import make_session
 from exporter.runtime import Runtime
+from exporter.scrape import make_metrics_handler
 from exporter.webconfig import WebConfig, install
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from prometheus_client.registry import CollectorRegistry
-
+    from exporter.metrics import PullRegistry
     from exporter.state import ExporterState, PairState
 
 log = logging.getLogger("exporter.web")
@@ -33,7 +32,7 @@ RUNTIME_KEY: Final = web.AppKey("runtime", Runtime)
 
 
 def make_app(
-    runtime: Runtime, registry: CollectorRegistry, web_config: WebConfig | None = None
+    runtime: Runtime, registry: PullRegistry, web_config: WebConfig | None = None
 ) -> web.Application:
     """Build the application; the scheduler starts when the app starts.
 

@@ -2,6 +2,8 @@
 
 Integration tests use this to start the exporter against the simulator over real
 sockets. Every process started here is stopped (SIGTERM, then SIGKILL) on exit.
+`/metrics` is fetched with Prometheus' own `Accept` header (so OpenMetrics comes back),
+because a scrape without it takes a different path than real scrapes do.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 if TYPE_CHECKING:
@@ -27,6 +32,13 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;escaping=underscores;q=0.5,"
+    "application/openmetrics-text;version=0.0.1;q=0.4,"
+    "text/plain;version=1.0.0;escaping=underscores;q=0.3,"
+    "text/plain;version=0.0.4;q=0.2,*/*;q=0.1"
+)
+"""What Prometheus 3 sends with every scrape (scrape_protocols' default order)."""
 
 
 def free_port() -> int:
@@ -52,9 +64,10 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def parse_samples(text: str) -> Samples:
-    """All samples of an exposition, keyed by name and label set."""
+    """All samples of an exposition (text or OpenMetrics), keyed by name and label set."""
     samples: Samples = {}
-    for family in text_string_to_metric_families(text):
+    parse = openmetrics_families if text.endswith("# EOF\n") else text_string_to_metric_families
+    for family in parse(text):
         for sample in family.samples:
             samples[sample.name, frozenset(sample.labels.items())] = sample.value
     return samples
@@ -75,9 +88,13 @@ class Exporter:
     _samples: Samples = field(default_factory=dict)
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
-        """GET a path; returns (status, body) and never raises on HTTP errors."""
+        """GET a path; returns (status, body) and never raises on HTTP errors.
+
+        `/metrics` goes with Prometheus' `Accept` unless `headers` gives one.
+        """
+        scrape = {"Accept": PROMETHEUS_ACCEPT} if path.startswith("/metrics") else {}
         request = urllib.request.Request(
-            self.url + path, headers={**self.headers, **(headers or {})}
+            self.url + path, headers={**scrape, **self.headers, **(headers or {})}
         )
         try:
             with urllib.request.urlopen(request, timeout=10, context=self.context) as response:
@@ -86,7 +103,7 @@ class Exporter:
             return exc.code, exc.read().decode()
 
     def scrape(self) -> Samples:
-        """Fetch and parse `/metrics` (the Prometheus text format)."""
+        """Fetch and parse `/metrics` as Prometheus asks for it (OpenMetrics)."""
         status, body = self.get("/metrics")
         assert status == 200, body
         self._samples = parse_samples(body)

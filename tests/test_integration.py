@@ -419,7 +419,7 @@ def test_metrics_formats_and_promtool(exporter: Exporter, tmp_path: Path) -> Non
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool not installed (Debian package prometheus)")
-    text = exporter.get("/metrics")[1]
+    text = exporter.get("/metrics", headers={"Accept": "text/plain;version=0.0.4"})[1]
     (tmp_path / "metrics.txt").write_text(text)
     check = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False

@@ -1,27 +1,40 @@
 """The cached `/metrics` renderer writes exactly what prometheus_client writes.
 
-`exporter.metrics.Exposition` re-renders only the series whose values changed; these
+`exporter.exposition.Exposition` re-renders only the series whose values changed; these
 tests drive random states through random changes and compare its bytes with
 `generate_latest` (text and OpenMetrics) after every change, then check the aiohttp
-handler answers like `make_aiohttp_handler` (content type, gzip, `name[]` filters).
+handler (`exporter.scrape`) answers like `make_aiohttp_handler` (content type, gzip) and
+that no `Accept` header or query leaves the cached path, grows memory or fails.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
+import logging
+import tracemalloc
+from typing import TYPE_CHECKING
 
-from aiohttp import web
+from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
-from exporter.metrics import PullRegistry, build_registry, make_metrics_handler
+from exporter.exposition import Exposition, Format
+from exporter.metrics import PullCollector, PullRegistry, build_registry
 from exporter.progress import RunProgress
 from exporter.protocol import ProgressLine, Reason
+from exporter.scrape import OPENMETRICS, TEXT, make_metrics_handler, negotiate
 from exporter.state import ExporterState, PairState, RunResult
+
+if TYPE_CHECKING:
+    import pytest
+    from prometheus_client.core import Metric
+from tests.harness import PROMETHEUS_ACCEPT
 
 ACCEPTS = (
     "",
@@ -31,6 +44,7 @@ ACCEPTS = (
     "application/openmetrics-text",
     "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8",
     "text/plain;version=1.0.0;escaping=underscores",
+    PROMETHEUS_ACCEPT,
 )
 DIGEST = "sha256:" + "a" * 64
 
@@ -45,10 +59,8 @@ def expected(registry: PullRegistry, accept: str) -> bytes:
     return encoder(registry)
 
 
-def rendered(registry: PullRegistry, accept: str) -> bytes:
-    result = registry.render(accept)
-    assert result is not None
-    return result[0]
+def rendered(exposition: Exposition, accept: str) -> bytes:
+    return exposition.render(negotiate(accept).format)
 
 
 @st.composite
@@ -94,8 +106,9 @@ def test_same_bytes_as_prometheus_client_through_changes(
     for server, model in keys:
         state.pairs[server, model] = PairState(server, model, 3600.0)
     registry = build_registry(state)
+    exposition = Exposition(state)
     for accept in ACCEPTS:
-        assert rendered(registry, accept) == expected(registry, accept)
+        assert rendered(exposition, accept) == expected(registry, accept)
     for which, steps in rounds:
         pairs = list(state.pairs.values())
         if pairs:
@@ -109,13 +122,7 @@ def test_same_bytes_as_prometheus_client_through_changes(
                 pairs[0].server, pairs[0].model, 60.0
             )
         for accept in ACCEPTS:
-            assert rendered(registry, accept) == expected(registry, accept)
-
-
-def test_unusual_formats_are_left_to_the_library() -> None:
-    registry = build_registry(ExporterState())
-    assert registry.render("application/openmetrics-text;version=2.0.0") is None
-    assert registry.render("text/plain;version=1.0.0;escaping=dots") is None
+            assert rendered(exposition, accept) == expected(registry, accept)
 
 
 async def _answers(handler_registry: PullRegistry, *, cached: bool) -> list[tuple[str, bytes]]:
@@ -128,7 +135,7 @@ async def _answers(handler_registry: PullRegistry, *, cached: bool) -> list[tupl
     async with TestClient(TestServer(app)) as client:
         for accept in ACCEPTS:
             for encoding in ("gzip", "identity"):
-                for query in ("", "?name[]=ollama_pull_runs_total"):
+                for query in ("", "?other=1"):
                     response = await client.get(
                         "/metrics" + query,
                         headers={"Accept": accept, "Accept-Encoding": encoding},
@@ -155,3 +162,166 @@ def test_handler_answers_like_prometheus_client() -> None:
 
     ours, theirs = asyncio.run(both())
     assert ours == theirs
+
+
+def _busy_state(pairs: int = 3) -> ExporterState:
+    state = ExporterState(server_up={"a": 1.0, "b": 0.0}, config_reload_successful=True)
+    for index in range(pairs):
+        pair = state.pairs["a", f"m{index}"] = PairState("a", f"m{index}", 60.0)
+        run = RunProgress(0.0)
+        pair.start_run(run)
+        run.apply(ProgressLine("pulling x", DIGEST, 1000, 400), 1.0)
+        run.finish(2.0, succeeded=True)
+        pair.finish_run(run, RunResult(None), ended_at=1.7e9, duration=2.0)
+    return state
+
+
+async def _get(
+    registry: PullRegistry, requests: list[tuple[str, dict[str, str]]]
+) -> list[tuple[int, str, bytes]]:
+    app = web.Application()
+    app.router.add_get("/metrics", make_metrics_handler(registry))
+    answers = []
+    async with TestClient(TestServer(app)) as client:
+        for path, headers in requests:
+            response = await client.get(path, headers=headers)
+            answers.append(
+                (response.status, response.headers["Content-Type"], await response.read())
+            )
+    return answers
+
+
+def test_prometheus_scrapes_do_not_grow_memory() -> None:
+    """Defect: each OpenMetrics scrape added ~4 KB to a cache keyed by a fresh encoder."""
+    registry = build_registry(_busy_state())
+    headers = {"Accept": PROMETHEUS_ACCEPT}
+
+    async def scrape(count: int) -> int:
+        app = web.Application()
+        app.router.add_get("/metrics", make_metrics_handler(registry))
+        # A plain session: TestClient keeps every response until it closes.
+        async with TestServer(app) as server, ClientSession() as session:
+            url = server.make_url("/metrics")
+            for _ in range(50):  # warm: connection, caches of aiohttp and the renderer
+                async with session.get(url, headers=headers) as response:
+                    assert response.status == 200
+            gc.collect()
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(count):
+                async with session.get(url, headers=headers) as response:
+                    await response.read()
+            gc.collect()
+            return tracemalloc.get_traced_memory()[0] - before
+
+    tracemalloc.start()
+    try:
+        growth = asyncio.run(scrape(800))
+    finally:
+        tracemalloc.stop()
+    assert growth < 500_000, f"{growth} bytes kept by 800 scrapes"
+
+
+HOSTILE_ACCEPTS = (
+    "application/openmetrics-text;version=2.0.0",
+    "application/openmetrics-text;version=2.0.0;escaping=allow-utf-8",
+    "application/openmetrics-text;version=1.0.0;escaping=values",
+    "application/openmetrics-text;version=1.0.0;escaping=dots",
+    "text/plain;version=1.0.0;escaping=values",
+    "application/openmetrics-text;version=abc",
+    "text/plain;version=abc",
+    "application/openmetrics-text;version=",
+    "application/openmetrics-text;version=1.0.0;q=abc",
+    "application/openmetrics-text;q=-1,text/plain;q=2",
+    "application/openmetrics-text;q=0.0001",
+    "*/*;q=0",
+    ";;;,,,;=;q=;",
+    "application/json",
+    "\u00e9/\u00e9;version=\u00e9",
+    ",".join(["application/openmetrics-text;version=9.9.9"] * 180),  # under aiohttp's 8 KiB
+)
+
+
+def test_any_accept_is_served_from_the_cached_formats() -> None:
+    """Defect: OpenMetrics 2.0.0 and escaping=values bypassed the cache; version=abc was a 500."""
+    registry = build_registry(_busy_state())
+    cached = Exposition(registry.state)
+    bodies = {
+        TEXT.content_type: cached.render(Format.TEXT),
+        OPENMETRICS.content_type: cached.render(Format.OPENMETRICS),
+    }
+    answers = asyncio.run(_get(registry, [("/metrics", {"Accept": a}) for a in HOSTILE_ACCEPTS]))
+    for accept, (status, content_type, body) in zip(HOSTILE_ACCEPTS, answers, strict=True):
+        assert status == 200, accept
+        assert content_type.split(";")[0] in {"text/plain", "application/openmetrics-text"}
+        assert "version=2" not in content_type, accept
+        assert "escaping=values" not in content_type
+        assert "escaping=dots" not in content_type
+        family = OPENMETRICS if content_type.startswith("application/") else TEXT
+        assert _without_tasks(body) == bodies[family.content_type], accept
+
+
+def _without_tasks(body: bytes) -> bytes:
+    """The exposition without the asyncio task gauge (not written outside the event loop)."""
+    return b"".join(line for line in body.splitlines(keepends=True) if b"asyncio_tasks" not in line)
+
+
+def test_negotiation_picks_the_highest_quality_format_we_write() -> None:
+    assert negotiate("") == TEXT
+    assert negotiate(PROMETHEUS_ACCEPT).format is Format.OPENMETRICS
+    assert negotiate("text/plain;q=0.9,application/openmetrics-text;q=0.8") == TEXT
+    assert negotiate("text/plain;q=0.8,application/openmetrics-text;q=0.9") == OPENMETRICS
+    assert negotiate("application/openmetrics-text;version=2.0.0,text/plain;q=0.1") == TEXT
+    assert negotiate("application/openmetrics-text;version=2.0.0;q=1,application/*;q=0.5") == (
+        OPENMETRICS
+    )
+    versioned = negotiate("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8")
+    assert versioned.content_type.endswith("escaping=allow-utf-8")
+
+
+class _Only(Collector):
+    """The library's view of a name[] filter: the families of the collector with those names."""
+
+    def __init__(self, registry: PullRegistry, names: set[str]) -> None:
+        self._families = [
+            metric
+            for metric in PullCollector(registry.state).collect()
+            if metric.name in names or any(sample.name in names for sample in metric.samples)
+        ]
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+
+def test_name_filters_are_answered_from_the_cache() -> None:
+    """Defect: `?name[]=...` answered 200 with an empty body (the collector has no describe)."""
+    registry = build_registry(_busy_state())
+    queries = {
+        "?name[]=ollama_pull_runs_total": {"ollama_pull_runs_total"},
+        "?name[]=ollama_pull_duration_seconds_bucket&name[]=ollama_pull_server_up": {
+            "ollama_pull_duration_seconds_bucket",
+            "ollama_pull_server_up",
+        },
+        "?name[]=ollama_pull_phase&junk=%ff": {"ollama_pull_phase"},
+        "?name[]=nothing_here": {"nothing_here"},
+    }
+    requests = []
+    for query in queries:
+        requests += [("/metrics" + query, {}), ("/metrics" + query, {"Accept": PROMETHEUS_ACCEPT})]
+    answers = asyncio.run(_get(registry, requests))
+    for index, names in enumerate(queries.values()):
+        only = _Only(registry, names)
+        assert answers[2 * index][0] == 200
+        assert answers[2 * index][2] == choose_encoder("")[0](only)
+        assert answers[2 * index + 1][2] == choose_encoder(PROMETHEUS_ACCEPT)[0](only)
+    assert b"ollama_pull_runs_total{" in answers[0][2]
+    assert answers[-1][2] == b"# EOF\n"
+
+
+def test_too_many_name_filters_answer_400(caplog: pytest.LogCaptureFixture) -> None:
+    registry = build_registry(_busy_state(1))
+    query = "?" + "&".join(f"name[]=n{i}" for i in range(300))
+    with caplog.at_level(logging.DEBUG):
+        [(status, _, body)] = asyncio.run(_get(registry, [("/metrics" + query, {})]))
+    assert status == 400
+    assert b"name[]" in body
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

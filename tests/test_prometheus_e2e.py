@@ -409,7 +409,8 @@ def test_every_metric_used_exists_in_the_exposition(stack: Stack) -> None:
 def test_exposition_passes_promtool_check_metrics(stack: Stack) -> None:
     promtool = shutil.which("promtool")
     assert promtool is not None
-    status, text = stack.exporter.get("/metrics")  # no Accept header: the classic text format
+    # promtool reads the classic text format.
+    status, text = stack.exporter.get("/metrics", headers={"Accept": "text/plain;version=0.0.4"})
     assert status == 200
     result = subprocess.run(
         [promtool, "check", "metrics"],

@@ -3,7 +3,8 @@
 Five server entries with twenty models each (m000..m099) all point at one simulator. Every
 pair runs every second (jitter 0.2) and cycles through quick scenarios: fresh, up to date,
 client2, x/transfer, manifest not found, a download error, an interrupted stream, a 500
-and a stall (stall_timeout 1 s). A thread scrapes `/metrics` every 100 ms and samples the
+and a stall (stall_timeout 1 s). A thread scrapes `/metrics` every 100 ms with Prometheus'
+own `Accept` header (so it gets OpenMetrics, as a real Prometheus does) and samples the
 exporter's RSS, open file descriptors and `ollama_pull_exporter_asyncio_tasks`.
 
 After the warm-up third, nothing may grow: the median RSS of the last third stays within
@@ -46,7 +47,7 @@ from ollama_sim import (
     transfer_pull,
     up_to_date,
 )
-from tests.harness import Exporter, parse_samples, run_exporter
+from tests.harness import PROMETHEUS_ACCEPT, Exporter, parse_samples, run_exporter
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -177,12 +178,18 @@ class Sampler(threading.Thread):
                 self.failures.append(f"scrape {self.scrapes}: {type(exc).__name__}: {exc}")
 
     def _scrape(self) -> str:
-        with urllib.request.urlopen(self.exporter.url + "/metrics", timeout=10) as response:
+        request = urllib.request.Request(
+            self.exporter.url + "/metrics", headers={"Accept": PROMETHEUS_ACCEPT}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
             status = int(response.status)
+            content_type = response.headers["Content-Type"]
             body: str = response.read().decode()
         if status != 200:
             raise AssertionError(f"status {status}")
-        if not body.endswith("\n"):
+        if not content_type.startswith("application/openmetrics-text"):
+            raise AssertionError(f"content type {content_type}")
+        if not body.endswith("# EOF\n"):
             raise AssertionError("truncated exposition")
         return body
 
