@@ -11,9 +11,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
-from exporter import __version__, signals
+from exporter import __version__, listener, signals
 from exporter.config import ConfigError, load_config
 from exporter.fleet import Fleet
 from exporter.logs import FORMATS, LEVEL_NAMES, setup_logging
@@ -44,8 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("exporter")
 
-SHUTDOWN_TIMEOUT = 2.0
-"""Seconds aiohttp waits for open HTTP requests on exit; pulls are cancelled at once."""
 SHUTDOWN_DEADLINE = 4.5
 """Seconds after SIGTERM/SIGINT by which `--once` has exited, whatever is still going."""
 
@@ -53,10 +49,16 @@ SHUTDOWN_DEADLINE = 4.5
 def parse_listen_address(text: str) -> tuple[str | None, int]:
     """`host:port`, `[v6]:port` or `:port` (all interfaces) -> (host, port)."""
     host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise argparse.ArgumentTypeError(f"invalid listen address {text!r}: want host:port")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+        if not host:
+            sep = ""
+    elif ":" in host:
+        raise argparse.ArgumentTypeError(
+            f"invalid listen address {text!r}: want host:port (IPv6 in brackets, [::1]:11435)"
+        )
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid listen address {text!r}: want host:port")
     return (host or None), int(port_text)
 
 
@@ -213,28 +215,36 @@ def _serve(
     runtime: Runtime,
     web_config: WebConfig | None,
 ) -> int:
-    """Serve HTTP and run the schedule until SIGTERM or SIGINT."""
+    """Bind, then serve HTTP and run the schedule until SIGTERM or SIGINT.
+
+    The address is bound before anything starts, so a port in use or an unknown host is one
+    clear line and exit 1.
+    """
     host, port = args.listen_address
+    fd_limit = listener.raise_fd_limit()
+    try:
+        sockets = listener.bind(host, port)
+    except listener.ListenError as exc:
+        log.error(str(exc))  # noqa: TRY400 - the reason is the message; no traceback helps
+        return 1
+    cap = listener.connection_cap(fd_limit, config.model_count)
     log.info(
         "starting",
         extra={
             "version": __version__,
             "config": args.config_file,
-            "address": f"{host or ''}:{port}",
+            "address": ",".join(listener.bound_addresses(sockets)),
             "pairs": config.model_count,
             "tls": web_config is not None and web_config.tls is not None,
             "basic_auth": web_config is not None and bool(web_config.users),
+            "max_connections": cap,
+            "fd_limit": fd_limit,
         },
     )
     app = make_app(runtime, build_registry(runtime.state), web_config)
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
-        ssl_context=web_config.ssl_context() if web_config is not None else None,
+    ssl_context = web_config.ssl_context() if web_config is not None else None
+    asyncio.run(
+        listener.serve(app, sockets, ssl_context=ssl_context, guard=listener.ConnectionGuard(cap))
     )
     signals.install()  # the loop's handlers are gone: stay in charge until the exit
     log.info("stopped")

@@ -171,23 +171,29 @@ def run_exporter(
     ready: bool = True,
     context: ssl.SSLContext | None = None,
     headers: dict[str, str] | None = None,
+    fd_limit: int | None = None,
 ) -> Iterator[Exporter]:
     """Write `config`, start the exporter on a free port, wait for `/-/ready`.
 
     With `context` the exporter is reached over https (its web config must enable TLS).
+    `fd_limit` sets its RLIMIT_NOFILE, soft and hard (`ulimit -n`), with util-linux `prlimit`.
     """
     config_path = workdir / "config.yaml"
     config_path.write_text(config)
     log_path = workdir / "exporter.log"
     port = free_port()
     with log_path.open("wb") as log_file:
+        limit = [] if fd_limit is None else ["prlimit", f"--nofile={fd_limit}:{fd_limit}", "--"]
         process = subprocess.Popen(
-            exporter_command(
-                f"--config.file={config_path}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=debug",
-                *args,
-            ),
+            [
+                *limit,
+                *exporter_command(
+                    f"--config.file={config_path}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--log.level=debug",
+                    *args,
+                ),
+            ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

@@ -1,0 +1,312 @@
+"""The listener on the real process: start-up errors, addresses, slow clients, bad requests.
+
+Each test attacks the exporter from outside over 127.0.0.1, as issue 8 did: a port in use,
+malformed addresses, malformed requests, and about 1,100 connections that send their
+headers slowly while the process has the common 1024-fd limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import resource
+import selectors
+import socket
+import time
+import urllib.request
+from typing import TYPE_CHECKING
+
+import pytest
+
+from exporter.listener import QuietErrors, connection_cap, format_address
+from ollama_sim import OllamaSimulator, up_to_date
+from tests.harness import PROMETHEUS_ACCEPT, free_port, run_cli, run_exporter, wait_for
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+CONFIG = "servers:\n  - url: http://127.0.0.1:1\n    models: [a]\n"
+
+
+def _config(tmp_path: Path) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(CONFIG)
+    return f"--config.file={path}"
+
+
+def test_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_cli(_config(tmp_path), f"--web.listen-address=127.0.0.1:{port}")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in lines[0]
+
+
+def test_an_unknown_host_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    done = run_cli(_config(tmp_path), "--web.listen-address=no-such-host.invalid:11437")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "cannot listen on no-such-host.invalid:11437: unknown host" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1:11437:1", "::1:11437", "[]:11437", "127.0.0.1:99999", "127.0.0.1"]
+)
+def test_a_malformed_address_is_a_usage_error(tmp_path: Path, address: str) -> None:
+    done = run_cli(_config(tmp_path), f"--web.listen-address={address}")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert f"invalid listen address {address!r}" in done.stderr
+
+
+def _started_at(exporter_logs: str) -> str:
+    match = re.search(r"msg=starting .*?address=(\S+)", exporter_logs)
+    assert match, exporter_logs
+    return match.group(1)
+
+
+def test_port_0_logs_the_real_port(tmp_path: Path) -> None:
+    with run_exporter(CONFIG, tmp_path, "--web.listen-address=127.0.0.1:0", ready=False) as exp:
+        wait_for(lambda: "msg=starting" in exp.logs(), 20, "the starting line")
+        address = _started_at(exp.logs())
+        host, port = address.rsplit(":", 1)
+        assert host == "127.0.0.1"
+        assert int(port) > 0
+        with urllib.request.urlopen(f"http://{address}/-/healthy", timeout=10) as response:
+            assert response.status == 200
+
+
+def test_ipv6_addresses_are_logged_in_brackets(tmp_path: Path) -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    port = free_port()
+    with run_exporter(CONFIG, tmp_path, f"--web.listen-address=[::1]:{port}", ready=False) as exp:
+        wait_for(lambda: "msg=starting" in exp.logs(), 20, "the starting line")
+        assert _started_at(exp.logs()) == f"[::1]:{port}"
+    assert format_address("::1", 11437) == "[::1]:11437"
+    assert format_address("127.0.0.1", 11437) == "127.0.0.1:11437"
+
+
+MALFORMED = (
+    b"GARBAGE\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+    b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: " + b"b" * 20_000 + b"\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS hello on the plain port
+    b"GET / HTTP/9.9\r\n\r\n",
+)
+
+
+def _send(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+        return answer
+
+
+def test_malformed_requests_are_one_debug_line_each(tmp_path: Path) -> None:
+    """Defect: each malformed request logged ~750 bytes of traceback at error level."""
+    with run_exporter(CONFIG, tmp_path) as exporter:  # the harness runs at debug level
+        port = int(exporter.url.rsplit(":", 1)[1])
+        before = len(exporter.logs().splitlines())
+        for data in MALFORMED:
+            answer = _send(port, data)
+            assert answer == b"" or answer.split(b" ")[1] == b"400", answer[:100]
+        assert exporter.get("/-/healthy")[0] == 200
+        exporter.stop()
+        new = exporter.logs().splitlines()[before:]
+    assert "Traceback" not in "\n".join(new)
+    bad = [line for line in new if "bad request" in line]
+    assert len(bad) <= len(MALFORMED), bad
+    assert all("level=debug" in line for line in bad), bad
+    assert not [line for line in new if "level=error" in line], new
+    assert all(len(line) < 600 for line in new), max(new, key=len)
+
+
+def test_malformed_requests_are_silent_at_info(tmp_path: Path) -> None:
+    with run_exporter(CONFIG, tmp_path, "--log.level=info") as exporter:
+        port = int(exporter.url.rsplit(":", 1)[1])
+        for data in MALFORMED:
+            _send(port, data)
+        assert exporter.get("/-/healthy")[0] == 200
+        exporter.stop()
+    assert "bad request" not in exporter.logs()
+    assert "Traceback" not in exporter.logs()
+
+
+def test_socket_errors_of_the_loop_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    handler = QuietErrors()
+    loop = asyncio.new_event_loop()
+    try:
+        with caplog.at_level(logging.DEBUG):
+            for _ in range(1000):
+                handler(
+                    loop,
+                    {
+                        "message": "socket.accept() out of system resource",
+                        "exception": OSError(24, "Too many open files"),
+                    },
+                )
+            handler(loop, {"message": "Task exception was never retrieved", "exception": OSError()})
+    finally:
+        loop.close()
+    accept = [r for r in caplog.records if "accept" in r.getMessage()]
+    assert len(accept) == 1
+    assert accept[0].exc_info is None
+    assert [r for r in caplog.records if r.getMessage().startswith("Task exception")]
+
+
+def test_the_connection_cap_leaves_room_for_the_pulls() -> None:
+    assert connection_cap(1024, 10) == 1024 - 128 - 20
+    assert connection_cap(1024, 0) <= 1024 - 128
+    assert connection_cap(1_048_576, 1000) == 1024  # an upper bound however many fds
+    assert connection_cap(256, 1000) == 16  # and a floor
+
+
+# --------------------------------------------------------------------------- slow clients
+
+SLOW_CLIENTS = 1100
+FD_LIMIT = 1024
+PAIRS = 4
+ATTACK_SECONDS = 13.0  # longer than the header timeout (10 s)
+
+
+class SlowClients:
+    """Connections that send part of a request head, then one more byte now and then."""
+
+    def __init__(self, port: int, count: int) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.sockets: list[socket.socket] = []
+        for _ in range(count):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            self.sockets.append(sock)
+            self.selector.register(sock, selectors.EVENT_WRITE)
+        self.started: set[socket.socket] = set()
+
+    def drip(self) -> None:
+        """Start every connected one that has not started; one more header byte for the rest."""
+        for key, _ in self.selector.select(timeout=0):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            self.selector.unregister(sock)
+            with contextlib.suppress(OSError):
+                sock.send(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                self.started.add(sock)
+        for sock in self.started:
+            with contextlib.suppress(OSError):
+                sock.send(b"a")
+
+    def still_open(self) -> int:
+        """How many the exporter has not closed (a recv that would block)."""
+        open_count = 0
+        for sock in self.started:
+            try:
+                if sock.recv(1, socket.MSG_PEEK):
+                    open_count += 1
+            except BlockingIOError:
+                open_count += 1
+            except OSError:
+                pass
+        return open_count
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        self.selector.close()
+
+
+@contextlib.contextmanager
+def slow_clients(port: int, count: int) -> Iterator[SlowClients]:
+    clients = SlowClients(port, count)
+    try:
+        yield clients
+    finally:
+        clients.close()
+
+
+@pytest.fixture
+def enough_fds() -> Iterator[None]:
+    """This test process holds the slow clients: it needs more than 1,100 descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 4 * SLOW_CLIENTS
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"the hard fd limit ({hard}) is below {wanted}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _scrape(url: str) -> int:
+    request = urllib.request.Request(url + "/metrics", headers={"Accept": PROMETHEUS_ACCEPT})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            response.read()
+            return int(response.status)
+    except OSError:
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("enough_fds")
+def test_slow_connections_starve_neither_scrapes_nor_pulls(tmp_path: Path) -> None:
+    """Defect: ~1,100 half-sent requests held every fd of a 1024-fd exporter for 75 s."""
+    models = [f"m{i}" for i in range(PAIRS)]
+    sim = OllamaSimulator({m: [up_to_date([1000])] * 200 for m in models}, time_scale=0.01)
+    with sim.running() as url:
+        config = (
+            "defaults: {interval: 1s, jitter: 0, stall_timeout: 5s, timeout: 10s}\n"
+            f"servers:\n  - name: sim\n    url: {url}\n    max_concurrent_pulls: {PAIRS}\n"
+            f"    models: [{', '.join(models)}]\n"
+        )
+        with run_exporter(config, tmp_path, "--log.level=info", fd_limit=FD_LIMIT) as exporter:
+            port = int(exporter.url.rsplit(":", 1)[1])
+            samples = exporter.scrape()
+            runs_before = sum(v for (n, _), v in samples.items() if n == "ollama_pull_runs_total")
+            statuses = []
+            with slow_clients(port, SLOW_CLIENTS) as clients:
+                deadline = time.monotonic() + ATTACK_SECONDS
+                while time.monotonic() < deadline:
+                    clients.drip()
+                    statuses.append(_scrape(exporter.url))
+                    time.sleep(0.3)
+                assert len(clients.started) > FD_LIMIT, "the attack did not get going"
+                left = clients.still_open()
+            samples = exporter.scrape()
+            logs = exporter.logs()
+        assert exporter.process.returncode is None or exporter.process.returncode == 0
+    failures = {
+        dict(labels)["reason"]: value
+        for (name, labels), value in samples.items()
+        if name == "ollama_pull_failures_total" and value
+    }
+    runs_after = sum(v for (n, _), v in samples.items() if n == "ollama_pull_runs_total")
+    assert statuses.count(200) == len(statuses), statuses
+    assert failures == {}, failures
+    assert samples["ollama_pull_server_up", frozenset({("server", "sim")})] == 1
+    assert runs_after >= runs_before + PAIRS * 5, (runs_before, runs_after)
+    assert left == 0, f"{left} connections still open after {ATTACK_SECONDS}s without a request"
+    assert "Traceback" not in logs
+    others = [line for line in logs.splitlines() if "logger=exporter.pull " not in line]
+    assert len(others) < 20, "\n".join(others[-20:])
