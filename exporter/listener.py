@@ -14,7 +14,7 @@ own sockets fail. Here:
   gets in. A connection must send a complete request head within `HEADER_TIMEOUT`.
 - Malformed requests are one debug line (`request_error_log`), and socket errors that asyncio
   reports (`accept()` out of descriptors, TLS handshakes of strangers) are one warning line
-  at most every `ERROR_LOG_INTERVAL` with a count of the ones left out (`QuietErrors`).
+  at most every 10 s (`exporter.ratelog`) with a count of the ones left out (`QuietErrors`).
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ import logging
 import resource
 import signal
 import socket
-import time
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
+
+from exporter.ratelog import RateLimitedLog
 
 if TYPE_CHECKING:
     import ssl
@@ -53,8 +54,6 @@ FDS_PER_PAIR: Final = 2
 MAX_CONNECTIONS: Final = 1024
 """Open HTTP connections at most, however high the fd limit."""
 MIN_CONNECTIONS: Final = 16
-ERROR_LOG_INTERVAL: Final = 10.0
-"""Seconds between two log lines about the same kind of socket error."""
 _BACKLOG: Final = 128
 
 
@@ -157,7 +156,7 @@ class ConnectionGuard:
         self.header_timeout = header_timeout
         self._open: dict[_Connection, asyncio.BaseTransport] = {}
         """In accept order: the oldest first."""
-        self._refused = _RateLimitedLog(log, "connection limit reached, closing connections")
+        self._refused = RateLimitedLog(log, "connection limit reached, closing connections")
 
     @property
     def count(self) -> int:
@@ -231,30 +230,11 @@ def _abort(transport: asyncio.BaseTransport) -> None:
         cast("asyncio.Transport", transport).abort()
 
 
-class _RateLimitedLog:
-    """One warning line per `ERROR_LOG_INTERVAL` at most, saying how many were left out."""
-
-    def __init__(self, logger: logging.Logger, message: str) -> None:
-        self._logger = logger
-        self._message = message
-        self._next = 0.0
-        self._suppressed = 0
-
-    def log(self, **fields: object) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self._suppressed += 1
-            return
-        self._logger.warning(self._message, extra={**fields, "suppressed": self._suppressed})
-        self._next = now + ERROR_LOG_INTERVAL
-        self._suppressed = 0
-
-
 class QuietErrors:
     """A loop exception handler: socket errors are rate-limited one-liners, the rest as usual."""
 
     def __init__(self) -> None:
-        self._logs: dict[str, _RateLimitedLog] = {}
+        self._logs: dict[str, RateLimitedLog] = {}
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """Handle one error report of the loop."""
@@ -270,7 +250,7 @@ class QuietErrors:
         if limiter is None:
             if len(self._logs) > 64:  # bounded however many kinds of error there are
                 self._logs.clear()
-            limiter = self._logs[key] = _RateLimitedLog(log, message or "socket error")
+            limiter = self._logs[key] = RateLimitedLog(log, message or "socket error")
         limiter.log(error=_reason(exc))
 
 

@@ -17,13 +17,14 @@ from exporter import __version__
 from exporter.pull import make_session
 from exporter.runtime import Runtime
 from exporter.scrape import make_metrics_handler
-from exporter.webconfig import WebConfig, install
+from exporter.webauth import install
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from exporter.metrics import PullRegistry
     from exporter.state import ExporterState, PairState
+    from exporter.webconfig import WebConfig
 
 log = logging.getLogger("exporter.web")
 

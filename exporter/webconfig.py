@@ -1,10 +1,12 @@
-"""`--web.config.file`: TLS, response headers and basic auth for every endpoint.
+"""`--web.config.file` loader: the file -> a checked `WebConfig` (TLS, headers, basic auth).
 
 The file uses the exporter-toolkit web-config format (prometheus/exporter-toolkit,
 docs/web-configuration.md) and is checked as strictly as the main config, with the YAML
 machinery of `exporter.config`: unknown keys are errors, and each error names the file, the
 line and the key path. Everything, the certificate and key included, is checked at load, so a
-bad file stops the exporter at start-up instead of at the first connection.
+bad file stops the exporter at start-up instead of at the first connection. Using the result
+is other modules' job: `exporter.webtls` builds the TLS context, `exporter.webauth` applies
+basic auth and the response headers to the app.
 
 Where this implementation differs from the Go toolkit, on purpose:
 
@@ -26,26 +28,17 @@ Passwords and hashes never appear in a message, a log line or a `repr`.
 
 from __future__ import annotations
 
-import asyncio
-import binascii
-import contextlib
-import enum
-import hmac
 import json
-import logging
 import re
-import secrets
 import ssl
 import unicodedata
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
 
-import bcrypt
 import yaml
-from aiohttp import hdrs, web
 
+from exporter.webtls import ClientAuth, TLSServerConfig, build_context
 from exporter.yamlfile import (
     BadYamlError,
     FileReadError,
@@ -65,50 +58,11 @@ from exporter.yamlfile import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping
 
-    from aiohttp.typedefs import Handler, Middleware
-
-log = logging.getLogger("exporter.webconfig")
 _T = TypeVar("_T")
-
-REALM: Final = "ollama-pull-exporter"
-CHALLENGE: Final = f'Basic realm="{REALM}"'
-"""The `WWW-Authenticate` value of every 401 answer."""
 
 
 class WebConfigError(ProblemsError):
     """The web config is unusable; `errors` holds every problem as "FILE:LINE: key: message"."""
-
-
-class ClientAuth(enum.Enum):
-    """The `client_auth_type` values Python's ssl can honour, with their verify modes."""
-
-    NO_CLIENT_CERT = "NoClientCert"
-    VERIFY_CLIENT_CERT_IF_GIVEN = "VerifyClientCertIfGiven"
-    REQUIRE_AND_VERIFY_CLIENT_CERT = "RequireAndVerifyClientCert"
-
-
-_VERIFY_MODES: Final = {
-    ClientAuth.NO_CLIENT_CERT: ssl.CERT_NONE,
-    ClientAuth.VERIFY_CLIENT_CERT_IF_GIVEN: ssl.CERT_OPTIONAL,
-    ClientAuth.REQUIRE_AND_VERIFY_CLIENT_CERT: ssl.CERT_REQUIRED,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class TLSServerConfig:
-    """`tls_server_config`, with file paths resolved against the web config's directory."""
-
-    cert_file: Path
-    key_file: Path
-    client_auth: ClientAuth = ClientAuth.NO_CLIENT_CERT
-    client_ca_file: Path | None = None
-    min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
-    max_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3
-    ciphers: tuple[str, ...] = ()
-    """OpenSSL names for TLS <= 1.2; empty: OpenSSL's defaults."""
-    prefer_server_cipher_suites: bool = True
-    lines: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
-    """Line of each key in the file, for messages about the files it names."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +84,11 @@ class WebConfig:
         """
         if self.tls is None:
             return None
-        return _build_context(self.tls, NodeWalker(self.source))
+        walker = NodeWalker(self.source)
+        context = _context(self.tls, walker)
+        if walker.problems:
+            raise WebConfigError(walker.messages())
+        return context
 
 
 def load_web_config(path: str) -> WebConfig:
@@ -154,12 +112,20 @@ def parse_web_config(text: str, source: str) -> WebConfig:
         raise WebConfigError([loader.format(exc.line, "", exc.message)]) from None
     web_config = loader.web_config(root)
     if web_config.tls is not None:  # the files too, so that one run reports every problem
-        with contextlib.suppress(WebConfigError):  # its problems are in loader.problems too
-            _build_context(web_config.tls, loader)
+        _context(web_config.tls, loader)
     if loader.problems:
         loader.problems.sort(key=lambda problem: problem[0])
         raise WebConfigError(message for _, message in loader.problems)
     return web_config
+
+
+def _context(tls: TLSServerConfig, walker: NodeWalker) -> ssl.SSLContext:
+    """`build_context`, its problems reported at the line of the key they are about."""
+
+    def report(key: str, message: str) -> None:
+        walker.error(tls.lines.get(key, 1), f"tls_server_config.{key}", message)
+
+    return build_context(tls, report)
 
 
 # Go's crypto/tls names (tls.CipherSuites(), the ones the toolkit accepts) -> OpenSSL's.
@@ -446,215 +412,3 @@ def _bcrypt_hash(node: yaml.Node) -> bytes:
     if not _BCRYPT_HASH.fullmatch(value):
         raise InvalidError("not a bcrypt hash (value not shown)")
     return value.encode("ascii")
-
-
-class _EncryptedKeyError(Exception):
-    """OpenSSL asked for a passphrase: without this, it would prompt on the terminal."""
-
-
-def _no_passphrase() -> bytes:
-    raise _EncryptedKeyError
-
-
-def _build_context(tls: TLSServerConfig, loader: NodeWalker) -> ssl.SSLContext:
-    """The server context for `tls`; problems go to `loader` and raise WebConfigError."""
-    before = len(loader.problems)
-
-    def fail(key: str, message: str) -> None:
-        loader.error(tls.lines.get(key, 1), f"tls_server_config.{key}", message)
-
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = tls.min_version
-    context.maximum_version = tls.max_version
-    if tls.prefer_server_cipher_suites:
-        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-    else:
-        context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
-    if tls.ciphers:
-        try:
-            context.set_ciphers(":".join(tls.ciphers))
-        except ssl.SSLError:
-            fail("cipher_suites", "OpenSSL supports none of these cipher suites")
-    _load_key_pair(context, tls, fail)
-    context.verify_mode = _VERIFY_MODES[tls.client_auth]
-    if tls.client_ca_file is not None:
-        text = _read(tls.client_ca_file, "client_ca_file", fail)
-        if text is not None:
-            try:
-                context.load_verify_locations(cadata=text.decode("latin-1"))
-            except (ssl.SSLError, ValueError):
-                fail("client_ca_file", f"{_show(tls.client_ca_file)} holds no PEM certificate")
-    if len(loader.problems) > before:
-        raise WebConfigError(message for _, message in loader.problems[before:])
-    return context
-
-
-def _load_key_pair(
-    context: ssl.SSLContext, tls: TLSServerConfig, fail: Callable[[str, str], None]
-) -> None:
-    """Check each file first, so that a message can say which one is wrong."""
-    cert_ok = _check_certificates(tls.cert_file, "cert_file", fail)
-    key_text = _read(tls.key_file, "key_file", fail)
-    if key_text is None:
-        return
-    if b"PRIVATE KEY-----" not in key_text:
-        fail("key_file", f"{_show(tls.key_file)} holds no PEM private key")
-        return
-    if not cert_ok:
-        return
-    try:
-        context.load_cert_chain(tls.cert_file, tls.key_file, password=_no_passphrase)
-    except _EncryptedKeyError:
-        message = f"{_show(tls.key_file)} is encrypted; keys with a passphrase are not supported"
-        fail("key_file", message)
-    except ssl.SSLError as exc:
-        if exc.reason == "KEY_VALUES_MISMATCH":
-            fail("key_file", f"{_show(tls.key_file)} does not match the certificate in cert_file")
-        else:
-            fail("key_file", f"cannot load {_show(tls.key_file)}: {exc.reason or exc}")
-    except OSError as exc:  # a file changed since we read it
-        fail("key_file", f"cannot read {_show(tls.key_file)}: {exc.strerror or exc}")
-
-
-def _check_certificates(path: Path, key: str, fail: Callable[[str, str], None]) -> bool:
-    """True if `path` holds at least one PEM certificate."""
-    text = _read(path, key, fail)
-    if text is None:
-        return False
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text.decode("latin-1"))
-    except (ssl.SSLError, ValueError):
-        fail(key, f"{_show(path)} holds no PEM certificate")
-        return False
-    return True
-
-
-def _read(path: Path, key: str, fail: Callable[[str, str], None]) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        fail(key, f"cannot read {_show(path)}: {exc.strerror or exc}")
-        return None
-
-
-def _show(path: Path) -> str:
-    return json.dumps(str(path), ensure_ascii=False)
-
-
-_MAX_PASSWORD_BYTES: Final = 72
-"""bcrypt only reads this much; longer passwords never match instead of matching a prefix."""
-_CACHE_SIZE: Final = 256
-
-
-class BasicAuth:
-    """Checks `Authorization: Basic` headers against bcrypt hashes, caching successes.
-
-    bcrypt is slow on purpose (~70 ms at cost 10) and Prometheus sends the same credentials
-    every scrape, so a verified (user, password) pair is remembered, as the toolkit does. The
-    cache keys are HMACs under a per-process random key, so neither passwords nor fast hashes of
-    them stay in memory, and looking one up reveals nothing through its timing. bcrypt itself
-    compares in constant time; it runs in a worker thread, one at a time, so the event loop keeps
-    serving and a password-guessing flood costs at most one core. An unknown user is checked
-    against a configured hash anyway, so the answer time does not tell which users exist.
-    """
-
-    def __init__(self, users: Mapping[str, bytes]) -> None:
-        if not users:
-            raise ValueError("BasicAuth needs at least one user")
-        self._users = {name.encode(): hashed for name, hashed in users.items()}
-        self._decoy = min(self._users.values())
-        self._key = secrets.token_bytes(32)
-        self._verified: OrderedDict[bytes, None] = OrderedDict()
-        self._lock = asyncio.Lock()
-
-    async def check(self, authorization: str | None) -> bool:
-        """True if the header holds the right password of a configured user."""
-        credentials = _parse_basic(authorization)
-        if credentials is None:
-            return False
-        user, password = credentials
-        hashed = self._users.get(user)
-        token = hmac.digest(self._key, len(user).to_bytes(4, "big") + user + password, "sha256")
-        if hashed is not None and self._remembered(token):
-            return True
-        async with self._lock:
-            if hashed is not None and self._remembered(token):  # verified while we waited
-                return True
-            matches = await asyncio.to_thread(_bcrypt_matches, password, hashed or self._decoy)
-        if not matches or hashed is None:
-            return False
-        self._verified[token] = None
-        if len(self._verified) > _CACHE_SIZE:
-            self._verified.popitem(last=False)
-        return True
-
-    def _remembered(self, token: bytes) -> bool:
-        if token not in self._verified:
-            return False
-        self._verified.move_to_end(token)
-        return True
-
-
-def _parse_basic(authorization: str | None) -> tuple[bytes, bytes] | None:
-    """(user, password) from `Basic base64(user:password)`, as bytes; None if malformed."""
-    if authorization is None:
-        return None
-    scheme, _, encoded = authorization.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = binascii.a2b_base64(encoded.strip().encode("ascii"), strict_mode=True)
-    except (binascii.Error, UnicodeEncodeError):
-        return None
-    user, colon, password = decoded.partition(b":")
-    return (user, password) if colon else None
-
-
-def _bcrypt_matches(password: bytes, hashed: bytes) -> bool:
-    if len(password) > _MAX_PASSWORD_BYTES:
-        return False
-    try:
-        return bcrypt.checkpw(password, hashed)
-    except ValueError:  # a hash bcrypt cannot read: checked at load, so never expected
-        return False
-
-
-def make_auth_middleware(web_config: WebConfig) -> Middleware | None:
-    """A middleware that answers 401 unless the request carries valid basic-auth credentials.
-
-    None when `basic_auth_users` is empty. Put it first in the app's middlewares: it then
-    guards every route, unknown paths included (they answer 401, not 404, to strangers).
-    """
-    if not web_config.users:
-        return None
-    auth = BasicAuth(web_config.users)
-
-    @web.middleware
-    async def basic_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if await auth.check(request.headers.get(hdrs.AUTHORIZATION)):
-            return await handler(request)
-        log.debug("basic auth failed", extra={"remote": request.remote or ""})
-        return web.Response(
-            status=401, text="Unauthorized\n", headers={hdrs.WWW_AUTHENTICATE: CHALLENGE}
-        )
-
-    return basic_auth
-
-
-def install(app: web.Application, web_config: WebConfig) -> None:
-    """Apply `web_config`'s basic auth and response headers to every answer of `app`.
-
-    Call it while building the app, before it starts. TLS is not the app's business: pass
-    `web_config.ssl_context()` to `web.run_app` or `web.TCPSite`.
-    """
-    middleware = make_auth_middleware(web_config)
-    if middleware is not None:
-        app.middlewares.insert(0, middleware)
-    if web_config.headers:
-        headers = web_config.headers
-
-        async def add_headers(_: web.Request, response: web.StreamResponse) -> None:
-            for name, value in headers:
-                response.headers[name] = value
-
-        app.on_response_prepare.append(add_headers)

@@ -1,11 +1,17 @@
-"""Production features on the real process: TLS and basic auth, persisted state, secrets."""
+"""Production features on the real process: TLS and basic auth, persisted state, secrets.
+
+Also the attacks of issue 8 that need the whole process: a flood of wrong passwords, and
+scrapes with every odd `Accept` header and query.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import shutil
 import signal
+import socket
 import sqlite3
 import ssl
 import subprocess
@@ -13,6 +19,7 @@ import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING
 
+import aiohttp
 import bcrypt
 import pytest
 
@@ -22,7 +29,7 @@ from ollama_sim import (
     fresh_pull,
     up_to_date,
 )
-from tests.harness import run_cli, run_exporter, wait_for
+from tests.harness import PROMETHEUS_ACCEPT, parse_samples, run_cli, run_exporter, wait_for
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -230,3 +237,128 @@ def test_a_header_secret_never_leaves_the_process(tmp_path: Path) -> None:
         )
         assert check.returncode == 1
         assert SECRET not in check.stdout + check.stderr
+
+
+FLOOD = 400
+
+
+def _loopback_alias() -> str:
+    """A second loopback address, so the flood comes from another client than Prometheus."""
+    try:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.2", 0))
+    except OSError:
+        pytest.skip("127.0.0.2 is not usable here")
+    return "127.0.0.2"
+
+
+async def _flood_then_login(url: str, attacker: str) -> tuple[list[int], int]:
+    """FLOOD wrong passwords at once from `attacker`, then one good login from 127.0.0.1."""
+    timeout = aiohttp.ClientTimeout(total=120)
+    flood_connector = aiohttp.TCPConnector(limit=0, local_addr=(attacker, 0))
+    async with (
+        aiohttp.ClientSession(connector=flood_connector, timeout=timeout) as flood,
+        aiohttp.ClientSession(timeout=timeout) as prometheus,
+    ):
+
+        async def guess(index: int) -> int:
+            async with flood.get(url + "/metrics", headers=_auth(USER, f"guess{index}")) as r:
+                return r.status
+
+        tasks = [asyncio.ensure_future(guess(i)) for i in range(FLOOD)]
+        # One answer back: the exporter is busy with the rest now.
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        async with prometheus.get(url + "/metrics", headers=_auth(USER, PASSWORD)) as response:
+            login = response.status
+        return list(await asyncio.gather(*tasks)), login
+
+
+def test_a_password_flood_does_not_lock_out_a_new_login(tmp_path: Path) -> None:
+    """Defect: 5,000 wrong passwords delayed a new valid login by minutes (one bcrypt each)."""
+    attacker = _loopback_alias()
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
+    web = tmp_path / "web.yml"
+    web.write_text(f"basic_auth_users:\n  {USER}: '{hashed}'\n")
+    config = "servers:\n  - url: http://127.0.0.1:1\n    models: [a]\n"
+    with run_exporter(
+        config, tmp_path, f"--web.config.file={web}", headers=_auth(USER, PASSWORD), ready=False
+    ) as exporter:
+        wait_for(lambda: "msg=starting" in exporter.logs(), 20, "the exporter to start")
+        wait_for(lambda: _answers(exporter.url), 20, "the exporter to answer")
+        statuses, login = asyncio.run(_flood_then_login(exporter.url, attacker))
+        exporter.stop()
+        logs = exporter.logs().splitlines()
+    assert login == 200
+    assert set(statuses) <= {401, 429}
+    assert statuses.count(429) >= FLOOD // 2, statuses
+    verified = next(i for i, line in enumerate(logs) if "basic auth verified" in line)
+    failed_first = sum("basic auth failed" in line for line in logs[:verified])
+    assert failed_first <= 8, f"{failed_first} bcrypt checks ran before the valid login's"
+    assert "Traceback" not in "\n".join(logs)
+    assert sum("basic auth queue full" in line for line in logs) <= 2
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url + "/-/healthy", timeout=2)
+    except urllib.error.HTTPError:
+        return True  # 401: it answers
+    except OSError:
+        return False
+    return True
+
+
+ODD_SCRAPES = (
+    ("/metrics", "application/openmetrics-text;version=2.0.0"),
+    ("/metrics", "application/openmetrics-text;version=1.0.0;escaping=values"),
+    ("/metrics", "text/plain;version=1.0.0;escaping=values"),
+    ("/metrics", "application/openmetrics-text;version=abc"),
+    ("/metrics", "text/plain;version=abc;q=abc"),
+    ("/metrics", "*/*;q=2,application/openmetrics-text;q=-1"),
+    ("/metrics?name[]=ollama_pull_runs_total", PROMETHEUS_ACCEPT),
+    ("/metrics?name[]=ollama_pull_runs_total&name[]=ollama_pull_server_up", ""),
+    ("/metrics?name[]=", PROMETHEUS_ACCEPT),
+    ("/metrics?%ff%fe=%00&x", PROMETHEUS_ACCEPT),
+    ("/metrics", PROMETHEUS_ACCEPT),
+)
+
+
+def test_odd_scrapes_are_answered_from_the_cache_or_refused_cleanly(tmp_path: Path) -> None:
+    """Defect: OpenMetrics 2.0.0/escaping=values cost 0.6 s each, version=abc was a 500, and
+    `?name[]=` answered an empty body."""
+    sim = OllamaSimulator({"a": [up_to_date([1000])]}, time_scale=TIME_SCALE)
+    with sim.running() as url:
+        config = (
+            f"defaults: {{jitter: 0}}\nservers:\n  - name: sim\n    url: {url}\n    models: [a]\n"
+        )
+        with run_exporter(config, tmp_path) as exporter:
+            exporter.wait_value(
+                "ollama_pull_last_success", lambda v: v == 1, server="sim", model="a"
+            )
+            answers = []
+            for path, accept in ODD_SCRAPES:
+                request = urllib.request.Request(exporter.url + path, headers={"Accept": accept})
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    answers.append((response.headers["Content-Type"], response.read().decode()))
+            exporter.stop()
+            logs = exporter.logs()
+    for (path, accept), (content_type, body) in zip(ODD_SCRAPES, answers, strict=True):
+        assert content_type.startswith(
+            ("text/plain; version=0.0.4", "application/openmetrics-text; version=1.0.0")
+        ), (path, accept, content_type)
+        assert "escaping=values" not in content_type
+        samples = parse_samples(body)
+        if "name[]=ollama_pull_runs_total" in path:
+            assert (
+                samples[("ollama_pull_runs_total", frozenset({("server", "sim"), ("model", "a")}))]
+                >= 1
+            )
+            names = {name for name, _ in samples}
+            assert names <= {"ollama_pull_runs_total", "ollama_pull_server_up"}, names
+        elif "name[]" not in path:
+            assert (
+                "ollama_pull_last_success",
+                frozenset({("server", "sim"), ("model", "a")}),
+            ) in samples
+    assert "Traceback" not in logs
+    assert "level=error" not in logs

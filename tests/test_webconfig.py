@@ -1,4 +1,5 @@
-"""Tests for exporter.webconfig: bad files with their exact messages, and a real TLS server."""
+"""Tests for exporter.webconfig, webtls and webauth: bad files with their exact messages,
+a real TLS server, and basic auth under a flood of wrong passwords."""
 
 from __future__ import annotations
 
@@ -17,18 +18,10 @@ import bcrypt
 import pytest
 from aiohttp import web
 
-from exporter import webconfig
-from exporter.webconfig import (
-    CHALLENGE,
-    BasicAuth,
-    ClientAuth,
-    WebConfig,
-    WebConfigError,
-    install,
-    load_web_config,
-    make_auth_middleware,
-    parse_web_config,
-)
+from exporter import webauth, webconfig
+from exporter.webauth import CHALLENGE, BasicAuth, Verdict, install, make_auth_middleware
+from exporter.webconfig import WebConfig, WebConfigError, load_web_config, parse_web_config
+from exporter.webtls import ClientAuth
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -512,13 +505,13 @@ def _client_context(certs: Path, *, client_cert: bool = False) -> ssl.SSLContext
 def _count_bcrypt(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
     """Record the hash of every bcrypt check the middleware makes."""
     checked: list[bytes] = []
-    real = webconfig._bcrypt_matches
+    real = webauth._bcrypt_matches
 
     def counting(password: bytes, hashed: bytes) -> bool:
         checked.append(hashed)
         return real(password, hashed)
 
-    monkeypatch.setattr(webconfig, "_bcrypt_matches", counting)
+    monkeypatch.setattr(webauth, "_bcrypt_matches", counting)
     yield checked
 
 
@@ -654,8 +647,8 @@ def test_unknown_users_cost_a_bcrypt_check_too(monkeypatch: pytest.MonkeyPatch) 
 
     async def scenario() -> list[bytes]:
         with _count_bcrypt(monkeypatch) as checked:
-            assert not await auth.check(_basic("mallory", PASSWORD)["Authorization"])
-            assert not await auth.check(_basic("mallory", PASSWORD)["Authorization"])
+            assert Verdict.DENIED is await auth.check(_basic("mallory", PASSWORD)["Authorization"])
+            assert Verdict.DENIED is await auth.check(_basic("mallory", PASSWORD)["Authorization"])
             return checked
 
     assert run(scenario()) == [HASH.encode()] * 2
@@ -677,34 +670,86 @@ def test_unknown_users_cost_a_bcrypt_check_too(monkeypatch: pytest.MonkeyPatch) 
 )
 def test_authorization_header_parsing(header: str | None, expected: bool) -> None:
     auth = BasicAuth({"alice": HASH.encode()})
-    assert run(auth.check(header)) is expected
+    assert (run(auth.check(header)) is Verdict.OK) is expected
 
 
 def test_non_ascii_credentials() -> None:
     hashed = bcrypt.hashpw("pässwörd".encode(), bcrypt.gensalt(rounds=4))
     auth = BasicAuth({"jürgen": hashed})
-    assert run(auth.check(_basic("jürgen", "pässwörd")["Authorization"]))
-    assert not run(auth.check(_basic("jurgen", "pässwörd")["Authorization"]))
+    assert run(auth.check(_basic("jürgen", "pässwörd")["Authorization"])) is Verdict.OK
+    assert run(auth.check(_basic("jurgen", "pässwörd")["Authorization"])) is Verdict.DENIED
 
 
 def test_passwords_over_72_bytes_never_match() -> None:
     long_password = "p" * 72
     auth = BasicAuth({"alice": bcrypt.hashpw(long_password.encode(), bcrypt.gensalt(rounds=4))})
-    assert run(auth.check(_basic("alice", long_password)["Authorization"]))
-    assert not run(auth.check(_basic("alice", long_password + "x")["Authorization"]))
+    assert run(auth.check(_basic("alice", long_password)["Authorization"])) is Verdict.OK
+    assert run(auth.check(_basic("alice", long_password + "x")["Authorization"])) is Verdict.DENIED
 
 
 def test_the_cache_is_bounded() -> None:
-    auth = BasicAuth({f"user{i}": HASH.encode() for i in range(webconfig._CACHE_SIZE + 10)})
+    auth = BasicAuth({f"user{i}": HASH.encode() for i in range(webauth._CACHE_SIZE + 10)})
 
     async def scenario() -> None:
-        for i in range(webconfig._CACHE_SIZE + 10):
-            assert await auth.check(_basic(f"user{i}", PASSWORD)["Authorization"])
+        for i in range(webauth._CACHE_SIZE + 10):
+            assert Verdict.OK is await auth.check(_basic(f"user{i}", PASSWORD)["Authorization"])
 
     run(scenario())
-    assert len(auth._verified) == webconfig._CACHE_SIZE
+    assert len(auth._verified) == webauth._CACHE_SIZE
 
 
 def test_basic_auth_needs_users() -> None:
     with pytest.raises(ValueError, match="at least one user"):
         BasicAuth({})
+
+
+def test_unknown_users_are_checked_against_the_costliest_hash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Defect: the decoy was the cheapest hash, so unknown users answered faster."""
+    cheap = bcrypt.hashpw(b"a", bcrypt.gensalt(rounds=4))
+    dear = bcrypt.hashpw(b"b", bcrypt.gensalt(rounds=6))
+    auth = BasicAuth({"alice": cheap, "bob": dear, "carol": cheap})
+
+    async def scenario() -> list[bytes]:
+        with _count_bcrypt(monkeypatch) as checked:
+            assert Verdict.DENIED is await auth.check(_basic("mallory", "x")["Authorization"])
+            return checked
+
+    assert run(scenario()) == [dear]
+
+
+def test_checks_for_clients_that_left_are_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    auth = BasicAuth({"alice": HASH.encode()})
+
+    async def scenario() -> list[bytes]:
+        with _count_bcrypt(monkeypatch) as checked:
+            header = _basic("alice", PASSWORD)["Authorization"]
+            assert await auth.check(header, "a", connected=lambda: False) is Verdict.DENIED
+            return checked
+
+    assert run(scenario()) == []
+
+
+def test_the_bcrypt_queue_is_bounded_per_client_and_known_logins_skip_it() -> None:
+    """Defect: every wrong password queued a bcrypt check, so a flood locked Prometheus out."""
+    auth = BasicAuth({"alice": HASH.encode()})
+    good = _basic("alice", PASSWORD)["Authorization"]
+    wrong = _basic("alice", "guess")["Authorization"]
+
+    async def scenario() -> tuple[list[Verdict], list[Verdict], Verdict]:
+        assert await auth.check(good, "prometheus") is Verdict.OK  # verified once, remembered
+        flood = [auth.check(wrong, "attacker") for _ in range(webauth.MAX_PENDING_PER_CLIENT + 20)]
+        others = [auth.check(wrong, f"other{i}") for i in range(webauth.MAX_PENDING + 10)]
+        tasks = [asyncio.ensure_future(each) for each in (*flood, *others)]
+        known = await auth.check(good, "prometheus")  # while all of them wait
+        verdicts = await asyncio.gather(*tasks)
+        return verdicts[: len(flood)], verdicts[len(flood) :], known
+
+    flood, others, known = run(scenario())
+    assert known is Verdict.OK
+    assert flood.count(Verdict.DENIED) == webauth.MAX_PENDING_PER_CLIENT
+    assert flood.count(Verdict.BUSY) == 20
+    denied = others.count(Verdict.DENIED)
+    assert denied == webauth.MAX_PENDING - webauth.MAX_PENDING_PER_CLIENT
+    assert others.count(Verdict.BUSY) == len(others) - denied
