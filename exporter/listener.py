@@ -11,7 +11,8 @@ own sockets fail. Here:
 - `ConnectionGuard` caps open server connections below the fd limit, leaving room for the
   pulls (`connection_cap`); at the cap the oldest connection that is not being answered
   (one that never sent a whole request first) is closed to make room, so a real scrape still
-  gets in. A connection must send a complete request head within `HEADER_TIMEOUT`.
+  gets in. A connection must send a complete request head within `HEADER_TIMEOUT` (with TLS,
+  the handshake included: TLS connections are counted from accept, see `_TLSGate`).
 - Malformed requests are one debug line (`request_error_log`), and socket errors that asyncio
   reports (`accept()` out of descriptors, TLS handshakes of strangers) are one warning line
   at most every 10 s (`exporter.ratelog`) with a count of the ones left out (`QuietErrors`).
@@ -137,15 +138,69 @@ class _Connection(RequestHandler):
     """Requests being answered now."""
     header_timer: asyncio.TimerHandle | None = None
 
+    counted = False
+    """Counted in at accept already (TLS: by its `_TLSGate`, before the handshake)."""
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Count the connection in, maybe making room; start the header timer."""
         super().connection_made(transport)
-        self.guard.opened(self, transport)
+        if not self.counted:
+            self.guard.opened(self, transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """Count the connection out."""
         self.guard.closed(self)
         super().connection_lost(exc)
+
+
+class _TLSGate(asyncio.Protocol):
+    """The TCP side of a TLS connection: counted from accept, then upgraded, then handed on.
+
+    With `create_server(ssl=...)` a connection is invisible until its handshake is done, so
+    stalled handshakes could hold every descriptor; here they count towards the cap, may be
+    closed to make room, and share the header timeout.
+    """
+
+    def __init__(
+        self, connection: _Connection, context: ssl.SSLContext, guard: ConnectionGuard
+    ) -> None:
+        self._connection = connection
+        self._context = context
+        self._guard = guard
+        self._upgrade: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Count the connection in and start the handshake."""
+        tcp = cast("asyncio.Transport", transport)
+        tcp.pause_reading()  # the ClientHello is for the TLS layer, not for this protocol
+        self._connection.counted = True
+        self._guard.opened(self._connection, tcp)
+        if not tcp.is_closing():
+            self._upgrade = asyncio.get_running_loop().create_task(self._handshake(tcp))
+
+    async def _handshake(self, tcp: asyncio.Transport) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            tls = await loop.start_tls(
+                tcp,
+                self._connection,
+                self._context,
+                server_side=True,
+                ssl_handshake_timeout=self._guard.header_timeout,
+            )
+        except (OSError, TimeoutError, ConnectionError) as exc:  # ssl.SSLError is an OSError
+            log.debug("TLS handshake failed", extra={"error": _reason(exc)})
+            _abort(tcp)  # the connection's connection_lost counts it out
+            return
+        if tls is not None:
+            self._connection.connection_made(tls)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """Gone before the handshake started."""
+        del exc
+        self._guard.closed(self._connection)
+        if self._upgrade is not None:
+            self._upgrade.cancel()
 
 
 class ConnectionGuard:
@@ -163,14 +218,21 @@ class ConnectionGuard:
         """Connections open now."""
         return len(self._open)
 
-    def protocol_factory(self, server: web.Server) -> Callable[[], _Connection]:
-        """What `loop.create_server` calls per accepted connection (aiohttp's own handler)."""
+    def protocol_factory(
+        self, server: web.Server, ssl_context: ssl.SSLContext | None = None
+    ) -> Callable[[], asyncio.BaseProtocol]:
+        """What `loop.create_server` calls per accepted connection.
+
+        aiohttp's own handler, behind a `_TLSGate` when there is an `ssl_context`.
+        """
         options: Mapping[str, Any] = server._kwargs  # noqa: SLF001 - the runner's handler options
 
-        def make() -> _Connection:
+        def make() -> asyncio.BaseProtocol:
             connection = _Connection(server, loop=asyncio.get_running_loop(), **options)
             connection.guard = self
-            return connection
+            if ssl_context is None:
+                return connection
+            return _TLSGate(connection, ssl_context, self)
 
         return make
 
@@ -310,16 +372,10 @@ async def serve(
     servers: list[asyncio.Server] = []
     try:
         assert runner.server is not None
-        factory = guard.protocol_factory(runner.server)
-        for sock in sockets:
-            server = await loop.create_server(
-                factory,
-                sock=sock,
-                ssl=ssl_context,
-                backlog=_BACKLOG,
-                ssl_handshake_timeout=HEADER_TIMEOUT if ssl_context is not None else None,
-            )
-            servers.append(server)
+        factory = guard.protocol_factory(runner.server, ssl_context)
+        servers.extend(
+            [await loop.create_server(factory, sock=sock, backlog=_BACKLOG) for sock in sockets]
+        )
         await stop.wait()
     finally:  # the signal handlers stay until the loop closes: a second SIGTERM changes nothing
         for server in servers:

@@ -13,7 +13,10 @@ import logging
 import re
 import resource
 import selectors
+import shutil
 import socket
+import ssl
+import subprocess
 import time
 import urllib.request
 from typing import TYPE_CHECKING
@@ -258,20 +261,53 @@ def enough_fds() -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def _scrape(url: str) -> int:
+def _scrape(url: str, context: ssl.SSLContext | None = None) -> int:
     request = urllib.request.Request(url + "/metrics", headers={"Accept": PROMETHEUS_ACCEPT})
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5, context=context) as response:
             response.read()
             return int(response.status)
     except OSError:
         return 0
 
 
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    openssl = shutil.which("openssl")
+    assert openssl is not None
+    directory = tmp_path_factory.mktemp("tls")
+    subprocess.run(
+        [
+            openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(directory / "server.key"), "-out", str(directory / "server.crt"),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    (directory / "web.yml").write_text(
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+    )
+    return directory
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("enough_fds")
-def test_slow_connections_starve_neither_scrapes_nor_pulls(tmp_path: Path) -> None:
-    """Defect: ~1,100 half-sent requests held every fd of a 1024-fd exporter for 75 s."""
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_slow_connections_starve_neither_scrapes_nor_pulls(
+    tmp_path: Path, tls: bool, request: pytest.FixtureRequest
+) -> None:
+    """Defect: ~1,100 half-sent requests held every fd of a 1024-fd exporter for 75 s.
+
+    Over TLS the slow clients stall in the handshake instead (they send a partial request
+    head in the clear, which is no ClientHello).
+    """
+    args: list[str] = []
+    context = None
+    if tls:
+        certs = request.getfixturevalue("tls_files")
+        args.append(f"--web.config.file={certs / 'web.yml'}")
+        context = ssl.create_default_context(cafile=str(certs / "server.crt"))
     models = [f"m{i}" for i in range(PAIRS)]
     sim = OllamaSimulator({m: [up_to_date([1000])] * 200 for m in models}, time_scale=0.01)
     with sim.running() as url:
@@ -280,7 +316,9 @@ def test_slow_connections_starve_neither_scrapes_nor_pulls(tmp_path: Path) -> No
             f"servers:\n  - name: sim\n    url: {url}\n    max_concurrent_pulls: {PAIRS}\n"
             f"    models: [{', '.join(models)}]\n"
         )
-        with run_exporter(config, tmp_path, "--log.level=info", fd_limit=FD_LIMIT) as exporter:
+        with run_exporter(
+            config, tmp_path, "--log.level=info", *args, fd_limit=FD_LIMIT, context=context
+        ) as exporter:
             port = int(exporter.url.rsplit(":", 1)[1])
             samples = exporter.scrape()
             runs_before = sum(v for (n, _), v in samples.items() if n == "ollama_pull_runs_total")
@@ -289,7 +327,7 @@ def test_slow_connections_starve_neither_scrapes_nor_pulls(tmp_path: Path) -> No
                 deadline = time.monotonic() + ATTACK_SECONDS
                 while time.monotonic() < deadline:
                     clients.drip()
-                    statuses.append(_scrape(exporter.url))
+                    statuses.append(_scrape(exporter.url, context))
                     time.sleep(0.3)
                 assert len(clients.started) > FD_LIMIT, "the attack did not get going"
                 left = clients.still_open()
