@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -29,7 +30,6 @@ from tests.harness import PROMETHEUS_ACCEPT, free_port, run_cli, run_exporter, w
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 CONFIG = "servers:\n  - url: http://127.0.0.1:1\n    models: [a]\n"
 
@@ -190,6 +190,11 @@ SLOW_CLIENTS = 1100
 FD_LIMIT = 1024
 PAIRS = 4
 ATTACK_SECONDS = 13.0  # longer than the header timeout (10 s)
+FDS_AFTER = 200  # the exporter's descriptors once the slow clients are dropped (idle: ~40)
+
+
+def _fds(pid: int) -> int:
+    return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
 
 
 class SlowClients:
@@ -200,7 +205,9 @@ class SlowClients:
         """Send nothing at all (a TLS handshake that never starts)."""
         self.selector = selectors.DefaultSelector()
         self.sockets: list[socket.socket] = []
-        for _ in range(count):
+        for index in range(count):
+            if index % 100 == 99:
+                time.sleep(0.05)  # paced a little: a burst overflows the listen backlog
             sock = socket.socket()
             sock.setblocking(False)
             sock.connect_ex(("127.0.0.1", port))
@@ -221,19 +228,6 @@ class SlowClients:
         for sock in () if self.silent else self.started:
             with contextlib.suppress(OSError):
                 sock.send(b"a")
-
-    def still_open(self) -> int:
-        """How many the exporter has not closed (a recv that would block)."""
-        open_count = 0
-        for sock in self.started:
-            try:
-                if sock.recv(1, socket.MSG_PEEK):
-                    open_count += 1
-            except BlockingIOError:
-                open_count += 1
-            except OSError:
-                pass
-        return open_count
 
     def close(self) -> None:
         for sock in self.sockets:
@@ -332,10 +326,11 @@ def test_slow_connections_starve_neither_scrapes_nor_pulls(
                     statuses.append(_scrape(exporter.url, context))
                     time.sleep(0.3)
                 assert len(clients.started) > FD_LIMIT, "the attack did not get going"
-                # Each has HEADER_TIMEOUT from its accept; under load the last are accepted late.
+                # Each has HEADER_TIMEOUT from its accept, and the exporter lets them go: its
+                # descriptors come back while the slow clients still hold their ends.
                 with contextlib.suppress(AssertionError):
-                    wait_for(lambda: clients.still_open() == 0, 15, "the slow clients to be closed")
-                left = clients.still_open()
+                    wait_for(lambda: _fds(exporter.process.pid) < FDS_AFTER, 15, "fds to come back")
+                left = _fds(exporter.process.pid)
             samples = exporter.scrape()
             logs = exporter.logs()
         assert exporter.process.returncode is None or exporter.process.returncode == 0
@@ -349,7 +344,7 @@ def test_slow_connections_starve_neither_scrapes_nor_pulls(
     assert failures == {}, failures
     assert samples["ollama_pull_server_up", frozenset({("server", "sim")})] == 1
     assert runs_after >= runs_before + PAIRS * 5, (runs_before, runs_after)
-    assert left == 0, f"{left} connections still open after {ATTACK_SECONDS}s without a request"
+    assert left < FDS_AFTER, f"the exporter still holds {left} fds after the slow clients' timeout"
     assert "Traceback" not in logs
     others = [line for line in logs.splitlines() if "logger=exporter.pull " not in line]
     assert len(others) < 20, "\n".join(others[-20:])
