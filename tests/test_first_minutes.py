@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -37,21 +38,36 @@ def test_once_stopped_by_a_signal_prints_what_it_has_and_one_line(
             stderr=subprocess.PIPE,
             text=True,
         )
+        stderr = process.stderr
+        assert stderr is not None
+        # The exporter's own word that `quick` finished (the simulator sending its last line
+        # is not enough: the exporter may not have read it yet when the signal comes).
+        log: list[str] = []
+        reader = threading.Thread(target=lambda: log.extend(iter(stderr.readline, "")))
+        reader.start()
         try:
             wait_for(
                 lambda: (
-                    {(r.model, r.outcome) for r in sim.requests}
-                    >= {("quick", "completed"), ("hang", "open")}
+                    any("pull finished" in line and "model=quick" in line for line in log[:])
+                    and ("hang", "open") in {(r.model, r.outcome) for r in sim.requests}
                 ),
                 20,
                 "one pull done and one hanging",
             )
             process.send_signal(sig)
-            out, err = process.communicate(timeout=10)
+            process.wait(timeout=10)  # not communicate(): the reader owns stderr
+            assert process.stdout is not None
+            out = process.stdout.read()
+            reader.join(5)
+            err = "".join(log)
         finally:
             if process.poll() is None:
                 process.kill()
-                process.communicate()
+                process.wait()
+            reader.join(5)
+            for pipe in (process.stdout, stderr):
+                if pipe is not None:
+                    pipe.close()
     assert "Traceback" not in err, err
     assert process.returncode == 1, (out, err)
     lines = out.splitlines()
