@@ -12,7 +12,8 @@ measures its own CPU seconds (user + system, `getrusage`) from the request to th
 the stream:
 
 - A: the exporter's production path, `exporter.pull.run_pull` with a real `ExporterState`,
-  its `PairState` and the real collector registered (one scrape at the end is measured too);
+  its `PairState`, the real collector registered (one scrape at the end is measured too) and
+  the run recorded in a `History` with its transcript, as every run of the exporter is;
 - B: the official `ollama` client, `AsyncClient(host).pull(model, stream=True)`;
 - C: plain aiohttp, `async for line in resp.content: json.loads(line)`;
 - D: the floor: aiohttp chunks split on newlines and decoded with msgspec, nothing else.
@@ -72,6 +73,7 @@ async def _consume_a(url: str) -> dict[str, Any]:
     from prometheus_client import generate_latest  # noqa: PLC0415
 
     from exporter.config import Config, ModelConfig, PullSettings, ServerConfig  # noqa: PLC0415
+    from exporter.history import History, Trigger  # noqa: PLC0415
     from exporter.metrics import build_registry  # noqa: PLC0415
     from exporter.pull import make_session, run_pull  # noqa: PLC0415
     from exporter.state import ExporterState, sync_pairs  # noqa: PLC0415
@@ -90,9 +92,13 @@ async def _consume_a(url: str) -> dict[str, Any]:
     sync_pairs(state, Config("bench", (server,)))
     registry = build_registry(state)
     pair = state.pairs[server.name, model.name]
+    history = History()
     async with make_session() as session:
         before, wall = own_cpu_seconds(), time.perf_counter()
-        result = await run_pull(session, server, model, state, pair)
+        # As shipped: every run is recorded in the history with its transcript.
+        active = history.reserve(server.name, model.name, Trigger.SCHEDULE)
+        result = await run_pull(session, server, model, state, pair, active=active)
+        history.finish(active, result, pair)
         exposition = generate_latest(registry)
         cpu, wall = own_cpu_seconds() - before, time.perf_counter() - wall
     if not result.succeeded:

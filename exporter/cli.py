@@ -8,12 +8,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sqlite3
 import sys
 from typing import TYPE_CHECKING
 
 from exporter import __version__, listener, signals
 from exporter.config import ConfigError, load_config
 from exporter.fleet import Fleet
+from exporter.history import History
+from exporter.historydb import HistoryDB
 from exporter.logs import FORMATS, LEVEL_NAMES, setup_logging
 from exporter.metrics import build_registry
 from exporter.pull import make_session
@@ -97,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow POST /-/reload",
     )
+    add(
+        "--web.enable-admin-api",
+        dest="enable_admin_api",
+        action="store_true",
+        help="allow POST /api/v1/pulls (start a pull now)",
+    )
     add("--web.config.file", dest="web_config_file", default=None, help="TLS and basic auth")
     add("--storage.path", dest="storage_path", default=None, help="SQLite file for last results")
     add(
@@ -165,12 +174,14 @@ def _main(args: argparse.Namespace, shard: Shard) -> int:
         config=config,
         state=state,
         enable_lifecycle=args.enable_lifecycle,
+        enable_admin_api=args.enable_admin_api,
         save=writer.save if writer is not None else None,
         save_digest=writer.save_digest if writer is not None else None,
         fleet=Fleet(shard, state.fleet),
         stored=stored,
         exit_on_hang=True,
     )
+    runtime.history = history = _history(config, args.storage_path if writer else None)
     runtime.apply(config)
     if stored:
         restored = restore(state, stored)
@@ -181,8 +192,23 @@ def _main(args: argparse.Namespace, shard: Shard) -> int:
             return asyncio.run(_run_once(runtime))
         return _serve(args, config, runtime, web_config)
     finally:
+        history.close()
         if writer is not None:
             writer.close()
+
+
+def _history(config: Config, path: str | None) -> History:
+    """The run history: in the state file's table when there is one, else in memory."""
+    if path is None:
+        return History(config.history_limit)
+    try:
+        return History(config.history_limit, HistoryDB.open(path))
+    except sqlite3.Error as exc:
+        log.warning(
+            "cannot keep the run history in the state file; keeping it in memory",
+            extra={"path": path, "error": str(exc)},
+        )
+        return History(config.history_limit)
 
 
 def _open_store(
@@ -274,7 +300,8 @@ async def _run_once(runtime: Runtime) -> int:
     before = {key: pair.last for key, pair in state.pairs.items()}
     try:
         async with make_session() as session:
-            await Scheduler(session, state, on_finished=runtime.save).run_once(config)
+            scheduler = Scheduler(session, state, on_finished=runtime.save, history=runtime.history)
+            await scheduler.run_once(config)
     except asyncio.CancelledError:
         if not received:
             raise

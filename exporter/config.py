@@ -112,6 +112,8 @@ class Config:
     """Pulls at once across all servers; None: no fleet-wide limit."""
     discovery: tuple[DiscoveryConfig, ...] = ()
     """`server_discovery` entries; the servers they find join `servers` at run time."""
+    history_limit: int = 100
+    """Finished runs kept per pair, with their transcripts (the operator's API and page)."""
 
     @property
     def model_count(self) -> int:
@@ -201,6 +203,7 @@ def parse_config(text: str, source: str, environ: Mapping[str, str] | None = Non
         servers=servers,
         max_concurrent_pulls=loader.fleet_limit,
         discovery=tuple(loader.discovery),
+        history_limit=loader.history_limit,
     )
 
 
@@ -290,6 +293,13 @@ def _pull_limit(node: yaml.Node) -> int:
     value = scalar(node)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidError(f"expected an integer >= 1, got {describe(node)}")
+    return value
+
+
+def _history_limit(node: yaml.Node) -> int:
+    value = scalar(node)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_HISTORY:
+        raise InvalidError(f"expected an integer from 1 to {_MAX_HISTORY}, got {describe(node)}")
     return value
 
 
@@ -393,7 +403,9 @@ _TOP_KEYS: Final = (
     "inventory_interval",
     "max_concurrent_pulls",
     "server_discovery",
+    "history_limit",
 )
+_MAX_HISTORY: Final = 100_000
 _SERVER_KEYS: Final = (
     "name",
     "url",
@@ -447,6 +459,7 @@ class _Loader(NodeWalker):
         self.fleet_limit: int | None = None
         self.inventory = _Setting(60.0, "1m")
         self.discovery: list[DiscoveryConfig] = []
+        self.history_limit = 100
 
     def document(self, root: yaml.Node | None) -> tuple[ServerConfig, ...]:
         if root is None or (isinstance(root, yaml.ScalarNode) and not root.value):
@@ -456,11 +469,8 @@ class _Loader(NodeWalker):
             self.error(root, "", f"the top level must be a mapping, got {describe(root)}")
             return ()
         fields = self.mapping(root, "", _TOP_KEYS)
+        self.top_level_limits(fields)
         defaults = _Level(dict(_BUILTIN), set())
-        if (node := fields.get("max_concurrent_pulls")) is not None:
-            self.fleet_limit = self.check(node, "max_concurrent_pulls", _pull_limit, None)
-        if (node := fields.get("inventory_interval")) is not None:
-            self.inventory = self.interval_setting(node, "inventory_interval")
         if (node := fields.get("defaults")) is not None and scalar(node) is not None:
             self.settings(self.mapping(node, "defaults", _SETTINGS), "defaults", defaults)
         if (found := fields.get("server_discovery")) is not None:
@@ -479,6 +489,15 @@ class _Loader(NodeWalker):
         servers = [self.server(item, f"servers[{i}]", defaults) for i, item in enumerate(items)]
         self.check_unique_names(servers, items)
         return tuple(servers)
+
+    def top_level_limits(self, fields: Mapping[str, yaml.Node]) -> None:
+        """`max_concurrent_pulls`, `inventory_interval` and `history_limit` of the top level."""
+        if (node := fields.get("max_concurrent_pulls")) is not None:
+            self.fleet_limit = self.check(node, "max_concurrent_pulls", _pull_limit, None)
+        if (node := fields.get("inventory_interval")) is not None:
+            self.inventory = self.interval_setting(node, "inventory_interval")
+        if (node := fields.get("history_limit")) is not None:
+            self.history_limit = self.check(node, "history_limit", _history_limit, 100)
 
     def interval_setting(self, node: yaml.Node, path: str) -> _Setting:
         """An `inventory_interval` and where it was written (1m after an error)."""

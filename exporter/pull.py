@@ -20,12 +20,14 @@ from exporter.pacing import COALESCE_BELOW_BYTES, ReadPacer
 from exporter.progress import RunProgress
 from exporter.protocol import LineDecoder, ProtocolError, Reason
 from exporter.state import RunResult
+from exporter.transcript import Redactor
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from exporter.clock import Clock
     from exporter.config import ModelConfig, ServerConfig
+    from exporter.history import ActiveRun
     from exporter.protocol import RunEnded
     from exporter.state import ExporterState, PairState
 
@@ -77,18 +79,22 @@ async def run_pull(
     *,
     clock: Clock = SYSTEM_CLOCK,
     on_chunk: Callable[[bytes, float], None] | None = None,
+    active: ActiveRun | None = None,
 ) -> RunResult:
     """Run one pull of `model` on `server` and record it in `pair`; return how it ended.
 
     `on_chunk(chunk, arrived_at)` sees every chunk of the stream as it was read, with the
     `clock.monotonic()` reading its lines are folded at (b"" at the end): a transcript
     costs one call per chunk, not per line. It must be cheap and must not raise.
+    With `active` (the run history) the chunks also go to the run's transcript.
     """
     settings = model.settings
     started_wall = clock.time()
     started = clock.monotonic()
     run = RunProgress(started)
     pair.start_run(run)
+    if active is not None:
+        on_chunk = _both(on_chunk, active.begin(run, started_wall).feed)
     extra = {"server": server.name, "model": model.name}
     log.debug("pull started", extra=extra)
     reader = asyncio.create_task(
@@ -117,8 +123,21 @@ async def run_pull(
     run.finish(ended, succeeded=result.succeeded)
     duration = ended - started
     pair.finish_run(run, result, ended_at=started_wall + duration, duration=duration)
-    _log_result(result, run, duration, extra)
+    _log_result(result, run, duration, extra, Redactor.for_servers([server]))
     return result
+
+
+def _both(
+    first: Callable[[bytes, float], None] | None, second: Callable[[bytes, float], None]
+) -> Callable[[bytes, float], None]:
+    if first is None:
+        return second
+
+    def both(chunk: bytes, at: float) -> None:
+        first(chunk, at)
+        second(chunk, at)
+
+    return both
 
 
 def _result_of(reader: asyncio.Task[RunResult]) -> RunResult:
@@ -170,7 +189,7 @@ async def _stream(
         ) as response:
             state.server_answered(server.name)
             if response.status != 200:
-                return await _http_error(response)
+                return await _http_error(response, clock, on_chunk)
             return await _consume(response, run, clock, on_chunk)
     except aiohttp.ClientResponseError as exc:
         # Raised before a response exists: the server did answer, with bytes that are not
@@ -325,12 +344,22 @@ async def _coalesce(transport: asyncio.BaseTransport, seconds: float, clock: Clo
             transport.resume_reading()
 
 
-async def _http_error(response: aiohttp.ClientResponse) -> RunResult:
-    """A non-200 answer before streaming: 400 is our request's fault, the rest Ollama's."""
+async def _http_error(
+    response: aiohttp.ClientResponse,
+    clock: Clock,
+    on_chunk: Callable[[bytes, float], None] | None = None,
+) -> RunResult:
+    """A non-200 answer before streaming: 400 is our request's fault, the rest Ollama's.
+
+    Its body (the first 4 KiB) goes to `on_chunk` as the run's one chunk: the transcript.
+    """
     try:
-        text = (await response.content.read(_ERROR_BODY_LIMIT)).decode("utf-8", "replace")
+        body = await response.content.read(_ERROR_BODY_LIMIT)
     except aiohttp.ClientError:
-        text = ""
+        body = b""
+    if on_chunk is not None and body:
+        on_chunk(body, clock.monotonic())
+    text = body.decode("utf-8", "replace")
     reason = Reason.INVALID_REQUEST if response.status == 400 else Reason.OLLAMA_HTTP_ERROR
     location = response.headers.get("Location")
     where = f" (redirect to {location})" if location else ""
@@ -342,7 +371,11 @@ def _describe(exc: BaseException) -> str:
 
 
 def _log_result(
-    result: RunResult, run: RunProgress, duration: float, extra: dict[str, str]
+    result: RunResult,
+    run: RunProgress,
+    duration: float,
+    extra: dict[str, str],
+    redact: Redactor,
 ) -> None:
     fields = {
         **extra,
@@ -355,5 +388,5 @@ def _log_result(
         log.info("pull finished", extra=fields)
     else:
         fields["reason"] = result.reason.value
-        fields["detail"] = result.detail[:_DETAIL_LIMIT]
+        fields["detail"] = redact(result.detail)[:_DETAIL_LIMIT]  # Ollama may echo a header
         log.warning("pull failed", extra=fields)

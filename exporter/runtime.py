@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from exporter.config import ServerConfig
     from exporter.fleet import Fleet
+    from exporter.history import History
     from exporter.state import ExporterState, PairState
     from exporter.store import StoredPair
 
@@ -58,6 +59,10 @@ class Runtime:
     config: Config
     state: ExporterState
     enable_lifecycle: bool = False
+    enable_admin_api: bool = False
+    """`--web.enable-admin-api`: allow `POST /api/v1/pulls`."""
+    history: History | None = None
+    """Runs with their transcripts (`exporter.history`), for `/api/v1/runs` and the page."""
     save: Callable[[PairState], object] | None = None
     """Called with a pair after each finished run (`--storage.path`); must not block."""
     save_digest: Callable[[PairState], object] | None = None
@@ -93,6 +98,8 @@ class Runtime:
         if self.stored:
             joined = {key for key in self.state.pairs if key not in known_pairs}
             restore(self.state, {key: self.stored[key] for key in joined if key in self.stored})
+        if self.history is not None:
+            self.history.configure(config)
         if self.scheduler is not None:
             self.scheduler.apply(config)
         self.config = config
@@ -205,6 +212,7 @@ class Runtime:
             self.state,
             on_finished=self._finished,
             check=Checker(registry_session).check,
+            history=self.history,
         )
         self.scheduler.start(self.config)
         self._probe(list(self.config.servers))

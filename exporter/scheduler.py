@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from exporter.clock import SYSTEM_CLOCK
+from exporter.history import Trigger
 from exporter.limiter import Limiter
 from exporter.pull import run_pull
 from exporter.windows import windowed_start
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
     from exporter.clock import Clock
     from exporter.config import Config, ModelConfig, PullSettings, ServerConfig
+    from exporter.history import ActiveRun, History
     from exporter.state import ExporterState, PairState, RunResult
 
     Runner = Callable[[ServerConfig, ModelConfig, PairState], Awaitable[RunResult]]
@@ -82,6 +84,10 @@ def wall_time(monotonic_at: float, *, now_monotonic: float, now_wall: float) -> 
     return now_wall + (monotonic_at - now_monotonic)
 
 
+class PairBusyError(Exception):
+    """`pull_now` found a run of the pair going (or queued for its server's limit)."""
+
+
 class Scheduler:
     """Owns one loop task per pair, the run tasks they start and one limiter per server."""
 
@@ -96,6 +102,7 @@ class Scheduler:
         run: Runner | None = None,
         check: Callable[[ServerConfig, ModelConfig, PairState], Coroutine[Any, Any, object]]
         | None = None,
+        history: History | None = None,
     ) -> None:
         """`run` does one run of a pair (default: `run_pull` over `session`)."""
         self._state = state
@@ -103,6 +110,10 @@ class Scheduler:
         self._on_finished = on_finished
         """Called with the pair after each finished run (e.g. to persist it)."""
         self._clock: Clock = clock or SYSTEM_CLOCK
+        self._history = history
+        """Gives every run an id, a transcript and a record (`exporter.history`)."""
+        self._active: dict[tuple[str, str], ActiveRun] = {}
+        """The history entry of each pair's run in progress, for `run_pull`."""
         if run is None:
             if session is None:
                 raise ValueError("a Scheduler needs a session or a run function")
@@ -124,7 +135,8 @@ class Scheduler:
 
     def _pull_with(self, session: aiohttp.ClientSession) -> Runner:
         async def pull(server: ServerConfig, model: ModelConfig, pair: PairState) -> RunResult:
-            return await run_pull(session, server, model, self._state, pair)
+            active = self._active.get((server.name, model.name))
+            return await run_pull(session, server, model, self._state, pair, active=active)
 
         return pull
 
@@ -189,7 +201,8 @@ class Scheduler:
                 if model.settings.mode == "check":
                     continue  # never pulled: its registry checks run only on a schedule
                 pair = self._state.pairs[server.name, model.name]
-                jobs.append((server, model, self._limited(server, model, pair)))
+                job = self._limited(server, model, pair, Trigger.START)
+                jobs.append((server, model, job))
         results = await asyncio.gather(*(job for _, _, job in jobs))
         return [(s, m, r) for (s, m, _), r in zip(jobs, results, strict=True)]
 
@@ -216,6 +229,8 @@ class Scheduler:
             plan = pending
         else:
             plan = first_plan(now, settings, self._rand())
+        first_run = fired is None and pending is None and settings.run_on_start
+        trigger = Trigger.START if first_run else Trigger.SCHEDULE
         level = logging.INFO
         while True:
             now = clock.monotonic()
@@ -245,17 +260,60 @@ class Scheduler:
                 )
             else:
                 self._runs[key] = asyncio.create_task(
-                    self._limited(server, model, pair), name=f"pull {key}"
+                    self._limited(server, model, pair, trigger), name=f"pull {key}"
                 )
+            trigger = Trigger.SCHEDULE
             plan = next_plan(plan, clock.monotonic(), settings, self._rand())
 
+    def pull_now(self, server_name: str, model_name: str) -> ActiveRun | None:
+        """Start a run of the pair now, outside its schedule (which stays as it was).
+
+        Returns its history entry (None without a history). Raises KeyError for a pair that is
+        not configured and PairBusyError while a run of it is going or waiting for its server.
+        """
+        key = (server_name, model_name)
+        server, model = self._configs[key]
+        running = self._runs.get(key)
+        if running is not None and not running.done():
+            raise PairBusyError(f"a run of {server_name}/{model_name} is going")
+        active = (
+            self._history.reserve(server_name, model_name, Trigger.API)
+            if self._history is not None
+            else None
+        )
+        pair = self._state.pairs[key]
+        self._runs[key] = asyncio.create_task(
+            self._limited(server, model, pair, Trigger.API, active=active), name=f"pull {key}"
+        )
+        return active
+
     async def _limited(
-        self, server: ServerConfig, model: ModelConfig, pair: PairState
+        self,
+        server: ServerConfig,
+        model: ModelConfig,
+        pair: PairState,
+        trigger: Trigger,
+        *,
+        active: ActiveRun | None = None,
     ) -> RunResult:
-        # The limiter is looked up now, not when the start was planned: after a reload the
-        # run queues on the one limiter in force (resized in place, never replaced).
-        async with self.limits[server.name].slot(), self.fleet_limit.slot():
-            result = await self._run(server, model, pair)
+        history, key = self._history, (server.name, model.name)
+        if history is not None and active is None:
+            active = history.reserve(server.name, model.name, trigger)
+        try:
+            # The limiter is looked up now, not when the start was planned: after a reload the
+            # run queues on the one limiter in force (resized in place, never replaced).
+            async with self.limits[server.name].slot(), self.fleet_limit.slot():
+                if active is not None:
+                    self._active[key] = active
+                result = await self._run(server, model, pair)
+        except BaseException:
+            if history is not None and active is not None:
+                history.abandon(active)
+            raise
+        finally:
+            self._active.pop(key, None)
+        if history is not None and active is not None:
+            history.finish(active, result, pair)
         if self._on_finished is not None:
             self._on_finished(pair)
         return result

@@ -47,7 +47,8 @@ BAD_CONFIGS: dict[str, tuple[str, ...]] = {
     ),
     "unknown-top-level-key": (
         "unknown-top-level-key.yaml:1: global: unknown key "
-        "(allowed: defaults, servers, inventory_interval, max_concurrent_pulls, server_discovery)",
+        "(allowed: defaults, servers, inventory_interval, max_concurrent_pulls,"
+        " server_discovery, history_limit)",
     ),
     "unknown-defaults-key": (
         'unknown-defaults-key.yaml:2: defaults.intervall: unknown key (did you mean "interval"?)',

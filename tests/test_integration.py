@@ -315,7 +315,7 @@ def test_pull_log_lines_carry_server_and_model(exporter: Exporter) -> None:
 def test_status_page_lists_every_pair(exporter: Exporter) -> None:
     status, page = exporter.get("/")
     assert status == 200
-    assert page.count("<tr>") == 1 + len(SUCCESSES) + len(FAILURES) + 1
+    assert page.count('<tr class="pair ') == len(SUCCESSES) + len(FAILURES) + 1
     assert "failed: digest_mismatch" in page
     assert 'href="/metrics"' in page
 

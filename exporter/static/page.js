@@ -1,0 +1,187 @@
+// The live page: poll /api/v1/status every second and update the server-rendered rows in place.
+// Plain JavaScript, no framework: the page is a table the server already renders; this file only
+// refreshes numbers, filters rows and adds "pull now". Without it the page still works.
+"use strict";
+(function () {
+  const POLL_MS = 1000;
+  const table = document.getElementById("pairs");
+  if (!table) return;
+  const admin = table.dataset.admin === "true";
+  const rows = new Map();
+  // Keys as JSON.stringify writes them, whatever spacing the server used.
+  for (const row of table.tBodies[0].rows) rows.set(JSON.stringify(JSON.parse(row.dataset.key)), row);
+  const form = document.querySelector("form.filters");
+
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  function bytes(n) {
+    let size = n, unit = 0;
+    while (size >= 1024 && unit < units.length - 1) { size /= 1024; unit++; }
+    return unit === 0 ? size.toFixed(0) + " B" : size.toFixed(1) + " " + units[unit];
+  }
+  function span(s) {
+    s = Math.max(0, s);
+    if (s < 60) return s.toFixed(0) + "s";
+    if (s < 3600) return Math.floor(s / 60) + "m " + String(Math.round(s % 60)).padStart(2, "0") + "s";
+    if (s < 86400) return Math.floor(s / 3600) + "h " + String(Math.floor(s % 3600 / 60)).padStart(2, "0") + "m";
+    return (s / 86400).toFixed(1) + "d";
+  }
+  function relative(at) {
+    if (at === null || at === undefined) return "\u2013";
+    const now = Date.now() / 1000;
+    return at > now ? "in " + span(at - now) : span(now - at) + " ago";
+  }
+  function stateOf(p) {
+    if (p.in_progress) return "pulling";
+    if (!p.last) return "pending";
+    return p.last.result === "success" ? "ok" : "failing";
+  }
+  function setText(el, text) { if (el && el.textContent !== text) el.textContent = text; }
+  function cell(row, name) { return row.querySelector("td.c-" + name); }
+
+  function resultNode(last) {
+    const frag = document.createDocumentFragment();
+    if (!last) { frag.append("never run"); return frag; }
+    const span_ = document.createElement("span");
+    if (last.result === "success") { span_.className = "ok"; span_.textContent = "success"; }
+    else { span_.className = "fail"; span_.textContent = "failed: " + last.reason; }
+    let head = span_;
+    if (last.id !== null) {
+      head = document.createElement("a");
+      head.href = "/runs/" + last.id;
+      head.append(span_);
+    }
+    frag.append(head, " " + relative(last.ended_at));
+    return frag;
+  }
+
+  function update(row, p) {
+    const state = stateOf(p);
+    if (row.dataset.state !== state) {
+      row.dataset.state = state;
+      row.className = "pair state-" + state;
+    }
+    const phase = cell(row, "phase");
+    const phaseText = p.phase;
+    if (phase.textContent !== phaseText || phase.dataset.running !== String(p.in_progress)) {
+      phase.dataset.running = String(p.in_progress);
+      phase.replaceChildren();
+      if (p.in_progress) {
+        const s = document.createElement("span"); s.className = "run"; s.textContent = phaseText;
+        phase.append(s);
+      } else phase.append(phaseText);
+    }
+    const progress = cell(row, "progress");
+    const bar = progress.querySelector("progress");
+    const share = p.expected_bytes ? Math.min(100, 100 * p.completed_bytes / p.expected_bytes) : 0;
+    const value = share.toFixed(1);
+    if (bar.getAttribute("value") !== value) { bar.value = share; bar.setAttribute("value", value); bar.textContent = share.toFixed(0) + "%"; }
+    setText(progress.querySelector(".bytes"), bytes(p.completed_bytes) + " / " + bytes(p.expected_bytes));
+    setText(progress.querySelector(".layers"), p.layers_completed + "/" + p.layers + " layers");
+    setText(cell(row, "throughput"), p.bytes_per_second === null ? "\u2013" : bytes(p.bytes_per_second) + "/s");
+    setText(cell(row, "eta"), p.eta_seconds === null ? "\u2013" : span(p.eta_seconds));
+    const last = cell(row, "last-result");
+    const lastKey = JSON.stringify(p.last) + "|" + relative(p.last ? p.last.ended_at : null);
+    if (last.dataset.key !== lastKey) { last.dataset.key = lastKey; last.replaceChildren(resultNode(p.last)); }
+    setText(cell(row, "next-run"), relative(p.next_run_at));
+    const button = row.querySelector("button.pull-now");
+    if (button) button.disabled = p.in_progress;
+  }
+
+  function filters() {
+    if (!form) return { server: "", model: "", state: "" };
+    return { server: form.elements.server.value, model: form.elements.model.value.toLowerCase(), state: form.elements.state.value };
+  }
+  function applyFilters() {
+    const f = filters();
+    for (const row of rows.values()) {
+      const [server, model] = JSON.parse(row.dataset.key);
+      const show = (!f.server || server === f.server) &&
+        (!f.model || model.toLowerCase().includes(f.model)) &&
+        (!f.state || row.dataset.state === f.state);
+      if (row.hidden === show) row.hidden = !show;
+    }
+  }
+  function filtersToUrl() {
+    const f = filters(), params = new URLSearchParams();
+    for (const [k, v] of Object.entries(f)) if (v) params.set(k, k === "model" ? form.elements.model.value : v);
+    const query = params.toString();
+    history.replaceState(null, "", query ? "/?" + query : "/");
+  }
+  if (form) {
+    form.addEventListener("input", () => { applyFilters(); filtersToUrl(); });
+    form.addEventListener("submit", (event) => { event.preventDefault(); applyFilters(); filtersToUrl(); });
+  }
+
+  function summarize(pairs) {
+    const counts = { pulling: 0, failing: 0, ok: 0, pending: 0 };
+    for (const p of pairs) counts[stateOf(p)]++;
+    const down = new Set();
+    const up = new Set();
+    for (const p of pairs) {
+      if (p.server_up === false) down.add(p.server); else if (p.server_up === true) up.add(p.server);
+    }
+    counts.servers_down = down.size;
+    for (const [name, n] of Object.entries(counts)) {
+      setText(document.querySelector('[data-count="' + name + '"]'), String(n));
+    }
+  }
+
+  async function pullNow(row, button) {
+    const [server, model] = JSON.parse(row.dataset.key);
+    const note = row.querySelector(".note");
+    button.disabled = true;
+    note.replaceChildren("starting\u2026");
+    try {
+      const answer = await fetch("/api/v1/pulls", {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ server: server, model: model }), credentials: "same-origin",
+      });
+      const body = await answer.json();
+      if (answer.status === 202) {
+        const link = document.createElement("a");
+        link.href = "/runs/" + body.id; link.textContent = "run #" + body.id;
+        note.replaceChildren("started ", link);
+      } else note.replaceChildren(body.error || "failed (" + answer.status + ")");
+    } catch (err) {
+      note.replaceChildren("failed: " + err);
+    }
+    poll();
+  }
+  if (admin) {
+    for (const row of rows.values()) {
+      const button = row.querySelector("button.pull-now");
+      if (button) { button.hidden = false; button.addEventListener("click", () => pullNow(row, button)); }
+    }
+  }
+
+  let timer = null, busy = false;
+  async function poll() {
+    if (busy) return;
+    busy = true;
+    try {
+      const answer = await fetch("/api/v1/status", { cache: "no-store", credentials: "same-origin" });
+      if (answer.ok) {
+        const body = await answer.json();
+        const seen = new Set();
+        for (const p of body.pairs) {
+          const key = JSON.stringify([p.server, p.model]);
+          seen.add(key);
+          const row = rows.get(key);
+          if (!row) { location.reload(); return; }  // the config gained a pair
+          update(row, p);
+        }
+        if (seen.size !== rows.size) { location.reload(); return; }  // ... or lost one
+        summarize(body.pairs);
+        applyFilters();
+        document.body.dataset.updated = String(Date.now());
+      }
+    } catch (err) {
+      // The exporter restarts or the network blips: keep the last numbers, try again.
+    } finally {
+      busy = false;
+      clearTimeout(timer);
+      timer = setTimeout(poll, POLL_MS);
+    }
+  }
+  poll();
+})();

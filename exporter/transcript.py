@@ -1,0 +1,198 @@
+"""One run's stream as received: the first and last lines with their arrival times.
+
+The hot stream path calls `Transcript.feed(chunk, now)` once per chunk, never per line; feed
+counts the chunk's newlines (one C call) and keeps a reference to the chunk: no copy, no split,
+no decode. Lines are cut out at the
+end of the run, when the stream is over anyway. Memory is bounded: the head keeps chunks until
+it holds `HEAD_LINES` lines, the tail drops its oldest chunks as soon as the newer ones hold
+more than `TAIL_LINES` lines (a single line is bounded by the decoder's 1 MiB limit, which
+ends the run).
+
+Secrets are removed here too (`Redactor`): every configured header value, the credential part
+of `Scheme credentials` values, and the user info of any URL, before anything is stored.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from exporter.config import Config, ServerConfig
+
+HEAD_LINES: Final = 200
+TAIL_LINES: Final = 200
+LINE_LIMIT: Final = 4096
+"""Characters kept of one line (real lines are < 300 bytes); the rest is counted, not kept."""
+REDACTED: Final = "<redacted>"
+MIN_SECRET: Final = 4
+"""Shorter pieces of a header value (a scheme word, a tenant number) are too common to mask in
+free text; the full value is masked whatever its length."""
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptLine:
+    """One line: seconds from the start of the run to the arrival of its chunk, and its text."""
+
+    t: float
+    line: str
+    cut: int = 0
+    """Characters of the line not kept (see LINE_LIMIT)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptText:
+    """The kept lines in stream order and how many lines between head and tail were left out."""
+
+    lines: tuple[TranscriptLine, ...]
+    omitted: int
+
+
+class Transcript:
+    """Collects the chunks of one stream; `text` cuts them into lines once it is over."""
+
+    __slots__ = (
+        "_head",
+        "_head_lines",
+        "_pending",
+        "_pending_at",
+        "_tail",
+        "_tail_lines",
+        "_tail_start",
+        "started_at",
+    )
+
+    def __init__(self, started_at: float) -> None:
+        self.started_at = started_at
+        """Monotonic seconds of the run's start; lines carry `t` relative to it."""
+        self._head: list[tuple[bytes, float]] = []
+        self._head_lines = 0
+        self._tail: deque[tuple[bytes, float, int]] = deque()
+        self._tail_lines = 0
+        self._tail_start = 0
+        """Newlines before the first chunk still in the tail."""
+        self._pending = b""
+        """Bytes of chunks without a newline (a line split over chunks), rare in practice."""
+        self._pending_at = 0.0
+
+    def feed(self, chunk: bytes, now: float) -> None:
+        """Keep `chunk` (arrived at monotonic `now`); called once per chunk of the stream."""
+        newlines = chunk.count(b"\n")
+        if not newlines:
+            self._pending += chunk
+            self._pending_at = now
+            return
+        if self._pending:
+            chunk, self._pending = self._pending + chunk, b""
+        if self._head_lines < HEAD_LINES:
+            self._head.append((chunk, now))
+            self._head_lines += newlines
+            self._tail_start = self._head_lines
+            return
+        tail = self._tail
+        tail.append((chunk, now, newlines))
+        self._tail_lines += newlines
+        while self._tail_lines - tail[0][2] > TAIL_LINES:
+            dropped = tail.popleft()[2]
+            self._tail_lines -= dropped
+            self._tail_start += dropped
+
+    def text(self, redact: Redactor | None = None) -> TranscriptText:
+        """The first HEAD_LINES and last TAIL_LINES lines (an unfinished last line included).
+
+        The kept chunks are split here; the count of left-out lines comes from `feed`.
+        """
+        head = self._head
+        tail = [(chunk, at) for chunk, at, _ in self._tail]
+        if self._pending:
+            tail.append((self._pending, self._pending_at))
+        if self._tail_start == self._head_lines:  # nothing dropped: one contiguous stream
+            lines = _lines([*head, *tail])
+            total = len(lines)
+            kept = (
+                lines
+                if total <= HEAD_LINES + TAIL_LINES
+                else lines[:HEAD_LINES] + lines[-TAIL_LINES:]
+            )
+        else:
+            head_lines, tail_lines = _lines(head, unfinished=False), _lines(tail)
+            dropped = self._tail_start - self._head_lines
+            total = len(head_lines) + dropped + len(tail_lines)
+            # The first line of the tail began in a dropped chunk: it is left out too.
+            kept = head_lines[:HEAD_LINES] + tail_lines[1:][-TAIL_LINES:]
+        started = self.started_at
+        return TranscriptText(
+            tuple(_line(raw, at - started, redact) for raw, at in kept), total - len(kept)
+        )
+
+
+def _lines(
+    chunks: list[tuple[bytes, float]], *, unfinished: bool = True
+) -> list[tuple[bytes, float]]:
+    """The lines of consecutive chunks, each with the arrival time of the chunk that ended it.
+
+    With `unfinished`, bytes after the last newline count as a last line (the stream ended
+    inside it), unless they are blank.
+    """
+    out: list[tuple[bytes, float]] = []
+    carry = b""
+    at = 0.0
+    for chunk, at in chunks:
+        parts = (carry + chunk).split(b"\n") if carry else chunk.split(b"\n")
+        carry = parts.pop()
+        out += [(raw, at) for raw in parts]
+    if unfinished and carry.strip():
+        out.append((carry, at))
+    return out
+
+
+def _line(raw: bytes, t: float, redact: Redactor | None) -> TranscriptLine:
+    text = raw.decode("utf-8", "replace").removesuffix("\r")
+    cut = max(0, len(text) - LINE_LIMIT)
+    if cut:
+        text = text[:LINE_LIMIT]
+    if redact is not None:
+        text = redact(text)
+    return TranscriptLine(round(max(t, 0.0), 3), text, cut)
+
+
+_URL_USERINFO: Final = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s\"']*@")
+
+
+class Redactor:
+    """Masks secrets in free text: header values, their credential parts, URL user info."""
+
+    __slots__ = ("_pattern",)
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        pieces = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, pieces))) if pieces else None
+
+    @classmethod
+    def for_config(cls, config: Config) -> Redactor:
+        """Every secret `config` holds: header values (and their parts), URL passwords."""
+        return cls.for_servers(config.servers)
+
+    @classmethod
+    def for_servers(cls, servers: Iterable[ServerConfig]) -> Redactor:
+        """Every secret of `servers`: header values (and their parts), URL credentials."""
+        secrets: list[str] = []
+        for server in servers:
+            for _, value in server.headers:
+                secrets.append(value)
+                secrets += [part for part in value.split()[1:] if len(part) >= MIN_SECRET]
+            parts = urllib.parse.urlsplit(server.url)
+            secrets += [p for p in (parts.password, parts.username) if p and len(p) >= MIN_SECRET]
+        return cls(secrets)
+
+    def __call__(self, text: str) -> str:
+        """`text` with every secret replaced by `<redacted>`."""
+        text = _URL_USERINFO.sub(rf"\1{REDACTED}@", text)
+        if self._pattern is not None:
+            text = self._pattern.sub(REDACTED, text)
+        return text

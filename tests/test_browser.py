@@ -1,0 +1,215 @@
+"""The live page in a real browser: Debian's headless Chromium driven by Playwright.
+
+Progress bars move while a simulated pull streams (without a reload), the filters work, a failed
+run's transcript shows its error line, "pull now" starts a run that the page then shows, the page
+works with JavaScript off, and axe-core finds no serious or critical accessibility problem.
+Chromium comes from Debian (`/usr/bin/chromium`, `.ci/setup/60-browser.sh`), never a download.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from ollama_sim import OllamaSimulator, error_after_manifest, fresh_pull, up_to_date
+from tests.harness import Exporter, run_exporter, wait_for
+from tests.test_api import call
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+AXE = Path(
+    os.environ.get(
+        "OPE_AXE_JS",
+        Path.home() / ".cache/ollama-pull-exporter/axe-core-4.14.1/package/axe.min.js",
+    )
+)
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+ERROR = "pull model manifest: file does not exist"
+BIG = 400_000_000  # at 20 MB/s and time scale 1: about 20 s of download
+
+
+@pytest.fixture(scope="module")
+def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exporter]:
+    sim = OllamaSimulator(
+        {
+            "moving:1b": [fresh_pull([BIG], rate=20_000_000)],
+            "broken:1b": [error_after_manifest(ERROR)],
+            "idle:1b": [up_to_date([1000]), fresh_pull([BIG], rate=20_000_000)],
+        },
+        time_scale=1.0,
+    )
+    config = (
+        "defaults: {interval: 1h, jitter: 0}\nservers:\n"
+        "  - name: alpha\n    url: {url}\n    max_concurrent_pulls: 5\n"
+        "    models: [moving:1b, broken:1b, idle:1b]\n"
+    )
+    with sim.running() as url:
+        workdir = tmp_path_factory.mktemp("browser")
+        with run_exporter(
+            config.replace("{url}", url), workdir, "--web.enable-admin-api"
+        ) as running:
+            wait_for(
+                lambda: (
+                    len(call(running, "GET", "/api/v1/runs?result=failure")[1]["runs"]) == 1
+                    and call(running, "GET", "/api/v1/runs?result=success")[1]["runs"]
+                ),
+                20,
+                "the first runs",
+            )
+            yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright_api.sync_playwright() as playwright:
+        # --disable-gpu: without it, screenshots in a GPU-less container hang.
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--disable-gpu"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def open_page(browser: Any, *, bypass_csp: bool) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1300, "height": 900}, bypass_csp=bypass_csp)
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda exc: errors.append(str(exc)))
+    opened.on("requestfailed", lambda request: errors.append(f"failed: {request.url}"))
+    try:
+        yield opened
+    finally:
+        context.close()
+    assert not errors, errors
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A page for driving: the page's CSP is lifted, since Playwright's waits and axe's
+    injection evaluate strings (`csp_page` checks the page under its own policy)."""
+    yield from open_page(browser, bypass_csp=True)
+
+
+@pytest.fixture
+def csp_page(browser: Any) -> Iterator[Any]:
+    """A page under the exporter's own Content-Security-Policy: its script must run there."""
+    yield from open_page(browser, bypass_csp=False)
+
+
+def row(page: Any, model: str) -> Any:
+    return page.locator(f'tr.pair[data-key=\'["alpha","{model}"]\']')
+
+
+def progress(page: Any, model: str) -> float:
+    return float(row(page, model).locator("progress").get_attribute("value"))
+
+
+def test_progress_bar_moves_without_a_reload(exporter: Exporter, csp_page: Any) -> None:
+    page = csp_page
+    page.goto(exporter.url + "/")
+    page.evaluate("window.loadedOnce = true")
+    wait_for(lambda: page.locator("body").get_attribute("data-updated"), 5, "a first update")
+    first = progress(page, "moving:1b")
+    assert first < 100
+    wait_for(lambda: progress(page, "moving:1b") > first, 10, "the bar to move", step=0.2)
+    assert page.evaluate("window.loadedOnce") is True  # the same document: no reload
+    moving = row(page, "moving:1b")
+    assert "MiB/s" in moving.locator("td.c-throughput").inner_text()
+    assert moving.locator("td.c-eta").inner_text() != "\u2013"
+
+
+def test_filters_hide_and_show_rows(exporter: Exporter, page: Any) -> None:
+    page.goto(exporter.url + "/")
+    page.select_option("select[name=state]", "failing")
+    assert row(page, "broken:1b").is_visible()
+    assert not row(page, "moving:1b").is_visible()
+    assert "state=failing" in page.url
+    page.select_option("select[name=state]", "")
+    page.fill("input[name=model]", "mov")
+    assert row(page, "moving:1b").is_visible()
+    assert not row(page, "broken:1b").is_visible()
+    assert not row(page, "idle:1b").is_visible()
+
+
+def test_a_failed_run_shows_its_error_line(exporter: Exporter, page: Any) -> None:
+    page.goto(exporter.url + "/")
+    row(page, "broken:1b").get_by_role("link", name="failed: manifest_not_found").click()
+    page.wait_for_url("**/runs/*")
+    assert ERROR in page.locator(".error-box").inner_text()
+    assert page.locator("tr.error-line").inner_text().endswith(f'{{"error":"{ERROR}"}}')
+
+
+def test_pull_now_starts_a_run_that_the_page_shows(exporter: Exporter, page: Any) -> None:
+    page.goto(exporter.url + "/")
+    idle = row(page, "idle:1b")
+    assert idle.locator("td.c-phase").inner_text() == "idle"
+    idle.get_by_role("button", name="Pull now").click()
+    link = idle.locator(".note a")
+    link.wait_for(timeout=5000)
+    assert link.inner_text().startswith("run #")
+    page.wait_for_function(
+        """document.querySelector('tr.pair[data-key=\\'["alpha","idle:1b"]\\'] td.c-phase')
+            .innerText === 'download'""",
+        timeout=10_000,
+    )
+    assert idle.get_by_role("button", name="Pull now").is_disabled()
+    run_id = int(link.inner_text().removeprefix("run #"))
+    assert (
+        call(exporter, "GET", f"/api/v1/runs/{run_id}", "/api/v1/runs/{id}")[1]["trigger"] == "api"
+    )
+
+
+def test_the_page_works_with_javascript_off(exporter: Exporter, browser: Any) -> None:
+    context = browser.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
+        page.goto(exporter.url + "/")
+        assert page.locator("tr.pair").count() == 3
+        assert page.locator("button.pull-now:visible").count() == 0
+        page.select_option("select[name=state]", "failing")
+        page.get_by_role("button", name="Filter").click()
+        page.wait_for_url("**/?*state=failing*")
+        assert row(page, "broken:1b").is_visible()
+        assert not row(page, "moving:1b").is_visible()
+        row(page, "broken:1b").get_by_role("link", name="history").click()
+        page.wait_for_url("**/history?*")
+        page.locator("a[href^='/runs/']").first.click()
+        assert ERROR in page.locator("tr.error-line").inner_text()
+    finally:
+        context.close()
+
+
+@pytest.mark.skipif(not AXE.exists(), reason="needs axe-core from npm (.ci/setup/60-browser.sh)")
+@pytest.mark.parametrize("path", ["/", "/?state=failing", "/history?server=alpha&model=broken:1b"])
+def test_axe_finds_no_serious_accessibility_problem(
+    exporter: Exporter, page: Any, path: str
+) -> None:
+    page.goto(exporter.url + path)
+    page.wait_for_function(
+        "document.body.dataset.updated !== undefined || !document.getElementById('pairs')"
+    )
+    page.add_script_tag(content=AXE.read_text())
+    results = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+    serious = [
+        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
+        for v in results["violations"]
+        if v["impact"] in {"serious", "critical"}
+    ]
+    assert not serious, serious
+
+
+@pytest.mark.skipif(not AXE.exists(), reason="needs axe-core from npm (.ci/setup/60-browser.sh)")
+def test_axe_on_a_run_page(exporter: Exporter, page: Any) -> None:
+    run_id = call(exporter, "GET", "/api/v1/runs?result=failure")[1]["runs"][0]["id"]
+    page.goto(f"{exporter.url}/runs/{run_id}")
+    page.add_script_tag(content=AXE.read_text())
+    results = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+    serious = [v["id"] for v in results["violations"] if v["impact"] in {"serious", "critical"}]
+    assert not serious, results["violations"]

@@ -1,0 +1,137 @@
+"""Run history: per-pair limits, the memory budget, the SQLite table across restarts."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from exporter import history as history_module
+from exporter.history import History, RunRecord, Trigger, pack, unpack
+from exporter.historydb import HistoryDB
+from exporter.progress import RunProgress
+from exporter.protocol import LineDecoder, Reason
+from exporter.state import PairState, RunResult
+from exporter.transcript import Redactor, TranscriptLine, TranscriptText
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+LINES = b'{"status":"pulling manifest"}\n{"status":"pulling aa","digest":"sha256:aa","total":10,"completed":10}\n'
+
+
+def run_once(
+    history: History, pair: PairState, *, error: str | None = None, lines: bytes = LINES
+) -> RunRecord | None:
+    """One run through the same calls the scheduler and `run_pull` make."""
+    active = history.reserve(pair.server, pair.model, Trigger.SCHEDULE)
+    now = time.monotonic()
+    progress = RunProgress(now)
+    pair.start_run(progress)
+    transcript = active.begin(progress, time.time())
+    transcript.feed(lines, now + 0.1)
+    for line in LineDecoder().feed(lines):
+        progress.apply(line, now + 0.1)
+    if error is not None:
+        transcript.feed(b'{"error":"%s"}\n' % error.encode(), now + 0.2)
+    result = RunResult(None) if error is None else RunResult(Reason.OTHER, error)
+    progress.finish(now + 0.3, succeeded=result.succeeded)
+    pair.finish_run(progress, result, ended_at=time.time(), duration=0.3)
+    return history.finish(active, result, pair)
+
+
+def test_pack_round_trip_and_garbage() -> None:
+    text = TranscriptText((TranscriptLine(0.5, '{"a":1}'), TranscriptLine(1.0, "x", 3)), 7)
+    assert unpack(pack(text)) == text
+    with pytest.raises(ValueError, match="not a packed transcript"):
+        unpack(b"garbage")
+
+
+def test_memory_history_keeps_the_last_limit_runs_per_pair() -> None:
+    history = History(limit=3)
+    a, b = PairState("s", "a", 60.0), PairState("s", "b", 60.0)
+    for _ in range(5):
+        run_once(history, a)
+    run_once(history, b, error="boom")
+    assert [run.id for run in history.runs(server="s", model="a")] == [5, 4, 3]
+    assert [run.id for run in history.runs()] == [6, 5, 4, 3]
+    assert [run.id for run in history.runs(success=False)] == [6]
+    assert [run.id for run in history.runs(limit=2)] == [6, 5]
+    assert history.run(1) is None
+    record = history.run(6)
+    assert isinstance(record, RunRecord)
+    assert record.error == "boom"
+    assert record.reused_bytes == 10
+    assert record.transcript is not None
+    assert unpack(record.transcript).lines[-1].line == '{"error":"boom"}'
+
+
+def test_active_runs_are_listed_first_and_abandoned_ones_vanish() -> None:
+    history = History()
+    pair = PairState("s", "a", 60.0)
+    run_once(history, pair)
+    active = history.reserve("s", "a", Trigger.API)
+    assert [run.id for run in history.runs()] == [2, 1]
+    assert history.runs(success=True)[0].id == 1
+    history.abandon(active)
+    assert [run.id for run in history.runs()] == [1]
+
+
+def test_errors_and_transcripts_are_redacted_before_they_are_kept() -> None:
+    history = History(redact=Redactor(["tok-secret"]))
+    record = run_once(history, PairState("s", "a", 60.0), error="denied tok-secret")
+    assert record is not None
+    assert record.error == "denied <redacted>"
+    assert record.transcript is not None
+    assert "tok-secret" not in str(unpack(record.transcript))
+
+
+def test_memory_budget_drops_the_oldest_transcripts_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(history_module, "MEMORY_TRANSCRIPT_BUDGET", 200)
+    history = History(limit=100)
+    pair = PairState("s", "a", 60.0)
+    for _ in range(5):
+        run_once(history, pair)
+    kept = [run.id for run in history._pairs["s", "a"] if run.transcript is not None]
+    assert kept
+    assert kept == list(range(6 - len(kept), 6))
+    assert len(kept) < 5
+    assert [run.id for run in history.runs()] == [5, 4, 3, 2, 1]
+
+
+def test_sqlite_history_survives_a_reopen_and_prunes(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    history = History(limit=2, db=HistoryDB.open(path))
+    pair = PairState("s", "a", 60.0)
+    for _ in range(3):
+        run_once(history, pair)
+    # Listed at once, whether or not the writer thread has stored them yet.
+    assert [run.id for run in history.runs()] == [3, 2]
+    history.close()
+    reopened = History(limit=2, db=HistoryDB.open(path))
+    assert [run.id for run in reopened.runs()] == [3, 2]
+    last = reopened.last_record("s", "a")
+    assert last is not None
+    assert last.id == 3
+    record = reopened.run(3)
+    assert isinstance(record, RunRecord)
+    assert record.transcript is not None
+    assert unpack(record.transcript).lines[0].line == '{"status":"pulling manifest"}'
+    assert run_once(reopened, pair) is not None
+    assert [run.id for run in reopened.runs()] == [4, 3]
+    reopened.close()
+
+
+def test_a_history_table_of_another_layout_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE run_history (id INTEGER PRIMARY KEY, other TEXT)")
+        connection.execute("INSERT INTO run_history VALUES (1, 'x')")
+    connection.close()
+    history = History(db=HistoryDB.open(path))
+    assert history.runs() == []
+    history.close()

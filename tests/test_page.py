@@ -1,0 +1,161 @@
+"""The operator's pages as a client without JavaScript sees them: plain HTML from the exporter.
+
+A browser with JavaScript is in `test_browser.py`; here the real exporter serves the simulator's
+runs and the tests read the HTML: one row per pair, filters applied by the server, a pair's
+history, a failed run's transcript with its error line marked, and nothing from elsewhere.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from html.parser import HTMLParser
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import pytest
+
+from ollama_sim import OllamaSimulator, error_after_manifest, fresh_pull, up_to_date
+from tests.harness import Exporter, run_exporter, wait_for
+from tests.test_api import call, request
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+ERROR = "pull model manifest: file does not exist"
+
+
+class Links(HTMLParser):
+    """Every URL a page refers to, and its pair rows with their visibility."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.rows: dict[str, bool] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        for name in ("href", "src", "action"):
+            if values.get(name) is not None:
+                self.urls.append(values[name] or "")
+        if tag == "tr" and "pair" in (values.get("class") or "").split():
+            self.rows[values["data-key"] or ""] = "hidden" not in values
+
+
+def parse(page: str) -> Links:
+    links = Links()
+    links.feed(page)
+    return links
+
+
+@pytest.fixture(scope="module")
+def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exporter]:
+    sim = OllamaSimulator(
+        {
+            "good:1b": [fresh_pull([2_000_000, 1_000_000], rate=10_000_000), up_to_date([1])],
+            "gone:1b": [error_after_manifest(ERROR)],
+        },
+        time_scale=0.1,
+    )
+    config = (
+        "defaults: {interval: 1h, jitter: 0}\nservers:\n"
+        "  - name: alpha\n    url: {url}\n    models: [good:1b, gone:1b]\n"
+        "  - name: beta\n    url: {url}\n    models: [good:1b]\n"
+    )
+    with sim.running() as url:
+        workdir = tmp_path_factory.mktemp("page")
+        with run_exporter(config.replace("{url}", url), workdir) as running:
+            wait_for(
+                lambda: (
+                    len(call(running, "GET", "/api/v1/runs")[1]["runs"]) == 3
+                    and all(
+                        r["state"] == "finished"
+                        for r in call(running, "GET", "/api/v1/runs")[1]["runs"]
+                    )
+                ),
+                20,
+                "three finished runs",
+            )
+            yield running
+
+
+def page(exporter: Exporter, path: str) -> str:
+    status, content_type, body = request(exporter, "GET", path)
+    assert status == 200, body
+    assert content_type.startswith("text/html")
+    return body
+
+
+def test_the_page_is_a_table_of_every_pair(exporter: Exporter) -> None:
+    body = page(exporter, "/")
+    rows = parse(body).rows
+    assert list(rows) == [
+        '["alpha","good:1b"]',
+        '["alpha","gone:1b"]',
+        '["beta","good:1b"]',
+    ]
+    assert all(rows.values())
+    assert "failed: manifest_not_found" in body
+    assert re.search(r'data-count="failing">1<', body)
+    assert re.search(r'data-count="ok">2<', body)
+
+
+@pytest.mark.parametrize(
+    ("query", "visible"),
+    [
+        ("server=beta", ['["beta","good:1b"]']),
+        ("model=gone", ['["alpha","gone:1b"]']),
+        ("state=failing", ['["alpha","gone:1b"]']),
+        ("state=ok&server=alpha", ['["alpha","good:1b"]']),
+        ("state=pulling", []),
+    ],
+)
+def test_filters_work_without_javascript(
+    exporter: Exporter, query: str, visible: list[str]
+) -> None:
+    rows = parse(page(exporter, f"/?{query}")).rows
+    assert len(rows) == 3
+    assert [key for key, shown in rows.items() if shown] == visible
+
+
+def test_nothing_is_loaded_from_elsewhere(exporter: Exporter) -> None:
+    for path in ("/", "/history?server=alpha&model=gone:1b", "/runs/1"):
+        for url in parse(page(exporter, path)).urls:
+            assert url.startswith("/"), (path, url)
+            assert not url.startswith("//"), (path, url)
+    status, headers_type, _ = request(exporter, "GET", "/static/page.js")
+    assert (status, headers_type.split(";")[0]) == (200, "text/javascript")
+    assert request(exporter, "GET", "/static/page.css")[0] == 200
+    assert request(exporter, "GET", "/static/other.js")[0] == 404
+
+
+def test_history_and_transcript_of_a_failed_run(exporter: Exporter) -> None:
+    history = page(exporter, "/history?server=alpha&model=" + quote("gone:1b"))
+    run_ids = re.findall(r'href="/runs/(\d+)"', history)
+    assert len(run_ids) == 1
+    assert html.escape(ERROR) in history
+    run = page(exporter, f"/runs/{run_ids[0]}")
+    assert 'class="error-box"' in run
+    error_lines = re.findall(r'<tr class="error-line">.*?<code>(.*?)</code>', run)
+    assert [html.unescape(line) for line in error_lines] == [f'{{"error":"{ERROR}"}}']
+
+
+def test_unknown_run_page(exporter: Exporter) -> None:
+    status, _, body = request(exporter, "GET", "/runs/424242")
+    assert status == 404
+    assert "No such run" in body
+
+
+def test_no_pull_now_button_without_the_admin_api(exporter: Exporter) -> None:
+    assert "pull-now" not in page(exporter, "/")
+
+
+def test_the_page_escapes_names(tmp_path: Path) -> None:
+    sim = OllamaSimulator({})
+    with sim.running() as url:
+        config = f"servers:\n  - name: '<b>x</b>'\n    url: {url}\n    models: [a]\n"
+        with run_exporter(config, tmp_path) as running:
+            body = page(running, "/")
+    assert "<b>x</b>" not in body
+    assert "&lt;b&gt;x&lt;/b&gt;" in body

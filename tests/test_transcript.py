@@ -1,0 +1,97 @@
+"""Transcripts: the first and last lines of a stream, whatever its chunking; secrets masked."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exporter.config import parse_config
+from exporter.transcript import HEAD_LINES, LINE_LIMIT, TAIL_LINES, Redactor, Transcript
+
+
+def feed(data: bytes, cuts: list[int]) -> Transcript:
+    """Feed `data` cut at `cuts`, chunk k arriving at t = k seconds."""
+    transcript = Transcript(0.0)
+    bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    for k, (start, end) in enumerate(itertools.pairwise(bounds)):
+        piece = data[start:end]
+        transcript.feed(piece, float(k))
+    return transcript
+
+
+def expected(data: bytes) -> tuple[list[str], int]:
+    *complete, unfinished = data.split(b"\n")  # blank lines are part of the stream too
+    lines = [raw.decode() for raw in complete]
+    if unfinished.strip():
+        lines.append(unfinished.decode())
+    if len(lines) <= HEAD_LINES + TAIL_LINES:
+        return lines, 0
+    return lines[:HEAD_LINES] + lines[-TAIL_LINES:], len(lines) - HEAD_LINES - TAIL_LINES
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    count=st.integers(0, 1200),
+    cuts=st.lists(st.integers(0, 100_000), max_size=300),
+    tail=st.sampled_from([b"", b'{"unfinished":', b"\n"]),
+)
+def test_head_and_tail_for_any_chunking(count: int, cuts: list[int], tail: bytes) -> None:
+    data = b"".join(b'{"n":%d}\n' % i for i in range(count)) + tail
+    text = feed(data, cuts).text()
+    lines, omitted = expected(data)
+    assert [line.line for line in text.lines] == lines
+    assert text.omitted == omitted
+    times = [line.t for line in text.lines]
+    assert times == sorted(times)
+
+
+def test_a_line_has_the_time_of_the_chunk_that_ended_it() -> None:
+    transcript = Transcript(10.0)
+    transcript.feed(b'{"status":"pulling manifest"}\n{"sta', 10.5)
+    transcript.feed(b'tus":"success"}\n', 12.25)
+    text = transcript.text()
+    assert [(line.t, line.line) for line in text.lines] == [
+        (0.5, '{"status":"pulling manifest"}'),
+        (2.25, '{"status":"success"}'),
+    ]
+
+
+def test_long_lines_are_cut_and_counted() -> None:
+    transcript = Transcript(0.0)
+    transcript.feed(b"x" * (LINE_LIMIT + 10) + b"\n", 1.0)
+    (line,) = transcript.text().lines
+    assert len(line.line) == LINE_LIMIT
+    assert line.cut == 10
+
+
+def test_memory_stays_bounded_on_a_long_stream() -> None:
+    transcript = Transcript(0.0)
+    for i in range(100_000):
+        transcript.feed(b'{"completed":%d}\n' % i, float(i))
+    assert len(transcript._head) == HEAD_LINES
+    assert len(transcript._tail) == TAIL_LINES + 1
+    text = transcript.text()
+    assert text.omitted == 100_000 - HEAD_LINES - TAIL_LINES
+    assert text.lines[-1].line == '{"completed":99999}'
+
+
+def test_redactor_masks_header_values_their_credentials_and_url_user_info() -> None:
+    config = parse_config(
+        "servers:\n"
+        "  - url: http://admin:hunter22@a:1\n"
+        "    headers: {Authorization: 'Bearer tok-123456', X-Key: k3y-v4lue}\n"
+        "    models: [m]\n",
+        "c.yaml",
+    )
+    redact = Redactor.for_config(config)
+    text = (
+        "auth Bearer tok-123456 then tok-123456 alone, k3y-v4lue, hunter22, "
+        "Get https://bob:pw@registry.example/v2"
+    )
+    assert redact(text) == (
+        "auth <redacted> then <redacted> alone, <redacted>, <redacted>, "
+        "Get https://<redacted>@registry.example/v2"
+    )
+    assert redact("Bearer is a word") == "Bearer is a word"
