@@ -93,12 +93,16 @@ async def run_pull(
     started = clock.monotonic()
     run = RunProgress(started)
     pair.start_run(run)
+    on_lines = None
     if active is not None:
-        on_chunk = _both(on_chunk, active.begin(run, started_wall).feed)
+        transcript = active.begin(run, started_wall)
+        on_chunk, on_lines = _both(on_chunk, transcript.feed), transcript.counted
     extra = {"server": server.name, "model": model.name}
     log.debug("pull started", extra=extra)
     reader = asyncio.create_task(
-        _stream(session, server, model, state, run, clock=clock, on_chunk=on_chunk)
+        _stream(
+            session, server, model, state, run, clock=clock, on_chunk=on_chunk, on_lines=on_lines
+        )
     )
     watchdog = asyncio.create_task(_watch_stall(run, settings.stall_timeout, clock))
     deadline = asyncio.create_task(clock.sleep(settings.timeout))
@@ -175,6 +179,7 @@ async def _stream(
     *,
     clock: Clock,
     on_chunk: Callable[[bytes, float], None] | None,
+    on_lines: Callable[[int], None] | None = None,
 ) -> RunResult:
     """POST the pull and fold the NDJSON stream into `run` until it ends."""
     body = {"model": model.name, "insecure": model.settings.insecure, "stream": True}
@@ -190,7 +195,7 @@ async def _stream(
             state.server_answered(server.name)
             if response.status != 200:
                 return await _http_error(response, clock, on_chunk)
-            return await _consume(response, run, clock, on_chunk)
+            return await _consume(response, run, clock, on_chunk, on_lines)
     except aiohttp.ClientResponseError as exc:
         # Raised before a response exists: the server did answer, with bytes that are not
         # HTTP (a bad status line, a malformed chunk in the first segment).
@@ -211,6 +216,7 @@ async def _consume(
     run: RunProgress,
     clock: Clock,
     on_chunk: Callable[[bytes, float], None] | None,
+    on_lines: Callable[[int], None] | None = None,
 ) -> RunResult:
     """Fold a 200 stream into `run`; a broken stream becomes its reason."""
     encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
@@ -220,7 +226,7 @@ async def _consume(
         )
     unwatch = _fail_reads_on_malformed_body(response)
     try:
-        return await _fold_stream(response, run, clock, on_chunk)
+        return await _fold_stream(response, run, clock, on_chunk, on_lines)
     except (ProtocolError, aiohttp.ClientError, RuntimeError) as exc:
         return _broken(exc, response)
     finally:
@@ -232,6 +238,7 @@ async def _fold_stream(
     run: RunProgress,
     clock: Clock,
     on_chunk: Callable[[bytes, float], None] | None,
+    on_lines: Callable[[int], None] | None = None,
 ) -> RunResult:
     """Read chunks as they come, fold each chunk's lines in one call, pace small reads."""
     decoder = LineDecoder()
@@ -250,7 +257,10 @@ async def _fold_stream(
             if ended is None:
                 return RunResult(Reason.STREAM_INTERRUPTED, "stream ended without success")
             return _result(ended)
-        ended = apply_lines(decoder.feed(chunk), now)
+        lines = decoder.feed(chunk)
+        if on_lines is not None:  # the transcript takes the decoder's count: no second scan
+            on_lines(len(lines))
+        ended = apply_lines(lines, now)
         if ended is not None:
             return _result(ended)
         if len(chunk) < COALESCE_BELOW_BYTES and transport is not None:

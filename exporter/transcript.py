@@ -1,12 +1,12 @@
 """One run's stream as received: the first and last lines with their arrival times.
 
-The hot stream path calls `Transcript.feed(chunk, now)` once per chunk, never per line; feed
-counts the chunk's newlines (one C call) and keeps a reference to the chunk: no copy, no split,
-no decode. Lines are cut out at the
-end of the run, when the stream is over anyway. Memory is bounded: the head keeps chunks until
-it holds `HEAD_LINES` lines, the tail drops its oldest chunks as soon as the newer ones hold
-more than `TAIL_LINES` lines (a single line is bounded by the decoder's 1 MiB limit, which
-ends the run).
+The hot stream path calls `Transcript.feed(chunk, now)` once per chunk, never per line, and
+`counted(n)` with the decoder's own count of the lines the chunk completed; they keep a
+reference to the chunk and add integers: no copy, no scan, no split, no decode. Lines are cut
+out at the end of the run, when the stream is over anyway. Memory is bounded: the head keeps
+chunks until it holds `HEAD_LINES` lines, the tail drops its oldest chunks as soon as the newer
+ones hold more than `TAIL_LINES` lines (a single line is bounded by the decoder's 1 MiB limit,
+which ends the run).
 
 Secrets are removed here too (`Redactor`): every configured header value, the credential part
 of `Scheme credentials` values, and the user info of any URL, before anything is stored.
@@ -64,6 +64,7 @@ class Transcript:
         "_tail",
         "_tail_lines",
         "_tail_start",
+        "_uncounted",
         "started_at",
     )
 
@@ -79,10 +80,32 @@ class Transcript:
         self._pending = b""
         """Bytes of chunks without a newline (a line split over chunks), rare in practice."""
         self._pending_at = 0.0
+        self._uncounted: tuple[bytes, float] | None = None
+        """The last chunk, until the decoder's count of its lines arrives."""
 
     def feed(self, chunk: bytes, now: float) -> None:
-        """Keep `chunk` (arrived at monotonic `now`); called once per chunk of the stream."""
-        newlines = chunk.count(b"\n")
+        """Take `chunk` (arrived at monotonic `now`); called once per chunk of the stream.
+
+        Its lines are counted by `counted`, called with the decoder's count right after; a
+        chunk that gets none (the decoder raised on it) is counted here instead.
+        """
+        if self._uncounted is not None:
+            last, at = self._uncounted
+            self._add(last, at, last.count(b"\n"))
+        self._uncounted = (chunk, now) if chunk else None
+
+    def counted(self, newlines: int) -> None:
+        """Take the decoder's count of the lines the last chunk completed.
+
+        The decoder counts them anyway; counting again here cost the stream path about 15%.
+        A low count (blank lines, which the decoder skips) only makes the tail keep more.
+        """
+        if self._uncounted is not None:
+            chunk, now = self._uncounted
+            self._uncounted = None
+            self._add(chunk, now, newlines)
+
+    def _add(self, chunk: bytes, now: float, newlines: int) -> None:
         if not newlines:
             self._pending += chunk
             self._pending_at = now
@@ -105,8 +128,13 @@ class Transcript:
     def text(self, redact: Redactor | None = None) -> TranscriptText:
         """The first HEAD_LINES and last TAIL_LINES lines (an unfinished last line included).
 
-        The kept chunks are split here; the count of left-out lines comes from `feed`.
+        The kept chunks are split exactly here; only the count of left-out lines relies on
+        the decoder's counts of the chunks that were dropped.
         """
+        if self._uncounted is not None:  # the last chunk, when the stream ended after it
+            last, at = self._uncounted
+            self._uncounted = None
+            self._add(last, at, last.count(b"\n"))
         head = self._head
         tail = [(chunk, at) for chunk, at, _ in self._tail]
         if self._pending:

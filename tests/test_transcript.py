@@ -11,13 +11,15 @@ from exporter.config import parse_config
 from exporter.transcript import HEAD_LINES, LINE_LIMIT, TAIL_LINES, Redactor, Transcript
 
 
-def feed(data: bytes, cuts: list[int]) -> Transcript:
+def feed(data: bytes, cuts: list[int], *, counted: bool = True) -> Transcript:
     """Feed `data` cut at `cuts`, chunk k arriving at t = k seconds."""
     transcript = Transcript(0.0)
     bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
     for k, (start, end) in enumerate(itertools.pairwise(bounds)):
         piece = data[start:end]
         transcript.feed(piece, float(k))
+        if counted:  # as the stream path does: the decoder's count (else feed counts itself)
+            transcript.counted(piece.count(b"\n"))
     return transcript
 
 
@@ -36,10 +38,13 @@ def expected(data: bytes) -> tuple[list[str], int]:
     count=st.integers(0, 1200),
     cuts=st.lists(st.integers(0, 100_000), max_size=300),
     tail=st.sampled_from([b"", b'{"unfinished":', b"\n"]),
+    counted=st.booleans(),
 )
-def test_head_and_tail_for_any_chunking(count: int, cuts: list[int], tail: bytes) -> None:
+def test_head_and_tail_for_any_chunking(
+    count: int, cuts: list[int], tail: bytes, counted: bool
+) -> None:
     data = b"".join(b'{"n":%d}\n' % i for i in range(count)) + tail
-    text = feed(data, cuts).text()
+    text = feed(data, cuts, counted=counted).text()
     lines, omitted = expected(data)
     assert [line.line for line in text.lines] == lines
     assert text.omitted == omitted
