@@ -51,7 +51,7 @@ from bench.common import (
     stop_process,
     write_json,
 )
-from bench.fleet_sim import model_name
+from bench.fleet_sim import PRUNE_SECONDS, VERIFY_SECONDS, model_name
 from bench.scrape import scrape_once
 
 if TYPE_CHECKING:
@@ -270,14 +270,48 @@ def measure(
     }
 
 
-def exporter_totals(url: str) -> dict[str, float]:
-    """Sums over the exporter's own metrics: runs, failures, pulls in progress."""
+def _exposition(url: str) -> str:
     import urllib.request  # noqa: PLC0415
 
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
+        return str(response.read().decode())
+
+
+PHASE_TRUTH = {"verify": VERIFY_SECONDS, "prune": PRUNE_SECONDS}
+"""The silences the load generator keeps after `verifying sha256 digest` and the prune line."""
+
+
+def phase_errors(url: str) -> dict[str, list[float]]:
+    """Per phase, each finished pair's last reported duration minus the true one, in ms.
+
+    A pair counts once its last run succeeded (its verify and prune lines came and went).
+    """
     from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
 
-    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
-        text = response.read().decode()
+    durations: dict[tuple[str, str], dict[str, float]] = {}
+    succeeded: set[tuple[str, str]] = set()
+    for family in text_string_to_metric_families(_exposition(url)):
+        for sample in family.samples:
+            key = (sample.labels.get("server", ""), sample.labels.get("model", ""))
+            if sample.name == "ollama_pull_last_phase_duration_seconds":
+                durations.setdefault(key, {})[sample.labels["phase"]] = sample.value
+            elif sample.name == "ollama_pull_last_success" and sample.value == 1:
+                succeeded.add(key)
+    return {
+        phase: [
+            (durations[key][phase] - truth) * 1000
+            for key in sorted(succeeded)
+            if phase in durations.get(key, {})
+        ]
+        for phase, truth in PHASE_TRUTH.items()
+    }
+
+
+def exporter_totals(url: str) -> dict[str, float]:
+    """Sums over the exporter's own metrics: runs, failures, pulls in progress."""
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    text = _exposition(url)
     totals = {"runs": 0.0, "failures": 0.0, "in_progress": 0.0, "pairs": 0.0}
     names = {
         "ollama_pull_runs_total": "runs",
@@ -313,6 +347,7 @@ def run_fleet(
         time.sleep(warmup)
         result = measure(running, duration, scrape_intervals)
         result["exporter_totals"] = exporter_totals(running.url)
+        result["phase_errors_ms"] = phase_errors(running.url)
         measured_cpus, helper_cpus = cpu_layout()
     result["fleet"] = {
         "pairs": fleet.pairs,
@@ -353,6 +388,12 @@ def format_report(result: dict[str, Any]) -> str:
             f"{result['exporter_totals']['failures']:,.0f} |"
         ),
     ]
+    for phase, errors in result.get("phase_errors_ms", {}).items():
+        out.append(
+            f"| {phase} timing error: median / p99 / max of abs, ms ({len(errors)} pairs) | "
+            f"{_abs_percentile(errors, 0.5):.1f} / {_abs_percentile(errors, 0.99):.1f} / "
+            f"{_abs_percentile(errors, 1.0):.1f} |"
+        )
     for name, scrape in result["scrapes"].items():
         out.append(
             f"| scrape {name}: p50 / p99 / max ({scrape['count']} scrapes, "
@@ -360,6 +401,10 @@ def format_report(result: dict[str, Any]) -> str:
             f"{scrape['max_ms']:.1f} ms |"
         )
     return "\n".join(out)
+
+
+def _abs_percentile(values: list[float], q: float) -> float:
+    return percentile([abs(v) for v in values], q) if values else math.nan
 
 
 def _measures(result: dict[str, Any]) -> dict[str, float]:
@@ -374,6 +419,10 @@ def _measures(result: dict[str, Any]) -> dict[str, float]:
         "runs": result["exporter_totals"]["runs"],
         "failures": result["exporter_totals"]["failures"],
     }
+    for phase, errors in result.get("phase_errors_ms", {}).items():
+        out[f"{phase} timing error median_ms"] = _abs_percentile(errors, 0.5)
+        out[f"{phase} timing error p99_ms"] = _abs_percentile(errors, 0.99)
+        out[f"{phase} timing error max_ms"] = _abs_percentile(errors, 1.0)
     for name, scrape in result["scrapes"].items():
         out[f"scrape {name} p50_ms"] = scrape["p50_ms"]
         out[f"scrape {name} p99_ms"] = scrape["p99_ms"]
@@ -393,12 +442,24 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "p99_ms": percentile(latencies, 0.99),
             "max_ms": max(latencies, default=math.nan),
         }
+    phases: dict[str, Any] = {}
+    for phase in rounds[0].get("phase_errors_ms", {}):
+        errors = [e for r in rounds for e in r["phase_errors_ms"][phase]]
+        phases[phase] = {
+            "count": len(errors),
+            "true_ms": PHASE_TRUTH[phase] * 1000,
+            "mean_ms": statistics.fmean(errors) if errors else math.nan,
+            "abs_p50_ms": _abs_percentile(errors, 0.5),
+            "abs_p99_ms": _abs_percentile(errors, 0.99),
+            "abs_max_ms": _abs_percentile(errors, 1.0),
+        }
     return {
         "benchmark": "fleet",
         "fleet": rounds[0]["fleet"],
         "placement": rounds[0]["placement"],
         "summary": {key: Summary.of([m[key] for m in measures]).to_json() for key in measures[0]},
         "scrapes_pooled": pooled,
+        "phase_errors_pooled": phases,
         "rounds": rounds,
     }
 
@@ -429,6 +490,11 @@ def format_rounds(report: dict[str, Any]) -> str:
         "|---|---:|---:|---:|",
     ]
     rows = list(_ROWS)
+    for phase in report.get("phase_errors_pooled", {}):
+        rows += [
+            (f"{phase} timing error: abs p50 (ms)", f"{phase} timing error median_ms", 1, "{:.1f}"),
+            (f"{phase} timing error: abs max (ms)", f"{phase} timing error max_ms", 1, "{:.1f}"),
+        ]
     for name in report["scrapes_pooled"]:
         rows += [
             (f"scrape {name}: p50 (ms)", f"scrape {name} p50_ms", 1, "{:.1f}"),
@@ -445,6 +511,20 @@ def format_rounds(report: dict[str, Any]) -> str:
         f"{p['p99_ms']:.1f} ms | {p['max_ms']:.1f} ms |"
         for name, p in report["scrapes_pooled"].items()
     )
+    if report.get("phase_errors_pooled"):
+        out += [
+            "",
+            (
+                "| phase timing error, all rounds pooled (reported - true) | pairs | true "
+                "| mean | abs p50 | abs p99 | abs max |"
+            ),
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        out.extend(
+            f"| {phase} | {p['count']} | {p['true_ms']:.0f} ms | {p['mean_ms']:.1f} ms | "
+            f"{p['abs_p50_ms']:.1f} ms | {p['abs_p99_ms']:.1f} ms | {p['abs_max_ms']:.1f} ms |"
+            for phase, p in report["phase_errors_pooled"].items()
+        )
     return "\n".join(out)
 
 

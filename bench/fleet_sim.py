@@ -4,7 +4,10 @@ Each server listens on its own 127.0.0.1 port and answers every model with the s
 of run, played at real Ollama timing (a progress line every 60 ms per stream):
 
 - `stream`: a fresh pull whose big layer spans `--pull-seconds` (varied by +-`--spread`
-  per model so streams do not all end at once), plus two small layers, verify, write, success;
+  per model so streams do not all end at once), plus two small layers, then `verifying sha256
+  digest` and `--verify-seconds` of silence, `writing manifest`, `removing unused layers` and
+  `--prune-seconds` of silence, success (the two silences are what the phase-timing error of
+  bench.fleet is measured against);
 - `uptodate`: a re-pull of a model already present (four lines, no waiting).
 
 It prints one JSON line `{"urls": [...]}` when every server listens, then writes
@@ -30,7 +33,9 @@ from ollama_sim import (
     Layer,
     Manifest,
     OllamaSimulator,
+    Prune,
     Scenario,
+    Stall,
     Success,
     Verify,
     Write,
@@ -46,22 +51,35 @@ def model_name(index: int) -> str:
     return f"bench/model-{index:03d}:latest"
 
 
-def stream_run(seconds: float) -> Scenario:
-    """A fresh pull whose lines arrive every 60 ms for about `seconds`."""
+VERIFY_SECONDS = 0.3
+PRUNE_SECONDS = 0.2
+
+
+def stream_run(
+    seconds: float, verify: float = VERIFY_SECONDS, prune: float = PRUNE_SECONDS
+) -> Scenario:
+    """A fresh pull whose lines arrive every 60 ms for about `seconds`, then verify and prune."""
     ticks = max(1, round(seconds / TICK))
     return Scenario(
         Manifest(),
         Layer(BIG_LAYER, ticks=ticks),
         *(Layer(size, ticks=1) for size in SMALL_LAYERS),
-        Verify(),
+        Verify(verify),
         Write(),
+        *([Prune(), Stall(prune)] if prune else []),
         Success(),
         name="bench_stream",
     )
 
 
 def scenarios(
-    mode: str, models: int, pull_seconds: float, spread: float
+    mode: str,
+    models: int,
+    pull_seconds: float,
+    spread: float,
+    *,
+    verify: float = VERIFY_SECONDS,
+    prune: float = PRUNE_SECONDS,
 ) -> dict[str, list[Scenario]]:
     """The runs of one server: the same model list on every server."""
     runs: dict[str, list[Scenario]] = {}
@@ -72,14 +90,23 @@ def scenarios(
             # Spread the lengths evenly over [1 - spread, 1 + spread] * pull_seconds.
             share = (index + 0.5) / models if models else 0.5
             seconds = pull_seconds * (1 - spread + 2 * spread * share)
-            runs[model_name(index)] = [stream_run(seconds)]
+            runs[model_name(index)] = [stream_run(seconds, verify, prune)]
     return runs
 
 
 async def serve(args: argparse.Namespace) -> None:
     """Start the servers, report their URLs, write stats every second until SIGTERM."""
     sims = [
-        OllamaSimulator(scenarios(args.mode, args.models, args.pull_seconds, args.spread))
+        OllamaSimulator(
+            scenarios(
+                args.mode,
+                args.models,
+                args.pull_seconds,
+                args.spread,
+                verify=args.verify_seconds,
+                prune=args.prune_seconds,
+            )
+        )
         for _ in range(args.servers)
     ]
     for sim in sims:  # every model already on disk: each /api/tags answer lists them all
@@ -120,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("stream", "uptodate"), default="stream")
     parser.add_argument("--pull-seconds", type=float, default=30.0)
     parser.add_argument("--spread", type=float, default=0.3)
+    parser.add_argument("--verify-seconds", type=float, default=VERIFY_SECONDS)
+    parser.add_argument("--prune-seconds", type=float, default=PRUNE_SECONDS)
     parser.add_argument("--stats", help="file to rewrite every second with counters")
     asyncio.run(serve(parser.parse_args(argv)))
     return 0
