@@ -8,10 +8,11 @@ For progress lines that is harmless, but the line after a layer's last tick may 
 boundary (`verifying sha256 digest`), and a late boundary distorts every phase duration.
 
 The phase boundary can only come once the layers seen so far are complete, and the
-progress lines say how far that is: `remaining_bytes` at the rate `completed` grows. So the
-reader pauses only while the download is predicted to go on well past the pause, even if
-it sped up `SPEED_UP_MARGIN` times, and reads every line at once near the end. Pure: the
-caller passes the clock readings, so tests drive it from tables.
+progress lines say how far that is: `remaining_bytes` at the rate `completed` grows. So a
+pause never reaches past the predicted end of the download, even if the download sped up
+`SPEED_UP_MARGIN` times: it lasts `COALESCE_SECONDS`, or a quarter of the time left,
+whichever is shorter, and none at all in the last ticks. Pure: the caller passes the clock
+readings, so tests drive it from tables.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ COALESCE_BELOW_BYTES: Final = 8192
 """Pause only after a small read (the ticker's trickle). A stream that already arrives in big
 chunks is read flat out, so a fast sender is never held back by our socket buffer."""
 SPEED_UP_MARGIN: Final = 4.0
-"""Pause only if the download would still outlast the pause at this many times its rate.
-
-At 4, the last second of a steady download is read line by line, and the end of a download
-whose rate jumps up to 4x within that second is still read at once."""
+"""A pause lasts at most the predicted time left divided by this: the end of a download whose
+rate jumps up to 4x before it ends is still read at once."""
+MIN_PAUSE_SECONDS: Final = 0.05
+"""A shorter pause would hold less than one of Ollama's 60 ms ticks: read on instead."""
 
 
 class ReadPacer:
@@ -53,6 +54,5 @@ class ReadPacer:
         if remaining <= 0 or before < 0 or completed <= before or now <= at:
             return 0.0  # no download going, or no rate known yet (a first line, a stall)
         rate = (completed - before) / (now - at)
-        if remaining < rate * SPEED_UP_MARGIN * COALESCE_SECONDS:
-            return 0.0
-        return COALESCE_SECONDS
+        pause = min(COALESCE_SECONDS, remaining / rate / SPEED_UP_MARGIN)
+        return pause if pause >= MIN_PAUSE_SECONDS else 0.0

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.pacing import COALESCE_BELOW_BYTES, COALESCE_SECONDS, SPEED_UP_MARGIN, ReadPacer
+from exporter.pacing import (
+    COALESCE_BELOW_BYTES,
+    COALESCE_SECONDS,
+    MIN_PAUSE_SECONDS,
+    SPEED_UP_MARGIN,
+    ReadPacer,
+)
 from exporter.progress import RunProgress
 from exporter.protocol import ProgressLine
 
@@ -46,19 +52,21 @@ def test_no_pause_while_completed_stands_still() -> None:
 
 
 @pytest.mark.parametrize(
-    ("seconds_left", "pauses"),
+    ("seconds_left", "pause"),
     [
-        (60.0, True),
-        (SPEED_UP_MARGIN * COALESCE_SECONDS * 1.01, True),
-        (SPEED_UP_MARGIN * COALESCE_SECONDS * 0.99, False),
-        (0.1, False),
+        (60.0, COALESCE_SECONDS),
+        (SPEED_UP_MARGIN * COALESCE_SECONDS, COALESCE_SECONDS),
+        (0.6, 0.6 / SPEED_UP_MARGIN),  # a pause ends well before the predicted end
+        (0.21, 0.21 / SPEED_UP_MARGIN),
+        (0.19, 0.0),  # the last ticks are read as they come
+        (0.05, 0.0),
     ],
 )
-def test_the_last_stretch_of_a_download_is_read_at_once(seconds_left: float, pauses: bool) -> None:
+def test_a_pause_never_reaches_past_the_predicted_end(seconds_left: float, pause: float) -> None:
     rate = STEP / 0.06
     completed = TOTAL - round(seconds_left * rate)
     pacer = ReadPacer()
     run = downloading(completed - STEP, 1.0)
     pacer.pause_after(200, run, 1.0)
     downloading(completed, 1.06, run)
-    assert (pacer.pause_after(200, run, 1.06) > 0) is pauses
+    assert pacer.pause_after(200, run, 1.06) == pytest.approx(pause, rel=1e-6)
