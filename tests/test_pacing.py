@@ -58,7 +58,7 @@ def test_no_pause_while_completed_stands_still() -> None:
         (SPEED_UP_MARGIN * COALESCE_SECONDS, COALESCE_SECONDS),
         (0.6, 0.6 / SPEED_UP_MARGIN),  # a pause ends well before the predicted end
         (0.21, 0.21 / SPEED_UP_MARGIN),
-        (0.19, 0.0),  # the last ticks are read as they come
+        (MIN_PAUSE_SECONDS * SPEED_UP_MARGIN * 0.95, 0.0),  # the last ticks are read at once
         (0.05, 0.0),
     ],
 )
