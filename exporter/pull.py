@@ -104,14 +104,14 @@ async def run_pull(
             session, server, model, state, run, clock=clock, on_chunk=on_chunk, on_lines=on_lines
         )
     )
-    watchdog = asyncio.create_task(_watch_stall(run, settings.stall_timeout, clock))
-    deadline = asyncio.create_task(clock.sleep(settings.timeout))
-    tasks = (reader, watchdog, deadline)
+    deadline = started + settings.timeout
+    watchdog = asyncio.create_task(_watch(run, settings.stall_timeout, deadline, clock))
+    tasks = (reader, watchdog)
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         if reader.done():
             result = _result_of(reader)
-        elif watchdog.done():
+        elif watchdog.result() is Reason.STALLED:
             result = RunResult(
                 Reason.STALLED, f"no progress for {settings.stall_timeout:g}s in {run.phase.value}"
             )
@@ -160,14 +160,19 @@ async def _cancel(*tasks: asyncio.Task[object]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _watch_stall(run: RunProgress, stall_timeout: float, clock: Clock) -> None:
-    """Return once `stall_timeout` passes with no progress; sleeps, never polls tightly."""
+async def _watch(run: RunProgress, stall_timeout: float, deadline: float, clock: Clock) -> Reason:
+    """Return STALLED once `stall_timeout` passes with no progress, or TIMEOUT at `deadline`.
+
+    One task watches both, and sleeps until the nearer of the two; it never polls tightly.
+    """
     while True:
-        deadline = run.last_progress_at + stall_timeout
-        delay = deadline - clock.monotonic()
-        if delay <= 0:
-            return
-        await clock.sleep(delay)
+        now = clock.monotonic()
+        stall_at = run.last_progress_at + stall_timeout
+        if now >= stall_at:
+            return Reason.STALLED
+        if now >= deadline:
+            return Reason.TIMEOUT
+        await clock.sleep(min(stall_at, deadline) - now)
 
 
 async def _stream(
