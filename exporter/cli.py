@@ -253,7 +253,7 @@ def _serve(
     except listener.ListenError as exc:
         log.error(str(exc))  # noqa: TRY400 - the reason is the message; no traceback helps
         return 1
-    cap = listener.connection_cap(fd_limit, config.model_count)
+    guard = runtime.connections = listener.ConnectionGuard(fd_limit, runtime.config.model_count)
     log.info(
         "starting",
         extra={
@@ -263,15 +263,13 @@ def _serve(
             "pairs": config.model_count,
             "tls": web_config is not None and web_config.tls is not None,
             "basic_auth": web_config is not None and bool(web_config.users),
-            "max_connections": cap,
+            "max_connections": guard.cap,
             "fd_limit": fd_limit,
         },
     )
     app = make_app(runtime, build_registry(runtime.state), web_config)
     ssl_context = web_config.ssl_context() if web_config is not None else None
-    asyncio.run(
-        listener.serve(app, sockets, ssl_context=ssl_context, guard=listener.ConnectionGuard(cap))
-    )
+    asyncio.run(listener.serve(app, sockets, ssl_context=ssl_context, guard=guard))
     signals.install()  # the loop's handlers are gone: stay in charge until the exit
     log.info("stopped")
     return 0

@@ -9,10 +9,12 @@ own sockets fail. Here:
 - `bind` opens the listening sockets first; any problem is one `ListenError` line.
 - `raise_fd_limit` lifts the soft `RLIMIT_NOFILE` to the hard limit at start-up.
 - `ConnectionGuard` caps open server connections below the fd limit, leaving room for the
-  pulls (`connection_cap`); at the cap the oldest connection that is not being answered
-  (one that never sent a whole request first) is closed to make room, so a real scrape still
-  gets in. A connection must send a complete request head within `HEADER_TIMEOUT` (with TLS,
-  the handshake included: TLS connections are counted from accept, see `_TLSGate`).
+  pulls (`connection_cap`), and fits the cap again whenever the pairs in force change (a
+  reload, discovery: `ConnectionGuard.fit`). At the cap the oldest connection that is not
+  being answered (one that never sent a whole request first) is closed to make room, so a
+  real scrape still gets in. A connection must send a complete request head within
+  `HEADER_TIMEOUT` (with TLS, the handshake included: TLS connections are counted from
+  accept, see `_TLSGate`).
 - Malformed requests are one debug line (`request_error_log`), and socket errors that asyncio
   reports (`accept()` out of descriptors, TLS handshakes of strangers) are one warning line
   at most every 10 s (`exporter.ratelog`) with a count of the ones left out (`QuietErrors`).
@@ -206,12 +208,35 @@ class _TLSGate(asyncio.Protocol):
 class ConnectionGuard:
     """The open server connections: at most `cap`, each with a deadline for its first request."""
 
-    def __init__(self, cap: int, header_timeout: float = HEADER_TIMEOUT) -> None:
-        self.cap = cap
+    def __init__(self, fd_limit: int, pairs: int, header_timeout: float = HEADER_TIMEOUT) -> None:
+        self.fd_limit = fd_limit
+        self.cap = connection_cap(fd_limit, pairs)
         self.header_timeout = header_timeout
         self._open: dict[_Connection, asyncio.BaseTransport] = {}
         """In accept order: the oldest first."""
         self._refused = RateLimitedLog(log, "connection limit reached, closing connections")
+
+    def fit(self, pairs: int) -> None:
+        """Recompute the cap for the `pairs` now in force (each reload and discovery change).
+
+        A lower cap holds at once: idle connections over it are closed (oldest, never-used
+        first), since the new pairs' pulls need those descriptors; busy ones finish.
+        """
+        cap = connection_cap(self.fd_limit, pairs)
+        if cap == self.cap:
+            return
+        log.info(
+            "connection cap changed",
+            extra={
+                "max_connections": cap,
+                "was": self.cap,
+                "pairs": pairs,
+                "fd_limit": self.fd_limit,
+            },
+        )
+        self.cap = cap
+        while len(self._open) > cap and self._make_room():
+            pass
 
     @property
     def count(self) -> int:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from exporter.config import ServerConfig
     from exporter.fleet import Fleet
     from exporter.history import History
+    from exporter.listener import ConnectionGuard
     from exporter.state import ExporterState, PairState
     from exporter.store import StoredPair
 
@@ -83,13 +84,17 @@ class Runtime:
     """The config file as last loaded, before discovery and sharding (`config` is after)."""
     stored: Mapping[tuple[str, str], StoredPair] | None = None
     """`--storage.path` contents at start-up, for pairs that join later (discovery)."""
+    connections: ConnectionGuard | None = None
+    """The HTTP server's connection cap, fitted to the pairs in force on every `apply`."""
 
     def apply(self, config: Config) -> None:
-        """Put `config` in force: pairs, schedule, limits, gauges, probes of new servers."""
+        """Put `config` in force: pairs, schedule, limits, connection cap, gauges, probes."""
         self.loaded = config
         if self.fleet is not None:
             self.fleet.sync(config)
             config = self.fleet.effective(config)
+        if self.connections is not None:  # first: a lower cap frees descriptors for new pulls
+            self.connections.fit(config.model_count)
         known = set(self.state.servers)
         known_pairs = set(self.state.pairs)
         self.state.sync(config)

@@ -14,6 +14,7 @@ import re
 import resource
 import selectors
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -30,6 +31,8 @@ from tests.harness import PROMETHEUS_ACCEPT, free_port, run_cli, run_exporter, w
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from tests.harness import Exporter
 
 CONFIG = "servers:\n  - url: http://127.0.0.1:1\n    models: [a]\n"
 
@@ -348,3 +351,156 @@ def test_slow_connections_starve_neither_scrapes_nor_pulls(
     assert "Traceback" not in logs
     others = [line for line in logs.splitlines() if "logger=exporter.pull " not in line]
     assert len(others) < 20, "\n".join(others[-20:])
+
+
+# --------------------------------------------------------------------------- cap on reload
+
+RELOAD_FD_LIMIT = 512
+FEW_PAIRS = 2
+MANY_PAIRS = 150
+CAP_CHANGED = re.compile(
+    r'msg="connection cap changed" max_connections=(\d+) was=(\d+) pairs=(\d+)'
+)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+def _keepalive_connections(port: int, count: int) -> list[socket.socket]:
+    """`count` connections that each got one answer (`/-/healthy`) and then stay idle.
+
+    Idle keep-alive connections live for KEEPALIVE_TIMEOUT (60 s), so what closes them within
+    a test is the cap; one the exporter refused or closed at once is returned too.
+    """
+    held = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        held.append(sock)
+        with contextlib.suppress(OSError):
+            sock.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"\r\n\r\nOK\n") and (chunk := sock.recv(4096)):
+                answer += chunk
+    return held
+
+
+def _still_open(sockets: list[socket.socket]) -> int:
+    """How many of `sockets` the exporter has not closed (after a moment for its RSTs)."""
+    time.sleep(0.5)
+    left = 0
+    for sock in sockets:
+        sock.setblocking(False)
+        try:
+            left += sock.recv(1) != b""  # an unasked byte would be a bug: count it as open
+        except BlockingIOError:
+            left += 1
+        except OSError:
+            pass
+    return left
+
+
+def _pairs_config(url: str, pairs: int) -> str:
+    models = ", ".join(f"m{i}" for i in range(pairs))
+    return (
+        "defaults: {interval: 5s, jitter: 0, stall_timeout: 5s, timeout: 10s}\n"
+        "inventory_interval: 0s\n"
+        f"servers:\n  - name: sim\n    url: {url}\n    max_concurrent_pulls: {MANY_PAIRS}\n"
+        f"    models: [{models}]\n"
+    )
+
+
+def _reload_and_wait_for_cap(exporter: Exporter, text: str, changes: int) -> tuple[int, ...]:
+    """Rewrite the config atomically, SIGHUP, and return the `changes`-th cap change logged."""
+    _write_atomically(exporter.config_path, text)
+    exporter.process.send_signal(signal.SIGHUP)
+
+    def changed() -> tuple[str, ...] | None:
+        seen: list[tuple[str, ...]] = CAP_CHANGED.findall(exporter.logs())
+        return seen[changes - 1] if len(seen) >= changes else None
+
+    found = wait_for(changed, 20, f"cap change {changes} in the log")
+    return tuple(int(value) for value in found)
+
+
+def test_a_reload_fits_the_connection_cap_to_the_pairs_in_force(tmp_path: Path) -> None:
+    """Defect: the cap was computed once at start-up from the pairs then.
+
+    After a reload from 2 to 150 pairs a 512-fd exporter kept allowing 380 client connections,
+    which with 150 pulls is more descriptors than it has; after shrinking back it stayed low.
+    """
+    few, many = (connection_cap(RELOAD_FD_LIMIT, n) for n in (FEW_PAIRS, MANY_PAIRS))
+    assert (few, many) == (380, 84)
+    sim = OllamaSimulator(unknown=up_to_date([1000]), time_scale=0.01)
+    with (
+        sim.running() as url,
+        run_exporter(_pairs_config(url, FEW_PAIRS), tmp_path, fd_limit=RELOAD_FD_LIMIT) as exporter,
+    ):
+        port = int(exporter.url.rsplit(":", 1)[1])
+        assert f"max_connections={few} fd_limit={RELOAD_FD_LIMIT}" in exporter.logs()
+        held = _keepalive_connections(port, 300)
+        assert _still_open(held) == 300  # under the cap for 2 pairs every one stays
+
+        assert _reload_and_wait_for_cap(exporter, _pairs_config(url, MANY_PAIRS), 1) == (
+            many,
+            few,
+            MANY_PAIRS,
+        )
+        assert _still_open(held) <= many  # the idle ones over the new cap went at once
+        held += _keepalive_connections(port, 100)
+        assert many - 2 <= _still_open(held) <= many  # and newcomers make room, up to the cap
+
+        # The pulls of all 150 pairs have their descriptors: each runs, twice, and succeeds.
+        def all_ran_twice() -> bool:
+            samples = exporter.scrape()
+            runs = [
+                v for (n, labels), v in samples.items() if n == "ollama_pull_runs_total" and labels
+            ]
+            return len(runs) == MANY_PAIRS and min(runs) >= 2
+
+        wait_for(all_ran_twice, 60, "every pair to run twice", step=0.5)
+        samples = exporter.scrape()
+        failures = {
+            (dict(labels)["model"], dict(labels)["reason"]): value
+            for (name, labels), value in samples.items()
+            if name == "ollama_pull_failures_total" and value
+        }
+        assert failures == {}
+        assert samples["ollama_pull_server_up", frozenset({("server", "sim")})] == 1
+
+        # Back to 2 pairs: the cap rises again, and 300 idle connections are welcome.
+        assert _reload_and_wait_for_cap(exporter, _pairs_config(url, FEW_PAIRS), 2) == (
+            few,
+            many,
+            FEW_PAIRS,
+        )
+        for sock in held:
+            sock.close()
+        held = _keepalive_connections(port, 300)
+        assert _still_open(held) == 300
+        for sock in held:
+            sock.close()
+        assert "Traceback" not in exporter.logs()
+
+
+def test_discovery_fits_the_connection_cap_too(tmp_path: Path) -> None:
+    """Servers found by discovery count towards the cap as soon as their list changes."""
+    servers = tmp_path / "servers.yaml"
+    servers.write_text("[]\n")
+    models = ", ".join(f"m{i}" for i in range(50))
+    config = (
+        "defaults: {interval: 1h, jitter: 0, run_on_start: false}\n"
+        "servers:\n  - name: static\n    url: http://127.0.0.1:1\n    models: [a]\n"
+        "server_discovery:\n  - name: lab\n    file: servers.yaml\n    refresh_interval: 100ms\n"
+        f"    template:\n      models: [{models}]\n"
+    )
+    with run_exporter(config, tmp_path, fd_limit=RELOAD_FD_LIMIT) as exporter:
+        before = connection_cap(RELOAD_FD_LIMIT, 1)
+        assert f"max_connections={before} fd_limit={RELOAD_FD_LIMIT}" in exporter.logs()
+        listed = "".join(f"- name: s{i}\n  url: http://127.0.0.1:1\n" for i in range(2))
+        _write_atomically(servers, listed)
+        found = wait_for(lambda: CAP_CHANGED.search(exporter.logs()), 20, "the cap change")
+        after = connection_cap(RELOAD_FD_LIMIT, 101)
+        assert found.groups() == (str(after), str(before), "101")
