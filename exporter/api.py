@@ -322,30 +322,50 @@ class ApiError(Exception):
         self.status = status
 
 
-async def _pull_request(request: web.Request) -> _PullRequest:
-    if request.content_type != "application/json":
-        raise ApiError(415, "send the body as application/json")
+async def read_body(request: web.Request, content_type: str) -> bytes:
+    """The whole body, of `content_type` and at most BODY_LIMIT bytes; raises ApiError."""
+    if request.content_type != content_type:
+        raise ApiError(415, f"send the body as {content_type}")
     too_large = ApiError(413, f"the body is larger than {BODY_LIMIT} bytes")
     if request.content_length is not None and request.content_length > BODY_LIMIT:
         raise too_large
-    body = await request.content.read(BODY_LIMIT + 1)
-    if len(body) > BODY_LIMIT:
+    chunks: list[bytes] = []
+    size = 0
+    while size <= BODY_LIMIT:  # one read returns what has arrived, maybe a part of the body
+        chunk = await request.content.read(BODY_LIMIT + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > BODY_LIMIT:
         raise too_large
+    return b"".join(chunks)
+
+
+async def _pull_request(request: web.Request) -> _PullRequest:
+    body = await read_body(request, "application/json")
     try:
         return _pull_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise ApiError(400, f'want {{"server": S, "model": M}}: {exc}') from None
 
 
-def _start(runtime: Runtime, wanted: _PullRequest) -> ActiveRun:
+def require_admin(runtime: Runtime) -> None:
+    """Raise ApiError 403 unless `--web.enable-admin-api` is on."""
+    if not runtime.enable_admin_api:
+        raise ApiError(403, "the admin API is not enabled (start with --web.enable-admin-api)")
+
+
+def start_pull(runtime: Runtime, server: str, model: str) -> ActiveRun:
+    """Start the pair's run now (the API's and the page's "pull now"); raises ApiError."""
+    require_admin(runtime)
     scheduler = runtime.scheduler
     if scheduler is None:
         raise ApiError(503, "the scheduler is not running")
     try:
-        active = scheduler.pull_now(wanted.server, wanted.model)
+        active = scheduler.pull_now(server, model)
     except KeyError:
-        pair = f"server={wanted.server!r} model={wanted.model!r}"
-        raise ApiError(404, f"no configured pair {pair}") from None
+        raise ApiError(404, f"no configured pair server={server!r} model={model!r}") from None
     except PairBusyError as exc:
         raise ApiError(409, str(exc)) from None
     if active is None:
@@ -355,10 +375,10 @@ def _start(runtime: Runtime, wanted: _PullRequest) -> ActiveRun:
 
 async def _pull(request: web.Request) -> web.Response:
     runtime = request.app[OPERATOR_KEY].runtime
-    if not runtime.enable_admin_api:
-        return error(403, "the admin API is not enabled (start with --web.enable-admin-api)")
     try:
-        active = _start(runtime, await _pull_request(request))
+        require_admin(runtime)  # before reading the body
+        wanted = await _pull_request(request)
+        active = start_pull(runtime, wanted.server, wanted.model)
     except ApiError as exc:
         return error(exc.status, str(exc))
     response = json_response({"id": active.id}, 202)

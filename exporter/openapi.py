@@ -201,7 +201,10 @@ def _paths() -> Json:
                 "responses": {
                     "202": _json(_object({"id": {"type": "integer", "minimum": 1}}), "started"),
                     "400": _error("the body is not {server, model}"),
-                    "403": _error("the admin API is not enabled"),
+                    "403": _error(
+                        "the admin API is not enabled, or a browser sent the request from "
+                        "another site (Sec-Fetch-Site, Origin)"
+                    ),
                     "404": _error("no such pair"),
                     "409": _error("a run of that pair is going"),
                     "413": _error("the body is too large"),

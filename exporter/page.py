@@ -3,9 +3,11 @@
 Every page is complete HTML rendered on the server from the same views the JSON API answers
 with, so it works with JavaScript off (a table, links, a filter form that submits). With
 JavaScript on, `static/page.js` polls `/api/v1/status` every second and updates the rows in
-place (progress bars, throughput, ETA), filters without a reload, and adds the "pull now"
-buttons when the admin API is on. Assets are served by the exporter itself: nothing is loaded
-from anywhere else (the Content-Security-Policy says so to the browser too).
+place (progress bars, throughput, ETA), filters without a reload, and sends "pull now" by
+fetch. Without it "pull now" is a form that posts to `/pull-now` and is answered 303 to the
+pair's history (cross-site posts never get here: `exporter.crossorigin`). Assets are served
+by the exporter itself: nothing is loaded from anywhere else (the Content-Security-Policy says
+so to the browser too).
 """
 
 from __future__ import annotations
@@ -17,12 +19,22 @@ import json
 import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 from aiohttp import web
 
 from exporter import __version__
-from exporter.api import OPERATOR_KEY, pair_views, parse_run_id, run_detail, run_view
+from exporter.api import (
+    OPERATOR_KEY,
+    ApiError,
+    pair_views,
+    parse_run_id,
+    read_body,
+    require_admin,
+    run_detail,
+    run_view,
+    start_pull,
+)
 from exporter.history import ActiveRun
 
 if TYPE_CHECKING:
@@ -41,6 +53,9 @@ _CSP: Final = (
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 _ASSETS: Final = {"page.js": "text/javascript", "page.css": "text/css"}
+PULL_NOW: Final = "/pull-now"
+"""Where the "pull now" form posts (`server`, `model`, form-encoded); 303 to the history."""
+_FORM: Final = "application/x-www-form-urlencoded"
 
 
 def install(app: web.Application) -> None:
@@ -49,6 +64,7 @@ def install(app: web.Application) -> None:
     app.router.add_get("/history", _history)
     app.router.add_get("/runs/{id}", _run)
     app.router.add_get("/static/{name}", _asset)
+    app.router.add_post(PULL_NOW, _pull_now)
 
 
 def pair_state(pair: Json) -> str:
@@ -150,6 +166,18 @@ def _progress_cell(pair: Json) -> str:
     )
 
 
+def _pull_form(pair: Json) -> str:
+    """The "pull now" button: a form that posts without JavaScript (`page.js` uses fetch)."""
+    busy = " disabled" if pair["in_progress"] else ""
+    return (
+        f'<form class="pull-now-form" method="post" action="{PULL_NOW}">'
+        f'<input type="hidden" name="server" value="{_e(pair["server"])}">'
+        f'<input type="hidden" name="model" value="{_e(pair["model"])}">'
+        f'<button type="submit" class="pull-now"{busy}>Pull now<span class="visually-hidden">'
+        f": {_e(pair['model'])} on {_e(pair['server'])}</span></button></form>"
+    )
+
+
 def _row(pair: Json, now: float, *, visible: bool, admin: bool) -> str:
     state = pair_state(pair)
     key = json.dumps([pair["server"], pair["model"]], ensure_ascii=False, separators=(",", ":"))
@@ -157,13 +185,8 @@ def _row(pair: Json, now: float, *, visible: bool, admin: bool) -> str:
     eta = pair["eta_seconds"]
     phase = pair["phase"]
     phase_text = f'<span class="run">{_e(phase)}</span>' if pair["in_progress"] else _e(phase)
-    button = (
-        f'<button type="button" class="pull-now" hidden>Pull now<span class="visually-hidden">'
-        f": {_e(pair['model'])} on {_e(pair['server'])}</span></button>"
-        if admin
-        else ""
-    )
     href = _e(_history_href(pair["server"], pair["model"]))
+    button = _pull_form(pair) if admin else ""
     actions = f'<a href="{href}">history</a>{button}<span class="note" aria-live="polite"></span>'
     cells = (
         ("Server", _e(pair["server"])),
@@ -321,7 +344,7 @@ def _runs_table(runs: Iterable[Json], *, pair_columns: bool) -> str:
             f'<td data-label="Downloaded">{_bytes(run["downloaded_bytes"])}</td>',
             f'<td data-label="Error" class="error-text">{_e(run["error"] or "")}</td>',
         ]
-        rows.append(f'<tr class="run-row">{"".join(cells)}</tr>')
+        rows.append(f'<tr class="run-row" id="run-{run["id"]}">{"".join(cells)}</tr>')
     names = ["Run", *(["Server", "Model"] if pair_columns else []), "Started", "Trigger",
              "Duration", "Result", "Downloaded", "Error"]  # fmt: skip
     heads = "".join(f'<th scope="col">{name}</th>' for name in names)
@@ -440,6 +463,48 @@ async def _run(request: web.Request) -> web.Response:
     )
     refresh = 2 if isinstance(run, ActiveRun) else None
     return _html(_page(f"Run #{detail['id']}", body, refresh=refresh))
+
+
+async def _form_pair(request: web.Request) -> tuple[str, str]:
+    """`server` and `model` of the "pull now" form; raises ApiError."""
+    body = await read_body(request, _FORM)
+    try:
+        fields = parse_qs(
+            body.decode("ascii"),
+            keep_blank_values=True,
+            strict_parsing=bool(body),
+            errors="strict",
+            max_num_fields=8,
+        )
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, "the form is malformed") from None
+    servers, models = fields.get("server", []), fields.get("model", [])
+    if len(servers) != 1 or len(models) != 1:
+        raise ApiError(400, "the form needs one server and one model")
+    return servers[0], models[0]
+
+
+async def _pull_now(request: web.Request) -> web.Response:
+    """The "pull now" form's target: start the run, then 303 to the pair's history."""
+    runtime = request.app[OPERATOR_KEY].runtime
+    server = model = ""
+    try:
+        require_admin(runtime)
+        server, model = await _form_pair(request)
+        active = start_pull(runtime, server, model)
+    except ApiError as exc:
+        back = (
+            f'<a href="{_e(_history_href(server, model))}">History of this pair</a> &middot; '
+            if (server, model) in runtime.state.pairs
+            else ""
+        )
+        body = (
+            f"<h1>The pull was not started</h1><p>{_e(exc)}</p>"
+            f'<p>{back}<a href="/">Back to all pulls</a></p>'
+        )
+        return _html(_page("The pull was not started", body), status=exc.status)
+    location = f"{_history_href(server, model)}#run-{active.id}"
+    return web.Response(status=303, headers={"Location": location})
 
 
 async def _asset(request: web.Request) -> web.Response:

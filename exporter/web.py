@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
-from exporter import api, page
+from exporter import api, crossorigin, page
 from exporter.pull import make_session
 from exporter.runtime import Runtime
 from exporter.scrape import make_metrics_handler
@@ -39,6 +39,7 @@ def make_app(
     app = web.Application()
     if web_config is not None:
         install(app, web_config)
+    crossorigin.install(app)  # after basic auth: a POST from another site's page gets 403
     app[RUNTIME_KEY] = runtime
     app.cleanup_ctx.append(_run_scheduler)
     app.router.add_get("/metrics", make_metrics_handler(registry))

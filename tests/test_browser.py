@@ -2,14 +2,18 @@
 
 Progress bars move while a simulated pull streams (without a reload), the filters work, a failed
 run's transcript shows its error line, "pull now" starts a run that the page then shows, the page
-works with JavaScript off, and axe-core finds no serious or critical accessibility problem.
+and its "pull now" form work with JavaScript off, a form on another site cannot start a pull,
+and axe-core finds no serious or critical accessibility problem.
 Chromium comes from Debian (`/usr/bin/chromium`, `.ci/setup/60-browser.sh`), never a download.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,13 +46,14 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exporter]:
             "moving:1b": [fresh_pull([BIG], rate=20_000_000)],
             "broken:1b": [error_after_manifest(ERROR)],
             "idle:1b": [up_to_date([1000]), fresh_pull([BIG], rate=20_000_000)],
+            "form:1b": [up_to_date([1000]), fresh_pull([BIG], rate=20_000_000)],
         },
         time_scale=1.0,
     )
     config = (
         "defaults: {interval: 1h, jitter: 0}\nservers:\n"
         "  - name: alpha\n    url: {url}\n    max_concurrent_pulls: 5\n"
-        "    models: [moving:1b, broken:1b, idle:1b]\n"
+        "    models: [moving:1b, broken:1b, idle:1b, form:1b]\n"
     )
     with sim.running() as url:
         workdir = tmp_path_factory.mktemp("browser")
@@ -171,8 +176,7 @@ def test_the_page_works_with_javascript_off(exporter: Exporter, browser: Any) ->
     try:
         page = context.new_page()
         page.goto(exporter.url + "/")
-        assert page.locator("tr.pair").count() == 3
-        assert page.locator("button.pull-now:visible").count() == 0
+        assert page.locator("tr.pair").count() == 4
         page.select_option("select[name=state]", "failing")
         page.get_by_role("button", name="Filter").click()
         page.wait_for_url("**/?*state=failing*")
@@ -182,6 +186,89 @@ def test_the_page_works_with_javascript_off(exporter: Exporter, browser: Any) ->
         page.wait_for_url("**/history?*")
         page.locator("a[href^='/runs/']").first.click()
         assert ERROR in page.locator("tr.error-line").inner_text()
+    finally:
+        context.close()
+
+
+def form_runs(exporter: Exporter) -> list[Any]:
+    runs: list[Any] = call(exporter, "GET", "/api/v1/runs?server=alpha&model=form:1b")[1]["runs"]
+    return runs
+
+
+@contextlib.contextmanager
+def other_site(exporter: Exporter) -> Iterator[int]:
+    """A page on another port (another origin) with a form that posts "pull now" to the
+    exporter, as a malicious page a logged-in operator visits would; yields its port."""
+    form = (
+        f'<!DOCTYPE html><html lang="en"><title>Win</title><form method="post" '
+        f'action="{exporter.url}/pull-now"><input type="hidden" name="server" value="alpha">'
+        '<input type="hidden" name="model" value="form:1b">'
+        '<button type="submit">Claim your prize</button></form></html>'
+    ).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(form)))
+            self.end_headers()
+            self.wfile.write(form)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield server.server_address[1]
+        finally:
+            server.shutdown()
+            thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("host", "fetch_site"), [("127.0.0.1", "same-site"), ("localhost", "cross-site")]
+)
+def test_a_form_on_another_site_cannot_start_a_pull(
+    exporter: Exporter, browser: Any, host: str, fetch_site: str
+) -> None:
+    before = [run["id"] for run in form_runs(exporter)]
+    context = browser.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
+        with other_site(exporter) as port:
+            page.goto(f"http://{host}:{port}/")
+            with page.expect_response(lambda answer: answer.url.endswith("/pull-now")) as info:
+                page.get_by_role("button", name="Claim your prize").click()
+            answer = info.value
+            sent = answer.request.all_headers()
+        assert sent["sec-fetch-site"] == fetch_site  # what the browser told the exporter
+        assert answer.status == 403
+        assert "cross-site request refused" in answer.text()
+    finally:
+        context.close()
+    assert [run["id"] for run in form_runs(exporter)] == before
+
+
+def test_pull_now_works_with_javascript_off(exporter: Exporter, browser: Any) -> None:
+    context = browser.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
+        page.goto(exporter.url + "/")
+        form = row(page, "form:1b")
+        with page.expect_response(lambda answer: answer.url.endswith("/pull-now")) as info:
+            form.get_by_role("button", name="Pull now").click()
+        assert info.value.status == 303
+        assert info.value.request.all_headers()["sec-fetch-site"] == "same-origin"
+        page.wait_for_url("**/history?server=alpha&model=form%3A1b#run-*")
+        run_id = int(page.url.rpartition("#run-")[2])
+        started = page.locator(f"tr#run-{run_id}")
+        assert started.locator("td[data-label=Trigger]").inner_text() == "api"
+        assert started.locator("td[data-label=Result]").inner_text() in {"queued", "running"}
+        assert form_runs(exporter)[0]["id"] == run_id
+        page.goto(exporter.url + "/")  # while it runs, the button is off
+        assert row(page, "form:1b").get_by_role("button", name="Pull now").is_disabled()
     finally:
         context.close()
 

@@ -1,6 +1,6 @@
 // The live page: poll /api/v1/status every second and update the server-rendered rows in place.
 // Plain JavaScript, no framework: the page is a table the server already renders; this file only
-// refreshes numbers, filters rows and adds "pull now". Without it the page still works.
+// refreshes numbers, filters rows and sends "pull now" in place. Without it the page still works.
 "use strict";
 (function () {
   const POLL_MS = 1000;
@@ -148,9 +148,14 @@
     poll();
   }
   if (admin) {
+    // The server renders "pull now" as a form that posts without JavaScript; here it is sent
+    // by fetch instead, and the answer is shown in the row.
     for (const row of rows.values()) {
+      const pullForm = row.querySelector("form.pull-now-form");
       const button = row.querySelector("button.pull-now");
-      if (button) { button.hidden = false; button.addEventListener("click", () => pullNow(row, button)); }
+      if (pullForm && button) {
+        pullForm.addEventListener("submit", (event) => { event.preventDefault(); pullNow(row, button); });
+      }
     }
   }
 
