@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
-from exporter.transcript import Redactor, Transcript, TranscriptLine, TranscriptText
+from exporter.transcript import (
+    RAW_MAGIC,
+    Redactor,
+    Transcript,
+    TranscriptLine,
+    TranscriptText,
+    unpack_raw,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -107,7 +114,9 @@ def pack(text: TranscriptText) -> bytes:
 
 
 def unpack(blob: bytes) -> TranscriptText:
-    """The inverse of `pack`; raises ValueError on bytes that are not one."""
+    """The inverse of `pack` and of `Transcript.pack_raw`; ValueError on bytes that are not one."""
+    if blob.startswith(RAW_MAGIC):
+        return unpack_raw(blob)
     try:
         omitted, rows = _decoder.decode(zlib.decompress(blob))
     except (zlib.error, msgspec.DecodeError) as exc:
@@ -183,7 +192,10 @@ class History:
             return None
         redact = self.redact
         transcript = active.transcript
-        text = transcript.text(redact) if transcript is not None else TranscriptText((), 0)
+        packed = transcript.pack_raw(redact) if transcript is not None else None
+        if packed is None:
+            text = transcript.text(redact) if transcript is not None else TranscriptText((), 0)
+            packed = pack(text)
         record = RunRecord(
             id=active.id,
             server=active.server,
@@ -198,7 +210,7 @@ class History:
             downloaded_bytes=last.downloaded_bytes,
             reused_bytes=progress.reused_bytes,
             phase_seconds={phase.value: seconds for phase, seconds in last.phase_durations.items()},
-            transcript=pack(text),
+            transcript=packed,
         )
         key = (record.server, record.model)
         self._last[key] = replace(record, transcript=None)

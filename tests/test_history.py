@@ -14,7 +14,7 @@ from exporter.historydb import HistoryDB
 from exporter.progress import RunProgress
 from exporter.protocol import LineDecoder, Reason
 from exporter.state import PairState, RunResult
-from exporter.transcript import Redactor, TranscriptLine, TranscriptText
+from exporter.transcript import RAW_MAGIC, Redactor, TranscriptLine, TranscriptText
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -47,6 +47,22 @@ def test_pack_round_trip_and_garbage() -> None:
     assert unpack(pack(text)) == text
     with pytest.raises(ValueError, match="not a packed transcript"):
         unpack(b"garbage")
+    with pytest.raises(ValueError, match="not a packed transcript"):
+        unpack(RAW_MAGIC + b"garbage")
+
+
+def test_a_run_is_kept_raw_unless_it_may_hold_a_secret() -> None:
+    history = History(redact=Redactor(["tok-secret"]))
+    plain = run_once(history, PairState("s", "a", 60.0), error="boom")
+    secret = run_once(history, PairState("s", "b", 60.0), error="denied tok-secret")
+    assert plain is not None
+    assert secret is not None
+    assert plain.transcript is not None
+    assert secret.transcript is not None
+    assert plain.transcript.startswith(RAW_MAGIC)
+    assert not secret.transcript.startswith(RAW_MAGIC)
+    assert unpack(plain.transcript).lines[-1].line == '{"error":"boom"}'
+    assert unpack(secret.transcript).lines[-1].line == '{"error":"denied <redacted>"}'
 
 
 def test_memory_history_keeps_the_last_limit_runs_per_pair() -> None:

@@ -8,7 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.config import parse_config
-from exporter.transcript import HEAD_LINES, LINE_LIMIT, TAIL_LINES, Redactor, Transcript
+from exporter.transcript import (
+    HEAD_LINES,
+    LINE_LIMIT,
+    RAW_LIMIT,
+    TAIL_LINES,
+    Redactor,
+    Transcript,
+    unpack_raw,
+)
 
 
 def feed(data: bytes, cuts: list[int], *, counted: bool = True) -> Transcript:
@@ -50,6 +58,36 @@ def test_head_and_tail_for_any_chunking(
     assert text.omitted == omitted
     times = [line.t for line in text.lines]
     assert times == sorted(times)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    count=st.integers(0, 1200),
+    cuts=st.lists(st.integers(0, 100_000), max_size=300),
+    tail=st.sampled_from([b"", b'{"unfinished":', b"\n"]),
+    counted=st.booleans(),
+)
+def test_a_packed_run_unpacks_to_the_lines_cut_at_once(
+    count: int, cuts: list[int], tail: bytes, counted: bool
+) -> None:
+    """`pack_raw` defers the cutting to a read; what a read gets must not depend on that."""
+    data = b"".join(b'{"n":%d}\n' % i for i in range(count)) + tail
+    packed = feed(data, cuts, counted=counted).pack_raw(Redactor(["never-there"]))
+    assert packed is not None
+    assert unpack_raw(packed) == feed(data, cuts, counted=counted).text()
+
+
+def test_what_may_hold_a_secret_or_is_too_big_is_cut_and_masked_at_once() -> None:
+    redact = Redactor(["tok-secret"])
+    for line in (b'{"error":"tok-secret"}\n', b'{"error":"https://u:p@h/x"}\n'):
+        transcript = Transcript(0.0)
+        transcript.feed(b'{"status":"ok"}\n' + line, 1.0)
+        assert transcript.pack_raw(redact) is None
+        assert "<redacted>" in transcript.text(redact).lines[-1].line
+    big = Transcript(0.0)
+    big.feed(b"x" * RAW_LIMIT + b"\n", 1.0)
+    assert big.pack_raw(redact) is None
+    assert len(big.text(redact).lines[0].line) == LINE_LIMIT
 
 
 def test_a_line_has_the_time_of_the_chunk_that_ended_it() -> None:
