@@ -23,7 +23,14 @@ from prometheus_client.openmetrics.exposition import generate_latest as om_gener
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from exporter.metrics import PAIR_FAMILIES, cumulative, empty_family, exporter_families
+from exporter.metrics import (
+    PAIR_FAMILIES,
+    cumulative,
+    empty_family,
+    exporter_families,
+    model_digest,
+    model_info_family,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterator
@@ -60,6 +67,7 @@ def sample_names(family: Family) -> frozenset[str]:
 
 
 _FAMILY_NAMES: Final = tuple(sample_names(family) for family in PAIR_FAMILIES)
+_MODEL_INFO: Final = "ollama_pull_model_info"
 
 
 class _Fixed(Collector):
@@ -86,7 +94,7 @@ _go: Final[Callable[[float], str]] = floatToGoString
 class _Cached:
     """One pair's rendered lines, per family, with the values they were rendered from."""
 
-    __slots__ = ("lines", "model", "pair", "server", "values")
+    __slots__ = ("digest", "info", "lines", "model", "pair", "server", "values")
 
     def __init__(self, pair: PairState) -> None:
         self.pair = pair
@@ -95,6 +103,16 @@ class _Cached:
         count = len(PAIR_FAMILIES)
         self.values: list[object] = [_UNSET] * count
         self.lines: list[bytes] = [b""] * count
+        self.digest: object = _UNSET
+        self.info = b""
+        """The pair's `ollama_pull_model_info` line, rendered from `digest`."""
+
+    def render_info(self, digest: str | None) -> bytes:
+        """The `ollama_pull_model_info` line (labels sorted by name, as the library writes)."""
+        if digest is None:
+            return b""
+        labels = f'digest="{_escape(digest)}",model="{self.model}",server="{self.server}"'
+        return f"{_MODEL_INFO}{{{labels}}} {_go(1)}\n".encode()
 
     def render(self, family: Family, values: Values) -> bytes:
         """The sample lines of `family` for this pair (same bytes as prometheus_client)."""
@@ -133,6 +151,7 @@ class Exposition:
         self._cached: list[_Cached] = []
         self._headers = {each: _family_headers(each) for each in Format}
         """`# HELP`/`# TYPE` of each pair family per format: fixed, written once."""
+        self._info_headers = {each: _headers(each, model_info_family(())) for each in Format}
 
     def render(self, fmt: Format, names: Collection[str] | None = None) -> bytes:
         """The whole exposition in `fmt`; with `names`, only the families they name.
@@ -147,6 +166,9 @@ class Exposition:
             if wanted is None or not wanted.isdisjoint(_FAMILY_NAMES[index]):
                 parts.append(header)
                 parts.extend([entry.lines[index] for entry in cached])
+        if wanted is None or _MODEL_INFO in wanted:
+            parts.append(self._info_headers[fmt])
+            parts.extend([entry.info for entry in cached])
         # The few exporter-wide families go through the library itself (`# EOF` included).
         others = list(exporter_families(self._state))
         if wanted is not None:
@@ -169,6 +191,10 @@ class Exposition:
                 if values != seen[index]:
                     seen[index] = values
                     lines[index] = entry.render(family, values)
+            digest = model_digest(pair)
+            if digest != entry.digest:
+                entry.digest = digest
+                entry.info = entry.render_info(digest)
         return self._cached
 
 
@@ -178,7 +204,9 @@ def _named(metric: Metric, wanted: frozenset[str]) -> bool:
 
 def _family_headers(fmt: Format) -> tuple[bytes, ...]:
     """`# HELP` and `# TYPE` of each pair family, written by the library itself."""
-    encoder = _ENCODERS[fmt]
-    return tuple(
-        encoder(_Fixed([empty_family(family)])).removesuffix(b"# EOF\n") for family in PAIR_FAMILIES
-    )
+    return tuple(_headers(fmt, empty_family(family)) for family in PAIR_FAMILIES)
+
+
+def _headers(fmt: Format, empty: Metric) -> bytes:
+    """`# HELP` and `# TYPE` of a family without samples, as the library writes them."""
+    return _ENCODERS[fmt](_Fixed([empty])).removesuffix(b"# EOF\n")

@@ -49,6 +49,7 @@ class PullCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """Yield every family; called by the registry on each scrape."""
         yield from pair_families(self._state.pairs.values())
+        yield model_info_family(self._state.pairs.values())
         yield from exporter_families(self._state)
 
 
@@ -401,18 +402,32 @@ def cumulative(counts: Sequence[float]) -> list[tuple[str, float]]:
     return buckets
 
 
-def _holding_families(state: ExporterState) -> Iterator[Metric]:
-    """`ollama_pull_model_info` (a label per digest) and the per-server inventory requests."""
+def model_digest(pair: PairState) -> str | None:
+    """The `digest` label of the pair's `ollama_pull_model_info` (None: no series)."""
+    digest = pair.holding.digest
+    return None if digest is None else digest[:12]
+
+
+def model_info_family(pairs: Iterable[PairState]) -> Metric:
+    """`ollama_pull_model_info`: one series per pair holding the model, its digest a label.
+
+    Not a `Family` row (its third label's value is the pair's own), but per pair all the
+    same, so the cached renderer keeps its lines too (`exporter.exposition`).
+    """
     info = GaugeMetricFamily(
         "ollama_pull_model_info",
         "Always 1; digest is the first 12 hex characters of the held copy's digest.",
         labels=("server", "model", "digest"),
     )
-    for pair in state.pairs.values():
-        digest = pair.holding.digest
+    for pair in pairs:
+        digest = model_digest(pair)
         if digest is not None:
-            info.add_metric([pair.server, pair.model, digest[:12]], 1)
-    yield info
+            info.add_metric([pair.server, pair.model, digest], 1)
+    return info
+
+
+def _inventory_families(state: ExporterState) -> Iterator[Metric]:
+    """The per-server inventory requests."""
     requests = CounterMetricFamily(
         "ollama_pull_inventory_requests",
         "Inventory requests (GET /api/tags), by result.",
@@ -426,7 +441,7 @@ def _holding_families(state: ExporterState) -> Iterator[Metric]:
 
 def exporter_families(state: ExporterState) -> Iterator[Metric]:
     """Per-server and exporter-wide families."""
-    yield from _holding_families(state)
+    yield from _inventory_families(state)
     server_up = GaugeMetricFamily(
         "ollama_pull_server_up",
         "1 if the Ollama server answered the last request at the HTTP level.",

@@ -66,7 +66,18 @@ def rendered(exposition: Exposition, accept: str) -> bytes:
 @st.composite
 def changes(draw: st.DrawFn) -> list[tuple[str, object]]:
     kinds = st.sampled_from(
-        ["start", "line", "finish_ok", "finish_fail", "skip", "next", "interval", "abandon"]
+        [
+            "start",
+            "line",
+            "finish_ok",
+            "finish_fail",
+            "skip",
+            "next",
+            "interval",
+            "abandon",
+            "hold",
+            "drop",
+        ]
     )
     return draw(st.lists(st.tuples(kinds, numbers), max_size=12))
 
@@ -89,6 +100,10 @@ def apply_change(pair: PairState, kind: str, value: int) -> None:
         pair.next_run_at = 1.7e9 + value / 3
     elif kind == "interval":
         pair.interval = float(value % 100_000 + 1)
+    elif kind == "hold":  # the inventory saw the model (model_info gets a series)
+        pair.holding.digest = f"{value:064x}"
+    elif kind == "drop":
+        pair.holding.digest = None
 
 
 @settings(max_examples=150, deadline=None)
