@@ -27,9 +27,11 @@ from exporter.metrics import (
     PAIR_FAMILIES,
     cumulative,
     empty_family,
-    exporter_families,
     model_digest,
     model_info_family,
+    own_families,
+    server_families,
+    server_key,
 )
 
 if TYPE_CHECKING:
@@ -152,6 +154,8 @@ class Exposition:
         self._headers = {each: _family_headers(each) for each in Format}
         """`# HELP`/`# TYPE` of each pair family per format: fixed, written once."""
         self._info_headers = {each: _headers(each, model_info_family(())) for each in Format}
+        self._servers: dict[Format, tuple[object, bytes]] = {}
+        """The per-server families' bytes per format, with the `server_key` they show."""
 
     def render(self, fmt: Format, names: Collection[str] | None = None) -> bytes:
         """The whole exposition in `fmt`; with `names`, only the families they name.
@@ -169,12 +173,25 @@ class Exposition:
         if wanted is None or _MODEL_INFO in wanted:
             parts.append(self._info_headers[fmt])
             parts.extend([entry.info for entry in cached])
-        # The few exporter-wide families go through the library itself (`# EOF` included).
-        others = list(exporter_families(self._state))
-        if wanted is not None:
-            others = [metric for metric in others if _named(metric, wanted)]
-        parts.append(_ENCODERS[fmt](_Fixed(others)))
+        # The per-server and exporter-wide families go through the library itself (`# EOF`
+        # included); the per-server ones only when one of their values changed.
+        own = list(own_families(self._state))
+        if wanted is None:
+            parts.append(self._server_bytes(fmt))
+        else:
+            own = [m for m in server_families(self._state) if _named(m, wanted)] + [
+                m for m in own if _named(m, wanted)
+            ]
+        parts.append(_ENCODERS[fmt](_Fixed(own)))
         return b"".join(parts)
+
+    def _server_bytes(self, fmt: Format) -> bytes:
+        key = server_key(self._state)
+        cached = self._servers.get(fmt)
+        if cached is None or cached[0] != key:
+            body = _ENCODERS[fmt](_Fixed(list(server_families(self._state))))
+            cached = self._servers[fmt] = (key, body.removesuffix(b"# EOF\n"))
+        return cached[1]
 
     def _refresh(self) -> list[_Cached]:
         pairs = list(self._state.pairs.values())

@@ -25,9 +25,10 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from exporter.exposition import Exposition, Format
+from exporter.holdings import InventoryResult, ServerHolding
 from exporter.metrics import PullCollector, PullRegistry, build_registry
 from exporter.progress import RunProgress
-from exporter.protocol import ProgressLine, Reason
+from exporter.protocol import RUN_PHASES, ProgressLine, Reason
 from exporter.scrape import OPENMETRICS, TEXT, make_metrics_handler, negotiate
 from exporter.state import ExporterState, PairState, RunResult
 
@@ -111,13 +112,16 @@ def apply_change(pair: PairState, kind: str, value: int) -> None:
     st.lists(st.tuples(labels, labels), min_size=0, max_size=6, unique=True),
     st.lists(st.tuples(st.integers(0, 5), changes()), max_size=6),
     st.dictionaries(labels, st.sampled_from([None, 0.0, 1.0]), max_size=3),
+    st.lists(labels, max_size=3, unique=True),
 )
 def test_same_bytes_as_prometheus_client_through_changes(
     keys: list[tuple[str, str]],
     rounds: list[tuple[int, list[tuple[str, object]]]],
     server_up: dict[str, float | None],
+    inventory: list[str],
 ) -> None:
     state = ExporterState(server_up=server_up, config_reload_successful=True)
+    state.inventory = {server: ServerHolding() for server in inventory}
     for server, model in keys:
         state.pairs[server, model] = PairState(server, model, 3600.0)
     registry = build_registry(state)
@@ -131,6 +135,12 @@ def test_same_bytes_as_prometheus_client_through_changes(
             for kind, value in steps:
                 assert isinstance(value, int)
                 apply_change(pair, kind, value)
+        results = list(InventoryResult)
+        for index, holding in enumerate(state.inventory.values()):  # per-server series move too
+            holding.requests[results[(which + index) % len(results)]] += which % 2
+        if which % 3 == 0 and state.server_up:
+            server = next(iter(state.server_up))
+            state.server_up[server] = None if state.server_up[server] else 1.0
         if which == 5 and pairs:  # the pair leaves the config and comes back fresh
             del state.pairs[pairs[0].server, pairs[0].model]
             state.pairs[pairs[0].server, pairs[0].model] = PairState(
@@ -340,3 +350,16 @@ def test_too_many_name_filters_answer_400(caplog: pytest.LogCaptureFixture) -> N
     assert status == 400
     assert b"name[]" in body
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_per_reason_and_per_phase_values_follow_the_label_order() -> None:
+    """The renderer reads `failures` and `phase_durations` in order, not by key."""
+    pair = PairState("s", "m", 60.0)
+    for reason in reversed(Reason):
+        run = RunProgress(0.0)
+        pair.start_run(run)
+        run.finish(1.0, succeeded=False)
+        pair.finish_run(run, RunResult(reason), ended_at=1.0, duration=1.0)
+    assert list(pair.failures) == list(Reason)
+    assert pair.last is not None
+    assert list(pair.last.phase_durations) == list(RUN_PHASES)
