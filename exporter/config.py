@@ -346,6 +346,16 @@ def _check_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def credentials_clash(url: str, headers: tuple[tuple[str, str], ...]) -> bool:
+    """True if `url` has user info and `headers` set Authorization: HTTP sends one only.
+
+    aiohttp turns user info into an Authorization header itself, and refuses a request
+    that has both; every run and probe of such a server would fail.
+    """
+    has_auth = any(name.lower() == "authorization" for name, _ in headers)
+    return has_auth and "@" in urllib.parse.urlsplit(url).netloc
+
+
 def _name_from_url(url: str) -> str:
     """Host, plus ":port" when the URL gives one; IPv6 hosts keep their brackets."""
     parts = urllib.parse.urlsplit(url)
@@ -537,6 +547,16 @@ class _Loader(NodeWalker):
         headers: tuple[tuple[str, str], ...] = ()
         if "headers" in fields and scalar(fields["headers"]) is not None:
             headers = self.headers(fields["headers"], f"{path}.headers")
+            if credentials_clash(url, headers):
+                name = next(n for n, _ in headers if n.lower() == "authorization")
+                message = (
+                    "the url has user info (user:password@) and headers set Authorization: "
+                    "keep one (the user info becomes a Basic Authorization header)"
+                )
+                line = next(
+                    line_of(key) for key, _ in fields["headers"].value if scalar(key) == name
+                )
+                self.error(line, join_path(f"{path}.headers", name), message)
         limit = 1
         if "max_concurrent_pulls" in fields:
             limit_path = f"{path}.max_concurrent_pulls"

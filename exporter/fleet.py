@@ -15,7 +15,7 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Final
 
-from exporter.config import ServerConfig
+from exporter.config import ServerConfig, credentials_clash
 from exporter.discovery import Watcher
 
 if TYPE_CHECKING:
@@ -61,6 +61,13 @@ class Fleet:
                 if target.name in names:
                     log.warning(
                         "discovered server ignored: another server has its name",
+                        extra={"discovery": entry.name, "server": target.name},
+                    )
+                    continue
+                if credentials_clash(target.url, entry.template.headers):
+                    log.warning(
+                        "discovered server ignored: its url has user info and the template's "
+                        "headers set Authorization (keep one)",
                         extra={"discovery": entry.name, "server": target.name},
                     )
                     continue

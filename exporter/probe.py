@@ -69,7 +69,10 @@ async def probe_servers(
 
     async def one(server: ServerConfig) -> None:
         async with limit.slot():
-            await probe_server(session, server, state)
+            try:
+                await probe_server(session, server, state)
+            except Exception:  # a bug here must not cancel the other probes, nor go unseen
+                log.exception("probe failed", extra={"server": server.name})
 
     await asyncio.gather(*(one(server) for server in servers))
 

@@ -29,6 +29,11 @@ ENVIRON = {"OLLAMA_TOKEN": "tok"}
 
 # One file per rule, with every message it must produce, exactly.
 BAD_CONFIGS: dict[str, tuple[str, ...]] = {
+    "url-credentials-and-authorization": (
+        "url-credentials-and-authorization.yaml:5: servers[0].headers.authorization: the url has "
+        "user info (user:password@) and headers set Authorization: keep one (the user info "
+        "becomes a Basic Authorization header)",
+    ),
     "yaml-syntax": (
         "yaml-syntax.yaml:3: invalid YAML: while parsing a flow sequence, "
         "did not find expected ',' or ']'",

@@ -316,6 +316,37 @@ def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
+def test_a_discovered_url_with_user_info_is_ignored_when_the_template_sets_authorization(
+    tmp_path: Path,
+) -> None:
+    """Both would be sent; aiohttp refuses that, so every run would fail. Say so, skip it."""
+    servers = tmp_path / "servers.yaml"
+    sim = OllamaSimulator(unknown=up_to_date([1000]))
+    config = """\
+defaults: {interval: 1h, jitter: 0}
+server_discovery:
+  - name: lab
+    file: servers.yaml
+    template:
+      headers: {Authorization: Bearer tok-123456}
+      models: [m:1b]
+"""
+    with sim.running() as url:
+        port = url.rsplit(":", 1)[1]
+        with_user = f"http://ops:pw-123456@127.0.0.1:{port}"
+        servers.write_text(_servers_file({"plain": url, "creds": with_user}))
+        with run_exporter(config, tmp_path) as exporter:
+            exporter.wait_value(
+                "ollama_pull_last_success", lambda v: v == 1, server="plain", model="m:1b"
+            )
+            assert _pairs(exporter) == {("plain", "m:1b")}
+            assert exporter.value("ollama_pull_exporter_discovered_servers", discovery="lab") == 1
+            log = exporter.logs()
+            assert "discovered server ignored: its url has user info" in log
+            assert "server=creds" in log
+            assert "pw-123456" not in log
+
+
 def test_dns_discovery_servers_join_and_leave_and_survive_the_dns_server(tmp_path: Path) -> None:
     answers = _Answers()
     fast = OllamaSimulator(unknown=up_to_date([1000]))
