@@ -124,6 +124,20 @@ def make_metrics_handler(registry: PullRegistry) -> Handler:
     more than `_MAX_NAMES` of them answer 400. Other query parameters are ignored.
     """
     exposition = Exposition(registry.state)
+    compressed: dict[object, tuple[bytes, bytes]] = {}
+    """Per format, the last whole body and its gzip: a fleet at rest, or two Prometheus
+    servers scraping it in the same second, get the same bytes; gzip is half a scrape's CPU.
+    Filtered answers are not kept, so this holds two entries at most."""
+
+    def gzip(body: bytes, key: object) -> bytes:
+        last = compressed.get(key)
+        if last is not None and last[0] == body:
+            return last[1]
+        compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        packed = compressor.compress(body) + compressor.flush()
+        if key is not None:
+            compressed[key] = (body, packed)
+        return packed
 
     async def handler(request: web.Request) -> web.StreamResponse:
         names = request.query.getall("name[]", None)
@@ -137,8 +151,7 @@ def make_metrics_handler(registry: PullRegistry) -> Handler:
         body = exposition.render(negotiated.format, names)
         headers = {hdrs.CONTENT_TYPE: negotiated.content_type}
         if _gzip_accepted(request.headers.get(hdrs.ACCEPT_ENCODING, "")):
-            compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-            body = compressor.compress(body) + compressor.flush()
+            body = gzip(body, negotiated.format if names is None else None)
             headers[hdrs.CONTENT_ENCODING] = "gzip"
         return web.Response(body=body, headers=headers)
 

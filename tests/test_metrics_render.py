@@ -189,6 +189,31 @@ def test_handler_answers_like_prometheus_client() -> None:
     assert ours == theirs
 
 
+def test_an_unchanged_exposition_is_not_compressed_again_and_a_change_is_served() -> None:
+    state = _busy_state()
+    registry = build_registry(state)
+    headers = {"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"}
+
+    async def scrape(client: TestClient[web.Request, web.Application]) -> bytes:
+        response = await client.get("/metrics", headers=headers, auto_decompress=False)
+        assert response.headers["Content-Encoding"] == "gzip"
+        return await response.read()
+
+    async def run() -> tuple[bytes, bytes, bytes]:
+        app = web.Application()
+        app.router.add_get("/metrics", make_metrics_handler(registry))
+        async with TestClient(TestServer(app)) as client:
+            first, second = await scrape(client), await scrape(client)
+            state.pairs["a", "m0"].skip()
+            return first, second, await scrape(client)
+
+    first, second, changed = asyncio.run(run())
+    assert second == first
+    after = gzip.decompress(changed)
+    assert b'ollama_pull_skipped_total{model="m0",server="a"} 1.0' in after
+    assert _without_tasks(after) == _without_tasks(expected(registry, PROMETHEUS_ACCEPT))
+
+
 def _busy_state(pairs: int = 3) -> ExporterState:
     state = ExporterState(server_up={"a": 1.0, "b": 0.0}, config_reload_successful=True)
     for index in range(pairs):
