@@ -124,7 +124,7 @@ def test_redactor_masks_header_values_their_credentials_and_url_user_info() -> N
     config = parse_config(
         "servers:\n"
         "  - url: http://admin:hunter22@a:1\n"
-        "    headers: {Authorization: 'Bearer tok-123456', X-Key: k3y-v4lue}\n"
+        "    headers: {X-Auth: 'Bearer tok-123456', X-Key: k3y-v4lue}\n"
         "    models: [m]\n",
         "c.yaml",
     )
