@@ -10,6 +10,7 @@ header can make a scrape expensive, grow a cache or raise.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import zlib
 from dataclasses import dataclass
@@ -117,6 +118,11 @@ def _gzip_accepted(accept_encoding: str) -> bool:
     return False
 
 
+def _gzip(body: bytes) -> bytes:
+    compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return compressor.compress(body) + compressor.flush()
+
+
 def make_metrics_handler(registry: PullRegistry) -> Handler:
     """The `/metrics` handler over `registry`'s state, answered from a cached `Exposition`.
 
@@ -129,12 +135,13 @@ def make_metrics_handler(registry: PullRegistry) -> Handler:
     servers scraping it in the same second, get the same bytes; gzip is half a scrape's CPU.
     Filtered answers are not kept, so this holds two entries at most."""
 
-    def gzip(body: bytes, key: object) -> bytes:
+    async def gzip(body: bytes, key: object) -> bytes:
         last = compressed.get(key)
         if last is not None and last[0] == body:
             return last[1]
-        compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-        packed = compressor.compress(body) + compressor.flush()
+        # zlib lets go of the GIL: in a thread, the 13 ms of a 1,000-pair body do not hold up
+        # the streams' reads (phase boundaries are timed by when a line is read).
+        packed = await asyncio.get_running_loop().run_in_executor(None, _gzip, body)
         if key is not None:
             compressed[key] = (body, packed)
         return packed
@@ -151,7 +158,7 @@ def make_metrics_handler(registry: PullRegistry) -> Handler:
         body = exposition.render(negotiated.format, names)
         headers = {hdrs.CONTENT_TYPE: negotiated.content_type}
         if _gzip_accepted(request.headers.get(hdrs.ACCEPT_ENCODING, "")):
-            body = gzip(body, negotiated.format if names is None else None)
+            body = await gzip(body, negotiated.format if names is None else None)
             headers[hdrs.CONTENT_ENCODING] = "gzip"
         return web.Response(body=body, headers=headers)
 
