@@ -1,6 +1,7 @@
 """Command line: flags, exit codes, `--config.check`, `--once`; starts the app.
 
-Exit codes: 0 success; 1 invalid config or (with `--once`) a failed pull; 2 usage.
+Exit codes: 0 success; 1 invalid config or (with `--once`, `exporter.once`) a failed pull or
+check; 2 usage.
 """
 
 from __future__ import annotations
@@ -12,16 +13,14 @@ import sqlite3
 import sys
 from typing import TYPE_CHECKING
 
-from exporter import __version__, listener, signals
+from exporter import __version__, listener, once, signals
 from exporter.config import ConfigError, load_config
 from exporter.fleet import Fleet
 from exporter.history import History
 from exporter.historydb import HistoryDB
 from exporter.logs import FORMATS, LEVEL_NAMES, setup_logging
 from exporter.metrics import build_registry
-from exporter.pull import make_session
 from exporter.runtime import Runtime
-from exporter.scheduler import Scheduler
 from exporter.sharding import Shard, ShardError, resolve_shard
 from exporter.state import ExporterState
 from exporter.store import (
@@ -37,16 +36,11 @@ from exporter.web import make_app
 from exporter.webconfig import WebConfig, WebConfigError, load_web_config
 
 if TYPE_CHECKING:
-    import signal
     from collections.abc import Sequence
 
     from exporter.config import Config
-    from exporter.state import LastRun
 
 log = logging.getLogger("exporter")
-
-SHUTDOWN_DEADLINE = 4.5
-"""Seconds after SIGTERM/SIGINT by which `--once` has exited, whatever is still going."""
 
 
 def parse_listen_address(text: str) -> tuple[str | None, int]:
@@ -92,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--once",
         action="store_true",
-        help="run every configured pull once, print one line per model, exit 0 if all succeeded",
+        help="run every configured pair once (pull, or check in check mode), print one line per"
+        " model, exit 0 if all succeeded",
     )
     add(
         "--web.enable-lifecycle",
@@ -189,7 +184,7 @@ def _main(args: argparse.Namespace, shard: Shard) -> int:
     restore_digests(state, digests)
     try:
         if args.once:
-            return asyncio.run(_run_once(runtime))
+            return asyncio.run(once.run(runtime))
         return _serve(args, config, runtime, web_config)
     finally:
         history.close()
@@ -273,72 +268,3 @@ def _serve(
     signals.install()  # the loop's handlers are gone: stay in charge until the exit
     log.info("stopped")
     return 0
-
-
-async def _run_once(runtime: Runtime) -> int:
-    """Run every pair once and print one line per pair; SIGTERM/SIGINT cancel what is left."""
-    fleet, loaded = runtime.fleet, runtime.loaded
-    if fleet is not None and loaded is not None and loaded.discovery:
-        await fleet.start(loaded, lambda: None)  # one answer of each discovery
-        await fleet.stop()
-        runtime.apply(loaded)
-    config, state = runtime.config, runtime.state
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    received: list[signal.Signals] = []
-
-    def interrupt(signum: signal.Signals) -> None:
-        if not received and task is not None:
-            task.cancel()
-            signals.exit_after(SHUTDOWN_DEADLINE, code=1)
-        received.append(signum)
-
-    for signum in signals.STOP_SIGNALS:
-        loop.add_signal_handler(signum, interrupt, signum)
-    before = {key: pair.last for key, pair in state.pairs.items()}
-    try:
-        async with make_session() as session:
-            scheduler = Scheduler(session, state, on_finished=runtime.save, history=runtime.history)
-            await scheduler.run_once(config)
-    except asyncio.CancelledError:
-        if not received:
-            raise
-    finally:
-        for signum in signals.STOP_SIGNALS:
-            loop.remove_signal_handler(signum)
-        signals.install()
-    failed, unfinished = _report(config, state, before)
-    if received:
-        name = received[0].name
-        print(  # noqa: T201
-            f"interrupted by {name}: {unfinished} of {config.model_count} pulls did not finish",
-            file=sys.stderr,
-        )
-    return 1 if failed or unfinished else 0
-
-
-def _report(
-    config: Config, state: ExporterState, before: dict[tuple[str, str], LastRun | None]
-) -> tuple[int, int]:
-    """Print one line per pair of `--once`; returns (failed, not finished)."""
-    failed = unfinished = 0
-    for server in config.servers:
-        for model in server.models:
-            key = (server.name, model.name)
-            last = state.pairs[key].last
-            fields = [f"server={server.name}", f"model={model.name}"]
-            if last is None or last is before.get(key):
-                unfinished += 1
-                print(" ".join([*fields, "result=cancelled"]))  # noqa: T201
-                continue
-            if last.reason is None:
-                fields.append("result=success")
-            else:
-                failed += 1
-                fields += ["result=failure", f"reason={last.reason.value}"]
-            fields += [
-                f"duration={last.duration:.3f}s",
-                f"downloaded_bytes={last.downloaded_bytes}",
-            ]
-            print(" ".join(fields))  # noqa: T201 - the CLI's own output
-    return failed, unfinished

@@ -77,7 +77,7 @@ def _logfmt_escape(match: re.Match[str]) -> str:
 _LOGFMT_SPECIAL: Final = re.compile(r'[\\"]|[^\x20-\x7e]')
 
 
-def _logfmt_value(value: object) -> str:
+def logfmt_value(value: object) -> str:
     """The value bare when it is plain printable text, else quoted with every risky char escaped.
 
     `str.isprintable` is False for Unicode's control, format, surrogate and separator
@@ -102,7 +102,7 @@ class LogfmtFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """Render one record."""
-        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in _fields(record).items())
+        return " ".join(f"{k}={logfmt_value(v)}" for k, v in _fields(record).items())
 
 
 class JsonFormatter(logging.Formatter):

@@ -192,19 +192,22 @@ class Scheduler:
         self._plans.clear()
         self._fired.clear()
 
-    async def run_once(self, config: Config) -> list[tuple[ServerConfig, ModelConfig, RunResult]]:
-        """Run every pair once, honouring `max_concurrent_pulls`; for `--once`."""
+    async def run_once(self, config: Config) -> None:
+        """Run every pair once, for `--once`.
+
+        Pulls within `max_concurrent_pulls`; each `check` pair's check (outside the pull
+        limits, as on the schedule).
+        """
         self.apply_limits(config)
-        jobs = []
+        jobs: list[Awaitable[object]] = []
         for server in config.servers:
             for model in server.models:
-                if model.settings.mode == "check":
-                    continue  # never pulled: its registry checks run only on a schedule
                 pair = self._state.pairs[server.name, model.name]
-                job = self._limited(server, model, pair, Trigger.START)
-                jobs.append((server, model, job))
-        results = await asyncio.gather(*(job for _, _, job in jobs))
-        return [(s, m, r) for (s, m, _), r in zip(jobs, results, strict=True)]
+                if model.settings.mode != "check":
+                    jobs.append(self._limited(server, model, pair, Trigger.START))
+                elif self._check is not None:
+                    jobs.append(self._check(server, model, pair))
+        await asyncio.gather(*jobs)
 
     def apply_limits(self, config: Config) -> None:
         """Create or resize each server's limiter to `config` (no loops started)."""

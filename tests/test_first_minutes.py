@@ -74,7 +74,7 @@ def test_once_stopped_by_a_signal_prints_what_it_has_and_one_line(
     assert lines[0].startswith("server=sim model=quick result=success duration="), out
     assert lines[1:] == ["server=sim model=hang result=cancelled"]
     assert err.strip().splitlines()[-1] == (
-        f"interrupted by {sig.name}: 1 of 2 pulls did not finish"
+        f"interrupted by {sig.name}: 1 of 2 runs did not finish"
     )
 
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ from ollama_sim import (
     fresh_pull,
     up_to_date,
 )
-from tests.harness import Exporter, free_port, run_exporter, wait_for
+from tests.harness import Exporter, free_port, run_cli, run_exporter, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -248,3 +249,60 @@ def _pull(url: str, model: str) -> None:
     request = urllib.request.Request(f"{url}/api/pull", data=body, method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:
         assert b'"success"' in response.read()
+
+
+def _once_lines(stdout: str) -> list[str]:
+    """`--once` lines without their durations (and cut after an unreachable's `detail=`)."""
+    lines = [re.sub(r" duration=\S+", "", line) for line in stdout.splitlines()]
+    return [re.sub(r'(reason=ollama_unreachable detail=)".*"', r"\1...", line) for line in lines]
+
+
+def test_once_checks_check_mode_pairs_and_fails_on_a_failed_check(
+    tmp_path: Path, registry: RegistrySimulator
+) -> None:
+    """`--once` skipped `check` models: no line, no check, exit 0 whatever the registry said."""
+    current, behind, gone = (f"{registry.host}/library/{name}:1b" for name in ("a", "b", "c"))
+    held = registry.push(current)
+    old = registry.push(behind)
+    new = registry.push(behind)  # the tag moved on after the server pulled it
+    sim = OllamaSimulator({"good": [up_to_date([1000])] * 2}, registry=registry, time_scale=0.1)
+    with sim.running() as url:
+        sim.hold(current, held)
+        sim.hold(behind, old)
+        checks = "".join(f"      - {{name: {m}, mode: check}}\n" for m in (current, behind, gone))
+        down = f"  - name: down\n    url: http://127.0.0.1:{free_port()}\n"
+        config = tmp_path / "config.yaml"
+        head = "inventory_interval: 1h\ndefaults: {interval: 1h, jitter: 0, insecure: true}\n"
+        config.write_text(
+            f"{head}servers:\n  - name: a\n    url: {url}\n    models:\n      - good\n{checks}"
+            f"{down}    models: [{{name: {current}, mode: check}}]\n"
+        )
+        done = run_cli(f"--config.file={config}", "--once")
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        lines = _once_lines(done.stdout)
+        assert lines[0] == "server=a model=good result=success downloaded_bytes=0"
+        not_known = '{\\"code\\": \\"NAME_UNKNOWN\\", \\"message\\": \\"repository name not known'
+        assert lines[1:] == [
+            f"server=a model={current} mode=check result=up_to_date"
+            f" held={held[:12]} registry={held[:12]}",
+            f"server=a model={behind} mode=check result=update_available"
+            f" held={old[:12]} registry={new[:12]}",
+            f'server=a model={gone} mode=check result=check_failed reason=not_found detail="HTTP'
+            f' 404: {{\\"errors\\": [{not_known} to registry\\", \\"detail\\": null}}]}}"',
+            f"server=down model={current} mode=check result=check_failed"
+            " reason=ollama_unreachable detail=...",
+        ]
+        assert sim.tags.requests == 1  # one inventory request for the server's three checks
+        assert [sim.run_count(model) for model in (current, behind, gone)] == [0, 0, 0]
+
+        # An update waiting is news, not a failure: without the failing checks, exit 0.
+        config.write_text(
+            f"{head}servers:\n  - name: a\n    url: {url}\n    models:\n"
+            f"      - {{name: {current}, mode: check}}\n      - {{name: {behind}, mode: check}}\n"
+        )
+        done = run_cli(f"--config.file={config}", "--once")
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        assert [line.split(" result=")[1] for line in _once_lines(done.stdout)] == [
+            f"up_to_date held={held[:12]} registry={held[:12]}",
+            f"update_available held={old[:12]} registry={new[:12]}",
+        ]
