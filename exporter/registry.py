@@ -5,7 +5,9 @@ manifests/TAG` with `Accept: application/vnd.docker.distribution.manifest.v2+jso
 namespace and tag from the model name with Ollama's defaults (registry.ollama.ai, library,
 latest) and `http` when the model is `insecure`. A 401 with a `Bearer` challenge is answered
 the anonymous way (a token from the realm, then one retry), as for a public pull. Requests go
-from the exporter, through `HTTPS_PROXY`/`HTTP_PROXY` when set (`NO_PROXY` honoured).
+from the exporter, through `HTTPS_PROXY`/`HTTP_PROXY` when set (`NO_PROXY` honoured): an https
+registry through a CONNECT tunnel that carries the exporter's User-Agent and the credentials of
+the proxy URL; a proxy that refuses the tunnel makes an `unreachable` check that names it.
 
 Whatever the registry answers becomes a `CheckResult`: garbage is a failed check, never an
 exception. The digest is the `Docker-Content-Digest` header, which must match the body.
@@ -13,6 +15,8 @@ exception. The digest is the `Docker-Content-Digest` header, which must match th
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,6 +28,8 @@ from typing import TYPE_CHECKING, Final
 
 import aiohttp
 import msgspec
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from exporter import __version__
 from exporter.holdings import CheckResult
@@ -212,15 +218,29 @@ class Checker:
     async def _get(
         self, url: str, headers: dict[str, str], limit: int
     ) -> tuple[int, CIMultiDictProxy[str], bytes]:
-        """GET `url`; (status, headers, body up to `limit`); connection problems raise."""
+        """GET `url`; (status, headers, body up to `limit`); connection problems raise.
+
+        The proxy is looked up here rather than by the session's `trust_env`, which would send
+        the CONNECT request with aiohttp's User-Agent instead of the session's headers.
+        """
+        target = URL(url)
+        proxy: URL | None = None
+        proxy_auth: aiohttp.BasicAuth | None = None
+        with contextlib.suppress(LookupError):  # no proxy for this URL, or NO_PROXY names it
+            proxy, proxy_auth = await asyncio.to_thread(get_env_proxy_for_url, target)
         try:
-            async with self._session.get(url, headers=headers) as response:
+            async with self._session.get(
+                url, headers=headers, proxy=proxy, proxy_auth=proxy_auth
+            ) as response:
                 if response.content_length is not None and response.content_length > limit:
                     raise _CheckFailedError(CheckResult.ERROR, f"answer larger than {limit} bytes")
                 body = await response.content.read(limit + 1)
                 if len(body) > limit:
                     raise _CheckFailedError(CheckResult.ERROR, f"answer larger than {limit} bytes")
                 return response.status, response.headers, body
+        except aiohttp.ClientHttpProxyError as exc:
+            detail = _proxy_refusal(proxy, target, exc)
+            raise _CheckFailedError(CheckResult.UNREACHABLE, detail) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _CheckFailedError(CheckResult.UNREACHABLE, _describe(exc)) from None
 
@@ -285,6 +305,17 @@ def _digest_problem(header: str, computed: str) -> str | None:
     if match.group(1) != computed:
         return "Docker-Content-Digest does not match the body"
     return None
+
+
+def _proxy_refusal(proxy: URL | None, target: URL, exc: aiohttp.ClientHttpProxyError) -> str:
+    """Which proxy refused the tunnel to where, and its answer; never the proxy's password.
+
+    `get_env_proxy_for_url` has stripped the credentials off the proxy URL already.
+    """
+    host = f"[{target.host}]" if target.host and ":" in target.host else target.host
+    named = "the proxy" if proxy is None else f"proxy {proxy.with_user(None)}"
+    text = f"{named} refused CONNECT {host}:{target.port}: HTTP {exc.status} {exc.message}"
+    return text[:_DETAIL_LIMIT]
 
 
 def _describe(exc: BaseException) -> str:

@@ -8,7 +8,8 @@ answer 404 with distribution's error body (`NAME_UNKNOWN`, `MANIFEST_UNKNOWN`). 
 `WWW-Authenticate: Bearer realm="<url>/token",service="...",scope="repository:<name>:pull"`,
 and `GET /token` hands out anonymous tokens (`{"token": ..., "access_token": ...}`), the
 flow of Docker Hub and registry:2 behind a token server. `answer_with` replaces every manifest
-answer (garbage, odd statuses) for tests of what a client does with a broken registry.
+answer (garbage, odd statuses) for tests of what a client does with a broken registry. With
+`ssl_context` it serves https, as a real registry does.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from ollama_sim.names import name_parts
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Iterator
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
@@ -79,8 +81,11 @@ def schema2_manifest(repository: str, tag: str, revision: int, size: int = 1000)
 class RegistrySimulator:
     """The registry; `push` a manifest, then read `digest_of` or watch `requests`."""
 
-    def __init__(self, *, token_auth: bool = False) -> None:
+    def __init__(
+        self, *, token_auth: bool = False, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.token_auth = token_auth
+        self.ssl_context = ssl_context
         self._manifests: dict[tuple[str, str], bytes] = {}
         self._revisions: dict[tuple[str, str], int] = {}
         self._tokens: set[str] = set()
@@ -131,7 +136,7 @@ class RegistrySimulator:
     # ---- lifecycle
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve in the running loop; return the base URL (`http://127.0.0.1:PORT`)."""
+        """Serve in the running loop; return the base URL (`http://127.0.0.1:PORT`, or https)."""
         app = web.Application()
         app.router.add_get("/v2/", self._handle_base)
         app.router.add_route("*", "/v2/{namespace}/{model}/manifests/{tag}", self._handle_manifest)
@@ -139,14 +144,15 @@ class RegistrySimulator:
         runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, ssl_context=self.ssl_context).start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
         bound_host, bound_port = runner.addresses[0][:2]
         self.host = f"{bound_host}:{bound_port}"
-        self.url = f"http://{self.host}"
+        scheme = "http" if self.ssl_context is None else "https"
+        self.url = f"{scheme}://{self.host}"
         return self.url
 
     async def stop(self) -> None:
