@@ -12,3 +12,23 @@ rm -rf .venv-lowest
 "$uv_home/bin/uv" venv -q --python "$(command -v python3)" .venv-lowest
 VIRTUAL_ENV="$PWD/.venv-lowest" UV_CACHE_DIR="$OPE_CACHE/uv-cache" \
     "$uv_home/bin/uv" pip install -q --resolution lowest-direct -e '.[test]'
+# Every direct dependency must be installed at exactly its floor: a floor that another floor
+# pulls above (or a dependency without one) is a floor no run ever tests.
+.venv-lowest/bin/python - <<'PY'
+import importlib.metadata, re, sys, tomllib
+from packaging.version import Version
+
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+wrong = []
+for requirement in project["dependencies"] + project["optional-dependencies"]["test"]:
+    found = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*>=\s*([^,;\s]+)", requirement)
+    if found is None:
+        wrong.append(f"{requirement}: no floor (want NAME>=VERSION)")
+        continue
+    name, floor = found.groups()
+    installed = importlib.metadata.version(name)
+    if Version(installed) != Version(floor):
+        wrong.append(f"{requirement}: the lowest resolution installs {installed}")
+if wrong:
+    sys.exit("floors in pyproject.toml that no run tests:\n  " + "\n  ".join(wrong))
+PY
