@@ -12,10 +12,11 @@ import logging
 from typing import TYPE_CHECKING, Final
 
 import aiohttp
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from exporter import __version__
 from exporter.clock import SYSTEM_CLOCK
+from exporter.framing import FramingError, GuardedResponse, framing_watched
 from exporter.pacing import COALESCE_BELOW_BYTES, ReadPacer
 from exporter.progress import RunProgress
 from exporter.protocol import LineDecoder, ProtocolError, Reason
@@ -60,13 +61,15 @@ def make_session() -> aiohttp.ClientSession:
     No connection-pool limit (aiohttp's default of 100 would queue pulls past the
     hundredth, counted as started with their stall clock running); `max_concurrent_pulls`
     per server is the limit that matters. Every request names the exporter and asks for an
-    uncompressed body, which is never inflated (see `_REQUEST_HEADERS`).
+    uncompressed body, which is never inflated (see `_REQUEST_HEADERS`). Every response's
+    chunk framing is bounded (exporter/framing.py).
     """
     return aiohttp.ClientSession(
         timeout=make_timeout(),
         connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
         headers=_REQUEST_HEADERS,
         auto_decompress=False,
+        response_class=GuardedResponse,
     )
 
 
@@ -198,9 +201,10 @@ async def _stream(
             allow_redirects=False,
         ) as response:
             state.server_answered(server.name)
-            if response.status != 200:
-                return await _http_error(response, clock, on_chunk)
-            return await _consume(response, run, clock, on_chunk, on_lines)
+            with framing_watched(response):
+                if response.status != 200:
+                    return await _http_error(response, clock, on_chunk)
+                return await _consume(response, run, clock, on_chunk, on_lines)
     except aiohttp.ClientResponseError as exc:
         # Raised before a response exists: the server did answer, with bytes that are not
         # HTTP (a bad status line, a malformed chunk in the first segment).
@@ -280,8 +284,10 @@ def _broken(
     """The reason of a stream that broke after its headers."""
     if isinstance(exc, ProtocolError):
         return RunResult(Reason.PROTOCOL_ERROR, str(exc))
-    if isinstance(exc, _MalformedBodyError):
+    if isinstance(exc, (_MalformedBodyError, FramingError)):
         return RunResult(Reason.PROTOCOL_ERROR, f"malformed HTTP body: {exc}")
+    if isinstance(exc.__cause__, LineTooLong):  # a whole over-long line, in aiohttp's Python parser
+        return RunResult(Reason.PROTOCOL_ERROR, f"malformed HTTP body: {exc.__cause__.message}")
     if isinstance(exc, aiohttp.ClientError):
         return RunResult(Reason.STREAM_INTERRUPTED, _describe(exc))
     # aiohttp's `readany` raises a bare RuntimeError once the connection is gone.

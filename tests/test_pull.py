@@ -26,6 +26,7 @@ from aiohttp.test_utils import TestServer
 
 from exporter import __version__
 from exporter.config import parse_config
+from exporter.framing import MAX_FRAMING_LINE_BYTES, FramingGuard, framing_watched
 from exporter.pacing import COALESCE_SECONDS
 from exporter.protocol import Phase, Reason
 from exporter.pull import make_session, run_pull
@@ -488,6 +489,98 @@ def test_a_malformed_chunked_body_is_a_protocol_error_at_once(parts: list[bytes]
         assert "malformed HTTP" in result.detail
         assert state.server_up["s"] == 1  # the server did answer
         assert time.monotonic() - began < 15, "waited for the stall timeout"
+
+    run_async(test)
+
+
+REST = VERIFY + WRITE + SUCCESS
+REST_SIZE = b"%x" % len(REST)
+PADDING = b" " * 100_000
+# Each server sends the line and then holds the connection: nothing but the line's length
+# can end the run before the stall timeout. aiohttp's C parser takes each of these in its
+# stride (no error, no end); its Python parser buffers the line until a CRLF that never comes.
+OVERLONG_FRAMING = {
+    "size padded with spaces": [HEAD + chunk(MANIFEST), REST_SIZE + PADDING],
+    "size padded, with the headers": [HEAD + chunk(MANIFEST) + REST_SIZE + PADDING],
+    "size padded a little at a time": [HEAD + chunk(MANIFEST), REST_SIZE] + [b" " * 1000] * 8,
+    "long extension": [HEAD + chunk(MANIFEST), REST_SIZE + b";name=" + b"v" * 100_000],
+    "long trailer": [HEAD + chunk(MANIFEST) + b"0\r\n", b"X-Trailer: " + b"t" * 100_000],
+    "a flood of spaces": [HEAD + chunk(MANIFEST), REST_SIZE + b" " * (64 << 20)],
+}
+
+
+@pytest.mark.parametrize("parts", OVERLONG_FRAMING.values(), ids=OVERLONG_FRAMING.keys())
+def test_an_overlong_framing_line_is_a_protocol_error_at_once(parts: list[bytes]) -> None:
+    async def test() -> None:
+        began = time.monotonic()
+        result, state = await pull_from_raw(parts, stall="30s")
+        assert result.reason is Reason.PROTOCOL_ERROR, result
+        assert result.detail == (
+            "malformed HTTP body: a chunk-size, extension or trailer line longer than"
+            f" {MAX_FRAMING_LINE_BYTES} bytes"
+        )
+        assert state.server_up["s"] == 1  # the server did answer
+        assert time.monotonic() - began < 15, "waited for the stall timeout"
+
+    run_async(test)
+
+
+def test_long_body_lines_and_padded_framing_within_the_limit_are_no_framing_error() -> None:
+    """Only framing counts against the limit: a body line is bounded by the line decoder."""
+    long_line = line(status="pulling manifest", note="n" * 200_000)
+    parts = [
+        HEAD + b"%x\r\n" % len(long_line) + long_line[:100_000],
+        long_line[100_000:] + b"\r\n" + REST_SIZE + b" " * 3000,
+        b";ext=" + b"e" * 1000 + b"\r\n" + REST + b"\r\n0\r\n\r\n",
+    ]
+
+    async def test() -> None:
+        result, _ = await pull_from_raw(parts)
+        assert result.succeeded, result
+
+    run_async(test)
+
+
+def test_the_framing_guard_hands_a_kept_alive_connection_back() -> None:
+    """Also when the body ended (and aiohttp pooled the connection) before the run let go."""
+    gates: list[asyncio.Event] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        gate = asyncio.Event()
+        gates.append(gate)
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(MANIFEST)
+        await gate.wait()
+        await response.write(REST)
+        await response.write_eof()
+        return response
+
+    async def test() -> None:
+        app = web.Application()
+        app.router.add_post("/api/pull", handle)
+        async with TestServer(app, host="127.0.0.1") as server, make_session() as session:
+            url = server.make_url("/api/pull")
+            first = await session.post(url)
+            assert first.connection is not None
+            transport = first.connection.transport
+            assert transport is not None
+            watched_first = framing_watched(first)
+            watched_first.__enter__()
+            assert isinstance(transport.get_protocol(), FramingGuard)
+            gates[0].set()
+            assert await first.read() == MANIFEST + REST  # the connection is back in the pool
+            second = await session.post(url)  # and serves the next request, still guarded
+            assert second.connection is not None
+            assert second.connection.transport is transport, "the connection was not reused"
+            with framing_watched(second):
+                watched_first.__exit__(None, None, None)  # the first run lets go after that
+                gates[1].set()
+                assert await second.read() == MANIFEST + REST
+            assert not isinstance(transport.get_protocol(), FramingGuard)
+            first.release()
+            second.release()
 
     run_async(test)
 
