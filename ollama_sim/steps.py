@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ollama_sim.names import layer_digest
+from ollama_sim.ticks import Ticks, climb
 from ollama_sim.wire import (
     CLIENT2_TICK,
     DEFAULT_RATE,
@@ -26,7 +27,7 @@ from ollama_sim.wire import (
 )
 
 if typing.TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
 
 class ScenarioError(ValueError):
@@ -88,26 +89,22 @@ class Context:
 
 @dataclass(frozen=True, slots=True)
 class LayerView:
-    """What a client sees of one layer: its size and the `completed` value of each line."""
+    """What a client sees of one layer: its size and the `completed` value of each line.
+
+    The ticked steps give `Ticks`, so a view costs the same at any layer size.
+    """
 
     size: int
-    values: tuple[int, ...]
+    values: Sequence[int]
     finished: bool
 
     def downloaded(self) -> tuple[int, int]:
         """Return (bytes, regressions) as contract §3 counts them from these lines."""
         if not self.values or self.values[0] >= self.size:
             return 0, 0
-        grown = regressions = 0
-        previous = self.values[0]
-        for value in self.values[1:]:
-            if value >= previous:
-                grown += value - previous
-            else:
-                regressions += 1
-            previous = value
-        if self.finished and previous < self.size:
-            grown += self.size - previous
+        grown, regressions, last = climb(self.values)
+        if self.finished and last < self.size:
+            grown += self.size - last
         return grown, regressions
 
 
@@ -234,33 +231,40 @@ class Layer(Step):
         rate = DEFAULT_RATE if self.rate is None else self.rate
         return max(1, round(rate * TICK))
 
-    def _schedule(self) -> tuple[tuple[int, ...], float]:
-        """Return the `completed` value of each ticker line and when the blob is done, in ticks."""
-        step = self.step_bytes
+    def _schedule(self) -> tuple[Ticks, float]:
+        """Return the `completed` value of each ticker line and when the blob is done, in ticks.
+
+        Closed form, so the cost does not grow with the layer: `latency` lines at
+        `resume_from`, then one line per tick `step` bytes on while below `size`; the first
+        line at or past `rollback_at` is followed by one `rollback_bytes` lower, and the climb
+        goes on from there.
+        """
+        step, size, start = self.step_bytes, self.size, self.resume_from
         latency = self.latency_ticks
         if latency is None:
-            latency = 0 if self.size - self.resume_from <= step else 1
-        values = [self.resume_from] * latency
-        completed, tick, rolled = self.resume_from, latency, False
-        while completed + step < self.size:
-            completed += step
-            tick += 1
-            values.append(completed)
-            if not rolled and self.rollback_at is not None and completed >= self.rollback_at:
-                rolled = True
-                completed = max(0, completed - self.rollback_bytes)
-                tick += 1
-                values.append(completed)
-        return tuple(values), tick + (self.size - completed) / step
+            latency = 0 if size - start <= step else 1
+        rising = (size - start - 1) // step  # lines with bytes before the blob completes
+        runs = [(start, 0, latency)]
+        if self.rollback_at is not None:
+            first_past = max(1, -(-(self.rollback_at - start) // step))
+            if first_past <= rising:
+                back = max(0, start + first_past * step - self.rollback_bytes)
+                again = (size - back - 1) // step
+                runs += [(start + step, step, first_past), (back, 0, 1), (back + step, step, again)]
+                completed, tick = back + again * step, latency + first_past + 1 + again
+                return Ticks(runs), tick + (size - completed) / step
+        runs.append((start + step, step, rising))
+        completed, tick = start + rising * step, latency + rising
+        return Ticks(runs), tick + (size - completed) / step
 
-    def wire_values(self) -> tuple[int, ...]:
+    def wire_values(self) -> Ticks:
         """Return the `completed` value of each line this layer sends (0: key absent)."""
         if self.present:
-            return (self.size,)
+            return Ticks([(self.size, 0, 1)])
         values, _ = self._schedule()
         if self.stop_after is not None:
             return values[: self.stop_after]
-        return values + (self.size,) * self.settle_ticks
+        return values + Ticks([(self.size, 0, self.settle_ticks)])
 
     def actions(self, ctx: Context) -> Iterator[Action]:
         digest = ctx.take_digest(self.digest)
@@ -507,20 +511,23 @@ class TransferModel(Step):
             "transfer_model rollback_at must be in (0, total)",
         )
 
-    def wire_values(self) -> tuple[int, ...]:
-        """Return the aggregate `completed` of each line."""
+    def _climb(self, start: int) -> Ticks:
+        """The lines from `start` on: `chunk` more each, the last one at `total`."""
+        lines = -(-(self.total - start) // self.chunk)
+        if not lines:
+            return Ticks()
+        return Ticks([(start + self.chunk, self.chunk, lines - 1), (self.total, 0, 1)])
+
+    def wire_values(self) -> Ticks:
+        """Return the aggregate `completed` of each line (closed form, as `Layer`'s)."""
         if self.present:
-            return ()
-        values: list[int] = []
-        completed, rolled = 0, False
-        while completed < self.total:
-            completed = min(completed + self.chunk, self.total)
-            values.append(completed)
-            if not rolled and self.rollback_at is not None and completed >= self.rollback_at:
-                rolled = True
-                completed = max(0, completed - self.rollback_bytes)
-                values.append(completed)
-        return tuple(values)
+            return Ticks()
+        values = self._climb(0)
+        if self.rollback_at is None:
+            return values
+        first_past = -(-self.rollback_at // self.chunk)  # <= len(values): rollback_at < total
+        back = max(0, values[first_past - 1] - self.rollback_bytes)
+        return values[:first_past] + Ticks([(back, 0, 1)]) + self._climb(back)
 
     def actions(self, ctx: Context) -> Iterator[Action]:
         del ctx
@@ -555,41 +562,42 @@ class Client2Layers(Step):
         check(bool(self.sizes) and all(s > 0 for s in self.sizes), "client2 sizes must be > 0")
         check(self.rate > 0, "client2 rate must be > 0")
 
-    def _flushes(self) -> tuple[list[tuple[int, ...]], float]:
+    def _ticking(self) -> tuple[int, float, int]:
+        """(bytes per layer per tick, when the largest is done in ticks, flushes between)."""
         step = max(1, round(self.rate * CLIENT2_TICK))
         done_at = max(self.sizes) / step
-        flushes = [tuple(0 for _ in self.sizes)]
-        tick = 1
-        while tick < done_at:
-            flushes.append(tuple(min(tick * step, size) for size in self.sizes))
-            tick += 1
-        flushes.append(self.sizes)
-        return flushes, done_at
+        return step, done_at, math.ceil(done_at) - 1
 
     def actions(self, ctx: Context) -> Iterator[Action]:
         digests = [ctx.take_digest(None) for _ in self.sizes]
-        flushes, done_at = self._flushes()
-        for number, values in enumerate(flushes):
-            if number == len(flushes) - 1:
-                yield Wait((done_at - (number - 1)) * CLIENT2_TICK)
-            elif number:
-                yield Wait(CLIENT2_TICK)
+        step, done_at, ticks = self._ticking()
+
+        def flush(values: Iterator[int]) -> Emit:
             lines = (
                 progress_line(None, digest, size, value)
                 for digest, size, value in zip(digests, self.sizes, values, strict=True)
             )
-            yield Emit(b"".join(lines))
+            return Emit(b"".join(lines))
+
+        yield flush(0 for _ in self.sizes)
+        for tick in range(1, ticks + 1):
+            yield Wait(CLIENT2_TICK)
+            yield flush(min(tick * step, size) for size in self.sizes)
+        yield Wait((done_at - ticks) * CLIENT2_TICK)
+        yield flush(iter(self.sizes))
 
     def layer_views(self, ctx: Context) -> list[LayerView]:
-        flushes, _ = self._flushes()
+        step, _, ticks = self._ticking()
         views = []
-        for index, size in enumerate(self.sizes):
+        for size in self.sizes:
             ctx.take_digest(None)
-            views.append(LayerView(size, tuple(f[index] for f in flushes), finished=True))
+            rising = min(ticks, size // step)
+            values = Ticks([(0, 0, 1), (step, step, rising), (size, 0, ticks - rising + 1)])
+            views.append(LayerView(size, values, finished=True))
         return views
 
     def nominal_seconds(self) -> float:
-        return self._flushes()[1] * CLIENT2_TICK
+        return self._ticking()[1] * CLIENT2_TICK
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,7 @@ from ollama_sim import (
     not_found,
     parse_scenario_file,
     pre_stream_error,
+    progress_line,
     prune_failed,
     resumed,
     scenario_from_json,
@@ -666,6 +667,74 @@ def test_thread_mode_stops_streams_and_joins_its_thread() -> None:
         stack.close()
     assert not [t for t in threading.enumerate() if t.name == "ollama-sim"]
     assert [r.outcome for r in sim.requests] == ["completed", "stopped"]
+
+
+# --------------------------------------------------------------------------- big layers
+
+TERABYTE = 10**12
+SLOW_RATE = 1e6  # 60,000 bytes a tick: 16.7 million lines, which 1e4c640 listed up front
+
+
+def test_a_terabyte_layer_streams_while_the_simulator_answers_other_requests() -> None:
+    """Before each line was computed when sent, such a pull blocked the loop for 10 s and more."""
+    endless = Scenario(Manifest(), Layer(TERABYTE, rate=SLOW_RATE), Verify(), Write(), Success())
+    cut = Scenario(
+        Manifest(), Layer(TERABYTE, rate=SLOW_RATE, stop_after=3), Verify(), Write(), Success()
+    )
+    sim = OllamaSimulator({"big": [endless], "cut": [cut]}, time_scale=1.0)
+    manifest = b'{"status":"pulling manifest"}\n'
+
+    def tick(model: str, completed: int) -> bytes:
+        digest = layer_digest(model, 0)
+        return progress_line(f"pulling {digest[7:19]}", digest, TERABYTE, completed)
+
+    async def client() -> None:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{url}/api/pull", json={"model": "big"}) as streaming:
+                assert await streaming.content.readline() == manifest  # the layer starts now
+                async with asyncio.timeout(5):  # the loop is free while it streams
+                    async with session.get(f"{url}/api/version") as version:
+                        assert version.status == 200
+                    whole = await pull(url, {"model": "cut"})  # to success: tags take its size
+                    ticks = [await streaming.content.readline() for _ in range(3)]
+            assert ticks == [tick("big", 0), tick("big", 60_000), tick("big", 120_000)]
+            assert whole.lines == [
+                manifest.rstrip(),
+                *(tick("cut", value).rstrip() for value in (0, 60_000, 120_000)),
+                *TAIL,
+            ]
+
+    with sim.running() as url:
+        run(client())
+    assert sim.held["cut:latest"].size == TERABYTE
+
+
+def test_the_lines_of_a_terabyte_layer_are_computed_not_listed() -> None:
+    """First and last ticks, counts, totals and duration, in closed form, like a small layer's."""
+    layer = Layer(TERABYTE, rate=SLOW_RATE, rollback_at=TERABYTE // 2, rollback_bytes=10**9)
+    scenario = Scenario(Manifest(), layer, Verify(), Write(), Success())
+    step = 60_000
+    past_half = 8_333_334  # the first tick at or past 5e11: 8_333_334 * 60_000 = 500_000_040_000
+    back = past_half * step - 10**9
+    again = (TERABYTE - back - 1) // step  # ticks from there while below the size
+    values = layer.wire_values()
+    assert len(values) == 1 + past_half + 1 + again
+    assert tuple(values[:3]) == (0, step, 2 * step)
+    assert tuple(values[past_half - 1 : past_half + 3]) == (
+        (past_half - 1) * step,
+        past_half * step,
+        back,
+        back + step,
+    )
+    assert values[-1] == back + again * step == TERABYTE - 20_000
+    assert scenario.expected_total() == TERABYTE
+    assert scenario.expected_downloaded() == TERABYTE + 10**9  # the rolled-back bytes again
+    assert scenario.expected_regressions() == 1
+    assert scenario.nominal_duration() == pytest.approx((len(values) + 20_000 / step) * TICK)
+    transfer = transfer_pull(TERABYTE, chunk=1 << 15, rate=1e9)
+    assert transfer.expected_downloaded() == TERABYTE - (1 << 15)  # counted from the 1st line
+    assert transfer.nominal_duration() == pytest.approx(-(-TERABYTE // (1 << 15)) * (1 << 15) / 1e9)
+    assert client2_pull([TERABYTE, 5]).expected_downloaded() == TERABYTE + 5
 
 
 # --------------------------------------------------------------------------- scenario data

@@ -17,6 +17,7 @@ Runs are derandomized (the same examples on every run) so CI is stable; see EXPL
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -61,9 +62,12 @@ from ollama_sim import (
     go_json,
     prune_failed,
 )
+from ollama_sim.steps import Context, Emit
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from ollama_sim.ticks import Ticks
 
 INT64_MAX = (1 << 63) - 1
 # CI: a fixed, moderate set of examples. `PROPERTY_EXPLORE=5000 pytest tests/test_properties.py`
@@ -556,3 +560,120 @@ def test_the_fold_ends_the_run_exactly_where_protocol_says(lines: list[ProgressL
             again.layers,
             again.phase,
         )
+
+
+# --------------------------------------------------------------------------- 4. the simulator's ticks
+# The simulator computes a layer's lines in closed form (ollama_sim/ticks.py), so a layer of
+# 10**12 bytes costs what a small one does. These are the step-by-step loops it replaced: the
+# lines, their timing and the counts a client folds from them must be the same.
+
+
+def _layer_by_steps(layer: Layer) -> tuple[tuple[int, ...], float]:
+    step = layer.step_bytes
+    latency = layer.latency_ticks
+    if latency is None:
+        latency = 0 if layer.size - layer.resume_from <= step else 1
+    values = [layer.resume_from] * latency
+    completed, tick, rolled = layer.resume_from, latency, False
+    while completed + step < layer.size:
+        completed += step
+        tick += 1
+        values.append(completed)
+        if not rolled and layer.rollback_at is not None and completed >= layer.rollback_at:
+            rolled = True
+            completed = max(0, completed - layer.rollback_bytes)
+            tick += 1
+            values.append(completed)
+    return tuple(values), tick + (layer.size - completed) / step
+
+
+def _transfer_by_steps(body: TransferModel) -> tuple[int, ...]:
+    values: list[int] = []
+    completed, rolled = 0, False
+    while completed < body.total:
+        completed = min(completed + body.chunk, body.total)
+        values.append(completed)
+        if not rolled and body.rollback_at is not None and completed >= body.rollback_at:
+            rolled = True
+            completed = max(0, completed - body.rollback_bytes)
+            values.append(completed)
+    return tuple(values)
+
+
+def _client2_by_steps(body: Client2Layers) -> list[tuple[int, ...]]:
+    step = max(1, round(body.rate * CLIENT2_TICK))
+    done_at = max(body.sizes) / step
+    flushes = [tuple(0 for _ in body.sizes)]
+    tick = 1
+    while tick < done_at:
+        flushes.append(tuple(min(tick * step, size) for size in body.sizes))
+        tick += 1
+    flushes.append(body.sizes)
+    return flushes
+
+
+def _climb_by_steps(values: Sequence[int]) -> tuple[int, int, int]:
+    grown = regressions = 0
+    for previous, value in itertools.pairwise(values):
+        grown, regressions = (
+            (grown + value - previous, regressions)
+            if value >= previous
+            else (grown, regressions + 1)
+        )
+    return grown, regressions, values[-1] if values else 0
+
+
+def _check_ticks(ticks: Ticks, data: st.DataObject) -> None:
+    listed = list(ticks)
+    assert len(ticks) == len(listed)
+    assert ticks.climb() == _climb_by_steps(listed)
+    if listed:
+        index = data.draw(st.integers(-len(listed), len(listed) - 1), label="index")
+        assert ticks[index] == listed[index]
+    start, stop = data.draw(st.tuples(st.integers(-5, 40), st.integers(-5, 40)), label="slice")
+    assert list(ticks[start:stop]) == listed[start:stop]
+
+
+@PROPERTIES
+@given(
+    layer=st.one_of(legacy_layer(), legacy_layer(cut=True)),
+    settle=st.integers(0, 3),
+    data=st.data(),
+)
+def test_a_layers_closed_form_ticks_are_the_step_by_step_ones(
+    layer: Layer, settle: int, data: st.DataObject
+) -> None:
+    if layer.present:
+        assert tuple(layer.wire_values()) == (layer.size,)
+        return
+    if layer.stop_after is None:
+        layer = dataclasses.replace(layer, settle_ticks=settle)
+    values, done_at = layer._schedule()
+    assert (tuple(values), done_at) == _layer_by_steps(layer)
+    _check_ticks(layer.wire_values(), data)
+
+
+@PROPERTIES
+@given(scenario=transfer_scenario(), data=st.data())
+def test_a_transfers_closed_form_lines_are_the_step_by_step_ones(
+    scenario: Scenario, data: st.DataObject
+) -> None:
+    body = scenario.steps[1]
+    assert isinstance(body, TransferModel)
+    expected = () if body.present else _transfer_by_steps(body)
+    assert tuple(body.wire_values()) == expected
+    _check_ticks(body.wire_values(), data)
+
+
+@PROPERTIES
+@given(scenario=client2_scenario())
+def test_client2s_closed_form_flushes_are_the_step_by_step_ones(scenario: Scenario) -> None:
+    body = scenario.steps[1]
+    assert isinstance(body, Client2Layers)
+    flushes = _client2_by_steps(body)
+    views = body.layer_views(Context(""))
+    assert [tuple(view.values) for view in views] == [
+        tuple(f[i] for f in flushes) for i in range(len(body.sizes))
+    ]
+    emitted = [a for a in body.actions(Context("")) if isinstance(a, Emit)]
+    assert len(emitted) == len(flushes)
