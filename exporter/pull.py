@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import aiohttp
@@ -204,14 +205,14 @@ async def _stream(
             with framing_watched(response):
                 if response.status != 200:
                     return await _http_error(response, clock, on_chunk)
-                return await _consume(response, run, clock, on_chunk, on_lines)
+                return await _Fold(run, clock, on_chunk, on_lines).consume(response)
     except aiohttp.ClientResponseError as exc:
         # Raised before a response exists: the server did answer, with bytes that are not
         # HTTP (a bad status line, a malformed chunk in the first segment).
         state.server_up[server.name] = 1
         return RunResult(Reason.PROTOCOL_ERROR, f"malformed HTTP response: {exc.message}")
     except (aiohttp.ClientError, OSError) as exc:
-        # `_consume` handles everything after the headers, so this is "no response".
+        # `_Fold.consume` handles everything after the headers, so this is "no response".
         state.server_unreachable(server.name, _describe(exc))
         return RunResult(Reason.OLLAMA_UNREACHABLE, _describe(exc))
 
@@ -220,62 +221,60 @@ class _MalformedBodyError(aiohttp.ClientPayloadError):
     """aiohttp's parser rejected the body (a bad chunk) after the headers."""
 
 
-async def _consume(
-    response: aiohttp.ClientResponse,
-    run: RunProgress,
-    clock: Clock,
-    on_chunk: Callable[[bytes, float], None] | None,
-    on_lines: Callable[[int], None] | None = None,
-) -> RunResult:
-    """Fold a 200 stream into `run`; a broken stream becomes its reason."""
-    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in {"", "identity"}:
-        return RunResult(
-            Reason.PROTOCOL_ERROR, f"body sent with Content-Encoding {encoding!r}, not asked for"
-        )
-    unwatch = _fail_reads_on_malformed_body(response)
-    try:
-        return await _fold_stream(response, run, clock, on_chunk, on_lines)
-    except (ProtocolError, aiohttp.ClientError, RuntimeError) as exc:
-        return _broken(exc, response)
-    finally:
-        unwatch()
+@dataclass(frozen=True, slots=True)
+class _Fold:
+    """Where a 200 stream goes: the run it folds into, the clock of its lines, the hooks."""
 
+    run: RunProgress
+    clock: Clock
+    on_chunk: Callable[[bytes, float], None] | None
+    on_lines: Callable[[int], None] | None
 
-async def _fold_stream(
-    response: aiohttp.ClientResponse,
-    run: RunProgress,
-    clock: Clock,
-    on_chunk: Callable[[bytes, float], None] | None,
-    on_lines: Callable[[int], None] | None = None,
-) -> RunResult:
-    """Read chunks as they come, fold each chunk's lines in one call, pace small reads."""
-    decoder = LineDecoder()
-    content = response.content
-    apply_lines = run.apply_lines
-    pacer = ReadPacer()
-    connection = response.connection
-    transport = connection.transport if connection is not None else None
-    while True:
-        chunk = await content.readany()
-        now = clock.monotonic()
-        if on_chunk is not None:
-            on_chunk(chunk, now)
-        if not chunk:
-            ended = apply_lines(decoder.finish(), now)
-            if ended is None:
-                return RunResult(Reason.STREAM_INTERRUPTED, "stream ended without success")
-            return _result(ended)
-        lines = decoder.feed(chunk)
-        if on_lines is not None:  # the transcript takes the decoder's count: no second scan
-            on_lines(len(lines))
-        ended = apply_lines(lines, now)
-        if ended is not None:
-            return _result(ended)
-        if len(chunk) < COALESCE_BELOW_BYTES and transport is not None:
-            pause = pacer.pause_after(len(chunk), run, now)
-            if pause:
-                await _coalesce(transport, pause, clock)
+    async def consume(self, response: aiohttp.ClientResponse) -> RunResult:
+        """Fold a 200 stream into the run; a broken stream becomes its reason."""
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in {"", "identity"}:
+            return RunResult(
+                Reason.PROTOCOL_ERROR,
+                f"body sent with Content-Encoding {encoding!r}, not asked for",
+            )
+        unwatch = _fail_reads_on_malformed_body(response)
+        try:
+            return await self._read(response)
+        except (ProtocolError, aiohttp.ClientError, RuntimeError) as exc:
+            return _broken(exc, response)
+        finally:
+            unwatch()
+
+    async def _read(self, response: aiohttp.ClientResponse) -> RunResult:
+        """Read chunks as they come, fold each chunk's lines in one call, pace small reads."""
+        run, clock, on_chunk, on_lines = self.run, self.clock, self.on_chunk, self.on_lines
+        decoder = LineDecoder()
+        content = response.content
+        apply_lines = run.apply_lines
+        pacer = ReadPacer()
+        connection = response.connection
+        transport = connection.transport if connection is not None else None
+        while True:
+            chunk = await content.readany()
+            now = clock.monotonic()
+            if on_chunk is not None:
+                on_chunk(chunk, now)
+            if not chunk:
+                ended = apply_lines(decoder.finish(), now)
+                if ended is None:
+                    return RunResult(Reason.STREAM_INTERRUPTED, "stream ended without success")
+                return _result(ended)
+            lines = decoder.feed(chunk)
+            if on_lines is not None:  # the transcript takes the decoder's count: no second scan
+                on_lines(len(lines))
+            ended = apply_lines(lines, now)
+            if ended is not None:
+                return _result(ended)
+            if len(chunk) < COALESCE_BELOW_BYTES and transport is not None:
+                pause = pacer.pause_after(len(chunk), run, now)
+                if pause:
+                    await _coalesce(transport, pause, clock)
 
 
 def _broken(

@@ -28,6 +28,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ollama_sim.names import name_parts
+from ollama_sim.serving import serve
 
 if TYPE_CHECKING:
     import ssl
@@ -141,15 +142,9 @@ class RegistrySimulator:
         app.router.add_get("/v2/", self._handle_base)
         app.router.add_route("*", "/v2/{namespace}/{model}/manifests/{tag}", self._handle_manifest)
         app.router.add_get("/token", self._handle_token)
-        runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port, ssl_context=self.ssl_context).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        bound_host, bound_port = runner.addresses[0][:2]
+        self._runner, bound_host, bound_port = await serve(
+            app, host, port, ssl_context=self.ssl_context
+        )
         self.host = f"{bound_host}:{bound_port}"
         scheme = "http" if self.ssl_context is None else "https"
         self.url = f"{scheme}://{self.host}"

@@ -30,7 +30,7 @@ from ollama_sim.steps import (
 from ollama_sim.wire import DEFAULT_RATE, JSON_UTF8, NOT_FOUND, PRUNE, TRANSFER_CHUNK
 
 if typing.TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
 
 class Scenario:
@@ -316,3 +316,22 @@ def bulk_pull(
         Success(),
         name="bulk_pull",
     )
+
+
+PRESETS: dict[str, Callable[..., Scenario]] = {
+    "fresh_pull": fresh_pull,
+    "up_to_date": up_to_date,
+    "resumed": resumed,
+    "partly_present": partly_present,
+    "not_found": not_found,
+    "error_after_manifest": error_after_manifest,
+    "download_error": download_error,
+    "error_after_verify": error_after_verify,
+    "pre_stream_error": pre_stream_error,
+    "interrupted": interrupted,
+    "stalled": stalled,
+    "transfer_pull": transfer_pull,
+    "client2_pull": client2_pull,
+    "bulk_pull": bulk_pull,
+}
+"""The constructors a scenario file names with `preset:` (docs/simulator.md)."""

@@ -13,45 +13,11 @@ from pathlib import Path
 
 import yaml
 
-from ollama_sim.scenario import (
-    Scenario,
-    bulk_pull,
-    client2_pull,
-    download_error,
-    error_after_manifest,
-    error_after_verify,
-    fresh_pull,
-    interrupted,
-    not_found,
-    partly_present,
-    pre_stream_error,
-    resumed,
-    stalled,
-    transfer_pull,
-    up_to_date,
-)
+from ollama_sim.scenario import PRESETS, Scenario
 from ollama_sim.steps import STEP_TYPES, Raw, ScenarioError, Step
 
 if typing.TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
-
-
-_PRESETS: dict[str, Callable[..., Scenario]] = {
-    "fresh_pull": fresh_pull,
-    "up_to_date": up_to_date,
-    "resumed": resumed,
-    "partly_present": partly_present,
-    "not_found": not_found,
-    "error_after_manifest": error_after_manifest,
-    "download_error": download_error,
-    "error_after_verify": error_after_verify,
-    "pre_stream_error": pre_stream_error,
-    "interrupted": interrupted,
-    "stalled": stalled,
-    "transfer_pull": transfer_pull,
-    "client2_pull": client2_pull,
-    "bulk_pull": bulk_pull,
-}
+    from collections.abc import Mapping, Sequence
 
 
 def _coerce(value: object, annotation: object, where: str) -> object:  # noqa: PLR0911
@@ -122,12 +88,10 @@ def scenario_from_json(obj: object, where: str = "run") -> Scenario:
     if isinstance(obj, dict):
         args = dict(obj)
         preset = args.pop("preset", None)
-        if not isinstance(preset, str) or preset not in _PRESETS:
-            raise ScenarioError(
-                f"{where}: unknown preset {preset!r} (known: {', '.join(_PRESETS)})"
-            )
+        if not isinstance(preset, str) or preset not in PRESETS:
+            raise ScenarioError(f"{where}: unknown preset {preset!r} (known: {', '.join(PRESETS)})")
         try:
-            return _PRESETS[preset](**args)
+            return PRESETS[preset](**args)
         except TypeError as exc:
             raise ScenarioError(f"{where}: {preset}: {exc}") from None
     if not isinstance(obj, list):

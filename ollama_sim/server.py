@@ -21,6 +21,7 @@ from aiohttp import web
 from ollama_sim import info
 from ollama_sim.pull import PullEndpoint
 from ollama_sim.scenario import Scenario, not_found
+from ollama_sim.serving import serve
 from ollama_sim.steps import check
 from ollama_sim.tags import TagsEndpoint
 
@@ -195,17 +196,9 @@ class OllamaSimulator:
             raise RuntimeError("simulator already started")
         self._loop = asyncio.get_running_loop()
         self._stopping = self._loop.create_future()
-        runner = web.AppRunner(
-            self._make_app(), handler_cancellation=True, shutdown_timeout=0.5, access_log=None
+        self._runner, bound_host, bound_port = await serve(
+            self._make_app(), host, port, handler_cancellation=True
         )
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        bound_host, bound_port = runner.addresses[0][:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         self.url = f"http://{shown}:{bound_port}"
         return self.url

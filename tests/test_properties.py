@@ -313,7 +313,7 @@ class Numbers:
 
 
 def fold(batches: Sequence[Sequence[ProgressLine]], *, succeeded: bool) -> Numbers:
-    """Fold lines the way `pull._consume` does (one clock reading per chunk), with checks."""
+    """Fold lines the way `pull._Fold._read` does (one clock reading per chunk), with checks."""
     run = RunProgress(0.0)
     downloaded = regressions = 0
     for at, batch in enumerate(batches, start=1):
