@@ -120,8 +120,13 @@ def _config(servers: list[ServerConfig], limit: int | None = None) -> Config:
     return Config("c.yaml", tuple(servers), max_concurrent_pulls=limit)
 
 
-def test_a_windowed_run_waits_and_the_next_run_gauge_tells_when() -> None:
-    clock = VirtualClock(at("2026-12-01 12:00"))
+def _night_starts(wall: str, runs: int) -> tuple[list[float], list[float | None]]:
+    """Hourly runs of one pair in the NIGHT window, on a virtual clock from `wall`.
+
+    Returns the wall-clock start of the first `runs` runs, and the pair's `next_run_at`
+    as the loop saw it after each step.
+    """
+    clock = VirtualClock(at(wall))
     model = ModelConfig("m", _settings(window=NIGHT))
     config = _config([ServerConfig("s", "http://x", (), 1, (model,))])
     state = ExporterState()
@@ -137,42 +142,26 @@ def test_a_windowed_run_waits_and_the_next_run_gauge_tells_when() -> None:
     async def main() -> None:
         scheduler = Scheduler(None, state, clock=clock, run=run)
         scheduler.start(config)
-        for _ in range(50):
+        for _ in range(50 * runs):
             await asyncio.sleep(0)
             announced.append(state.pairs["s", "m"].next_run_at)
-            if len(started) >= 3:
+            if len(started) >= runs:
                 break
         await scheduler.stop()
 
     asyncio.run(main())
+    return started, announced
+
+
+def test_a_windowed_run_waits_and_the_next_run_gauge_tells_when() -> None:
+    started, announced = _night_starts("2026-12-01 12:00", 3)
     assert announced[0] == at("2026-12-01 22:00")  # due at once, but the window is closed
     # Hourly inside the window (22, 23, 0, ... 3), then the next night.
-    assert started[:3] == [at("2026-12-01 22:00"), at("2026-12-01 23:00"), at("2026-12-02 00:00")]
+    assert started == [at("2026-12-01 22:00"), at("2026-12-01 23:00"), at("2026-12-02 00:00")]
 
 
 def test_a_night_of_hourly_runs_keeps_the_grid_and_stops_at_the_window_end() -> None:
-    clock = VirtualClock(at("2026-12-01 21:30"))
-    model = ModelConfig("m", _settings(window=NIGHT))
-    config = _config([ServerConfig("s", "http://x", (), 1, (model,))])
-    state = ExporterState()
-    state.sync(config)
-    started: list[float] = []
-
-    async def run(server: ServerConfig, model: ModelConfig, pair: object) -> RunResult:
-        del server, model, pair
-        started.append(clock.time())
-        return RunResult(None)
-
-    async def main() -> None:
-        scheduler = Scheduler(None, state, clock=clock, run=run)
-        scheduler.start(config)
-        for _ in range(200):
-            await asyncio.sleep(0)
-            if len(started) >= 8:
-                break
-        await scheduler.stop()
-
-    asyncio.run(main())
+    started, _ = _night_starts("2026-12-01 21:30", 8)
     # The first start waits for 22:00; later ones stay on the schedule's grid (:30) until
     # the window closes at 04:00, and the next night starts when it opens again.
     night = ["2026-12-01 22:00", "2026-12-01 22:30", "2026-12-01 23:30"]
