@@ -1,25 +1,29 @@
 """Run the real `ollama-pull-exporter` process and read its `/metrics` like Prometheus.
 
 Integration tests use this to start the exporter against the simulator over real
-sockets. Every process started here is stopped (SIGTERM, then SIGKILL) on exit.
-`/metrics` is fetched with Prometheus' own `Accept` header (so OpenMetrics comes back),
-because a scrape without it takes a different path than real scrapes do.
+sockets, and a real Prometheus where one scrapes it. Every process started here is stopped
+(SIGTERM, then SIGKILL) on exit. `/metrics` is fetched with Prometheus' own `Accept` header
+(so OpenMetrics comes back), because a scrape without it takes a different path than real
+scrapes do. TLS tests get their self-signed certificates from `self_signed`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
@@ -227,3 +231,102 @@ def _is_ready(exporter: Exporter) -> bool:
         return exporter.get("/-/ready")[0] == 200
     except OSError:
         return False
+
+
+# ------------------------------------------------------------------ a real Prometheus
+
+
+@dataclass
+class Prometheus:
+    """A running Prometheus and its HTTP API (JSON answers, errors included)."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def get(self, path: str, **params: str | list[str]) -> tuple[int, dict[str, Any]]:
+        """GET an API path with query parameters; returns (status, decoded JSON)."""
+        query = urllib.parse.urlencode(params, doseq=True)
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=10) as response:
+                return int(response.status), json.loads(response.read())
+        except urllib.error.HTTPError as exc:  # 400/422 carry the PromQL error as JSON
+            return exc.code, json.loads(exc.read())
+
+    def query(self, expr: str) -> tuple[int, dict[str, Any]]:
+        """An instant query."""
+        return self.get("/api/v1/query", query=expr)
+
+    def label_values(self, label: str, match: str | None) -> list[str]:
+        """Every value of `label`, among the series `match` selects (all when None)."""
+        params: dict[str, str | list[str]] = {"match[]": [match]} if match else {}
+        status, body = self.get(f"/api/v1/label/{label}/values", **params)
+        assert status == 200, body
+        values: list[str] = body["data"]
+        return values
+
+
+@contextlib.contextmanager
+def run_prometheus(binary: str, config: dict[str, Any], workdir: Path) -> Iterator[Prometheus]:
+    """Write `config` as prometheus.yml, start `binary` on a free port, wait for `/-/ready`.
+
+    Its TSDB lives in `workdir/tsdb`; it is stopped (SIGTERM, then SIGKILL) on exit.
+    """
+    config_path = workdir / "prometheus.yml"
+    config_path.write_text(json.dumps(config))  # JSON is YAML
+    port = free_port()
+    log_path = workdir / "prometheus.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    prometheus = Prometheus(process, f"http://127.0.0.1:{port}", log_path)
+    try:
+        wait_for(lambda: _prometheus_ready(prometheus), 30, "Prometheus to be ready")
+        yield prometheus
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _prometheus_ready(prometheus: Prometheus) -> bool:
+    if prometheus.process.poll() is not None:
+        raise AssertionError(f"prometheus exited early:\n{prometheus.log_path.read_text()}")
+    try:
+        with urllib.request.urlopen(prometheus.url + "/-/ready", timeout=2) as response:
+            return int(response.status) == 200
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------ TLS
+
+
+def self_signed(
+    directory: Path, name: str = "server", subject: str = "/CN=127.0.0.1", san: str = "IP:127.0.0.1"
+) -> None:
+    """Write `name.key` and `name.crt` (EC P-256, 2 days) to `directory` with the openssl CLI."""
+    openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-days", "2", "-subj", subject, "-addext", f"subjectAltName={san}",
+        "-keyout", str(directory / f"{name}.key"), "-out", str(directory / f"{name}.crt"),
+    )  # fmt: skip
+
+
+def openssl(*args: str) -> None:
+    """Run the openssl command (it makes the test certificates and keys)."""
+    binary = shutil.which("openssl")
+    assert binary is not None, "the openssl command makes the test certificates"
+    subprocess.run([binary, *args], check=True, capture_output=True)

@@ -13,11 +13,9 @@ import logging
 import re
 import resource
 import selectors
-import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -27,7 +25,14 @@ import pytest
 
 from exporter.listener import QuietErrors, connection_cap, format_address
 from ollama_sim import OllamaSimulator, up_to_date
-from tests.harness import PROMETHEUS_ACCEPT, free_port, run_cli, run_exporter, wait_for
+from tests.harness import (
+    PROMETHEUS_ACCEPT,
+    free_port,
+    run_cli,
+    run_exporter,
+    self_signed,
+    wait_for,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -273,18 +278,8 @@ def _scrape(url: str, context: ssl.SSLContext | None = None) -> int:
 
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    openssl = shutil.which("openssl")
-    assert openssl is not None
     directory = tmp_path_factory.mktemp("tls")
-    subprocess.run(
-        [
-            openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-            "-keyout", str(directory / "server.key"), "-out", str(directory / "server.crt"),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
+    self_signed(directory)
     (directory / "web.yml").write_text(
         "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
     )

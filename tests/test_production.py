@@ -9,12 +9,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import shutil
 import signal
 import socket
 import sqlite3
 import ssl
-import subprocess
 import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING
@@ -29,7 +27,14 @@ from ollama_sim import (
     fresh_pull,
     up_to_date,
 )
-from tests.harness import PROMETHEUS_ACCEPT, parse_samples, run_cli, run_exporter, wait_for
+from tests.harness import (
+    PROMETHEUS_ACCEPT,
+    parse_samples,
+    run_cli,
+    run_exporter,
+    self_signed,
+    wait_for,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -46,18 +51,8 @@ def _auth(user: str, password: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    openssl = shutil.which("openssl")
-    assert openssl is not None
     directory = tmp_path_factory.mktemp("tls")
-    subprocess.run(
-        [
-            openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-            "-keyout", str(directory / "server.key"), "-out", str(directory / "server.crt"),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
+    self_signed(directory)
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
     (directory / "web.yml").write_text(
         "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"

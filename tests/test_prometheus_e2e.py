@@ -16,14 +16,10 @@ tests are in test_alerts.py.)
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +41,14 @@ from ollama_sim import (
     stalled,
     up_to_date,
 )
-from tests.harness import Exporter, free_port, run_exporter, wait_for
+from tests.harness import (
+    Exporter,
+    Prometheus,
+    free_port,
+    run_exporter,
+    run_prometheus,
+    wait_for,
+)
 from tests.prometheus3 import find
 from tests.test_dashboard import load_dashboard, metric_names, panel_targets, variables
 
@@ -121,81 +124,15 @@ def substitute(expr: str, selections: dict[str, Selection]) -> str:
 # ------------------------------------------------------------------ Prometheus
 
 
-@dataclass
-class Prometheus:
-    process: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
-
-    def get(self, path: str, **params: str | list[str]) -> tuple[int, dict[str, Any]]:
-        query = urllib.parse.urlencode(params, doseq=True)
-        try:
-            with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=10) as response:
-                return int(response.status), json.loads(response.read())
-        except urllib.error.HTTPError as exc:  # 400/422 carry the PromQL error as JSON
-            return exc.code, json.loads(exc.read())
-
-    def query(self, expr: str) -> tuple[int, dict[str, Any]]:
-        return self.get("/api/v1/query", query=expr)
-
-    def label_values(self, label: str, match: str | None) -> list[str]:
-        params: dict[str, str | list[str]] = {"match[]": [match]} if match else {}
-        status, body = self.get(f"/api/v1/label/{label}/values", **params)
-        assert status == 200, body
-        values: list[str] = body["data"]
-        return values
-
-
-@contextlib.contextmanager
-def run_prometheus(binary: str, target: str, workdir: Path) -> Iterator[Prometheus]:
-    """A real Prometheus scraping `target` every second with the project's rules loaded."""
-    config = workdir / "prometheus.yml"
-    config.write_text(
-        json.dumps(  # JSON is YAML
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": [str(RULES)],
-                "scrape_configs": [
-                    {"job_name": "ollama-pull-exporter", "static_configs": [{"targets": [target]}]}
-                ],
-            }
-        )
-    )
-    port = free_port()
-    log_path = workdir / "prometheus.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={workdir / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    prometheus = Prometheus(process, f"http://127.0.0.1:{port}", log_path)
-    try:
-        wait_for(lambda: _is_ready(prometheus), 30, "Prometheus to be ready")
-        yield prometheus
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _is_ready(prometheus: Prometheus) -> bool:
-    if prometheus.process.poll() is not None:
-        raise AssertionError(f"prometheus exited early:\n{prometheus.log_path.read_text()}")
-    try:
-        with urllib.request.urlopen(prometheus.url + "/-/ready", timeout=2) as response:
-            return int(response.status) == 200
-    except OSError:
-        return False
+def prometheus_config(target: str) -> dict[str, Any]:
+    """Scrape `target` every second, with the project's rules evaluated every second."""
+    return {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [
+            {"job_name": "ollama-pull-exporter", "static_configs": [{"targets": [target]}]}
+        ],
+    }
 
 
 # ------------------------------------------------------------------ the stack
@@ -313,7 +250,9 @@ def stack(
 def _stack(binary: str, config: str, workdir: Path) -> Iterator[Stack]:
     with (
         run_exporter(config, workdir) as exporter,
-        run_prometheus(binary, exporter.url.removeprefix("http://"), workdir) as prometheus,
+        run_prometheus(
+            binary, prometheus_config(exporter.url.removeprefix("http://")), workdir
+        ) as prometheus,
     ):
         yield Stack(exporter, prometheus)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import subprocess
 import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
@@ -23,11 +22,10 @@ import yaml
 
 from exporter.sharding import ShardError, hashmod, ordinal_of, resolve_shard
 from ollama_sim import OllamaSimulator, up_to_date
-from tests.harness import Exporter, free_port, run_cli, run_exporter, wait_for
-from tests.test_prometheus_e2e import RULES, Prometheus, _is_ready
+from tests.harness import Exporter, Prometheus, run_cli, run_exporter, run_prometheus, wait_for
+from tests.test_prometheus_e2e import RULES
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
 SERVERS = [
@@ -122,8 +120,7 @@ def _runs(exporter: Exporter) -> dict[tuple[str, str], float]:
     }
 
 
-@contextlib.contextmanager
-def _prometheus(binary: str, targets: list[str], workdir: Path) -> Iterator[Prometheus]:
+def _prometheus_config(targets: list[str], workdir: Path) -> dict[str, Any]:
     """Prometheus scraping the shards (job "pulls") and relabelling the server names.
 
     Job "hashmod" has one target per server name (never reachable, scraped once an hour): its
@@ -138,7 +135,7 @@ def _prometheus(binary: str, targets: list[str], workdir: Path) -> Iterator[Prom
                 rule["for"] = "1s"
     rules_path = workdir / "rules.yml"
     rules_path.write_text(yaml.safe_dump(rules))
-    config = {
+    return {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(rules_path)],
         "scrape_configs": [
@@ -161,33 +158,6 @@ def _prometheus(binary: str, targets: list[str], workdir: Path) -> Iterator[Prom
             },
         ],
     }
-    config_path = workdir / "prometheus.yml"
-    config_path.write_text(json.dumps(config))
-    port = free_port()
-    log_path = workdir / "prometheus.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config_path}",
-                f"--storage.tsdb.path={workdir / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    prometheus = Prometheus(process, f"http://127.0.0.1:{port}", log_path)
-    try:
-        wait_for(lambda: _is_ready(prometheus), 30, "Prometheus to be ready")
-        yield prometheus
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _hashmod_by_prometheus(prometheus: Prometheus) -> dict[str, dict[int, int]]:
@@ -248,7 +218,11 @@ def test_three_shards_pull_every_pair_exactly_once(tmp_path: Path) -> None:
                 )
             )
         prometheus = stack.enter_context(
-            _prometheus(binary, [e.url.removeprefix("http://") for e in exporters], tmp_path)
+            run_prometheus(
+                binary,
+                _prometheus_config([e.url.removeprefix("http://") for e in exporters], tmp_path),
+                tmp_path,
+            )
         )
 
         # The union of the shards' series is every pair, each in exactly one shard.

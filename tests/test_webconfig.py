@@ -9,7 +9,6 @@ import contextlib
 import logging
 import shutil
 import ssl
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -22,6 +21,7 @@ from exporter import webauth, webconfig
 from exporter.webauth import CHALLENGE, BasicAuth, Verdict, install, make_auth_middleware
 from exporter.webconfig import WebConfig, WebConfigError, load_web_config, parse_web_config
 from exporter.webtls import ClientAuth
+from tests.harness import openssl, self_signed
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -45,28 +45,14 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-def _openssl(*args: str) -> None:
-    openssl = shutil.which("openssl")
-    assert openssl is not None, "the openssl command makes the test certificates"
-    subprocess.run([openssl, *args], check=True, capture_output=True)
-
-
-def _self_signed(directory: Path, name: str, subject: str, san: str) -> None:
-    _openssl(
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-days", "2", "-subj", subject, "-addext", f"subjectAltName={san}",
-        "-keyout", str(directory / f"{name}.key"), "-out", str(directory / f"{name}.crt"),
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """server.crt/.key for 127.0.0.1, a stranger's key, an encrypted key, a client cert."""
     directory = tmp_path_factory.mktemp("certs")
-    _self_signed(directory, "server", "/CN=127.0.0.1", "IP:127.0.0.1")
-    _self_signed(directory, "other", "/CN=other", "DNS:other")
-    _self_signed(directory, "client", "/CN=client", "DNS:client")
-    _openssl(
+    self_signed(directory)
+    self_signed(directory, "other", "/CN=other", "DNS:other")
+    self_signed(directory, "client", "/CN=client", "DNS:client")
+    openssl(
         "pkey", "-in", str(directory / "server.key"), "-aes128", "-passout", "pass:pw",
         "-out", str(directory / "encrypted.key"),
     )  # fmt: skip
