@@ -231,10 +231,9 @@ def test_up_to_date_pull_downloads_nothing(exporter: Exporter) -> None:
     assert exporter.value("ollama_pull_expected_bytes", **labels) == sum(SIZES)
     prune = exporter.value("ollama_pull_last_phase_duration_seconds", phase="prune", **labels)
     assert prune == 0
-    # Nothing downloads, so reads never pause: the run takes milliseconds, not a pause.
-    duration = exporter.value("ollama_pull_last_duration_seconds", **labels)
-    assert duration is not None
-    assert duration < COALESCE_SECONDS
+    # That nothing downloading means no read pause is proven on the fake clock, line by line:
+    # tests/test_pull.py::test_an_up_to_date_pull_is_read_without_a_pause. Here the run's
+    # duration is the machine's load as much as the reader's.
 
 
 def test_resumed_pull_counts_from_where_it_resumed(exporter: Exporter) -> None:

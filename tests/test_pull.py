@@ -348,6 +348,38 @@ def test_the_chunk_hook_sees_every_byte_with_its_arrival_time() -> None:
     run_async(test)
 
 
+def test_an_up_to_date_pull_is_read_without_a_pause() -> None:
+    """Every layer is complete in its first line: no download to coalesce, no read pauses.
+
+    (tests/test_integration.py pulls the same shape from the simulator; timing it there
+    measured the machine as much as the reader.)
+    """
+    layers = [
+        progress_line(f"pulling {digest[7:19]}", digest, size, size)
+        for digest, size in ((DIGEST, 10_000_000), ("sha256:" + "cd" * 32, 3_000_000))
+    ]
+    sent = [MANIFEST, *layers, VERIFY, WRITE, SUCCESS]
+
+    async def body(drive: Driver) -> None:
+        for data in sent:
+            await drive.send(data, after=0.06)
+            assert not drive.clock.pausing(), data
+
+    async def test() -> None:
+        run, result, _ = await scripted(body)
+        assert result.succeeded
+        # Each line read alone, the moment it was sent: a pause would have merged or delayed.
+        assert [chunk for chunk, _ in run.chunks if chunk] == sent
+        assert [round(at - START, 9) for chunk, at in run.chunks if chunk] == [
+            round(0.06 * k, 9) for k in range(1, len(sent) + 1)
+        ]
+        last = run.pair.last
+        assert last is not None
+        assert last.downloaded_bytes == 0
+
+    run_async(test)
+
+
 def test_requests_name_the_exporter_and_ask_for_no_compression() -> None:
     async def test() -> None:
         script = Script()
