@@ -204,20 +204,33 @@ def test_check_mode_shows_an_update_then_a_pull_clears_it(
         with run_exporter(config, tmp_path) as exporter:
             pair = {"server": "a", "model": model}
             exporter.wait_value(UPDATE, lambda v: v == 0, server="a", model=model)
+            first_checks = _checks(exporter, model)["ok"]
             registry.push(model)  # a new manifest for the tag
             exporter.wait_value(UPDATE, lambda v: v == 1, server="a", model=model)
             assert exporter.value(CHANGES, **pair) == 0
+            # Only a check after the push can know the new manifest.
+            assert _checks(exporter, model)["ok"] > first_checks
             _pull(url, model)  # an operator pulls it (check mode itself never does)
             exporter.wait_value(UPDATE, lambda v: v == 0, server="a", model=model)
             exporter.wait_value(CHANGES, lambda v: v == 1, server="a", model=model)
-            samples = exporter.scrape()
+            # The inventory saw the pull; a registry check after it agrees (whichever of the
+            # two 1 s loops came first: wait for the check rather than count on the order).
+            pulled_checks = _checks(exporter, model)["ok"]
+            ok = "ollama_pull_registry_checks_total"
+            exporter.wait_value(
+                ok, lambda v: v > pulled_checks, server="a", model=model, result="ok"
+            )
+            assert exporter.value(UPDATE, **pair) == 0
+            assert exporter.value(CHANGES, **pair) == 1
             assert exporter.value("ollama_pull_runs_total", **pair) == 0
-            checks = {
-                dict(labels)["result"]: value
-                for (name, labels), value in samples.items()
-                if name == "ollama_pull_registry_checks_total"
+            checks = _checks(exporter, model)
+            assert checks == {
+                "ok": checks["ok"],
+                "unreachable": 0,
+                "unauthorized": 0,
+                "not_found": 0,
+                "error": 0,
             }
-            assert checks.keys() == {"ok", "unreachable", "unauthorized", "not_found", "error"}
             assert checks["ok"] >= 3
         assert not [r for r in sim.requests if r.model == model and r.outcome != "completed"]
 
@@ -242,6 +255,15 @@ def test_check_mode_survives_a_registry_answering_garbage(
             assert "registry check failed" in exporter.logs()
             assert exporter.process.poll() is None
         assert sim.run_count(model) == 0
+
+
+def _checks(exporter: Exporter, model: str) -> dict[str, float]:
+    """The pair's registry checks by result, from the latest scrape."""
+    return {
+        dict(labels)["result"]: value
+        for (name, labels), value in exporter.scrape().items()
+        if name == "ollama_pull_registry_checks_total" and dict(labels)["model"] == model
+    }
 
 
 def _pull(url: str, model: str) -> None:
