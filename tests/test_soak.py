@@ -8,13 +8,19 @@ own `Accept` header (so it gets OpenMetrics, as a real Prometheus does) and samp
 exporter's RSS, open file descriptors and `ollama_pull_exporter_asyncio_tasks`.
 
 After the warm-up third, nothing may grow: the median RSS of the last third stays within
-10 MB (or 15 %) of the middle third; the 10th percentile and the median of the fd and task
-counts of the last third stay within a small slack of the middle third, and no sample
-exceeds the design ceiling (one connection and five tasks per pair, plus a constant).
-Every scrape must answer 200, and the exporter must log no traceback and exit 0.
+10 MB (or 15 %) of the middle third; the 10th percentile and the median of the fds and
+tasks *beyond those the runs in flight hold* (each run going at the scrape holds a
+connection and three tasks: the run, its reader and its watchdog) in the last third stay
+within a small slack of the middle third, and no sample exceeds the design ceiling (one
+connection and five tasks per pair, plus a constant). The raw counts follow how many runs
+happen to be going when a scrape lands, which a busy machine shifts between thirds; what
+the runs in flight do not explain is what a leak would grow. Every scrape must answer 200,
+and the exporter must log no traceback and exit 0.
 
 `SOAK_SECONDS` sets the duration: 30 s by default (what CI runs), e.g. 600 for the long run.
-The summary line goes to the terminal even without `-s`.
+The soak goes on past it (up to `MAX_SECONDS`) until it has done its minimum of runs and
+scrapes, so a starved machine gets a longer soak rather than a thinner one. The summary
+line goes to the terminal even without `-s`.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "30"))
+MAX_SECONDS = 4 * SOAK_SECONDS
 SERVERS = 5
 MODELS_PER_SERVER = 20
 PAIRS = SERVERS * MODELS_PER_SERVER
@@ -72,6 +79,9 @@ TASK_SLACK = 20
 FD_CEILING = 32 + PAIRS
 TASK_CEILING = 32 + 5 * PAIRS
 MIN_RUN_RATIO = 0.3  # of PAIRS * SOAK_SECONDS / INTERVAL (stalls and skips cost some)
+MIN_RUNS = MIN_RUN_RATIO * PAIRS * SOAK_SECONDS / INTERVAL
+MIN_SCRAPES = 0.5 * SOAK_SECONDS / SCRAPE_EVERY
+TASKS_PER_RUN = 3  # the run, its reader and its watchdog
 
 SCENARIOS: tuple[tuple[Scenario, Reason | None], ...] = (
     (fresh_pull([3_000_000, 400_000], rate=RATE, prune=True), None),
@@ -118,7 +128,7 @@ def config_text(url: str) -> str:
 
 def simulator() -> OllamaSimulator:
     """Each model cycles through every scenario, each from its own offset."""
-    runs = int(SOAK_SECONDS / INTERVAL * 2) + 50  # more than a pair can start
+    runs = int(MAX_SECONDS / INTERVAL * 2) + 50  # more than a pair can start
     return OllamaSimulator(
         {
             model_name(i): [SCENARIOS[(i + k) % len(SCENARIOS)][0] for k in range(runs)]
@@ -138,6 +148,17 @@ class Sample:
     fds: int
     tasks: int
     runs: int  # sum of ollama_pull_runs_total
+    in_flight: int  # sum of ollama_pull_in_progress: the runs going at the scrape
+
+    @property
+    def spare_fds(self) -> int:
+        """Open fds beyond the connections of the runs in flight."""
+        return self.fds - self.in_flight
+
+    @property
+    def spare_tasks(self) -> int:
+        """Tasks beyond those of the runs in flight."""
+        return self.tasks - TASKS_PER_RUN * self.in_flight
 
 
 class Sampler(threading.Thread):
@@ -171,6 +192,7 @@ class Sampler(threading.Thread):
                         fds=sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir()),
                         tasks=int(_gauge(body, "ollama_pull_exporter_asyncio_tasks")),
                         runs=int(_sum(body, "ollama_pull_runs_total{")),
+                        in_flight=int(_sum(body, "ollama_pull_in_progress{")),
                     )
                 )
                 self.last_body = body
@@ -222,15 +244,26 @@ def soak(tmp_path: Path) -> Iterator[tuple[Exporter, Sampler]]:
         sampler = Sampler(exp)
         sampler.start()
         try:
-            deadline = time.monotonic() + SOAK_SECONDS
-            while time.monotonic() < deadline and exp.process.poll() is None:
-                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            started = time.monotonic()
+            deadline = started + SOAK_SECONDS
+            while exp.process.poll() is None and not _done(sampler, started, deadline):
+                time.sleep(min(1.0, max(0.1, deadline - time.monotonic())))
         finally:
             sampler.done.set()
             sampler.join(15)
         assert not sampler.is_alive()
         assert exp.process.poll() is None, f"the exporter died:\n{exp.logs()[-5000:]}"
         yield exp, sampler
+
+
+def _done(sampler: Sampler, started: float, deadline: float) -> bool:
+    """SOAK_SECONDS have passed and the minimum work is done (or MAX_SECONDS have passed)."""
+    now = time.monotonic()
+    if now < deadline:
+        return False
+    samples = sampler.samples
+    enough = sampler.scrapes >= MIN_SCRAPES and bool(samples) and samples[-1].runs >= MIN_RUNS
+    return enough or now - started >= MAX_SECONDS
 
 
 THIRDS = ("warm", "middle", "last")
@@ -253,7 +286,7 @@ def _show(spreads: dict[str, Spread]) -> str:
 
 
 def _thirds(samples: list[Sample]) -> tuple[list[Sample], list[Sample], list[Sample]]:
-    third = SOAK_SECONDS / 3
+    third = samples[-1].at / 3 if samples else SOAK_SECONDS / 3
     first = [s for s in samples if s.at < third]
     second = [s for s in samples if third <= s.at < 2 * third]
     last = [s for s in samples if s.at >= 2 * third]
@@ -261,7 +294,7 @@ def _thirds(samples: list[Sample]) -> tuple[list[Sample], list[Sample], list[Sam
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(SOAK_SECONDS + 180)
+@pytest.mark.timeout(MAX_SECONDS + 180)
 def test_soak_resources_stay_flat_and_every_scrape_answers(
     soak: tuple[Exporter, Sampler], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -273,18 +306,16 @@ def test_soak_resources_stay_flat_and_every_scrape_answers(
     assert last, "no sample in the last third"
 
     runs = samples[-1].runs
+    seconds = samples[-1].at
     latencies = sorted(sampler.latencies)
     rss_middle = statistics.median(s.rss for s in middle)
     rss_last = statistics.median(s.rss for s in last)
     rss_growth = rss_last - rss_middle
-    fds = {
-        name: _spread([s.fds for s in part])
-        for name, part in zip(THIRDS, (warm, middle, last), strict=True)
-    }
-    tasks = {
-        name: _spread([s.tasks for s in part])
-        for name, part in zip(THIRDS, (warm, middle, last), strict=True)
-    }
+    parts = dict(zip(THIRDS, (warm, middle, last), strict=True))
+    fds = {name: _spread([s.fds for s in part]) for name, part in parts.items()}
+    tasks = {name: _spread([s.tasks for s in part]) for name, part in parts.items()}
+    spare_fds = {name: _spread([s.spare_fds for s in part]) for name, part in parts.items()}
+    spare_tasks = {name: _spread([s.spare_tasks for s in part]) for name, part in parts.items()}
     finals = parse_samples(sampler.last_body)
     failures_by_reason: dict[str, float] = {}
     for (name, labels), value in finals.items():
@@ -294,8 +325,8 @@ def test_soak_resources_stay_flat_and_every_scrape_answers(
     successes = sum(v for (n, _), v in finals.items() if n == "ollama_pull_duration_seconds_count")
     skipped = sum(v for (n, _), v in finals.items() if n == "ollama_pull_skipped_total")
     summary = (
-        f"SOAK seconds={SOAK_SECONDS:g} pairs={PAIRS} runs={runs} "
-        f"runs_per_s={runs / SOAK_SECONDS:.1f} successes={successes:g} skipped={skipped:g} "
+        f"SOAK seconds={seconds:.0f} pairs={PAIRS} runs={runs} "
+        f"runs_per_s={runs / seconds:.1f} successes={successes:g} skipped={skipped:g} "
         f"failures={dict(sorted(failures_by_reason.items()))} "
         f"scrapes={sampler.scrapes} scrape_failures={len(sampler.failures)} "
         f"scrape_ms p50={latencies[len(latencies) // 2] * 1000:.0f} "
@@ -305,7 +336,8 @@ def test_soak_resources_stay_flat_and_every_scrape_answers(
         f"last_median={rss_last / 2**20:.1f} end={samples[-1].rss / 2**20:.1f} "
         f"max={max(s.rss for s in samples) / 2**20:.1f} "
         f"fds(p10/p50/max) {_show(fds)} end={samples[-1].fds} "
-        f"tasks(p10/p50/max) {_show(tasks)} end={samples[-1].tasks}"
+        f"tasks(p10/p50/max) {_show(tasks)} end={samples[-1].tasks} "
+        f"beyond the runs in flight: fds {_show(spare_fds)} tasks {_show(spare_tasks)}"
     )
     with capsys.disabled():
         print("\n" + summary)
@@ -314,18 +346,20 @@ def test_soak_resources_stay_flat_and_every_scrape_answers(
             out.writelines(json.dumps(dataclasses.asdict(s)) + "\n" for s in samples)
 
     assert sampler.failures == [], sampler.failures[:5]
-    assert sampler.scrapes >= 0.5 * SOAK_SECONDS / SCRAPE_EVERY
+    assert sampler.scrapes >= MIN_SCRAPES, summary
     assert len(samples) == sampler.scrapes
-    minimum_runs = MIN_RUN_RATIO * PAIRS * SOAK_SECONDS / INTERVAL
-    assert runs >= minimum_runs, f"only {runs} runs, wanted >= {minimum_runs:g}"
+    assert runs >= MIN_RUNS, f"only {runs} runs in {seconds:.0f} s, wanted >= {MIN_RUNS:g}"
     assert successes > 0
     assert set(failures_by_reason) <= EXPECTED_REASONS, failures_by_reason
     assert rss_growth < max(RSS_GROWTH_BYTES, RSS_GROWTH_RATIO * rss_middle), summary
     # Bursts (every pair fires within the same 0.2 s each second) make single peaks noisy,
-    # so a leak is judged on the floor and the middle, and peaks against the design.
-    for spread, slack, ceiling in ((fds, FD_SLACK, FD_CEILING), (tasks, TASK_SLACK, TASK_CEILING)):
-        assert spread["last"].p10 <= spread["middle"].p10 + slack, summary
-        assert spread["last"].p50 <= spread["middle"].p50 + slack, summary
+    # and how many runs are going when a scrape lands depends on the machine's load: a leak
+    # is judged on the floor and the middle of what the runs in flight do not hold, and
+    # peaks against the design.
+    for spare, slack in ((spare_fds, FD_SLACK), (spare_tasks, TASK_SLACK)):
+        assert spare["last"].p10 <= spare["middle"].p10 + slack, summary
+        assert spare["last"].p50 <= spare["middle"].p50 + slack, summary
+    for spread, ceiling in ((fds, FD_CEILING), (tasks, TASK_CEILING)):
         assert max(s.peak for s in spread.values()) <= ceiling, summary
     assert exporter.stop() == 0
     logs = exporter.logs()
