@@ -344,7 +344,10 @@ def test_slow_connections_starve_neither_scrapes_nor_pulls(
     assert runs_after >= runs_before + PAIRS * 5, (runs_before, runs_after)
     assert left < FDS_AFTER, f"the exporter still holds {left} fds after the slow clients' timeout"
     assert "Traceback" not in logs
-    others = [line for line in logs.splitlines() if "logger=exporter.pull " not in line]
+    # Not the flood this is about: the pulls' own lines, and the scheduler's skips when a
+    # starved machine runs late (at most one per pair and interval).
+    routine = ("logger=exporter.pull ", 'msg="run skipped: previous run still going"')
+    others = [line for line in logs.splitlines() if not any(r in line for r in routine)]
     assert len(others) < 20, "\n".join(others[-20:])
 
 
