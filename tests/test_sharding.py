@@ -84,6 +84,27 @@ def test_bad_shard_flags_stop_start_up_with_a_usage_error(tmp_path: Path) -> Non
     assert "--shard=3 is not below --total-shards=3: shards are 0..2" in result.stderr
 
 
+def on_fixed_rate_slots(times: list[float], interval: float) -> bool:
+    """The k-th of `times` falls in slot k of one grid S + k * interval, for every k.
+
+    Each start may be late by the event loop's lag, but by less than an interval: so one S
+    fits them all exactly when the starts minus k intervals lie within one interval. A
+    double pull or a missed slot moves every later start by a whole interval.
+    """
+    offsets = [t - k * interval for k, t in enumerate(times)]
+    return max(offsets) - min(offsets) < interval
+
+
+def test_fixed_rate_slots_allow_lag_but_no_double_or_missed_slot() -> None:
+    # Seen on a starved machine: the fifth start 1.6 s late, the sixth on time. Rounding
+    # to the first start's grid put both in slot 5.
+    starved = [22.99, 24.86, 26.94, 28.52, 32.10, 32.55, 35.14, 36.80]
+    assert on_fixed_rate_slots(starved, 2.0)
+    assert on_fixed_rate_slots([0.0, 2.0, 4.0, 6.0], 2.0)
+    assert not on_fixed_rate_slots([0.0, 2.0, 2.1, 4.0, 6.0], 2.0)  # twice in slot 1
+    assert not on_fixed_rate_slots([0.0, 2.0, 6.0, 8.0], 2.0)  # slot 2 missed
+
+
 # ------------------------------------------------------------------ three shards, one config
 
 
@@ -267,12 +288,9 @@ def test_three_shards_pull_every_pair_exactly_once(tmp_path: Path) -> None:
         for shard in range(SHARDS):
             for (server, model), runs in before[shard].items():
                 assert runs <= len(starts[model]) <= after[shard][server, model], (server, model)
-        # Starts follow fixed-rate slots (first start + k * interval), each possibly late by
-        # the event loop's lag: the k-th start must fall in slot k, for every k.
+        # Starts follow fixed-rate slots, each possibly late by the event loop's lag.
         for model, times in starts.items():
-            times.sort()
-            slots = [round((t - times[0]) / INTERVAL) for t in times]
-            assert slots == list(range(len(times))), f"{model}: starts in slots {slots}: {times}"
+            assert on_fixed_rate_slots(sorted(times), INTERVAL), f"{model}: {sorted(times)}"
         assert time.monotonic() - start < 60
 
         # Prometheus sees all shards: every configured pair is scheduled, the alert is quiet.
