@@ -117,10 +117,13 @@ FAILURES: dict[str, tuple[Scenario, Reason]] = {
     "err-stall": (stalled(10_000_000, rate=RATE), Reason.STALLED),
     "err-timeout": (fresh_pull([50_000_000], rate=1_000_000), Reason.TIMEOUT),
 }
-# Per-model overrides (seconds are real seconds, not scaled).
+# Per-model overrides (seconds are real seconds, not scaled). The timed-out pull progresses
+# all along; its stall_timeout (which must be below the timeout) leaves room for a starved
+# machine's gaps between two progress lines, which reached 1 s: with 1 s it ended as a stall.
+TIMEOUT_SECONDS = 3.0
 OVERRIDES = {
     "err-stall": "stall_timeout: 700ms",
-    "err-timeout": "timeout: 1500ms\n        stall_timeout: 1s",
+    "err-timeout": f"timeout: {TIMEOUT_SECONDS:g}s\n        stall_timeout: 2500ms",
 }
 
 
@@ -266,7 +269,7 @@ def test_stall_and_timeout_end_when_their_clocks_say(exporter: Exporter) -> None
     assert 0.7 <= stall < 0.7 + 1.0
     timeout = exporter.value("ollama_pull_last_duration_seconds", server="sim", model="err-timeout")
     assert timeout is not None
-    assert 1.5 <= timeout < 1.5 + 1.0
+    assert TIMEOUT_SECONDS <= timeout < TIMEOUT_SECONDS + 1.0
     # The timed-out pull was downloading live until the deadline.
     downloaded = exporter.value(
         "ollama_pull_downloaded_bytes_total", server="sim", model="err-timeout"
