@@ -230,10 +230,13 @@ def test_a_lower_max_concurrent_pulls_holds_for_runs_already_queued(tmp_path: Pa
             assert post(exporter, "/-/reload") == (200, "OK\n")
             reloaded = time.monotonic()
             wait_for(lambda: len(sim.requests) == 6 and sim.requests[-1].ended, 40, "all runs")
+    # A starved machine may let a run end, and the next start under the old limit, before
+    # the reload is in force: so the runs started after it are at least 2 (not exactly 4).
     later = [r for r in sim.requests if r.started > reloaded]
-    assert len(later) == 4
+    assert len(later) >= 2
+    assert max(open_at(sim.requests, r.started) for r in sim.requests) <= 2
     # Runs going at the reload may finish; nothing new starts until under the new limit.
-    assert [open_at(sim.requests, r.started) for r in later] == [1, 1, 1, 1]
+    assert [open_at(sim.requests, r.started) for r in later] == [1] * len(later)
 
 
 def blocked_on_fifo(pid: int) -> bool:
