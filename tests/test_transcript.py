@@ -41,13 +41,17 @@ def expected(data: bytes) -> tuple[list[str], int]:
     return lines[:HEAD_LINES] + lines[-TAIL_LINES:], len(lines) - HEAD_LINES - TAIL_LINES
 
 
-@settings(max_examples=60, deadline=None)
-@given(
+ANY_STREAM = given(
     count=st.integers(0, 1200),
     cuts=st.lists(st.integers(0, 100_000), max_size=300),
     tail=st.sampled_from([b"", b'{"unfinished":', b"\n"]),
     counted=st.booleans(),
 )
+"""`count` lines and a `tail`, cut at `cuts`, with or without the decoder's counts."""
+
+
+@settings(max_examples=60, deadline=None)
+@ANY_STREAM
 def test_head_and_tail_for_any_chunking(
     count: int, cuts: list[int], tail: bytes, counted: bool
 ) -> None:
@@ -61,12 +65,7 @@ def test_head_and_tail_for_any_chunking(
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    count=st.integers(0, 1200),
-    cuts=st.lists(st.integers(0, 100_000), max_size=300),
-    tail=st.sampled_from([b"", b'{"unfinished":', b"\n"]),
-    counted=st.booleans(),
-)
+@ANY_STREAM
 def test_a_packed_run_unpacks_to_the_lines_cut_at_once(
     count: int, cuts: list[int], tail: bytes, counted: bool
 ) -> None:
