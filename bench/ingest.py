@@ -11,7 +11,7 @@ Each consumer runs in a fresh process of its own, in alternation A B C D A B C D
 measures its own CPU seconds (user + system, `getrusage`) from the request to the end of
 the stream:
 
-- A: the exporter's production path, `exporter.pull.run_pull` with a real `ExporterState`,
+- A: the exporter's production path, `exporter.clients.pull.run_pull` with a real `ExporterState`,
   its `PairState`, the real collector registered (one scrape at the end is measured too) and
   the run recorded in a `History` with its transcript, as every run of the exporter is;
 - B: the official `ollama` client, `AsyncClient(host).pull(model, stream=True)`;
@@ -72,11 +72,11 @@ def ollama_available() -> bool:
 async def _consume_a(url: str) -> dict[str, Any]:
     from prometheus_client import generate_latest  # noqa: PLC0415
 
-    from exporter.config import Config, ModelConfig, PullSettings, ServerConfig  # noqa: PLC0415
-    from exporter.history import History, Trigger  # noqa: PLC0415
-    from exporter.metrics import build_registry  # noqa: PLC0415
-    from exporter.pull import make_session, run_pull  # noqa: PLC0415
-    from exporter.state import ExporterState, sync_pairs  # noqa: PLC0415
+    from exporter.clients.pull import make_session, run_pull  # noqa: PLC0415
+    from exporter.config.loader import Config, ModelConfig, PullSettings, ServerConfig  # noqa: PLC0415
+    from exporter.metrics.families import build_registry  # noqa: PLC0415
+    from exporter.state.history import History, Trigger  # noqa: PLC0415
+    from exporter.state.pairs import ExporterState, sync_pairs  # noqa: PLC0415
 
     settings = PullSettings(
         interval=3600.0,

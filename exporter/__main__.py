@@ -4,13 +4,13 @@ Signal handling is installed before anything heavy is imported: until then Pytho
 defaults would let a SIGHUP kill the process during its first half second.
 """
 
-from exporter import signals
+from exporter.core import signals
 
 signals.install()
 
 import sys  # noqa: E402 - after the signal handlers, on purpose
 
-from exporter.cli import main as _main  # noqa: E402
+from exporter.app.cli import main as _main  # noqa: E402
 
 
 def run() -> None:

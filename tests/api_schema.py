@@ -7,7 +7,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from exporter.openapi import document
+from exporter.web.openapi import document
 
 
 def response_schema(path: str, method: str, status: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Tests for exporter.config: one bad file per rule with its exact message, plus properties."""
+"""Tests for exporter.config.loader: one bad file per rule with its exact message, plus properties."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter import yamlfile
-from exporter.config import (
+from exporter.config import yamlfile
+from exporter.config.loader import (
     Config,
     ConfigError,
     PullSettings,

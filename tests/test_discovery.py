@@ -19,8 +19,8 @@ import pytest
 from dnslib import AAAA, QTYPE, RCODE, RR, SRV, A
 from dnslib.server import BaseResolver, DNSServer
 
-from exporter.config import ConfigError, parse_config
-from exporter.discovery import DiscoveryError, parse_targets
+from exporter.config.loader import ConfigError, parse_config
+from exporter.fleet.discovery import DiscoveryError, parse_targets
 from ollama_sim import OllamaSimulator, fresh_pull, up_to_date
 from tests.harness import Exporter, free_port, run_exporter, wait_for
 

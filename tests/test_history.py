@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from exporter import history as history_module
-from exporter.history import History, RunRecord, Trigger, pack, unpack
-from exporter.historydb import HistoryDB
-from exporter.progress import RunProgress
-from exporter.protocol import LineDecoder, Reason
-from exporter.state import PairState, RunResult
-from exporter.transcript import RAW_MAGIC, Redactor, TranscriptLine, TranscriptText
+from exporter.ollama.progress import RunProgress
+from exporter.ollama.protocol import LineDecoder, Reason
+from exporter.state import history as history_module
+from exporter.state.history import History, RunRecord, Trigger, pack, unpack
+from exporter.state.pairs import PairState, RunResult
+from exporter.state.transcript import RAW_MAGIC, Redactor, TranscriptLine, TranscriptText
+from exporter.storage.run_history import HistoryDB
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from exporter.protocol import MAX_LINE_BYTES, Reason
+from exporter.ollama.protocol import MAX_LINE_BYTES, Reason
 from ollama_sim import (
     Disconnect,
     HttpError,

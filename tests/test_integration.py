@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from exporter.pacing import COALESCE_SECONDS
-from exporter.protocol import Reason
+from exporter.clients.pacing import COALESCE_SECONDS
+from exporter.ollama.protocol import Reason
 from ollama_sim import (
     NOT_FOUND,
     HttpError,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from exporter.protocol import Reason
+from exporter.ollama.protocol import Reason
 from ollama_sim import OllamaSimulator, Scenario, Stall, fresh_pull, stalled, up_to_date
 from tests.harness import Exporter, exporter_command, free_port, run_exporter, wait_for
 

@@ -1,4 +1,4 @@
-"""exporter.limiter: a concurrency limit that can change while work waits on it."""
+"""exporter.core.limiter: a concurrency limit that can change while work waits on it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from exporter.limiter import Limiter
+from exporter.core.limiter import Limiter
 
 
 async def hold(limiter: Limiter, log: list[str], name: str, release: asyncio.Event) -> None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from exporter.listener import QuietErrors, connection_cap, format_address
+from exporter.web.listener import QuietErrors, connection_cap, format_address
 from ollama_sim import OllamaSimulator, up_to_date
 from tests.harness import (
     PROMETHEUS_ACCEPT,

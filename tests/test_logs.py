@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.logs import JsonFormatter, LogfmtFormatter
+from exporter.core.logs import JsonFormatter, LogfmtFormatter
 
 FORGED = '\nts=2026-01-01T00:00:00.000+00:00 level=info msg="pull finished" model=x'
 LINE_BREAKERS = ("\n", "\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")  # fmt: skip

@@ -1,9 +1,9 @@
 """The cached `/metrics` renderer writes exactly what prometheus_client writes.
 
-`exporter.exposition.Exposition` re-renders only the series whose values changed; these
+`exporter.metrics.exposition.Exposition` re-renders only the series whose values changed; these
 tests drive random states through random changes and compare its bytes with
 `generate_latest` (text and OpenMetrics) after every change, then check the aiohttp
-handler (`exporter.scrape`) answers like `make_aiohttp_handler` (content type, gzip) and
+handler (`exporter.metrics.scrape`) answers like `make_aiohttp_handler` (content type, gzip) and
 that no `Accept` header or query leaves the cached path, grows memory or fails.
 """
 
@@ -24,13 +24,13 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from exporter.exposition import Exposition, Format
-from exporter.holdings import InventoryResult, ServerHolding
-from exporter.metrics import PullCollector, PullRegistry, build_registry
-from exporter.progress import RunProgress
-from exporter.protocol import RUN_PHASES, ProgressLine, Reason
-from exporter.scrape import OPENMETRICS, TEXT, make_metrics_handler, negotiate
-from exporter.state import ExporterState, PairState, RunResult
+from exporter.metrics.exposition import Exposition, Format
+from exporter.metrics.families import PullCollector, PullRegistry, build_registry
+from exporter.metrics.scrape import OPENMETRICS, TEXT, make_metrics_handler, negotiate
+from exporter.ollama.progress import RunProgress
+from exporter.ollama.protocol import RUN_PHASES, ProgressLine, Reason
+from exporter.state.holdings import InventoryResult, ServerHolding
+from exporter.state.pairs import ExporterState, PairState, RunResult
 
 if TYPE_CHECKING:
     import pytest

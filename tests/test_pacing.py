@@ -1,18 +1,18 @@
-"""When the reader pauses the socket (exporter/pacing.py), from tables: no sockets, no clock."""
+"""When the reader pauses the socket (exporter/clients/pacing.py), from tables: no sockets, no clock."""
 
 from __future__ import annotations
 
 import pytest
 
-from exporter.pacing import (
+from exporter.clients.pacing import (
     COALESCE_BELOW_BYTES,
     COALESCE_SECONDS,
     MIN_PAUSE_SECONDS,
     SPEED_UP_MARGIN,
     ReadPacer,
 )
-from exporter.progress import RunProgress
-from exporter.protocol import ProgressLine
+from exporter.ollama.progress import RunProgress
+from exporter.ollama.protocol import ProgressLine
 
 DIGEST = "sha256:" + "cd" * 32
 TOTAL = 10_000_000_000

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from exporter.progress import RunProgress
-from exporter.protocol import Phase, ProgressLine
+from exporter.ollama.progress import RunProgress
+from exporter.ollama.protocol import Phase, ProgressLine
 
 A = "sha256:" + "a" * 64
 B = "sha256:" + "b" * 64

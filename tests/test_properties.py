@@ -29,8 +29,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from exporter.progress import RunProgress
-from exporter.protocol import (
+from exporter.ollama.progress import RunProgress
+from exporter.ollama.protocol import (
     LineDecoder,
     Phase,
     ProgressLine,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.protocol import (
+from exporter.ollama.protocol import (
     MAX_LINE_BYTES,
     LineDecoder,
     Phase,

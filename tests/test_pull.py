@@ -25,12 +25,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from exporter import __version__
-from exporter.config import parse_config
-from exporter.framing import MAX_FRAMING_LINE_BYTES, FramingGuard, framing_watched
-from exporter.pacing import COALESCE_SECONDS
-from exporter.protocol import Phase, Reason
-from exporter.pull import make_session, run_pull
-from exporter.state import ExporterState, PairState, RunResult, sync_pairs
+from exporter.clients.framing import MAX_FRAMING_LINE_BYTES, FramingGuard, framing_watched
+from exporter.clients.pacing import COALESCE_SECONDS
+from exporter.clients.pull import make_session, run_pull
+from exporter.config.loader import parse_config
+from exporter.ollama.protocol import Phase, Reason
+from exporter.state.pairs import ExporterState, PairState, RunResult, sync_pairs
 from ollama_sim import (
     go_json,
     progress_line,
@@ -40,7 +40,7 @@ from tests.raw_http import raw_http_server
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
 
-    from exporter.config import ModelConfig, ServerConfig
+    from exporter.config.loader import ModelConfig, ServerConfig
 
 MODEL = "m"
 DIGEST = "sha256:" + "ab" * 32
@@ -66,7 +66,7 @@ SUCCESS = line(status="success")
 
 
 class FakeClock:
-    """`exporter.clock.Clock` whose time moves only in `advance`; sleepers wake in order."""
+    """`exporter.core.clock.Clock` whose time moves only in `advance`; sleepers wake in order."""
 
     def __init__(self) -> None:
         self.now = START

@@ -21,7 +21,7 @@ import bcrypt
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
-from exporter.crossorigin import refusal
+from exporter.web.crossorigin import refusal
 from ollama_sim import OllamaSimulator, fresh_pull, up_to_date
 from tests.harness import Exporter, run_exporter, wait_for
 

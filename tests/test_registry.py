@@ -1,4 +1,4 @@
-"""exporter.registry against the simulated Docker v2 registry over real sockets.
+"""exporter.clients.registry against the simulated Docker v2 registry over real sockets.
 
 Names follow Ollama's defaults; the manifest request carries Ollama's Accept header; a 401
 challenge is answered with an anonymous token; whatever garbage the registry sends is a
@@ -18,23 +18,23 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from exporter.config import ModelConfig, PullSettings, ServerConfig
-from exporter.holdings import CheckResult
-from exporter.registry import (
+from exporter.clients.registry import (
     Checker,
     Reference,
     _manifest_outcome,
     make_registry_session,
     parse_reference,
 )
-from exporter.state import PairState
+from exporter.config.loader import ModelConfig, PullSettings, ServerConfig
+from exporter.state.holdings import CheckResult
+from exporter.state.pairs import PairState
 from ollama_sim import MANIFEST_V2, CannedAnswer, RegistrySimulator
 from tests.harness import free_port
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
 
-    from exporter.registry import Outcome
+    from exporter.clients.registry import Outcome
 
 
 @pytest.mark.parametrize(

@@ -14,14 +14,21 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from exporter.config import Config, ModelConfig, PullSettings, ServerConfig
-from exporter.scheduler import FIRST_RUN_SPREAD, Plan, Scheduler, first_plan, next_plan, wall_time
-from exporter.state import ExporterState, RunResult
+from exporter.config.loader import Config, ModelConfig, PullSettings, ServerConfig
+from exporter.schedule.scheduler import (
+    FIRST_RUN_SPREAD,
+    Plan,
+    Scheduler,
+    first_plan,
+    next_plan,
+    wall_time,
+)
+from exporter.state.pairs import ExporterState, RunResult
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine
 
-    from exporter.state import PairState
+    from exporter.state.pairs import PairState
 
 
 def settings(

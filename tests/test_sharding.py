@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from exporter.sharding import ShardError, hashmod, ordinal_of, resolve_shard
+from exporter.fleet.sharding import ShardError, hashmod, ordinal_of, resolve_shard
 from ollama_sim import OllamaSimulator, up_to_date
 from tests.harness import Exporter, Prometheus, run_cli, run_exporter, run_prometheus, wait_for
 from tests.test_prometheus_e2e import RULES

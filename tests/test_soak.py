@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from exporter.protocol import Reason
+from exporter.ollama.protocol import Reason
 from ollama_sim import (
     NOT_FOUND,
     OllamaSimulator,

@@ -1,4 +1,4 @@
-"""Tests for exporter.store: round trips, damaged and foreign files, and a kill -9 mid-run."""
+"""Tests for exporter.storage.last_runs: round trips, damaged and foreign files, and a kill -9 mid-run."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter import store as store_module
-from exporter.protocol import RUN_PHASES, Phase, Reason
-from exporter.state import ExporterState, LastRun, PairState
-from exporter.store import (
+from exporter.ollama.protocol import RUN_PHASES, Phase, Reason
+from exporter.state.pairs import ExporterState, LastRun, PairState
+from exporter.storage import last_runs as store_module
+from exporter.storage.last_runs import (
     APPLICATION_ID,
     SCHEMA_VERSION,
     Store,
@@ -359,8 +359,8 @@ def test_saves_from_worker_threads(tmp_path: Path) -> None:
 # A child that saves runs as fast as it can and prints each run number once it is committed.
 _WRITER = """
 import sys
-from exporter.protocol import Reason
-from exporter.store import Store
+from exporter.ollama.protocol import Reason
+from exporter.storage.last_runs import Store
 from tests.test_store import _last, _pair
 
 store = Store.open(sys.argv[1])

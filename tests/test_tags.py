@@ -1,4 +1,4 @@
-"""exporter.tags: real `/api/tags` answers parse, hostile ones are one clear TagsError."""
+"""exporter.ollama.tags: real `/api/tags` answers parse, hostile ones are one clear TagsError."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from exporter.tags import MAX_TAGS_BYTES, Held, TagsError, parse_tags
+from exporter.ollama.tags import MAX_TAGS_BYTES, Held, TagsError, parse_tags
 from ollama_sim import HeldModel, tags_body
 
 DIGEST = "a" * 64

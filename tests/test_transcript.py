@@ -7,8 +7,8 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.config import parse_config
-from exporter.transcript import (
+from exporter.config.loader import parse_config
+from exporter.state.transcript import (
     HEAD_LINES,
     LINE_LIMIT,
     RAW_LIMIT,

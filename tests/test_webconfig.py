@@ -1,4 +1,4 @@
-"""Tests for exporter.webconfig, webtls and webauth: bad files with their exact messages,
+"""Tests for exporter.config.webconfig, webtls and webauth: bad files with their exact messages,
 a real TLS server, and basic auth under a flood of wrong passwords."""
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ import bcrypt
 import pytest
 from aiohttp import web
 
-from exporter import webauth, webconfig
-from exporter.webauth import CHALLENGE, BasicAuth, Verdict, install, make_auth_middleware
-from exporter.webconfig import WebConfig, WebConfigError, load_web_config, parse_web_config
-from exporter.webtls import ClientAuth
+from exporter.config import webconfig
+from exporter.config.tls import ClientAuth
+from exporter.config.webconfig import WebConfig, WebConfigError, load_web_config, parse_web_config
+from exporter.web import auth as webauth
+from exporter.web.auth import CHALLENGE, BasicAuth, Verdict, install, make_auth_middleware
 from tests.harness import openssl, self_signed
 
 if TYPE_CHECKING:

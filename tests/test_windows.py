@@ -7,10 +7,10 @@ import datetime as dt
 
 import pytest
 
-from exporter.config import Config, ModelConfig, PullSettings, ServerConfig
-from exporter.scheduler import Scheduler
-from exporter.state import ExporterState, RunResult
-from exporter.windows import Window, is_open, next_start, parse_window, windowed_start
+from exporter.config.loader import Config, ModelConfig, PullSettings, ServerConfig
+from exporter.config.windows import Window, is_open, next_start, parse_window, windowed_start
+from exporter.schedule.scheduler import Scheduler
+from exporter.state.pairs import ExporterState, RunResult
 
 UTC = "UTC"
 BERLIN = "Europe/Berlin"

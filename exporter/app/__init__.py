@@ -1,0 +1,1 @@
+"""Assembly and lifetime: the command line, the runtime that applies configs, `--once`."""

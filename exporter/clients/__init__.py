@@ -1,0 +1,1 @@
+"""The HTTP clients: pull, probe, inventory and the registry check (aiohttp)."""

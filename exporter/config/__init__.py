@@ -1,0 +1,1 @@
+"""The config files: typed, strict YAML with line numbers, windows, the web config."""

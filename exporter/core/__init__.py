@@ -1,0 +1,1 @@
+"""The ground floor: clock, concurrency limit, logging, signals. Imports nothing of ours."""

@@ -1,0 +1,1 @@
+"""Which servers: the config's, the discovered ones, this shard's."""

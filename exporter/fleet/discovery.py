@@ -1,0 +1,268 @@
+"""`server_discovery`: servers from a file or from DNS, refreshed in the background.
+
+Each entry has one `Watcher` task. A refresh produces a list of targets (name and URL); when
+it differs from the last good one the watcher calls back, and the runtime applies the config
+again (discovered servers join and leave the way a reload adds and removes pairs). A refresh
+that fails (unreadable or invalid file, DNS timeout or server failure) is logged and counted
+and keeps the last good list, so a flapping file or resolver never empties the schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import yaml
+
+from exporter.config.loader import _check_url, _label, _name_from_url
+from exporter.config.yamlfile import (
+    BadYamlError,
+    InvalidError,
+    NodeWalker,
+    compose,
+    describe,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from exporter.config.loader import DiscoveryConfig
+
+log = logging.getLogger("exporter.discovery")
+
+MAX_FILE_BYTES: Final = 4 * 1024 * 1024
+"""A discovery file larger than this is an error (a list of 10,000 servers is ~1 MiB)."""
+DNS_TIMEOUT: Final = 10.0
+"""Seconds one DNS refresh may take at most (less when `refresh_interval` is shorter)."""
+_FILE_KEYS: Final = ("name", "url")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Target:
+    """One discovered server: its label value and its base URL."""
+
+    name: str
+    url: str
+
+
+class DiscoveryError(Exception):
+    """A refresh failed; the message says why, ready for the log."""
+
+
+# ------------------------------------------------------------------ file
+
+
+def parse_targets(text: str, source: str) -> list[Target]:
+    """A YAML or JSON list of `{name, url}` (name defaults to the URL's host:port)."""
+    walker = NodeWalker(source)
+    try:
+        root = compose(text)
+    except BadYamlError as exc:
+        raise DiscoveryError(walker.format(exc.line, "", exc.message)) from None
+    if root is None:
+        return []
+    if not isinstance(root, yaml.SequenceNode):
+        walker.error(root, "", f"expected a list of {{name, url}}, got {describe(root)}")
+        raise DiscoveryError("; ".join(walker.messages()))
+    targets: list[Target] = []
+    seen: dict[str, int] = {}
+    for index, item in enumerate(root.value):
+        target = _target(walker, item, f"[{index}]")
+        if target is None:
+            continue
+        if target.name in seen:
+            same = f"same as [{seen[target.name]}]"
+            walker.error(item, f"[{index}].name", f"duplicate server name ({same})")
+            continue
+        seen[target.name] = index
+        targets.append(target)
+    if walker.problems:
+        raise DiscoveryError("; ".join(walker.messages()))
+    return targets
+
+
+def _target(walker: NodeWalker, item: yaml.Node, path: str) -> Target | None:
+    """One `{name, url}` item, or None after reporting what is wrong with it."""
+    fields = walker.mapping(item, path, _FILE_KEYS)
+    if not isinstance(item, yaml.MappingNode):
+        return None
+    if "url" not in fields:
+        walker.error(item, f"{path}.url", "required key is missing")
+        return None
+    url = walker.check(fields["url"], f"{path}.url", _url, "")
+    if not url:
+        return None
+    name = _name_from_url(url)
+    if "name" in fields:
+        name = walker.check(fields["name"], f"{path}.name", _label, "")
+    return Target(name, url) if name else None
+
+
+def _url(node: yaml.Node) -> str:
+    value = node.value if isinstance(node, yaml.ScalarNode) else None
+    if not isinstance(value, str) or node.tag != "tag:yaml.org,2002:str":
+        raise InvalidError(f"expected a URL string, got {describe(node)}")
+    return _check_url(value)
+
+
+def file_signature(path: str) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of `path`, None if it cannot be seen: a change means re-read."""
+    try:
+        info = os.stat(path)  # noqa: PTH116 - one call, no Path object per poll
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def read_targets_file(path: str) -> list[Target]:
+    """Read and parse a discovery file (blocking: run it in a thread)."""
+    try:
+        info = os.stat(path)  # noqa: PTH116
+        if not stat.S_ISREG(info.st_mode):
+            raise DiscoveryError(f"{path}: not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise DiscoveryError(f"{path}: larger than {MAX_FILE_BYTES} bytes")
+        with open(path, "rb") as handle:  # noqa: PTH123
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise DiscoveryError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DiscoveryError(f"{path}: not valid UTF-8") from None
+    return parse_targets(text, path)
+
+
+# ------------------------------------------------------------------ DNS
+
+
+async def resolve_targets(entry: DiscoveryConfig) -> list[Target]:
+    """One server per answer of the entry's DNS query, named `NAME/ADDRESS:PORT`.
+
+    No such name, or no record of the type, is an empty list (a Service with no ready pod);
+    a timeout or a failing server is a `DiscoveryError`.
+    """
+    import dns.asyncresolver  # noqa: PLC0415 - only configs with dns discovery pay for it
+    import dns.exception  # noqa: PLC0415
+    import dns.resolver  # noqa: PLC0415
+
+    assert entry.dns is not None
+    resolver = dns.asyncresolver.Resolver(configure=entry.nameserver is None)
+    if entry.nameserver is not None:
+        host, port = entry.nameserver
+        resolver.nameservers = [await _address_of(host, port)]
+        resolver.port = port
+    resolver.lifetime = min(DNS_TIMEOUT, max(1.0, entry.refresh_interval))
+    try:
+        answer = await resolver.resolve(entry.dns, entry.type, search=False)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+    except dns.exception.DNSException as exc:
+        raise DiscoveryError(f"DNS {entry.type} {entry.dns}: {exc}") from None
+    found: set[tuple[str, int]] = set()
+    for record in answer:
+        if entry.type == "SRV":
+            found.add((str(record.target).rstrip("."), int(record.port)))
+        else:
+            assert entry.port is not None
+            found.add((str(record.address), entry.port))
+    targets = []
+    for host, port in sorted(found):
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        targets.append(Target(f"{entry.dns}/{address}", f"{entry.scheme}://{address}"))
+    return targets
+
+
+async def _address_of(host: str, port: int) -> str:
+    """`host` as an IP address (dnspython asks addresses, not names)."""
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(host))
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port)
+    except OSError as exc:
+        raise DiscoveryError(f"nameserver {host}: {exc}") from None
+    return str(infos[0][4][0])
+
+
+# ------------------------------------------------------------------ the watcher
+
+
+class Watcher:
+    """Keeps one entry's last good list fresh; `on_change` is called when it changes."""
+
+    def __init__(
+        self, entry: DiscoveryConfig, on_change: Callable[[], None], failures: dict[str, int]
+    ) -> None:
+        self.entry = entry
+        self.targets: tuple[Target, ...] = ()
+        self.failures = failures
+        """Failed refreshes by entry name (the state's counter, shared by all watchers)."""
+        self.refreshed = False
+        """True once a refresh succeeded: the list is known, possibly empty."""
+        self._on_change = on_change
+        self._signature: tuple[int, int, int] | None = None
+        self._attempted = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> bool:
+        """Refresh once; True if the list changed. Failures are logged and counted."""
+        entry = self.entry
+        try:
+            if entry.file is not None:
+                signature = file_signature(entry.file)
+                if self._attempted and signature == self._signature:
+                    return False  # unchanged (or still broken, or still missing: counted once)
+                self._attempted = True
+                self._signature = signature
+                targets = await asyncio.to_thread(read_targets_file, entry.file)
+            else:
+                targets = await resolve_targets(entry)
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the list, none kills the loop
+            self.failures[entry.name] = self.failures.get(entry.name, 0) + 1
+            error = str(exc) if isinstance(exc, DiscoveryError) else f"{type(exc).__name__}: {exc}"
+            log.error(  # noqa: TRY400 - the message is the whole story
+                "server discovery failed, keeping the last good list",
+                extra={"discovery": entry.name, "servers": len(self.targets), "error": error},
+            )
+            return False
+        new = tuple(sorted(targets))
+        changed = new != self.targets or not self.refreshed
+        if new != self.targets:
+            joined = len(set(new) - set(self.targets))
+            left = len(set(self.targets) - set(new))
+            log.info(
+                "server discovery changed",
+                extra={
+                    "discovery": entry.name,
+                    "servers": len(new),
+                    "joined": joined,
+                    "left": left,
+                },
+            )
+        self.targets = new
+        self.refreshed = True
+        return changed
+
+    def start(self) -> None:
+        """Refresh every `refresh_interval` in a task of its own."""
+        self._task = asyncio.create_task(self._loop(), name=f"discovery {self.entry.name}")
+
+    async def stop(self) -> None:
+        """Cancel the task and wait for it."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.entry.refresh_interval)
+            if await self.refresh():
+                self._on_change()

@@ -1,0 +1,1 @@
+"""`/metrics`: the family table, the cached renderer, content negotiation. No I/O."""

@@ -1,0 +1,229 @@
+"""The cached renderer behind `/metrics`: exposition bytes without re-rendering what is unchanged.
+
+A scrape of 1,000 pairs is about 57,000 samples; building `Metric` objects and formatting
+each sample through prometheus_client costs 0.4 s (text) to 0.65 s (OpenMetrics) of CPU, on
+the event loop. `Exposition` keeps every pair's rendered lines per family together with the
+values they came from; a scrape reads each pair's values (one small tuple per family),
+re-renders only what changed, and joins bytes. The bytes are identical to what
+prometheus_client's `generate_latest` (or its OpenMetrics twin) writes for the same state;
+tests compare them.
+
+The renderer writes exactly two formats (`Format`), so everything it caches is bounded: a
+request never adds an entry. Which format a request gets is the handler's business
+(`exporter.metrics.scrape`).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Final
+
+from prometheus_client.exposition import generate_latest as text_generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as om_generate_latest
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from exporter.metrics.families import (
+    PAIR_FAMILIES,
+    cumulative,
+    empty_family,
+    model_digest,
+    model_info_family,
+    own_families,
+    server_families,
+    server_key,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection, Iterator
+
+    from prometheus_client.core import Metric
+
+    from exporter.metrics.families import Family, Values
+    from exporter.state.pairs import ExporterState, PairState
+
+
+class Format(enum.Enum):
+    """The two exposition formats the renderer writes."""
+
+    TEXT = "text"
+    """The Prometheus text format 0.0.4 (also what text/plain 1.0.0 writes for our names)."""
+    OPENMETRICS = "openmetrics"
+    """OpenMetrics 1.0.0 (`# EOF` at the end)."""
+
+
+_ENCODERS: Final[dict[Format, Callable[[Collector], bytes]]] = {
+    Format.TEXT: text_generate_latest,
+    Format.OPENMETRICS: om_generate_latest,
+}
+
+
+def sample_names(family: Family) -> frozenset[str]:
+    """Every name a `name[]` filter may use for `family`: its own and its samples'."""
+    if family.kind == "counter":
+        return frozenset({family.name, family.name + "_total"})
+    if family.kind == "histogram":
+        suffixes = ("", "_bucket", "_count", "_sum")
+        return frozenset(family.name + suffix for suffix in suffixes)
+    return frozenset({family.name})
+
+
+_FAMILY_NAMES: Final = tuple(sample_names(family) for family in PAIR_FAMILIES)
+_MODEL_INFO: Final = "ollama_pull_model_info"
+
+
+class _Fixed(Collector):
+    """A collector over families already built (to reuse the library's encoders)."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        """The families, as given."""
+        return iter(self._metrics)
+
+
+def _escape(value: str) -> str:
+    """A label value as both text formats write it."""
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+_UNSET: Final = object()
+_go: Final[Callable[[float], str]] = floatToGoString
+"""prometheus_client's own value formatting (Go's float format), typed."""
+
+
+class _Cached:
+    """One pair's rendered lines, per family, with the values they were rendered from."""
+
+    __slots__ = ("digest", "info", "lines", "model", "pair", "server", "values")
+
+    def __init__(self, pair: PairState) -> None:
+        self.pair = pair
+        self.server = _escape(pair.server)
+        self.model = _escape(pair.model)
+        count = len(PAIR_FAMILIES)
+        self.values: list[object] = [_UNSET] * count
+        self.lines: list[bytes] = [b""] * count
+        self.digest: object = _UNSET
+        self.info = b""
+        """The pair's `ollama_pull_model_info` line, rendered from `digest`."""
+
+    def render_info(self, digest: str | None) -> bytes:
+        """The `ollama_pull_model_info` line (labels sorted by name, as the library writes)."""
+        if digest is None:
+            return b""
+        labels = f'digest="{_escape(digest)}",model="{self.model}",server="{self.server}"'
+        return f"{_MODEL_INFO}{{{labels}}} {_go(1)}\n".encode()
+
+    def render(self, family: Family, values: Values) -> bytes:
+        """The sample lines of `family` for this pair (same bytes as prometheus_client)."""
+        if values is None:
+            return b""
+        pair = f'model="{self.model}",server="{self.server}"'
+        name = family.name
+        if family.kind == "counter":
+            name += "_total"
+        if family.kind == "histogram":
+            lines = [
+                f'{name}_bucket{{le="{bound}",{pair}}} {_go(count)}\n'
+                for bound, count in cumulative(values[:-1])
+            ]
+            lines.append(f"{name}_count{{{pair}}} {_go(sum(values[:-1]))}\n")
+            lines.append(f"{name}_sum{{{pair}}} {_go(values[-1])}\n")
+        elif family.extra is None:
+            lines = [f"{name}{{{pair}}} {_go(values[0])}\n"]
+        else:
+            label, extras = family.extra
+            # Labels sorted by name, as the library writes them: model < phase/reason < server.
+            lines = [
+                f'{name}{{model="{self.model}",{label}="{_escape(extra)}",server="{self.server}"}}'
+                f" {_go(value)}\n"
+                for extra, value in zip(extras, values, strict=True)
+            ]
+        return "".join(lines).encode()
+
+
+class Exposition:
+    """`/metrics` bytes for `ExporterState`, re-rendering only the series whose values changed."""
+
+    def __init__(self, state: ExporterState) -> None:
+        self._state = state
+        self._ids: list[int] = []
+        self._cached: list[_Cached] = []
+        self._headers = {each: _family_headers(each) for each in Format}
+        """`# HELP`/`# TYPE` of each pair family per format: fixed, written once."""
+        self._info_headers = {each: _headers(each, model_info_family(())) for each in Format}
+        self._servers: dict[Format, tuple[object, bytes]] = {}
+        """The per-server families' bytes per format, with the `server_key` they show."""
+
+    def render(self, fmt: Format, names: Collection[str] | None = None) -> bytes:
+        """The whole exposition in `fmt`; with `names`, only the families they name.
+
+        A family is kept when `names` holds its name or one of its sample names
+        (`ollama_pull_runs`, `ollama_pull_runs_total`, `ollama_pull_duration_seconds_bucket`).
+        """
+        wanted = None if names is None else frozenset(names)
+        cached = self._refresh()
+        parts: list[bytes] = []
+        for index, header in enumerate(self._headers[fmt]):
+            if wanted is None or not wanted.isdisjoint(_FAMILY_NAMES[index]):
+                parts.append(header)
+                parts.extend([entry.lines[index] for entry in cached])
+        if wanted is None or _MODEL_INFO in wanted:
+            parts.append(self._info_headers[fmt])
+            parts.extend([entry.info for entry in cached])
+        # The per-server and exporter-wide families go through the library itself (`# EOF`
+        # included); the per-server ones only when one of their values changed.
+        own = list(own_families(self._state))
+        if wanted is None:
+            parts.append(self._server_bytes(fmt))
+        else:
+            own = [m for m in server_families(self._state) if _named(m, wanted)] + [
+                m for m in own if _named(m, wanted)
+            ]
+        parts.append(_ENCODERS[fmt](_Fixed(own)))
+        return b"".join(parts)
+
+    def _server_bytes(self, fmt: Format) -> bytes:
+        key = server_key(self._state)
+        cached = self._servers.get(fmt)
+        if cached is None or cached[0] != key:
+            body = _ENCODERS[fmt](_Fixed(list(server_families(self._state))))
+            cached = self._servers[fmt] = (key, body.removesuffix(b"# EOF\n"))
+        return cached[1]
+
+    def _refresh(self) -> list[_Cached]:
+        pairs = list(self._state.pairs.values())
+        ids = list(map(id, pairs))  # the cache holds the pairs, so ids are not reused
+        if ids != self._ids:
+            known = {id(entry.pair): entry for entry in self._cached}
+            self._cached = [known.get(id(pair)) or _Cached(pair) for pair in pairs]
+            self._ids = ids
+        families = tuple(enumerate(PAIR_FAMILIES))
+        for entry in self._cached:
+            pair, seen, lines = entry.pair, entry.values, entry.lines
+            for index, family in families:
+                values = family.values(pair)
+                if values != seen[index]:
+                    seen[index] = values
+                    lines[index] = entry.render(family, values)
+            digest = model_digest(pair)
+            if digest != entry.digest:
+                entry.digest = digest
+                entry.info = entry.render_info(digest)
+        return self._cached
+
+
+def _named(metric: Metric, wanted: frozenset[str]) -> bool:
+    return metric.name in wanted or any(sample.name in wanted for sample in metric.samples)
+
+
+def _family_headers(fmt: Format) -> tuple[bytes, ...]:
+    """`# HELP` and `# TYPE` of each pair family, written by the library itself."""
+    return tuple(_headers(fmt, empty_family(family)) for family in PAIR_FAMILIES)
+
+
+def _headers(fmt: Format, empty: Metric) -> bytes:
+    """`# HELP` and `# TYPE` of a family without samples, as the library writes them."""
+    return _ENCODERS[fmt](_Fixed([empty])).removesuffix(b"# EOF\n")

@@ -1,0 +1,1 @@
+"""When pulls run: the next-run math and the loop that starts runs."""

@@ -1,0 +1,1 @@
+"""What the exporter knows in memory: pairs, holdings, rates, run history and transcripts."""

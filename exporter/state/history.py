@@ -1,0 +1,348 @@
+"""Run history: the last `history_limit` runs of every pair, with their transcripts.
+
+The scheduler reserves an `ActiveRun` (its id is known before the run waits for its server's
+limit, so `POST /api/v1/pulls` can answer with it), `run_pull` binds it to the run's progress
+and feeds it the stream's chunks, and the scheduler finishes it with the run's result. A finished
+run becomes a `RunRecord`: plain numbers, the redacted error text and the transcript, compressed.
+
+Without `--storage.path` the records live in memory: a deque per pair plus a global budget for
+transcripts, so a fleet of a thousand pairs with long histories cannot exhaust memory (the oldest
+transcripts are dropped first, their runs stay). With it they live in the SQLite file
+(`exporter.storage.run_history`), and only the last record of each pair is kept in memory for
+the status.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+import logging
+import time
+import zlib
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+
+from exporter.state.transcript import (
+    RAW_MAGIC,
+    Redactor,
+    Transcript,
+    TranscriptLine,
+    TranscriptText,
+    unpack_raw,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    from exporter.config.loader import Config
+    from exporter.ollama.progress import RunProgress
+    from exporter.state.pairs import PairState, RunResult
+    from exporter.storage.run_history import HistoryDB
+
+log = logging.getLogger("exporter.history")
+
+DEFAULT_LIMIT: Final = 100
+MEMORY_TRANSCRIPT_BUDGET: Final = 64 << 20
+"""Bytes of compressed transcripts kept in memory (about 10,000 long runs)."""
+ERROR_LIMIT: Final = 2048
+"""Characters of a run's error text kept."""
+
+
+class Trigger(enum.Enum):
+    """Why a run started; the values are the API's `trigger` values."""
+
+    SCHEDULE = "schedule"
+    START = "start"
+    API = "api"
+
+
+@dataclass(slots=True, eq=False)
+class ActiveRun:
+    """A run that has an id but no result yet: queued for its server's limit, or streaming."""
+
+    id: int
+    server: str
+    model: str
+    trigger: Trigger
+    requested_at: float
+    started_at: float | None = None
+    """Unix time the request went out; None while queued."""
+    progress: RunProgress | None = None
+    transcript: Transcript | None = None
+
+    def begin(self, progress: RunProgress, started_at: float) -> Transcript:
+        """The run starts streaming now; returns the transcript to feed with its chunks."""
+        self.progress = progress
+        self.started_at = started_at
+        self.transcript = Transcript(progress.started_at)
+        return self.transcript
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """A finished run as the API shows it; `transcript` is compressed (see `pack`)."""
+
+    id: int
+    server: str
+    model: str
+    trigger: str
+    started_at: float
+    ended_at: float
+    duration_seconds: float
+    success: bool
+    reason: str | None
+    error: str
+    downloaded_bytes: int
+    reused_bytes: int
+    phase_seconds: dict[str, float]
+    transcript: bytes | None = field(default=None, repr=False)
+    """None: not loaded (a listing) or dropped from memory (over the budget)."""
+
+
+_LineTuple = tuple[float, str, int]
+_encoder: Final = msgspec.json.Encoder()
+_decoder: Final = msgspec.json.Decoder(tuple[int, list[_LineTuple]])
+
+
+def pack(text: TranscriptText) -> bytes:
+    """A transcript as compact bytes: zlib over JSON `[omitted, [[t, line, cut], ...]]`."""
+    rows = [(line.t, line.line, line.cut) for line in text.lines]
+    return zlib.compress(_encoder.encode((text.omitted, rows)), 1)
+
+
+def unpack(blob: bytes) -> TranscriptText:
+    """The inverse of `pack` and of `Transcript.pack_raw`; ValueError on bytes that are not one."""
+    if blob.startswith(RAW_MAGIC):
+        return unpack_raw(blob)
+    try:
+        omitted, rows = _decoder.decode(zlib.decompress(blob))
+    except (zlib.error, msgspec.DecodeError) as exc:
+        raise ValueError(f"not a packed transcript: {exc}") from None
+    return TranscriptText(tuple(TranscriptLine(t, line, cut) for t, line, cut in rows), omitted)
+
+
+def _newest_first(run: RunRecord | ActiveRun) -> int:
+    return -run.id
+
+
+class History:
+    """Every run with an id: the active ones and the last `limit` finished ones per pair."""
+
+    def __init__(
+        self,
+        limit: int = DEFAULT_LIMIT,
+        db: HistoryDB | None = None,
+        redact: Redactor | None = None,
+    ) -> None:
+        self.limit = limit
+        self.redact = redact or Redactor()
+        self._db = db
+        self.active: dict[int, ActiveRun] = {}
+        self._pairs: dict[tuple[str, str], deque[RunRecord]] = {}
+        self._last: dict[tuple[str, str], RunRecord] = {}
+        self._budget: OrderedDict[int, tuple[tuple[str, str], int]] = OrderedDict()
+        self._budget_bytes = 0
+        self._unwritten: dict[int, tuple[int, RunRecord]] = {}
+        """With a db: records handed to its writer thread and maybe not stored yet."""
+        self._where: dict[int, tuple[str, str]] = {}
+        """The pair of every record in memory, by id."""
+        first = 1
+        if db is not None:
+            for record in db.latest_per_pair():
+                self._last[record.server, record.model] = record
+            first = db.max_id() + 1
+        self._ids = itertools.count(first)
+
+    def close(self) -> None:
+        """Store what is still queued and close the db, if there is one."""
+        if self._db is not None:
+            self._db.close()
+
+    def configure(self, config: Config) -> None:
+        """Take the limit and the secrets of a (re)loaded config."""
+        self.redact = Redactor.for_config(config)
+        limit = config.history_limit
+        if limit != self.limit:
+            self.limit = limit
+            for key, records in self._pairs.items():
+                while len(records) > limit:
+                    gone = records.popleft().id
+                    self._where.pop(gone, None)
+                    self._forget(gone)
+                self._pairs[key] = deque(records, maxlen=limit)
+
+    def reserve(self, server: str, model: str, trigger: Trigger) -> ActiveRun:
+        """A new run id for a run about to be started."""
+        active = ActiveRun(next(self._ids), server, model, trigger, time.time())
+        self.active[active.id] = active
+        return active
+
+    def abandon(self, active: ActiveRun) -> None:
+        """The run was cancelled (shutdown, reload) before it ended: no record."""
+        self.active.pop(active.id, None)
+
+    def finish(self, active: ActiveRun, result: RunResult, pair: PairState) -> RunRecord | None:
+        """Record a run that ended with `result`; `pair.last` holds its numbers."""
+        self.active.pop(active.id, None)
+        last, progress = pair.last, active.progress
+        if last is None or progress is None or active.started_at is None:
+            return None
+        redact = self.redact
+        transcript = active.transcript
+        packed = transcript.pack_raw(redact) if transcript is not None else None
+        if packed is None:
+            text = transcript.text(redact) if transcript is not None else TranscriptText((), 0)
+            packed = pack(text)
+        record = RunRecord(
+            id=active.id,
+            server=active.server,
+            model=active.model,
+            trigger=active.trigger.value,
+            started_at=active.started_at,
+            ended_at=last.ended_at,
+            duration_seconds=last.duration,
+            success=result.succeeded,
+            reason=None if result.reason is None else result.reason.value,
+            error="" if result.succeeded else redact(result.detail)[:ERROR_LIMIT],
+            downloaded_bytes=last.downloaded_bytes,
+            reused_bytes=progress.reused_bytes,
+            phase_seconds={phase.value: seconds for phase, seconds in last.phase_durations.items()},
+            transcript=packed,
+        )
+        key = (record.server, record.model)
+        self._last[key] = replace(record, transcript=None)
+        if self._db is not None:
+            self._unwritten[record.id] = (self._db.insert(record, keep=self.limit), record)
+        else:
+            self._remember(key, record)
+        return record
+
+    def _remember(self, key: tuple[str, str], record: RunRecord) -> None:
+        records = self._pairs.get(key)
+        if records is None:
+            records = self._pairs[key] = deque(maxlen=self.limit)
+        while records and len(records) >= self.limit:
+            gone = records.popleft().id
+            self._where.pop(gone, None)
+            self._forget(gone)
+        records.append(record)
+        self._where[record.id] = key
+        size = len(record.transcript or b"")
+        self._budget[record.id] = (key, size)
+        self._budget_bytes += size
+        while self._budget_bytes > MEMORY_TRANSCRIPT_BUDGET and len(self._budget) > 1:
+            old_id, (old_key, _) = next(iter(self._budget.items()))
+            self._forget(old_id)
+            kept = self._pairs[old_key]
+            for index, old in enumerate(kept):
+                if old.id == old_id:
+                    kept[index] = replace(old, transcript=None)
+                    break
+
+    def _forget(self, run_id: int) -> None:
+        entry = self._budget.pop(run_id, None)
+        if entry is not None:
+            self._budget_bytes -= entry[1]
+
+    def last_record(self, server: str, model: str) -> RunRecord | None:
+        """The pair's last finished run (without its transcript)."""
+        return self._last.get((server, model))
+
+    def runs(
+        self,
+        *,
+        server: str | None = None,
+        model: str | None = None,
+        success: bool | None = None,
+        limit: int = 50,
+    ) -> list[RunRecord | ActiveRun]:
+        """The newest runs first, at most `limit`; active ones too unless `success` filters."""
+        active = sorted(
+            (
+                run
+                for run in self.active.values()
+                if (server is None or run.server == server)
+                and (model is None or run.model == model)
+            ),
+            key=lambda run: -run.id,
+        )
+        if success is not None:
+            active = []
+        if self._db is not None:
+            self._drop_written()
+            stored = self._db.query(
+                server=server, model=model, success=success, limit=limit + len(self._unwritten)
+            )
+            ids = {record.id for record in stored}
+            fresh = sorted(
+                (
+                    replace(record, transcript=None)
+                    for _, record in self._unwritten.values()
+                    if record.id not in ids
+                    and (server is None or record.server == server)
+                    and (model is None or record.model == model)
+                    and (success is None or record.success == success)
+                ),
+                key=_newest_first,
+            )
+            finished: Iterable[RunRecord] = heapq.merge(fresh, stored, key=_newest_first)
+        else:
+            finished = self._memory_runs(server, model, success)
+        merged: Iterable[RunRecord | ActiveRun] = heapq.merge(active, finished, key=_newest_first)
+        return list(itertools.islice(self._within_limit(merged), limit))
+
+    def _within_limit(
+        self, runs: Iterable[RunRecord | ActiveRun]
+    ) -> Iterator[RunRecord | ActiveRun]:
+        """Finished runs beyond a pair's `limit` newest (not pruned from the table yet) skipped."""
+        seen: dict[tuple[str, str], int] = {}
+        for run in runs:
+            if isinstance(run, RunRecord):
+                key = (run.server, run.model)
+                seen[key] = count = seen.get(key, 0) + 1
+                if count > self.limit:
+                    continue
+            yield run
+
+    def _drop_written(self) -> None:
+        """Forget queued records the writer has stored: the table has them (or pruned them)."""
+        if self._db is None or not self._unwritten:
+            return
+        written = self._db.written
+        for run_id in [i for i, (place, _) in self._unwritten.items() if place < written]:
+            del self._unwritten[run_id]
+
+    def _memory_runs(
+        self, server: str | None, model: str | None, success: bool | None
+    ) -> Iterator[RunRecord]:
+        if server is not None and model is not None:
+            groups = [self._pairs.get((server, model), deque())]
+        else:
+            groups = [
+                records
+                for (s, m), records in self._pairs.items()
+                if (server is None or s == server) and (model is None or m == model)
+            ]
+        merged = heapq.merge(*(reversed(group) for group in groups), key=lambda run: -run.id)
+        for record in merged:
+            if success is None or record.success == success:
+                yield replace(record, transcript=None)
+
+    def run(self, run_id: int) -> RunRecord | ActiveRun | None:
+        """One run by id, with its transcript when it is kept."""
+        active = self.active.get(run_id)
+        if active is not None:
+            return active
+        if self._db is not None:
+            self._drop_written()
+            queued = self._unwritten.get(run_id)
+            return queued[1] if queued is not None else self._db.get(run_id)
+        key = self._where.get(run_id)
+        for record in self._pairs.get(key, ()) if key is not None else ():
+            if record.id == run_id:
+                return record
+        return None

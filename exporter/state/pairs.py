@@ -1,0 +1,280 @@
+"""Per-(server, model) live and last-run state: what `/metrics` and `/` read.
+
+Runs write here, scrapes read here; both happen on the one event loop, so plain
+attributes are enough and a scrape never waits on a lock or does I/O. Readers read the
+attributes; writers go through the methods below, so every change has one place to look.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from exporter.ollama.protocol import RUN_PHASES, Phase, Reason
+from exporter.state.holdings import PairHolding, ServerHolding
+
+if TYPE_CHECKING:
+    from exporter.config.loader import Config
+    from exporter.ollama.progress import RunProgress
+
+DURATION_BUCKETS: Final = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)  # fmt: skip  # noqa: E501
+"""Upper bounds of `ollama_pull_duration_seconds` (contract §4): a pull takes seconds to hours."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """How a finished run ended; `reason` is None exactly when it succeeded."""
+
+    reason: Reason | None
+    detail: str = ""
+    """Human text for the log (error line, exception); never a label."""
+
+    @property
+    def succeeded(self) -> bool:
+        """True for a run that saw `{"status":"success"}`."""
+        return self.reason is None
+
+
+@dataclass(frozen=True, slots=True)
+class LastRun:
+    """The numbers of the last finished run, kept until the next one ends."""
+
+    success: bool
+    reason: Reason | None
+    ended_at: float
+    """Unix time."""
+    duration: float
+    phase_durations: dict[Phase, float]
+    downloaded_bytes: int
+    completed_bytes: int
+    expected_bytes: int
+    layers: int
+    layers_completed: int
+
+
+@dataclass(slots=True)
+class DurationHistogram:
+    """Cumulative-free bucket counts; the collector accumulates at scrape time."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, seconds: float) -> None:
+        """Add one successful run's wall time."""
+        self.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.total += seconds
+        self.count += 1
+
+
+@dataclass(slots=True)
+class PairState:
+    """Everything the exporter knows about one (server, model) pair."""
+
+    server: str
+    model: str
+    interval: float
+    runs_total: int = 0
+    failures: dict[Reason, int] = field(default_factory=lambda: dict.fromkeys(Reason, 0))
+    skipped_total: int = 0
+    downloaded_before: int = 0
+    """Downloaded bytes of finished runs; the live run adds its own on top."""
+    regressions_before: int = 0
+    current: RunProgress | None = None
+    last: LastRun | None = None
+    last_success_at: float | None = None
+    next_run_at: float | None = None
+    """Unix time of the next scheduled start."""
+    durations: DurationHistogram = field(default_factory=DurationHistogram)
+    reused_before: int = 0
+    """Bytes of layers finished runs found already present; the live run adds its own."""
+    holding: PairHolding = field(default_factory=PairHolding)
+    """The held copy per the inventory, and the registry's digest in `check` mode."""
+
+    @property
+    def reused_total(self) -> int:
+        """`ollama_pull_reused_bytes_total`, live like the downloaded bytes."""
+        run = self.current
+        return self.reused_before + (run.reused_bytes if run is not None else 0)
+
+    @property
+    def downloaded_total(self) -> int:
+        """`ollama_pull_downloaded_bytes_total`: grows live while a run streams."""
+        run = self.current
+        return self.downloaded_before + (run.downloaded_bytes if run is not None else 0)
+
+    @property
+    def regressions_total(self) -> int:
+        """`ollama_pull_progress_regressions_total`, live like the byte counter."""
+        run = self.current
+        return self.regressions_before + (run.regressions if run is not None else 0)
+
+    @property
+    def phase(self) -> Phase:
+        """The current run's phase, or idle between runs."""
+        run = self.current
+        return run.phase if run is not None else Phase.IDLE
+
+    def schedule(self, next_run_at: float) -> None:
+        """The next scheduled start (Unix time), for `ollama_pull_next_run_timestamp_seconds`."""
+        self.next_run_at = next_run_at
+
+    def skip(self) -> None:
+        """A scheduled start found the previous run still going (`ollama_pull_skipped_total`)."""
+        self.skipped_total += 1
+
+    def restore(self, last: LastRun, last_success_at: float | None) -> bool:
+        """Take a stored last run (`--storage.path`) unless this pair knows a newer one."""
+        changed = False
+        if self.last is None or self.last.ended_at < last.ended_at:
+            self.last = last
+            changed = True
+        if last_success_at is not None and (
+            self.last_success_at is None or self.last_success_at < last_success_at
+        ):
+            self.last_success_at = last_success_at
+            changed = True
+        return changed
+
+    def start_run(self, run: RunProgress) -> None:
+        """A run has started streaming (counted in `ollama_pull_runs_total`)."""
+        self.runs_total += 1
+        self.current = run
+
+    def finish_run(
+        self, run: RunProgress, result: RunResult, *, ended_at: float, duration: float
+    ) -> None:
+        """Fold a finished run into the counters and the last-run gauges."""
+        self.current = None
+        self.downloaded_before += run.downloaded_bytes
+        self.regressions_before += run.regressions
+        self.reused_before += run.reused_bytes
+        if result.reason is None:
+            self.last_success_at = ended_at
+            self.durations.observe(duration)
+        else:
+            self.failures[result.reason] += 1
+        self.last = LastRun(
+            success=result.reason is None,
+            reason=result.reason,
+            ended_at=ended_at,
+            duration=duration,
+            phase_durations={phase: run.phase_durations[phase] for phase in RUN_PHASES},
+            downloaded_bytes=run.downloaded_bytes,
+            completed_bytes=run.completed_bytes,
+            expected_bytes=run.expected_bytes,
+            layers=run.layers,
+            layers_completed=run.layers_completed,
+        )
+
+    def abandon_run(self, run: RunProgress) -> None:
+        """A run cancelled by shutdown or reload: keep its bytes, count no result."""
+        self.current = None
+        self.downloaded_before += run.downloaded_bytes
+        self.regressions_before += run.regressions
+        self.reused_before += run.reused_bytes
+
+
+@dataclass(slots=True)
+class ServerStatus:
+    """What the exporter knows of one server itself, apart from its pairs."""
+
+    version: str | None = None
+    """Ollama's `GET /api/version` answer at the last probe, if it gave one."""
+    problem: str | None = None
+    """Why the last probe failed, for the log and `/`; None when it answered."""
+
+
+@dataclass(slots=True)
+class FleetStatus:
+    """What the shard and discovery gauges read (contract "Many machines")."""
+
+    shard: int = 0
+    total_shards: int = 1
+    configured_pairs: int | None = None
+    """Pairs of the config and discovery before sharding; None: not sharded (= the pairs)."""
+    discovered: dict[str, int] = field(default_factory=dict)
+    """Servers each `server_discovery` entry produced, by entry name."""
+    failures: dict[str, int] = field(default_factory=dict)
+    """Failed refreshes, by entry name (kept across reloads while the entry exists)."""
+
+
+@dataclass(slots=True)
+class ExporterState:
+    """All pairs and servers, in config order, plus the exporter's own status."""
+
+    pairs: dict[tuple[str, str], PairState] = field(default_factory=dict)
+    server_up: dict[str, float | None] = field(default_factory=dict)
+    """1/0 after the first request to a server; None (no series) before it."""
+    servers: dict[str, ServerStatus] = field(default_factory=dict)
+    """Per configured server: what its probe found (version, problem); `server_up` is above."""
+    inventory: dict[str, ServerHolding] = field(default_factory=dict)
+    """Per server with the inventory enabled: its `/api/tags` requests and last good answer."""
+    config_reload_successful: bool = False
+    config_reload_success_at: float | None = None
+    ready: bool = False
+    storage_failures: int = 0
+    fleet: FleetStatus = field(default_factory=FleetStatus)
+    """Shard, pairs before sharding, discovery counts."""
+    """Failed reads and writes of `--storage.path` (a self-metric; runs are unaffected)."""
+
+    def sync(self, config: Config) -> None:
+        """Make `pairs` and `servers` match `config`: new ones start at zero, gone ones vanish.
+
+        Pairs that stay keep their counters; their interval follows the config.
+        """
+        wanted: dict[tuple[str, str], float] = {
+            (server.name, model.name): model.settings.interval
+            for server in config.servers
+            for model in server.models
+        }
+        fresh = {
+            key: self.pairs.get(key) or PairState(server=key[0], model=key[1], interval=interval)
+            for key, interval in wanted.items()
+        }
+        for key, pair in fresh.items():
+            pair.interval = wanted[key]
+        self.pairs.clear()
+        self.pairs.update(fresh)
+        names = [server.name for server in config.servers]
+        kept_up = {name: self.server_up[name] for name in names if name in self.server_up}
+        self.server_up.clear()
+        self.server_up.update(kept_up)
+        self.servers = {name: self.servers.get(name) or ServerStatus() for name in names}
+
+    def server_answered(self, name: str, version: str | None = None) -> None:
+        """`name` answered at the HTTP level (a pull or a probe): `server_up` 1."""
+        self.server_up[name] = 1
+        status = self.servers.setdefault(name, ServerStatus())
+        status.problem = None
+        if version is not None:
+            status.version = version
+
+    def server_unreachable(self, name: str, problem: str = "") -> None:
+        """`name` could not be reached: `server_up` 0."""
+        self.server_up[name] = 0
+        status = self.servers.setdefault(name, ServerStatus())
+        status.problem = problem or "unreachable"
+
+    def config_loaded(self, at: float) -> None:
+        """A config (the first one or a reload) is in force since `at` (Unix time)."""
+        self.config_reload_successful = True
+        self.config_reload_success_at = at
+
+    def config_failed(self) -> None:
+        """A reload failed; the old config stays in force."""
+        self.config_reload_successful = False
+
+    def set_ready(self, ready: bool) -> None:
+        """The scheduler runs (`/-/ready` 200) or has stopped."""
+        self.ready = ready
+
+    def storage_failed(self) -> None:
+        """A read or write of the state file failed (the run itself is unaffected)."""
+        self.storage_failures += 1
+
+
+def sync_pairs(state: ExporterState, config: Config) -> None:
+    """Same as `state.sync(config)`; kept for callers written before the method."""
+    state.sync(config)

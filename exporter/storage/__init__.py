@@ -1,0 +1,1 @@
+"""The `--storage.path` SQLite file: last runs and run history."""

@@ -1,0 +1,390 @@
+"""The operator's JSON API under `/api/v1/` (contract §7), documented in `exporter.web.openapi`.
+
+Every answer is `application/json`; every error is `{"error": "message"}`, including the 404
+and 405 answers of the router under `/api/`. The views (`pair_view`, `run_view`) are plain
+dicts built from the state and the history on the event loop, so the live page renders from
+exactly what the API shows. Nothing here can reach a secret: views hold names, numbers, and
+error texts and transcripts that `exporter.state.history` redacted before storing them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+from aiohttp import web
+
+from exporter.ollama.protocol import RUN_PHASES, Phase
+from exporter.schedule.scheduler import PairBusyError
+from exporter.state.history import ActiveRun, RunRecord, unpack
+from exporter.state.rates import STEP, RateTracker
+from exporter.web.openapi import RUNS_DEFAULT, RUNS_MAX, document
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from exporter.app.runtime import Runtime
+    from exporter.state.history import History
+    from exporter.state.pairs import PairState
+
+Json = dict[str, Any]
+BODY_LIMIT: Final = 64 * 1024
+_encoder: Final = msgspec.json.Encoder()
+
+
+@dataclass(slots=True)
+class Operator:
+    """What the API and the page share: the runtime and the throughput sampler."""
+
+    runtime: Runtime
+    rates: RateTracker = field(default_factory=RateTracker)
+
+
+OPERATOR_KEY: Final = web.AppKey("operator", Operator)
+
+
+def json_response(body: object, status: int = 200) -> web.Response:
+    """An `application/json` answer, encoded once by msgspec."""
+    return web.Response(body=_encoder.encode(body), status=status, content_type="application/json")
+
+
+def error(status: int, message: str) -> web.Response:
+    """The contract's error shape."""
+    return json_response({"error": message}, status)
+
+
+def install(app: web.Application, runtime: Runtime) -> None:
+    """Add the API routes, its error middleware and the throughput sampler to `app`."""
+    app[OPERATOR_KEY] = Operator(runtime)
+    app.middlewares.append(_json_errors)
+    app.cleanup_ctx.append(_sample_rates)
+    app.router.add_get("/api/v1/status", _status)
+    app.router.add_get("/api/v1/runs", _runs)
+    app.router.add_get("/api/v1/runs/{id}", _run)
+    app.router.add_post("/api/v1/pulls", _pull)
+    app.router.add_get("/api/v1/openapi.json", _openapi)
+
+
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Under `/api/`, the router's own errors (404, 405, 413) answer in JSON as well."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if not request.path.startswith("/api/") or exc.status < 400:
+            raise
+        response = error(exc.status, exc.reason)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+
+
+async def _sample_rates(app: web.Application) -> AsyncIterator[None]:
+    operator = app[OPERATOR_KEY]
+
+    async def sample() -> None:
+        while True:
+            operator.rates.sample(operator.runtime.state, time.monotonic())
+            await asyncio.sleep(STEP)
+
+    task = asyncio.create_task(sample(), name="rate sampler")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+# --------------------------------------------------------------------------- views
+
+
+def pair_views(operator: Operator) -> list[Json]:
+    """`/api/v1/status` pairs, in config order."""
+    runtime = operator.runtime
+    history = runtime.history
+    running: dict[tuple[str, str], ActiveRun] = {}
+    if history is not None:
+        for active in history.active.values():
+            if active.progress is not None:
+                running[active.server, active.model] = active
+    now = time.monotonic()
+    server_up = runtime.state.server_up
+    return [
+        pair_view(
+            pair,
+            rates=operator.rates,
+            history=history,
+            active=running.get(key),
+            server_up=server_up.get(pair.server),
+            now=now,
+        )
+        for key, pair in runtime.state.pairs.items()
+    ]
+
+
+def pair_view(
+    pair: PairState,
+    *,
+    rates: RateTracker,
+    history: History | None,
+    active: ActiveRun | None,
+    server_up: float | None,
+    now: float,
+) -> Json:
+    """One pair as the status API shows it."""
+    run = pair.current
+    source = run if run is not None else pair.last
+    rate = eta = None
+    if run is not None:
+        rate = rates.rate((pair.server, pair.model), run, now)
+        remaining = run.expected_bytes - run.completed_bytes
+        if rate and remaining > 0 and run.phase is Phase.DOWNLOAD:
+            eta = round(remaining / rate, 1)
+    holding = pair.holding
+    update = holding.update_available
+    last = pair.last
+    last_view = None
+    if last is not None:
+        record = history.last_record(pair.server, pair.model) if history is not None else None
+        same = record is not None and abs(record.ended_at - last.ended_at) < 1e-3
+        last_view = {
+            "id": record.id if same and record is not None else None,
+            "result": "success" if last.success else "failure",
+            "reason": None if last.reason is None else last.reason.value,
+            "error": record.error or None if same and record is not None else None,
+            "ended_at": last.ended_at,
+            "duration_seconds": round(last.duration, 3),
+            "downloaded_bytes": last.downloaded_bytes,
+        }
+    return {
+        "server": pair.server,
+        "model": pair.model,
+        "phase": pair.phase.value,
+        "in_progress": run is not None,
+        "completed_bytes": source.completed_bytes if source is not None else 0,
+        "expected_bytes": source.expected_bytes if source is not None else 0,
+        "layers": source.layers if source is not None else 0,
+        "layers_completed": source.layers_completed if source is not None else 0,
+        "bytes_per_second": None if rate is None else round(rate, 1),
+        "eta_seconds": eta,
+        "last": last_view,
+        "next_run_at": pair.next_run_at,
+        "mode": "check" if holding.checks is not None else "pull",
+        "digest": holding.digest,
+        "update_available": None if update is None else bool(update),
+        "run_id": active.id if active is not None and run is not None else None,
+        "server_up": None if server_up is None else bool(server_up),
+    }
+
+
+def run_view(run: RunRecord | ActiveRun) -> Json:
+    """One run as `/api/v1/runs` shows it (no transcript)."""
+    if isinstance(run, RunRecord):
+        return {
+            "id": run.id,
+            "server": run.server,
+            "model": run.model,
+            "state": "finished",
+            "trigger": run.trigger,
+            "started_at": run.started_at,
+            "ended_at": run.ended_at,
+            "duration_seconds": round(run.duration_seconds, 3),
+            "result": "success" if run.success else "failure",
+            "reason": run.reason,
+            "error": run.error or None,
+            "downloaded_bytes": run.downloaded_bytes,
+            "reused_bytes": run.reused_bytes,
+            "phase_seconds": {k: round(v, 3) for k, v in run.phase_seconds.items()},
+        }
+    progress = run.progress
+    phases = dict.fromkeys((phase.value for phase in RUN_PHASES), 0.0)
+    duration = None
+    if progress is not None:
+        now = time.monotonic()
+        duration = round(now - progress.started_at, 3)
+        for phase, seconds in progress.phase_durations.items():
+            phases[phase.value] = round(seconds, 3)
+        if progress.phase in progress.phase_durations:
+            elapsed = now - progress.phase_started_at
+            phases[progress.phase.value] = round(phases[progress.phase.value] + elapsed, 3)
+    return {
+        "id": run.id,
+        "server": run.server,
+        "model": run.model,
+        "state": "queued" if progress is None else "running",
+        "trigger": run.trigger.value,
+        "started_at": run.started_at,
+        "ended_at": None,
+        "duration_seconds": duration,
+        "result": None,
+        "reason": None,
+        "error": None,
+        "downloaded_bytes": progress.downloaded_bytes if progress is not None else 0,
+        "reused_bytes": progress.reused_bytes if progress is not None else 0,
+        "phase_seconds": phases,
+    }
+
+
+def run_detail(run: RunRecord | ActiveRun, history: History) -> Json:
+    """One run with its transcript."""
+    view = run_view(run)
+    if isinstance(run, RunRecord):
+        text = unpack(run.transcript) if run.transcript is not None else None
+    else:
+        text = run.transcript.text(history.redact) if run.transcript is not None else None
+    lines = []
+    if text is not None:
+        for line in text.lines:
+            entry: Json = {"t": line.t, "line": line.line}
+            if line.cut:
+                entry["cut"] = line.cut
+            lines.append(entry)
+    view["transcript"] = lines
+    view["transcript_omitted"] = text.omitted if text is not None else 0
+    view["transcript_kept"] = text is not None or isinstance(run, ActiveRun)
+    return view
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+async def _status(request: web.Request) -> web.Response:
+    return json_response({"pairs": pair_views(request.app[OPERATOR_KEY])})
+
+
+class QueryError(ValueError):
+    """A query parameter is malformed; the message says which and why."""
+
+
+def run_filters(query: Any) -> tuple[str | None, str | None, bool | None, int]:  # noqa: ANN401 - a MultiDictProxy
+    """`server`, `model`, `result` and `limit` from a query; raises QueryError."""
+    result = query.get("result")
+    if result not in {None, "success", "failure"}:
+        raise QueryError('result must be "success" or "failure"')
+    text = query.get("limit")
+    limit = RUNS_DEFAULT
+    if text is not None:
+        if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= RUNS_MAX:
+            raise QueryError(f"limit must be an integer from 1 to {RUNS_MAX}")
+        limit = int(text)
+    success = None if result is None else result == "success"
+    return query.get("server"), query.get("model"), success, limit
+
+
+async def _runs(request: web.Request) -> web.Response:
+    history = request.app[OPERATOR_KEY].runtime.history
+    try:
+        server, model, success, limit = run_filters(request.query)
+    except QueryError as exc:
+        return error(400, str(exc))
+    if history is None:
+        return json_response({"runs": []})
+    runs = history.runs(server=server, model=model, success=success, limit=limit)
+    return json_response({"runs": [run_view(run) for run in runs]})
+
+
+def parse_run_id(text: str) -> int | None:
+    """A run id from a path, None when it cannot be one."""
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        return None
+    return int(text)
+
+
+async def _run(request: web.Request) -> web.Response:
+    history = request.app[OPERATOR_KEY].runtime.history
+    run_id = parse_run_id(request.match_info["id"])
+    run = history.run(run_id) if history is not None and run_id is not None else None
+    if run is None or history is None:
+        return error(404, "no such run (the history keeps the last runs of each pair)")
+    return json_response(run_detail(run, history))
+
+
+class _PullRequest(msgspec.Struct, forbid_unknown_fields=True):
+    server: str
+    model: str
+
+
+_pull_decoder: Final = msgspec.json.Decoder(_PullRequest)
+
+
+class ApiError(Exception):
+    """An answer `{"error": message}` with `status`, raised from deep inside a handler."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def read_body(request: web.Request, content_type: str) -> bytes:
+    """The whole body, of `content_type` and at most BODY_LIMIT bytes; raises ApiError."""
+    if request.content_type != content_type:
+        raise ApiError(415, f"send the body as {content_type}")
+    too_large = ApiError(413, f"the body is larger than {BODY_LIMIT} bytes")
+    if request.content_length is not None and request.content_length > BODY_LIMIT:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    while size <= BODY_LIMIT:  # one read returns what has arrived, maybe a part of the body
+        chunk = await request.content.read(BODY_LIMIT + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > BODY_LIMIT:
+        raise too_large
+    return b"".join(chunks)
+
+
+async def _pull_request(request: web.Request) -> _PullRequest:
+    body = await read_body(request, "application/json")
+    try:
+        return _pull_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f'want {{"server": S, "model": M}}: {exc}') from None
+
+
+def require_admin(runtime: Runtime) -> None:
+    """Raise ApiError 403 unless `--web.enable-admin-api` is on."""
+    if not runtime.enable_admin_api:
+        raise ApiError(403, "the admin API is not enabled (start with --web.enable-admin-api)")
+
+
+def start_pull(runtime: Runtime, server: str, model: str) -> ActiveRun:
+    """Start the pair's run now (the API's and the page's "pull now"); raises ApiError."""
+    require_admin(runtime)
+    scheduler = runtime.scheduler
+    if scheduler is None:
+        raise ApiError(503, "the scheduler is not running")
+    try:
+        active = scheduler.pull_now(server, model)
+    except KeyError:
+        raise ApiError(404, f"no configured pair server={server!r} model={model!r}") from None
+    except PairBusyError as exc:
+        raise ApiError(409, str(exc)) from None
+    if active is None:
+        raise ApiError(503, "the run history is not available")
+    return active
+
+
+async def _pull(request: web.Request) -> web.Response:
+    runtime = request.app[OPERATOR_KEY].runtime
+    try:
+        require_admin(runtime)  # before reading the body
+        wanted = await _pull_request(request)
+        active = start_pull(runtime, wanted.server, wanted.model)
+    except ApiError as exc:
+        return error(exc.status, str(exc))
+    response = json_response({"id": active.id}, 202)
+    response.headers["Location"] = f"/api/v1/runs/{active.id}"
+    return response
+
+
+async def _openapi(_: web.Request) -> web.Response:
+    return json_response(document())

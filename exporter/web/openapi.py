@@ -1,0 +1,247 @@
+"""The OpenAPI 3.1 document of `/api/v1/` (served at `/api/v1/openapi.json`).
+
+Written by hand next to `exporter.web.api` so that it says exactly what the handlers do; the tests
+validate every answer against it and let schemathesis probe the running exporter with it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Final
+
+from exporter import __version__
+
+Json = dict[str, Any]
+RUNS_DEFAULT: Final = 50
+"""Runs `/api/v1/runs` answers without `limit`."""
+RUNS_MAX: Final = 1000
+"""The largest `limit` it takes."""
+
+_NUMBER_OR_NULL: Final = {"type": ["number", "null"]}
+_STRING_OR_NULL: Final = {"type": ["string", "null"]}
+_COUNT: Final = {"type": "integer", "minimum": 0}
+_PHASES: Final = ("manifest", "download", "verify", "write", "prune")
+
+
+def _object(properties: Json, *, optional: tuple[str, ...] = ()) -> Json:
+    return {
+        "type": "object",
+        "required": [name for name in properties if name not in optional],
+        "properties": properties,
+        "additionalProperties": False,
+    }
+
+
+def _ref(name: str) -> Json:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: Json, description: str) -> Json:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> Json:
+    return _json(_ref("Error"), description)
+
+
+_LAST_RUN: Final = _object(
+    {
+        "id": {"type": ["integer", "null"], "description": "its id in the history, if kept"},
+        "result": {"enum": ["success", "failure"]},
+        "reason": {**_STRING_OR_NULL, "description": "the failure reason (metric label)"},
+        "error": {**_STRING_OR_NULL, "description": "the error text, secrets redacted"},
+        "ended_at": {"type": "number", "description": "Unix time"},
+        "duration_seconds": {"type": "number", "minimum": 0},
+        "downloaded_bytes": _COUNT,
+    }
+)
+_PAIR: Final = _object(
+    {
+        "server": {"type": "string"},
+        "model": {"type": "string"},
+        "phase": {"enum": ["idle", *_PHASES]},
+        "in_progress": {"type": "boolean"},
+        "completed_bytes": _COUNT,
+        "expected_bytes": _COUNT,
+        "layers": _COUNT,
+        "layers_completed": _COUNT,
+        "bytes_per_second": {
+            **_NUMBER_OR_NULL,
+            "minimum": 0,
+            "description": "over the last 10 s of the running pull, else null",
+        },
+        "eta_seconds": {**_NUMBER_OR_NULL, "minimum": 0, "description": "null when unknown"},
+        "last": {"oneOf": [_ref("LastRun"), {"type": "null"}]},
+        "next_run_at": {**_NUMBER_OR_NULL, "description": "Unix time of the next scheduled run"},
+        "mode": {"enum": ["pull", "check"]},
+        "digest": {**_STRING_OR_NULL, "description": "the held copy's digest, when known"},
+        "update_available": {"type": ["boolean", "null"]},
+        "run_id": {"type": ["integer", "null"], "description": "the running run's id"},
+        "server_up": {"type": ["boolean", "null"], "description": "null before any request"},
+    }
+)
+_RUN_PROPERTIES: Final[Json] = {
+    "id": {"type": "integer", "minimum": 1},
+    "server": {"type": "string"},
+    "model": {"type": "string"},
+    "state": {"enum": ["queued", "running", "finished"]},
+    "trigger": {"enum": ["schedule", "start", "api"]},
+    "started_at": {**_NUMBER_OR_NULL, "description": "Unix time; null while queued"},
+    "ended_at": {**_NUMBER_OR_NULL, "description": "Unix time; null until finished"},
+    "duration_seconds": {**_NUMBER_OR_NULL, "minimum": 0},
+    "result": {"enum": ["success", "failure", None], "description": "null until finished"},
+    "reason": _STRING_OR_NULL,
+    "error": {**_STRING_OR_NULL, "description": "the error text, secrets redacted"},
+    "downloaded_bytes": _COUNT,
+    "reused_bytes": {**_COUNT, "description": "sizes of layers already on the server"},
+    "phase_seconds": {
+        "type": "object",
+        "properties": {phase: {"type": "number", "minimum": 0} for phase in _PHASES},
+        "additionalProperties": False,
+    },
+}
+_LINE: Final = _object(
+    {
+        "t": {"type": "number", "minimum": 0, "description": "seconds since the run started"},
+        "line": {"type": "string", "description": "the raw line (secrets redacted)"},
+        "cut": {"type": "integer", "minimum": 1, "description": "characters not kept"},
+    },
+    optional=("cut",),
+)
+_RUN_DETAIL: Final = _object(
+    {
+        **_RUN_PROPERTIES,
+        "transcript": {
+            "type": "array",
+            "items": _ref("TranscriptLine"),
+            "maxItems": 400,
+            "description": "the first 200 and the last 200 lines as received",
+        },
+        "transcript_omitted": {**_COUNT, "description": "lines left out between them"},
+        "transcript_kept": {
+            "type": "boolean",
+            "description": "false when the transcript was dropped to bound memory",
+        },
+    }
+)
+_RUN_ID_PARAM: Final = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 0},
+}
+
+
+def _paths() -> Json:
+    bad_query = _error("a malformed query parameter")
+    return {
+        "/api/v1/status": {
+            "get": {
+                "operationId": "getStatus",
+                "summary": "every configured pair, live",
+                "responses": {
+                    "200": _json(
+                        _object({"pairs": {"type": "array", "items": _ref("Pair")}}), "the pairs"
+                    )
+                },
+            }
+        },
+        "/api/v1/runs": {
+            "get": {
+                "operationId": "listRuns",
+                "summary": "the most recent runs, newest first",
+                "parameters": [
+                    {"name": "server", "in": "query", "schema": {"type": "string"}},
+                    {"name": "model", "in": "query", "schema": {"type": "string"}},
+                    {"name": "result", "in": "query", "schema": {"enum": ["success", "failure"]}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": RUNS_MAX,
+                            "default": RUNS_DEFAULT,
+                        },
+                    },
+                ],
+                "responses": {
+                    "200": _json(
+                        _object({"runs": {"type": "array", "items": _ref("Run")}}), "the runs"
+                    ),
+                    "400": bad_query,
+                },
+            }
+        },
+        "/api/v1/runs/{id}": {
+            "get": {
+                "operationId": "getRun",
+                "summary": "one run with its transcript",
+                "parameters": [_RUN_ID_PARAM],
+                "responses": {
+                    "200": _json(_ref("RunDetail"), "the run"),
+                    "404": _error("no such run in the history (or not a run id)"),
+                },
+            }
+        },
+        "/api/v1/pulls": {
+            "post": {
+                "operationId": "startPull",
+                "summary": "start a pair's run now (needs --web.enable-admin-api)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": _object(
+                                {"server": {"type": "string"}, "model": {"type": "string"}}
+                            )
+                        }
+                    },
+                },
+                "responses": {
+                    "202": _json(_object({"id": {"type": "integer", "minimum": 1}}), "started"),
+                    "400": _error("the body is not {server, model}"),
+                    "403": _error(
+                        "the admin API is not enabled, or a browser sent the request from "
+                        "another site (Sec-Fetch-Site, Origin)"
+                    ),
+                    "404": _error("no such pair"),
+                    "409": _error("a run of that pair is going"),
+                    "413": _error("the body is too large"),
+                    "415": _error("the body is not application/json"),
+                    "503": _error("the scheduler is not running"),
+                },
+            }
+        },
+        "/api/v1/openapi.json": {
+            "get": {
+                "operationId": "getOpenAPI",
+                "summary": "this document",
+                "responses": {"200": _json({"type": "object"}, "the OpenAPI document")},
+            }
+        },
+    }
+
+
+@functools.cache
+def document() -> Json:
+    """The whole document (built once)."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "ollama-pull-exporter operator API",
+            "version": __version__,
+            "description": "Live pull status, run history with transcripts, and pull now.",
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": {
+                "Error": _object({"error": {"type": "string"}}),
+                "LastRun": _LAST_RUN,
+                "Pair": _PAIR,
+                "Run": _object(_RUN_PROPERTIES),
+                "RunDetail": _RUN_DETAIL,
+                "TranscriptLine": _LINE,
+            }
+        },
+    }
