@@ -9,39 +9,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sqlite3
 import sys
 from typing import TYPE_CHECKING
 
 from exporter import __version__
-from exporter.app import once
-from exporter.app.runtime import Runtime
+from exporter.app import assemble, once
 from exporter.config.loader import ConfigError, load_config
 from exporter.config.webconfig import WebConfig, WebConfigError, load_web_config
 from exporter.core import signals
 from exporter.core.logs import FORMATS, LEVEL_NAMES, setup_logging
-from exporter.fleet.servers import Fleet
 from exporter.fleet.sharding import Shard, ShardError, resolve_shard
-from exporter.metrics.families import build_registry
-from exporter.state.history import History
-from exporter.state.pairs import ExporterState
-from exporter.storage.last_runs import (
-    Store,
-    StoredPair,
-    StoreError,
-    StorePathError,
-    StoreWriter,
-    restore,
-    restore_digests,
-)
-from exporter.storage.run_history import HistoryDB
+from exporter.storage.last_runs import StorePathError
 from exporter.web import listener
-from exporter.web.app import make_app
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    from exporter.config.loader import Config
 
 log = logging.getLogger("exporter")
 
@@ -157,87 +139,25 @@ def _main(args: argparse.Namespace, shard: Shard) -> int:
         found = f" and {len(config.discovery)} server_discovery entries" if config.discovery else ""
         print(f"config OK: {len(config.servers)} servers, {config.model_count} models{found}")  # noqa: T201
         return 0
-    state = ExporterState()
-    writer: StoreWriter | None = None
-    stored: dict[tuple[str, str], StoredPair] = {}
-    digests: dict[tuple[str, str], tuple[str, float | None]] = {}
-    if args.storage_path:
-        try:
-            writer, stored, digests = _open_store(args.storage_path, state)
-        except StorePathError as exc:
-            print(f"--storage.path: {exc}", file=sys.stderr)  # noqa: T201
-            return 1
-    runtime = Runtime(
+    options = assemble.Options(
         config_path=args.config_file,
-        config=config,
-        state=state,
+        shard=shard,
+        storage_path=args.storage_path,
         enable_lifecycle=args.enable_lifecycle,
         enable_admin_api=args.enable_admin_api,
-        save=writer.save if writer is not None else None,
-        save_digest=writer.save_digest if writer is not None else None,
-        fleet=Fleet(shard, state.fleet),
-        stored=stored,
-        exit_on_hang=True,
     )
-    runtime.history = history = _history(config, args.storage_path if writer else None)
-    runtime.apply(config)
-    if stored:
-        restored = restore(state, stored)
-        log.info("state restored", extra={"path": args.storage_path, "pairs": restored})
-    restore_digests(state, digests)
     try:
-        if args.once:
-            return asyncio.run(once.run(runtime))
-        return _serve(args, config, runtime, web_config)
-    finally:
-        history.close()
-        if writer is not None:
-            writer.close()
-
-
-def _history(config: Config, path: str | None) -> History:
-    """The run history: in the state file's table when there is one, else in memory."""
-    if path is None:
-        return History(config.history_limit)
-    try:
-        return History(config.history_limit, HistoryDB.open(path))
-    except sqlite3.Error as exc:
-        log.warning(
-            "cannot keep the run history in the state file; keeping it in memory",
-            extra={"path": path, "error": str(exc)},
-        )
-        return History(config.history_limit)
-
-
-def _open_store(
-    path: str, state: ExporterState
-) -> tuple[
-    StoreWriter, dict[tuple[str, str], StoredPair], dict[tuple[str, str], tuple[str, float | None]]
-]:
-    """The writer for `--storage.path` and what the file holds.
-
-    A file that cannot be used now costs the saved state, never the process.
-    """
-    try:
-        store = Store.open(path)
-    except StorePathError:
-        raise
-    except StoreError as exc:
-        state.storage_failed()
-        log.error(  # noqa: TRY400 - the message says it all
-            "cannot use the state file; running without saved state",
-            extra={"path": path, "error": exc.reason},
-        )
-        return StoreWriter(path, None, on_failure=state.storage_failed), {}, {}
-    stored = store.load()
-    return StoreWriter(path, store, on_failure=state.storage_failed), stored, store.load_digests()
+        with assemble.open_program(options, config) as program:
+            if args.once:
+                return asyncio.run(once.run(program))
+            return _serve(args, program, web_config)
+    except StorePathError as exc:
+        print(f"--storage.path: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
 
 
 def _serve(
-    args: argparse.Namespace,
-    config: Config,
-    runtime: Runtime,
-    web_config: WebConfig | None,
+    args: argparse.Namespace, program: assemble.Program, web_config: WebConfig | None
 ) -> int:
     """Bind, then serve HTTP and run the schedule until SIGTERM or SIGINT.
 
@@ -251,7 +171,8 @@ def _serve(
     except listener.ListenError as exc:
         log.error(str(exc))  # noqa: TRY400 - the reason is the message; no traceback helps
         return 1
-    guard = runtime.connections = listener.ConnectionGuard(fd_limit, runtime.config.model_count)
+    config = program.fleet.effective(program.config)  # this shard's servers, before discovery
+    guard = listener.ConnectionGuard(fd_limit, config.model_count)
     log.info(
         "starting",
         extra={
@@ -265,9 +186,7 @@ def _serve(
             "fd_limit": fd_limit,
         },
     )
-    app = make_app(runtime, build_registry(runtime.state), web_config)
-    ssl_context = web_config.ssl_context() if web_config is not None else None
-    asyncio.run(listener.serve(app, sockets, ssl_context=ssl_context, guard=guard))
+    asyncio.run(assemble.serve(program, web_config, sockets, guard))
     signals.install()  # the loop's handlers are gone: stay in charge until the exit
     log.info("stopped")
     return 0

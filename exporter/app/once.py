@@ -27,7 +27,7 @@ from exporter.state.holdings import CheckResult, InventoryResult
 if TYPE_CHECKING:
     import signal
 
-    from exporter.app.runtime import Runtime
+    from exporter.app.assemble import Program
     from exporter.config.loader import Config, ModelConfig, ServerConfig
     from exporter.state.pairs import ExporterState, LastRun, PairState
 
@@ -73,14 +73,14 @@ class OnceChecks:
         await asyncio.gather(*self._polls.values(), return_exceptions=True)
 
 
-async def run(runtime: Runtime) -> int:
+async def run(program: Program) -> int:
     """Run every pair once and print one line per pair; SIGTERM/SIGINT cancel what is left."""
-    fleet, loaded = runtime.fleet, runtime.loaded
-    if fleet is not None and loaded is not None and loaded.discovery:
-        await fleet.start(loaded, lambda: None)  # one answer of each discovery
-        await fleet.stop()
-        runtime.apply(loaded)
-    config, state = runtime.config, runtime.state
+    if program.config.discovery:
+        await program.fleet.start(program.config, lambda: None)  # one answer of each discovery
+        await program.fleet.stop()
+    runtime = program.runtime()
+    program.first_apply(runtime)
+    config, state = runtime.config, program.state
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     received: list[signal.Signals] = []
@@ -97,16 +97,16 @@ async def run(runtime: Runtime) -> int:
     checked: dict[tuple[str, str], Checked] = {}
     try:
         async with make_session() as session, make_registry_session() as registry:
-            inventory = Inventory(session, state, on_digest=runtime.save_digest)
+            inventory = Inventory(session, state, on_digest=program.save_digest)
             inventory.apply(config, start=False)  # check mode on, no polling loops
             checks = OnceChecks(inventory, Checker(registry))
             checked = checks.done
             scheduler = Scheduler(
                 session,
                 state,
-                on_finished=runtime.save,
+                on_finished=program.save,
                 check=checks.check,
-                history=runtime.history,
+                history=program.history,
             )
             try:
                 await scheduler.run_once(config)

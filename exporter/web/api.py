@@ -27,9 +27,9 @@ from exporter.web.openapi import RUNS_DEFAULT, RUNS_MAX, document
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
-    from exporter.app.runtime import Runtime
     from exporter.state.history import History
     from exporter.state.pairs import PairState
+    from exporter.web.site import PullStarter, Site
 
 Json = dict[str, Any]
 BODY_LIMIT: Final = 64 * 1024
@@ -38,9 +38,9 @@ _encoder: Final = msgspec.json.Encoder()
 
 @dataclass(slots=True)
 class Operator:
-    """What the API and the page share: the runtime and the throughput sampler."""
+    """What the API and the page share: what they may see and do, and the throughput sampler."""
 
-    runtime: Runtime
+    site: Site
     rates: RateTracker = field(default_factory=RateTracker)
 
 
@@ -57,9 +57,9 @@ def error(status: int, message: str) -> web.Response:
     return json_response({"error": message}, status)
 
 
-def install(app: web.Application, runtime: Runtime) -> None:
+def install(app: web.Application, site: Site) -> None:
     """Add the API routes, its error middleware and the throughput sampler to `app`."""
-    app[OPERATOR_KEY] = Operator(runtime)
+    app[OPERATOR_KEY] = Operator(site)
     app.middlewares.append(_json_errors)
     app.cleanup_ctx.append(_sample_rates)
     app.router.add_get("/api/v1/status", _status)
@@ -90,7 +90,7 @@ async def _sample_rates(app: web.Application) -> AsyncIterator[None]:
 
     async def sample() -> None:
         while True:
-            operator.rates.sample(operator.runtime.state, time.monotonic())
+            operator.rates.sample(operator.site.state, time.monotonic())
             await asyncio.sleep(STEP)
 
     task = asyncio.create_task(sample(), name="rate sampler")
@@ -107,15 +107,15 @@ async def _sample_rates(app: web.Application) -> AsyncIterator[None]:
 
 def pair_views(operator: Operator) -> list[Json]:
     """`/api/v1/status` pairs, in config order."""
-    runtime = operator.runtime
-    history = runtime.history
+    site = operator.site
+    history = site.history
     running: dict[tuple[str, str], ActiveRun] = {}
     if history is not None:
         for active in history.active.values():
             if active.progress is not None:
                 running[active.server, active.model] = active
     now = time.monotonic()
-    server_up = runtime.state.server_up
+    server_up = site.state.server_up
     return [
         pair_view(
             pair,
@@ -125,7 +125,7 @@ def pair_views(operator: Operator) -> list[Json]:
             server_up=server_up.get(pair.server),
             now=now,
         )
-        for key, pair in runtime.state.pairs.items()
+        for key, pair in site.state.pairs.items()
     ]
 
 
@@ -279,7 +279,7 @@ def run_filters(query: Any) -> tuple[str | None, str | None, bool | None, int]: 
 
 
 async def _runs(request: web.Request) -> web.Response:
-    history = request.app[OPERATOR_KEY].runtime.history
+    history = request.app[OPERATOR_KEY].site.history
     try:
         server, model, success, limit = run_filters(request.query)
     except QueryError as exc:
@@ -298,7 +298,7 @@ def parse_run_id(text: str) -> int | None:
 
 
 async def _run(request: web.Request) -> web.Response:
-    history = request.app[OPERATOR_KEY].runtime.history
+    history = request.app[OPERATOR_KEY].site.history
     run_id = parse_run_id(request.match_info["id"])
     run = history.run(run_id) if history is not None and run_id is not None else None
     if run is None or history is None:
@@ -350,20 +350,18 @@ async def _pull_request(request: web.Request) -> _PullRequest:
         raise ApiError(400, f'want {{"server": S, "model": M}}: {exc}') from None
 
 
-def require_admin(runtime: Runtime) -> None:
-    """Raise ApiError 403 unless `--web.enable-admin-api` is on."""
-    if not runtime.enable_admin_api:
+def require_admin(site: Site) -> PullStarter:
+    """What starts pulls; raise ApiError 403 unless `--web.enable-admin-api` is on."""
+    if site.pulls is None:
         raise ApiError(403, "the admin API is not enabled (start with --web.enable-admin-api)")
+    return site.pulls
 
 
-def start_pull(runtime: Runtime, server: str, model: str) -> ActiveRun:
+def start_pull(site: Site, server: str, model: str) -> ActiveRun:
     """Start the pair's run now (the API's and the page's "pull now"); raises ApiError."""
-    require_admin(runtime)
-    scheduler = runtime.scheduler
-    if scheduler is None:
-        raise ApiError(503, "the scheduler is not running")
+    pulls = require_admin(site)
     try:
-        active = scheduler.pull_now(server, model)
+        active = pulls.pull_now(server, model)
     except KeyError:
         raise ApiError(404, f"no configured pair server={server!r} model={model!r}") from None
     except PairBusyError as exc:
@@ -374,11 +372,11 @@ def start_pull(runtime: Runtime, server: str, model: str) -> ActiveRun:
 
 
 async def _pull(request: web.Request) -> web.Response:
-    runtime = request.app[OPERATOR_KEY].runtime
+    site = request.app[OPERATOR_KEY].site
     try:
-        require_admin(runtime)  # before reading the body
+        require_admin(site)  # before reading the body
         wanted = await _pull_request(request)
-        active = start_pull(runtime, wanted.server, wanted.model)
+        active = start_pull(site, wanted.server, wanted.model)
     except ApiError as exc:
         return error(exc.status, str(exc))
     response = json_response({"id": active.id}, 202)

@@ -1,7 +1,8 @@
 """The HTTP side: `/metrics`, a status page at `/`, `/-/healthy` and `/-/ready`.
 
-The app owns the lifecycle: the one `ClientSession` and the scheduler (`Runtime.running`)
-start in a cleanup context and are cancelled and awaited when the server stops.
+The app is one component that `exporter.app.assemble` starts after the schedule and stops
+before it; it owns nothing long-lived but its own routes. Handlers see a `Site`: the state and
+run history to read, and only the actions the flags allow.
 """
 
 from __future__ import annotations
@@ -11,28 +12,25 @@ from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
-from exporter.app.runtime import Runtime
-from exporter.clients.pull import make_session
 from exporter.metrics.scrape import make_metrics_handler
 from exporter.web import api, crossorigin, page
 from exporter.web.auth import install
+from exporter.web.site import Site
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from exporter.config.webconfig import WebConfig
     from exporter.metrics.families import PullRegistry
 
 log = logging.getLogger("exporter.web")
 
 
-RUNTIME_KEY: Final = web.AppKey("runtime", Runtime)
+SITE_KEY: Final = web.AppKey("site", Site)
 
 
 def make_app(
-    runtime: Runtime, registry: PullRegistry, web_config: WebConfig | None = None
+    site: Site, registry: PullRegistry, web_config: WebConfig | None = None
 ) -> web.Application:
-    """Build the application; the scheduler starts when the app starts.
+    """Build the application over what `site` lets it see and do.
 
     `web_config` (`--web.config.file`) adds basic auth and response headers to every route.
     """
@@ -40,27 +38,21 @@ def make_app(
     if web_config is not None:
         install(app, web_config)
     crossorigin.install(app)  # after basic auth: a POST from another site's page gets 403
-    app[RUNTIME_KEY] = runtime
-    app.cleanup_ctx.append(_run_scheduler)
+    app[SITE_KEY] = site
     app.router.add_get("/metrics", make_metrics_handler(registry))
     app.router.add_get("/-/healthy", _healthy)
     app.router.add_get("/-/ready", _ready)
     app.router.add_post("/-/reload", _reload)
-    api.install(app, runtime)
+    api.install(app, site)
     page.install(app)  # `/`, `/history`, `/runs/{id}`, `/static/`
     return app
 
 
-async def _run_scheduler(app: web.Application) -> AsyncIterator[None]:
-    async with make_session() as session, app[RUNTIME_KEY].running(session):
-        yield
-
-
 async def _reload(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME_KEY]
-    if not runtime.enable_lifecycle:
+    reloads = request.app[SITE_KEY].reloads
+    if reloads is None:
         return web.Response(status=403, text="Lifecycle API is not enabled.\n")
-    errors = await runtime.reload()
+    errors = await reloads.reload()
     if errors:
         return web.Response(
             status=500, text="\n".join(("failed to reload config:", *errors)) + "\n"
@@ -73,6 +65,6 @@ async def _healthy(_: web.Request) -> web.Response:
 
 
 async def _ready(request: web.Request) -> web.Response:
-    if request.app[RUNTIME_KEY].state.ready:
+    if request.app[SITE_KEY].state.ready:
         return web.Response(text="Ready\n")
     return web.Response(status=503, text="Not ready\n")

@@ -267,8 +267,8 @@ def _filters(servers: Iterable[str], server: str, model: str, state: str) -> str
 
 
 def _servers_html(operator: Operator) -> str:
-    state = operator.runtime.state
-    history = operator.runtime.history
+    state = operator.site.state
+    history = operator.site.history
     rows = []
     for name, status in state.servers.items():
         up = state.server_up.get(name)
@@ -295,12 +295,12 @@ def _servers_html(operator: Operator) -> str:
 
 async def _index(request: web.Request) -> web.Response:
     operator = request.app[OPERATOR_KEY]
-    runtime = operator.runtime
+    site = operator.site
     query = request.query
     server, model, state = query.get("server", ""), query.get("model", ""), query.get("state", "")
     pairs = pair_views(operator)
     now = time.time()
-    admin = runtime.enable_admin_api
+    admin = site.pulls is not None
     rows = "".join(
         _row(pair, now, visible=_matches(pair, server, model, state), admin=admin) for pair in pairs
     )
@@ -310,8 +310,8 @@ async def _index(request: web.Request) -> web.Response:
                      "Last result", "Next run", "Actions")
     )  # fmt: skip
     body = (
-        f"<h1>Pulls</h1>{_summary_html(summary(pairs, runtime.state.server_up))}"
-        f"{_filters(runtime.state.servers, server, model, state)}"
+        f"<h1>Pulls</h1>{_summary_html(summary(pairs, site.state.server_up))}"
+        f"{_filters(site.state.servers, server, model, state)}"
         f'<div class="table-wrap"><table id="pairs" data-admin="{str(admin).lower()}">'
         "<caption>One row per server and model; updated every second with JavaScript on "
         "(reload the page otherwise).</caption>"
@@ -358,10 +358,10 @@ def _runs_table(runs: Iterable[Json], *, pair_columns: bool) -> str:
 
 async def _history(request: web.Request) -> web.Response:
     operator = request.app[OPERATOR_KEY]
-    runtime = operator.runtime
+    site = operator.site
     server, model = request.query.get("server", ""), request.query.get("model", "")
-    history = runtime.history
-    known = (server, model) in runtime.state.pairs
+    history = site.history
+    known = (server, model) in site.state.pairs
     runs = (
         history.runs(server=server or None, model=model or None, limit=history.limit)
         if history is not None
@@ -415,7 +415,7 @@ def _transcript_html(detail: Json) -> str:
 
 
 async def _run(request: web.Request) -> web.Response:
-    history = request.app[OPERATOR_KEY].runtime.history
+    history = request.app[OPERATOR_KEY].site.history
     run_id = parse_run_id(request.match_info["id"])
     run = history.run(run_id) if history is not None and run_id is not None else None
     if run is None or history is None:
@@ -486,16 +486,16 @@ async def _form_pair(request: web.Request) -> tuple[str, str]:
 
 async def _pull_now(request: web.Request) -> web.Response:
     """The "pull now" form's target: start the run, then 303 to the pair's history."""
-    runtime = request.app[OPERATOR_KEY].runtime
+    site = request.app[OPERATOR_KEY].site
     server = model = ""
     try:
-        require_admin(runtime)
+        require_admin(site)
         server, model = await _form_pair(request)
-        active = start_pull(runtime, server, model)
+        active = start_pull(site, server, model)
     except ApiError as exc:
         back = (
             f'<a href="{_e(_history_href(server, model))}">History of this pair</a> &middot; '
-            if (server, model) in runtime.state.pairs
+            if (server, model) in site.state.pairs
             else ""
         )
         body = (

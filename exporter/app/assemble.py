@@ -1,0 +1,257 @@
+"""The one place that builds the exporter: each long-lived object once, started, stopped in order.
+
+`open_program` builds what every mode shares (state, the state file, run history, fleet);
+`scheduling` adds what runs in the event loop (sessions, inventory, scheduler, the runtime that
+applies configs) and starts it; `serve` puts the HTTP server on top. Each stops what it started,
+in reverse order and within bounds. Nothing else constructs these objects or reaches into them
+after construction: the HTTP side gets a `Site`, the runtime its `Followers`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sqlite3
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+from exporter.app.runtime import Followers, Runtime
+from exporter.clients.inventory import Inventory
+from exporter.clients.probe import probe_servers
+from exporter.clients.pull import make_session
+from exporter.clients.registry import Checker, make_registry_session
+from exporter.core import signals
+from exporter.fleet.servers import Fleet
+from exporter.metrics.families import build_registry
+from exporter.schedule.scheduler import Scheduler
+from exporter.state.history import History
+from exporter.state.pairs import ExporterState
+from exporter.storage.last_runs import (
+    Store,
+    StoredPair,
+    StoreError,
+    StorePathError,
+    StoreWriter,
+    restore_digests,
+)
+from exporter.storage.run_history import HistoryDB
+from exporter.web import listener
+from exporter.web.app import make_app
+from exporter.web.site import Site
+
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import AsyncIterator, Coroutine, Iterator
+
+    from exporter.config.loader import Config, ServerConfig
+    from exporter.config.webconfig import WebConfig
+    from exporter.fleet.sharding import Shard
+    from exporter.state.pairs import PairState
+
+log = logging.getLogger("exporter")
+
+SHUTDOWN_GRACE: Final = 2.5
+"""Seconds the schedule's shutdown may take before the process exits regardless; with the HTTP
+server's own 2 s this keeps every exit within the 5 s of the contract."""
+
+Digests = dict[tuple[str, str], tuple[str, float | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The command line's part in building the program."""
+
+    config_path: str
+    shard: Shard
+    storage_path: str | None = None
+    enable_lifecycle: bool = False
+    """`POST /-/reload`."""
+    enable_admin_api: bool = False
+    """`POST /api/v1/pulls` and the page's "pull now"."""
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """What every mode shares, built once by `open_program`."""
+
+    options: Options
+    config: Config
+    """The config file as loaded at start-up."""
+    state: ExporterState
+    history: History
+    fleet: Fleet
+    stored: dict[tuple[str, str], StoredPair]
+    digests: Digests
+    writer: StoreWriter | None
+
+    def save(self, pair: PairState) -> None:
+        """Persist a pair's finished run (`--storage.path`); never blocks."""
+        if self.writer is not None:
+            self.writer.save(pair)
+
+    def save_digest(self, pair: PairState) -> None:
+        """Persist a pair's last known digest (`--storage.path`); never blocks."""
+        if self.writer is not None:
+            self.writer.save_digest(pair)
+
+    def runtime(self, followers: Followers | None = None) -> Runtime:
+        """The runtime over this program, with `followers` (none live: `--once`)."""
+        followers = followers or Followers(self.fleet, self.history, self.stored)
+        return Runtime(self.options.config_path, self.config, self.state, followers)
+
+    def first_apply(self, runtime: Runtime) -> None:
+        """Put the start-up config in force; stored last runs and digests come back with it."""
+        runtime.apply(self.config)
+        if self.stored:
+            restored = sum(1 for key in self.stored if key in self.state.pairs)
+            log.info(
+                "state restored",
+                extra={"path": self.options.storage_path, "pairs": restored},
+            )
+        restore_digests(self.state, self.digests)
+
+
+@contextlib.contextmanager
+def open_program(options: Options, config: Config) -> Iterator[Program]:
+    """Build the shared parts; the state file and the history are closed on the way out.
+
+    Raises StorePathError for a `--storage.path` that can never work (a directory, say).
+    """
+    state = ExporterState()
+    writer: StoreWriter | None = None
+    stored: dict[tuple[str, str], StoredPair] = {}
+    digests: Digests = {}
+    if options.storage_path:
+        writer, stored, digests = _open_store(options.storage_path, state)
+    history = _history(config, options.storage_path if writer else None)
+    fleet = Fleet(options.shard, state.fleet)
+    try:
+        yield Program(options, config, state, history, fleet, stored, digests, writer)
+    finally:
+        history.close()
+        if writer is not None:
+            writer.close()
+
+
+class Running(NamedTuple):
+    """The schedule in motion: the runtime that applies configs, and the scheduler."""
+
+    runtime: Runtime
+    scheduler: Scheduler
+
+
+@contextlib.asynccontextmanager
+async def scheduling(
+    program: Program, connections: listener.ConnectionGuard | None = None
+) -> AsyncIterator[Running]:
+    """Start the schedule: sessions, discovery, inventory, scheduler, probes, SIGHUP; ready.
+
+    On the way out, in reverse: not ready, reloads and probes cancelled, discovery, scheduler
+    and inventory stopped, sessions closed; past SHUTDOWN_GRACE the process exits anyway.
+    """
+    state = program.state
+    loop = asyncio.get_running_loop()
+    async with make_session() as session, make_registry_session() as registry:
+        inventory = Inventory(session, state, on_digest=program.save_digest)
+
+        def finished(pair: PairState) -> None:
+            program.save(pair)
+            inventory.after_run(pair)  # a success changed what the server holds: ask now
+
+        def probe(servers: list[ServerConfig]) -> Coroutine[object, object, None]:
+            return probe_servers(session, servers, state)
+
+        scheduler = Scheduler(
+            session,
+            state,
+            on_finished=finished,
+            check=Checker(registry).check,
+            history=program.history,
+        )
+        runtime = program.runtime(
+            Followers(
+                program.fleet,
+                program.history,
+                program.stored,
+                connections=connections,
+                inventory=inventory,
+                scheduler=scheduler,
+                probe=probe,
+            )
+        )
+        await program.fleet.start(program.config, runtime.rediscovered)  # first lists, bounded
+        program.first_apply(runtime)
+        loop.add_signal_handler(signal.SIGHUP, runtime.request_reload)
+        if signals.take_reload_request():  # a SIGHUP during start-up: the file may have changed
+            runtime.request_reload()
+        state.set_ready(True)
+        try:
+            yield Running(runtime, scheduler)
+        finally:
+            state.set_ready(False)
+            deadline = signals.exit_after(SHUTDOWN_GRACE)
+            loop.remove_signal_handler(signal.SIGHUP)
+            signals.remember_reloads()
+            await runtime.stop()
+            await program.fleet.stop()
+            await scheduler.stop()
+            await inventory.stop()
+            deadline.cancel()
+
+
+async def serve(
+    program: Program,
+    web_config: WebConfig | None,
+    sockets: list[socket.socket],
+    connections: listener.ConnectionGuard,
+) -> None:
+    """Run the schedule, and the HTTP server over it, until SIGTERM or SIGINT."""
+    options = program.options
+    async with scheduling(program, connections) as running:
+        site = Site(
+            program.state,
+            program.history,
+            pulls=running.scheduler if options.enable_admin_api else None,
+            reloads=running.runtime if options.enable_lifecycle else None,
+        )
+        app = make_app(site, build_registry(program.state), web_config)
+        ssl_context = web_config.ssl_context() if web_config is not None else None
+        await listener.serve(app, sockets, ssl_context=ssl_context, guard=connections)
+
+
+def _history(config: Config, path: str | None) -> History:
+    """The run history: in the state file's table when there is one, else in memory."""
+    if path is None:
+        return History(config.history_limit)
+    try:
+        return History(config.history_limit, HistoryDB.open(path))
+    except sqlite3.Error as exc:
+        log.warning(
+            "cannot keep the run history in the state file; keeping it in memory",
+            extra={"path": path, "error": str(exc)},
+        )
+        return History(config.history_limit)
+
+
+def _open_store(
+    path: str, state: ExporterState
+) -> tuple[StoreWriter, dict[tuple[str, str], StoredPair], Digests]:
+    """The writer for `--storage.path` and what the file holds.
+
+    A file that cannot be used now costs the saved state, never the process.
+    """
+    try:
+        store = Store.open(path)
+    except StorePathError:
+        raise
+    except StoreError as exc:
+        state.storage_failed()
+        log.error(  # noqa: TRY400 - the message says it all
+            "cannot use the state file; running without saved state",
+            extra={"path": path, "error": exc.reason},
+        )
+        return StoreWriter(path, None, on_failure=state.storage_failed), {}, {}
+    stored = store.load()
+    return StoreWriter(path, store, on_failure=state.storage_failed), stored, store.load_digests()
