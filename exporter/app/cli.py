@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sqlite3
 import sys
 from typing import TYPE_CHECKING
 
@@ -25,16 +24,9 @@ from exporter.fleet.sharding import Shard, ShardError, resolve_shard
 from exporter.metrics.families import build_registry
 from exporter.state.history import History
 from exporter.state.pairs import ExporterState
-from exporter.storage.last_runs import (
-    Store,
-    StoredPair,
-    StoreError,
-    StorePathError,
-    StoreWriter,
-    restore,
-    restore_digests,
-)
-from exporter.storage.run_history import HistoryDB
+from exporter.storage.database import StorePathError
+from exporter.storage.last_runs import restore, restore_digests
+from exporter.storage.store import Storage
 from exporter.web import listener
 from exporter.web.app import make_app
 
@@ -158,12 +150,10 @@ def _main(args: argparse.Namespace, shard: Shard) -> int:
         print(f"config OK: {len(config.servers)} servers, {config.model_count} models{found}")  # noqa: T201
         return 0
     state = ExporterState()
-    writer: StoreWriter | None = None
-    stored: dict[tuple[str, str], StoredPair] = {}
-    digests: dict[tuple[str, str], tuple[str, float | None]] = {}
+    storage: Storage | None = None
     if args.storage_path:
         try:
-            writer, stored, digests = _open_store(args.storage_path, state)
+            storage = Storage.open(args.storage_path, on_failure=state.storage_failed)
         except StorePathError as exc:
             print(f"--storage.path: {exc}", file=sys.stderr)  # noqa: T201
             return 1
@@ -173,64 +163,32 @@ def _main(args: argparse.Namespace, shard: Shard) -> int:
         state=state,
         enable_lifecycle=args.enable_lifecycle,
         enable_admin_api=args.enable_admin_api,
-        save=writer.save if writer is not None else None,
-        save_digest=writer.save_digest if writer is not None else None,
+        save=storage.save if storage is not None else None,
+        save_digest=storage.save_digest if storage is not None else None,
         fleet=Fleet(shard, state.fleet),
-        stored=stored,
+        stored=storage.stored if storage is not None else {},
         exit_on_hang=True,
     )
-    runtime.history = history = _history(config, args.storage_path if writer else None)
+    backend = storage.history if storage is not None else None
+    runtime.history = History(config.history_limit, backend)
     runtime.apply(config)
-    if stored:
-        restored = restore(state, stored)
-        log.info("state restored", extra={"path": args.storage_path, "pairs": restored})
-    restore_digests(state, digests)
+    if storage is not None:
+        _restore(state, storage)
     try:
         if args.once:
             return asyncio.run(once.run(runtime))
         return _serve(args, config, runtime, web_config)
     finally:
-        history.close()
-        if writer is not None:
-            writer.close()
+        if storage is not None:
+            storage.close()
 
 
-def _history(config: Config, path: str | None) -> History:
-    """The run history: in the state file's table when there is one, else in memory."""
-    if path is None:
-        return History(config.history_limit)
-    try:
-        return History(config.history_limit, HistoryDB.open(path))
-    except sqlite3.Error as exc:
-        log.warning(
-            "cannot keep the run history in the state file; keeping it in memory",
-            extra={"path": path, "error": str(exc)},
-        )
-        return History(config.history_limit)
-
-
-def _open_store(
-    path: str, state: ExporterState
-) -> tuple[
-    StoreWriter, dict[tuple[str, str], StoredPair], dict[tuple[str, str], tuple[str, float | None]]
-]:
-    """The writer for `--storage.path` and what the file holds.
-
-    A file that cannot be used now costs the saved state, never the process.
-    """
-    try:
-        store = Store.open(path)
-    except StorePathError:
-        raise
-    except StoreError as exc:
-        state.storage_failed()
-        log.error(  # noqa: TRY400 - the message says it all
-            "cannot use the state file; running without saved state",
-            extra={"path": path, "error": exc.reason},
-        )
-        return StoreWriter(path, None, on_failure=state.storage_failed), {}, {}
-    stored = store.load()
-    return StoreWriter(path, store, on_failure=state.storage_failed), stored, store.load_digests()
+def _restore(state: ExporterState, storage: Storage) -> None:
+    """Give the configured pairs what the state file held at start-up."""
+    if storage.stored:
+        restored = restore(state, storage.stored)
+        log.info("state restored", extra={"path": str(storage.path), "pairs": restored})
+    restore_digests(state, storage.digests)
 
 
 def _serve(
