@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sqlite3
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -11,10 +11,10 @@ import pytest
 from exporter.ollama.progress import RunProgress
 from exporter.ollama.protocol import LineDecoder, Reason
 from exporter.state import history as history_module
-from exporter.state.history import History, RunRecord, Trigger, pack, unpack
+from exporter.state.history import ActiveRun, History, RunRecord, Trigger, pack, unpack
 from exporter.state.pairs import PairState, RunResult
 from exporter.state.transcript import RAW_MAGIC, Redactor, TranscriptLine, TranscriptText
-from exporter.storage.run_history import HistoryDB
+from exporter.storage.store import Storage
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -40,6 +40,24 @@ def run_once(
     progress.finish(now + 0.3, succeeded=result.succeeded)
     pair.finish_run(progress, result, ended_at=time.time(), duration=0.3)
     return history.finish(active, result, pair)
+
+
+def runs(
+    history: History,
+    *,
+    server: str | None = None,
+    model: str | None = None,
+    success: bool | None = None,
+    limit: int = 50,
+) -> list[int]:
+    """The ids `History.runs` lists, read as the API does (a coroutine)."""
+    listed = history.runs(server=server, model=model, success=success, limit=limit)
+    return [run.id for run in asyncio.run(listed)]
+
+
+def run(history: History, run_id: int) -> RunRecord | ActiveRun | None:
+    """`History.run`, as the API calls it."""
+    return asyncio.run(history.run(run_id))
 
 
 def test_pack_round_trip_and_garbage() -> None:
@@ -71,12 +89,12 @@ def test_memory_history_keeps_the_last_limit_runs_per_pair() -> None:
     for _ in range(5):
         run_once(history, a)
     run_once(history, b, error="boom")
-    assert [run.id for run in history.runs(server="s", model="a")] == [5, 4, 3]
-    assert [run.id for run in history.runs()] == [6, 5, 4, 3]
-    assert [run.id for run in history.runs(success=False)] == [6]
-    assert [run.id for run in history.runs(limit=2)] == [6, 5]
-    assert history.run(1) is None
-    record = history.run(6)
+    assert runs(history, server="s", model="a") == [5, 4, 3]
+    assert runs(history) == [6, 5, 4, 3]
+    assert runs(history, success=False) == [6]
+    assert runs(history, limit=2) == [6, 5]
+    assert run(history, 1) is None
+    record = run(history, 6)
     assert isinstance(record, RunRecord)
     assert record.error == "boom"
     assert record.reused_bytes == 10
@@ -89,10 +107,10 @@ def test_active_runs_are_listed_first_and_abandoned_ones_vanish() -> None:
     pair = PairState("s", "a", 60.0)
     run_once(history, pair)
     active = history.reserve("s", "a", Trigger.API)
-    assert [run.id for run in history.runs()] == [2, 1]
-    assert history.runs(success=True)[0].id == 1
+    assert runs(history) == [2, 1]
+    assert runs(history, success=True)[0] == 1
     history.abandon(active)
-    assert [run.id for run in history.runs()] == [1]
+    assert runs(history) == [1]
 
 
 def test_errors_and_transcripts_are_redacted_before_they_are_kept() -> None:
@@ -116,38 +134,29 @@ def test_memory_budget_drops_the_oldest_transcripts_first(
     assert kept
     assert kept == list(range(6 - len(kept), 6))
     assert len(kept) < 5
-    assert [run.id for run in history.runs()] == [5, 4, 3, 2, 1]
+    assert runs(history) == [5, 4, 3, 2, 1]
 
 
 def test_sqlite_history_survives_a_reopen_and_prunes(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
-    history = History(limit=2, db=HistoryDB.open(path))
+    storage = Storage.open(path)
+    history = History(limit=2, db=storage.history)
     pair = PairState("s", "a", 60.0)
     for _ in range(3):
         run_once(history, pair)
     # Listed at once, whether or not the writer thread has stored them yet.
-    assert [run.id for run in history.runs()] == [3, 2]
-    history.close()
-    reopened = History(limit=2, db=HistoryDB.open(path))
-    assert [run.id for run in reopened.runs()] == [3, 2]
+    assert runs(history) == [3, 2]
+    storage.close()
+    storage = Storage.open(path)
+    reopened = History(limit=2, db=storage.history)
+    assert runs(reopened) == [3, 2]
     last = reopened.last_record("s", "a")
     assert last is not None
     assert last.id == 3
-    record = reopened.run(3)
+    record = run(reopened, 3)
     assert isinstance(record, RunRecord)
     assert record.transcript is not None
     assert unpack(record.transcript).lines[0].line == '{"status":"pulling manifest"}'
     assert run_once(reopened, pair) is not None
-    assert [run.id for run in reopened.runs()] == [4, 3]
-    reopened.close()
-
-
-def test_a_history_table_of_another_layout_is_replaced(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    with sqlite3.connect(path) as connection:
-        connection.execute("CREATE TABLE run_history (id INTEGER PRIMARY KEY, other TEXT)")
-        connection.execute("INSERT INTO run_history VALUES (1, 'x')")
-    connection.close()
-    history = History(db=HistoryDB.open(path))
-    assert history.runs() == []
-    history.close()
+    assert runs(reopened) == [4, 3]
+    storage.close()

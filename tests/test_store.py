@@ -1,7 +1,8 @@
-"""Tests for exporter.storage.last_runs: round trips, damaged and foreign files, and a kill -9 mid-run."""
+"""Tests for exporter.storage: round trips, damaged and foreign files, and a kill -9 mid-run."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -12,22 +13,28 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from exporter.ollama.protocol import RUN_PHASES, Phase, Reason
 from exporter.state.pairs import ExporterState, LastRun, PairState
-from exporter.storage import last_runs as store_module
-from exporter.storage.last_runs import (
-    APPLICATION_ID,
-    SCHEMA_VERSION,
-    Store,
-    StoredPair,
-    StorePathError,
-    restore,
-)
+from exporter.storage import schema
+from exporter.storage.database import Database, StorePathError
+from exporter.storage.last_runs import LastRuns, StoredPair, restore
+from exporter.storage.schema import APPLICATION_ID, SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[LastRuns]:
+    """The last-run tables of the file at `path`, closed on the way out."""
+    with Database.open(path) as database:
+        yield LastRuns(database)
 
 
 def _last(n: int, *, reason: Reason | None = None) -> LastRun:
@@ -65,7 +72,7 @@ def _moved(path: Path, kind: str) -> list[Path]:
 
 def test_missing_file_is_created_with_our_ids(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
-    with Store.open(path) as store:
+    with _open(path) as store:
         assert store.load() == {}
     assert path.is_file()
     connection = sqlite3.connect(path)
@@ -82,11 +89,11 @@ def test_round_trip(tmp_path: Path) -> None:
     success = _pair("local", "llama3.2:1b", _last(3), 1_700_000_003.0)
     failure = _pair("gpu-1", "gemma3:270m", _last(5, reason=Reason.DISK_FULL), 1_699_000_000.0)
     never_succeeded = _pair("gpu-1", "qwen3", _last(7, reason=Reason.TIMEOUT), None)
-    with Store.open(path) as store:
+    with _open(path) as store:
         for pair in (success, failure, never_succeeded):
             assert store.save(pair)
         assert not store.save(_pair("gpu-1", "unfinished", None, None))
-    with Store.open(path) as store:
+    with _open(path) as store:
         stored = store.load()
     assert stored == {
         ("local", "llama3.2:1b"): StoredPair(_last(3), 1_700_000_003.0),
@@ -98,14 +105,14 @@ def test_round_trip(tmp_path: Path) -> None:
 
 
 def test_save_replaces_the_previous_run(tmp_path: Path) -> None:
-    with Store.open(tmp_path / "state.db") as store:
+    with _open(tmp_path / "state.db") as store:
         store.save(_pair("s", "m", _last(1), 1.0))
         store.save(_pair("s", "m", _last(2, reason=Reason.STALLED), 1.0))
         assert store.load() == {("s", "m"): StoredPair(_last(2, reason=Reason.STALLED), 1.0)}
 
 
 def test_every_reason_and_phase_survives(tmp_path: Path) -> None:
-    with Store.open(tmp_path / "state.db") as store:
+    with _open(tmp_path / "state.db") as store:
         for index, reason in enumerate(Reason):
             assert store.save(_pair("s", reason.value, _last(index, reason=reason), None))
         stored = store.load()
@@ -117,7 +124,7 @@ def test_every_reason_and_phase_survives(tmp_path: Path) -> None:
 
 def test_huge_counts_are_clamped(tmp_path: Path) -> None:
     huge = dataclasses.replace(_last(1), expected_bytes=1 << 70)
-    with Store.open(tmp_path / "state.db") as store:
+    with _open(tmp_path / "state.db") as store:
         assert store.save(_pair("s", "m", huge, None))
         assert store.load()["s", "m"].last.expected_bytes == (1 << 63) - 1
 
@@ -126,10 +133,11 @@ def test_a_failed_save_is_a_warning_not_a_crash(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     not_a_number = dataclasses.replace(_last(1), duration=float("nan"))
-    store = Store.open(tmp_path / "state.db")
+    database = Database.open(tmp_path / "state.db")
+    store = LastRuns(database)
     assert not store.save(_pair("s", "m", not_a_number, None))  # NaN is NULL to SQLite
-    store.close()
-    store.close()
+    database.close()
+    database.close()
     assert not store.save(_pair("s", "m", _last(1), None))
     assert store.load() == {}
     warnings = [r for r in caplog.records if r.name == "exporter.store"]
@@ -145,7 +153,7 @@ def test_rows_that_make_no_sense_are_skipped(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "state.db"
-    with Store.open(path) as store:
+    with _open(path) as store:
         store.save(_pair("s", "good", _last(1), None))
         for name in ("bad-reason", "bad-success", "bad-count", "bad-time", "bad-success-at"):
             store.save(_pair("s", name, _last(2, reason=Reason.OTHER), None))
@@ -161,7 +169,7 @@ def test_rows_that_make_no_sense_are_skipped(
             connection.execute(sql)
     finally:
         connection.close()
-    with Store.open(path) as store:
+    with _open(path) as store:
         assert list(store.load()) == [("s", "good")]
     assert "skipped stored rows that make no sense" in caplog.messages
 
@@ -170,7 +178,7 @@ def _assert_moved_aside(
     path: Path, kind: str, original: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     """`path` was set aside as `kind` with its bytes intact, and a fresh store works there."""
-    with Store.open(path) as store:
+    with _open(path) as store:
         assert store.load() == {}
         assert store.save(_pair("s", "m", _last(1), None))
     (moved,) = _moved(path, kind)
@@ -181,7 +189,7 @@ def _assert_moved_aside(
     assert record.__dict__["path"] == str(path)
     assert record.__dict__["moved_to"] == str(moved)
     assert record.__dict__["problem"].startswith(f"{kind}: ")
-    with Store.open(path) as store:
+    with _open(path) as store:
         assert list(store.load()) == [("s", "m")]
 
 
@@ -204,7 +212,7 @@ def test_a_truncated_store_is_moved_aside(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, keep: float
 ) -> None:
     path = tmp_path / "state.db"
-    with Store.open(path) as store:
+    with _open(path) as store:
         for n in range(300):
             store.save(_pair("s", f"model-{n}", _last(n), None))
     whole = path.read_bytes()
@@ -216,7 +224,7 @@ def test_a_truncated_store_is_moved_aside(
 
 def test_a_damaged_page_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "state.db"
-    with Store.open(path) as store:
+    with _open(path) as store:
         for n in range(300):
             store.save(_pair("s", f"model-{n}", _last(n), None))
     damaged = bytearray(path.read_bytes())
@@ -275,7 +283,7 @@ def test_our_ids_with_other_columns_are_moved_aside(
 def test_an_empty_file_is_simply_used(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "state.db"
     path.touch()
-    with Store.open(path) as store:
+    with _open(path) as store:
         assert store.save(_pair("s", "m", _last(1), None))
     assert not _moved(path, "corrupt")
     assert not caplog.records
@@ -285,7 +293,7 @@ def test_moving_aside_never_overwrites(tmp_path: Path, caplog: pytest.LogCapture
     path = tmp_path / "state.db"
     for attempt in range(3):
         path.write_bytes(b"garbage %d" % attempt * 100)
-        Store.open(path).close()
+        Database.open(path).close()
     assert len(_moved(path, "corrupt")) == 3
     assert len(caplog.records) == 3
 
@@ -296,7 +304,7 @@ def test_a_wal_without_its_database_is_moved_aside(
     path = tmp_path / "state.db"
     wal = tmp_path / "state.db-wal"
     wal.write_bytes(b"stale")
-    with Store.open(path) as store:
+    with _open(path) as store:
         assert store.save(_pair("s", "m", _last(1), None))
     assert [p.read_bytes() for p in tmp_path.glob("state.db.orphan-*-wal")] == [b"stale"]
     assert "storage side file without its database, moved it aside" in caplog.messages
@@ -305,13 +313,13 @@ def test_a_wal_without_its_database_is_moved_aside(
 def test_paths_that_cannot_be_right_are_errors(tmp_path: Path) -> None:
     (tmp_path / "dir").mkdir()
     with pytest.raises(StorePathError, match=r"dir: is a directory; give the path of a file"):
-        Store.open(tmp_path / "dir")
+        Database.open(tmp_path / "dir")
     (tmp_path / "file").write_text("x")
     with pytest.raises(StorePathError, match=r"file/state\.db: the directory .*file' is not a"):
-        Store.open(tmp_path / "file" / "state.db")
+        Database.open(tmp_path / "file" / "state.db")
     # A missing directory is not created (a typo in --storage.path would go unnoticed).
     with pytest.raises(StorePathError, match=r"missing/state\.db: the directory .* does not exist"):
-        Store.open(tmp_path / "missing" / "state.db")
+        Database.open(tmp_path / "missing" / "state.db")
     assert not (tmp_path / "missing").exists()
 
 
@@ -335,7 +343,7 @@ def test_restore_fills_configured_pairs_only() -> None:
 
 
 def test_saves_are_cheap(tmp_path: Path) -> None:
-    with Store.open(tmp_path / "state.db") as store:
+    with _open(tmp_path / "state.db") as store:
         pairs = [_pair("s", f"m{n % 50}", _last(n), None) for n in range(1000)]
         started = time.perf_counter()
         for pair in pairs:
@@ -345,7 +353,7 @@ def test_saves_are_cheap(tmp_path: Path) -> None:
 
 
 def test_saves_from_worker_threads(tmp_path: Path) -> None:
-    with Store.open(tmp_path / "state.db") as store, ThreadPoolExecutor(4) as pool:
+    with _open(tmp_path / "state.db") as store, ThreadPoolExecutor(4) as pool:
         pairs = [_pair("s", f"m{n % 8}", _last(n), None) for n in range(400)]
         assert all(pool.map(store.save, pairs))
         stored = store.load()
@@ -360,10 +368,11 @@ def test_saves_from_worker_threads(tmp_path: Path) -> None:
 _WRITER = """
 import sys
 from exporter.ollama.protocol import Reason
-from exporter.storage.last_runs import Store
+from exporter.storage.database import Database
+from exporter.storage.last_runs import LastRuns
 from tests.test_store import _last, _pair
 
-store = Store.open(sys.argv[1])
+store = LastRuns(Database.open(sys.argv[1]))
 n = int(sys.argv[2])
 while True:
     n += 1
@@ -407,7 +416,7 @@ def test_kill_9_in_the_middle_of_runs_keeps_the_last_committed_state(tmp_path: P
             for line in child.stdout:  # what it committed before the signal landed
                 acknowledged = int(line)
         assert child.wait() == -signal.SIGKILL
-        with Store.open(path) as store:
+        with _open(path) as store:
             stored = store.load()
         newest = _check_consistent(stored)
         # Every acknowledged run is there; at most one more committed but not yet printed.
@@ -418,5 +427,5 @@ def test_kill_9_in_the_middle_of_runs_keeps_the_last_committed_state(tmp_path: P
 
 
 def test_phase_columns_follow_the_run_phases() -> None:
-    assert tuple(f"{p.value}_seconds" for p in RUN_PHASES) == store_module._PHASE_COLUMNS
+    assert tuple(f"{p.value}_seconds" for p in RUN_PHASES) == schema.PHASE_COLUMNS
     assert Phase.IDLE not in RUN_PHASES

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sqlite3
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, NamedTuple
 
@@ -28,15 +27,8 @@ from exporter.metrics.families import build_registry
 from exporter.schedule.scheduler import Scheduler
 from exporter.state.history import History
 from exporter.state.pairs import ExporterState
-from exporter.storage.last_runs import (
-    Store,
-    StoredPair,
-    StoreError,
-    StorePathError,
-    StoreWriter,
-    restore_digests,
-)
-from exporter.storage.run_history import HistoryDB
+from exporter.storage.last_runs import StoredPair, restore_digests
+from exporter.storage.store import Storage
 from exporter.web import listener
 from exporter.web.app import make_app
 from exporter.web.site import Site
@@ -55,8 +47,6 @@ log = logging.getLogger("exporter")
 SHUTDOWN_GRACE: Final = 2.5
 """Seconds the schedule's shutdown may take before the process exits regardless; with the HTTP
 server's own 2 s this keeps every exit within the 5 s of the contract."""
-
-Digests = dict[tuple[str, str], tuple[str, float | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,19 +72,23 @@ class Program:
     state: ExporterState
     history: History
     fleet: Fleet
-    stored: dict[tuple[str, str], StoredPair]
-    digests: Digests
-    writer: StoreWriter | None
+    storage: Storage | None
+    """The `--storage.path` file, when there is one."""
+
+    @property
+    def stored(self) -> dict[tuple[str, str], StoredPair]:
+        """Each pair's last run as the state file held it at start-up."""
+        return self.storage.stored if self.storage is not None else {}
 
     def save(self, pair: PairState) -> None:
         """Persist a pair's finished run (`--storage.path`); never blocks."""
-        if self.writer is not None:
-            self.writer.save(pair)
+        if self.storage is not None:
+            self.storage.save(pair)
 
     def save_digest(self, pair: PairState) -> None:
         """Persist a pair's last known digest (`--storage.path`); never blocks."""
-        if self.writer is not None:
-            self.writer.save_digest(pair)
+        if self.storage is not None:
+            self.storage.save_digest(pair)
 
     def runtime(self, followers: Followers | None = None) -> Runtime:
         """The runtime over this program, with `followers` (none live: `--once`)."""
@@ -104,13 +98,12 @@ class Program:
     def first_apply(self, runtime: Runtime) -> None:
         """Put the start-up config in force; stored last runs and digests come back with it."""
         runtime.apply(self.config)
-        if self.stored:
-            restored = sum(1 for key in self.stored if key in self.state.pairs)
-            log.info(
-                "state restored",
-                extra={"path": self.options.storage_path, "pairs": restored},
-            )
-        restore_digests(self.state, self.digests)
+        if self.storage is None:
+            return
+        if self.storage.stored:
+            restored = sum(1 for key in self.storage.stored if key in self.state.pairs)
+            log.info("state restored", extra={"path": str(self.storage.path), "pairs": restored})
+        restore_digests(self.state, self.storage.digests)
 
 
 @contextlib.contextmanager
@@ -120,19 +113,16 @@ def open_program(options: Options, config: Config) -> Iterator[Program]:
     Raises StorePathError for a `--storage.path` that can never work (a directory, say).
     """
     state = ExporterState()
-    writer: StoreWriter | None = None
-    stored: dict[tuple[str, str], StoredPair] = {}
-    digests: Digests = {}
+    storage = None
     if options.storage_path:
-        writer, stored, digests = _open_store(options.storage_path, state)
-    history = _history(config, options.storage_path if writer else None)
+        storage = Storage.open(options.storage_path, on_failure=state.storage_failed)
+    history = History(config.history_limit, storage.history if storage is not None else None)
     fleet = Fleet(options.shard, state.fleet)
     try:
-        yield Program(options, config, state, history, fleet, stored, digests, writer)
+        yield Program(options, config, state, history, fleet, storage)
     finally:
-        history.close()
-        if writer is not None:
-            writer.close()
+        if storage is not None:
+            storage.close()
 
 
 class Running(NamedTuple):
@@ -219,39 +209,3 @@ async def serve(
         app = make_app(site, build_registry(program.state), web_config)
         ssl_context = web_config.ssl_context() if web_config is not None else None
         await listener.serve(app, sockets, ssl_context=ssl_context, guard=connections)
-
-
-def _history(config: Config, path: str | None) -> History:
-    """The run history: in the state file's table when there is one, else in memory."""
-    if path is None:
-        return History(config.history_limit)
-    try:
-        return History(config.history_limit, HistoryDB.open(path))
-    except sqlite3.Error as exc:
-        log.warning(
-            "cannot keep the run history in the state file; keeping it in memory",
-            extra={"path": path, "error": str(exc)},
-        )
-        return History(config.history_limit)
-
-
-def _open_store(
-    path: str, state: ExporterState
-) -> tuple[StoreWriter, dict[tuple[str, str], StoredPair], Digests]:
-    """The writer for `--storage.path` and what the file holds.
-
-    A file that cannot be used now costs the saved state, never the process.
-    """
-    try:
-        store = Store.open(path)
-    except StorePathError:
-        raise
-    except StoreError as exc:
-        state.storage_failed()
-        log.error(  # noqa: TRY400 - the message says it all
-            "cannot use the state file; running without saved state",
-            extra={"path": path, "error": exc.reason},
-        )
-        return StoreWriter(path, None, on_failure=state.storage_failed), {}, {}
-    stored = store.load()
-    return StoreWriter(path, store, on_failure=state.storage_failed), stored, store.load_digests()

@@ -7,9 +7,9 @@ run becomes a `RunRecord`: plain numbers, the redacted error text and the transc
 
 Without `--storage.path` the records live in memory: a deque per pair plus a global budget for
 transcripts, so a fleet of a thousand pairs with long histories cannot exhaust memory (the oldest
-transcripts are dropped first, their runs stay). With it they live in the SQLite file
-(`exporter.storage.run_history`), and only the last record of each pair is kept in memory for
-the status.
+transcripts are dropped first, their runs stay). With it they live in a `HistoryBackend` (the
+SQLite file's table, `exporter.storage.run_history`), and only the last record of each pair is
+kept in memory for the status. Reading runs is a coroutine: the backend reads off the event loop.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 import zlib
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import msgspec
 
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from exporter.config.loader import Config
     from exporter.ollama.progress import RunProgress
     from exporter.state.pairs import PairState, RunResult
-    from exporter.storage.run_history import HistoryDB
 
 log = logging.getLogger("exporter.history")
 
@@ -125,6 +124,41 @@ def unpack(blob: bytes) -> TranscriptText:
     return TranscriptText(tuple(TranscriptLine(t, line, cut) for t, line, cut in rows), omitted)
 
 
+class HistoryBackend(Protocol):
+    """Where finished runs are kept when not in memory.
+
+    State is below storage: the storage package implements this
+    (`exporter.storage.run_history.RunHistory`), state never imports it.
+    """
+
+    @property
+    def written(self) -> int:
+        """Records stored (or given up on): every place `insert` returned below it."""
+        ...
+
+    def insert(self, record: RunRecord, *, keep: int) -> int:
+        """Queue `record` (its pair keeps its newest `keep` runs); returns its place."""
+        ...
+
+    def latest_per_pair(self) -> list[RunRecord]:
+        """The last run of every pair, without transcripts (at start-up)."""
+        ...
+
+    def max_id(self) -> int:
+        """The largest id stored, 0 when none (at start-up)."""
+        ...
+
+    async def query(
+        self, *, server: str | None, model: str | None, success: bool | None, limit: int
+    ) -> list[RunRecord]:
+        """The newest stored runs matching the filters, without transcripts."""
+        ...
+
+    async def get(self, run_id: int) -> RunRecord | None:
+        """One stored run with its transcript."""
+        ...
+
+
 def _newest_first(run: RunRecord | ActiveRun) -> int:
     return -run.id
 
@@ -135,7 +169,7 @@ class History:
     def __init__(
         self,
         limit: int = DEFAULT_LIMIT,
-        db: HistoryDB | None = None,
+        db: HistoryBackend | None = None,
         redact: Redactor | None = None,
     ) -> None:
         self.limit = limit
@@ -156,11 +190,6 @@ class History:
                 self._last[record.server, record.model] = record
             first = db.max_id() + 1
         self._ids = itertools.count(first)
-
-    def close(self) -> None:
-        """Store what is still queued and close the db, if there is one."""
-        if self._db is not None:
-            self._db.close()
 
     def configure(self, config: Config) -> None:
         """Take the limit and the secrets of a (re)loaded config."""
@@ -252,7 +281,7 @@ class History:
         """The pair's last finished run (without its transcript)."""
         return self._last.get((server, model))
 
-    def runs(
+    async def runs(
         self,
         *,
         server: str | None = None,
@@ -260,35 +289,36 @@ class History:
         success: bool | None = None,
         limit: int = 50,
     ) -> list[RunRecord | ActiveRun]:
-        """The newest runs first, at most `limit`; active ones too unless `success` filters."""
+        """The newest runs first, at most `limit`; active ones too unless `success` filters.
+
+        With a backend the stored ones are read off the loop; what changes meanwhile (a run
+        that ends, a record the writer stores) is taken as of the call, each run once.
+        """
         active = sorted(
             (
                 run
                 for run in self.active.values()
-                if (server is None or run.server == server)
+                if success is None
+                and (server is None or run.server == server)
                 and (model is None or run.model == model)
             ),
-            key=lambda run: -run.id,
+            key=_newest_first,
         )
-        if success is not None:
-            active = []
         if self._db is not None:
             self._drop_written()
-            stored = self._db.query(
-                server=server, model=model, success=success, limit=limit + len(self._unwritten)
+            unwritten = [
+                replace(record, transcript=None)
+                for _, record in self._unwritten.values()
+                if (server is None or record.server == server)
+                and (model is None or record.model == model)
+                and (success is None or record.success == success)
+            ]
+            stored = await self._db.query(
+                server=server, model=model, success=success, limit=limit + len(unwritten)
             )
             ids = {record.id for record in stored}
-            fresh = sorted(
-                (
-                    replace(record, transcript=None)
-                    for _, record in self._unwritten.values()
-                    if record.id not in ids
-                    and (server is None or record.server == server)
-                    and (model is None or record.model == model)
-                    and (success is None or record.success == success)
-                ),
-                key=_newest_first,
-            )
+            active = [run for run in active if run.id not in ids]  # it ended meanwhile
+            fresh = sorted((r for r in unwritten if r.id not in ids), key=_newest_first)
             finished: Iterable[RunRecord] = heapq.merge(fresh, stored, key=_newest_first)
         else:
             finished = self._memory_runs(server, model, success)
@@ -332,15 +362,15 @@ class History:
             if success is None or record.success == success:
                 yield replace(record, transcript=None)
 
-    def run(self, run_id: int) -> RunRecord | ActiveRun | None:
-        """One run by id, with its transcript when it is kept."""
+    async def run(self, run_id: int) -> RunRecord | ActiveRun | None:
+        """One run by id, with its transcript when it is kept (a stored one read off the loop)."""
         active = self.active.get(run_id)
         if active is not None:
             return active
         if self._db is not None:
             self._drop_written()
             queued = self._unwritten.get(run_id)
-            return queued[1] if queued is not None else self._db.get(run_id)
+            return queued[1] if queued is not None else await self._db.get(run_id)
         key = self._where.get(run_id)
         for record in self._pairs.get(key, ()) if key is not None else ():
             if record.id == run_id:

@@ -1,66 +1,36 @@
-"""Run history in the `--storage.path` SQLite file: table `run_history`, one row per run.
+"""Run history in the `--storage.path` file: table `run_history`, one row per finished run.
 
-The file itself is opened and vetted by `exporter.storage.last_runs` (ours, sound, WAL); this
-module opens two more connections to it for its own table. Writes (one INSERT and one bounded
-DELETE per finished run, one transaction) go to a thread of their own, since a write may wait
-seconds for another process's lock; `written` tells the loop how far it got. Reads run on the
-loop: in WAL mode a reader never waits for a writer, and every read is bounded (`LIMIT`, one row
-by key).
-A table with other columns (an older layout) is history, not state: it is dropped and recreated
-with a warning.
+Writes (one INSERT and one bounded DELETE per finished run, one transaction) are queued for the
+storage writer thread (`exporter.storage.writer`); `written` tells the loop how far it got. Reads
+for the API and the page run on a reader thread with a connection of their own, never on the
+event loop: in WAL mode a reader does not wait for our writer, but it may wait seconds for
+another process that holds the file, and every read is bounded (`LIMIT`, one row by key).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
 import sqlite3
-import threading
-from collections import deque
-from typing import TYPE_CHECKING, Final, Self
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Final, Protocol
 
-from exporter.state.history import RunRecord
+from exporter.state.history import RunRecord, Trigger
+from exporter.storage.rows import BadRowError, Row, decode_rows
+from exporter.storage.schema import INT64_MAX, RUN_HISTORY
 
 if TYPE_CHECKING:
-    import os
+    from collections.abc import Callable, Sequence
 
-log = logging.getLogger("exporter.historydb")
+    from exporter.storage.database import Database
 
-_INT64_MAX: Final = (1 << 63) - 1
-_COLUMNS: Final = (
-    "id",
-    "server",
-    "model",
-    "trigger",
-    "started_at",
-    "ended_at",
-    "duration_seconds",
-    "success",
-    "reason",
-    "error",
-    "downloaded_bytes",
-    "reused_bytes",
-    "phase_seconds",
-    "transcript",
-)
-_LISTED: Final = _COLUMNS[:-1]
-_CREATE: Final = """CREATE TABLE IF NOT EXISTS run_history (
-    id INTEGER PRIMARY KEY,
-    server TEXT NOT NULL,
-    model TEXT NOT NULL,
-    trigger TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    ended_at REAL NOT NULL,
-    duration_seconds REAL NOT NULL,
-    success INTEGER NOT NULL,
-    reason TEXT,
-    error TEXT NOT NULL,
-    downloaded_bytes INTEGER NOT NULL,
-    reused_bytes INTEGER NOT NULL,
-    phase_seconds TEXT NOT NULL,
-    transcript BLOB
-)"""
-_INDEX: Final = "CREATE INDEX IF NOT EXISTS run_history_pair ON run_history (server, model, id)"
+log = logging.getLogger("exporter.store")
+
+READER_THREAD: Final = "storage reader"
+_COLUMNS: Final = RUN_HISTORY.columns
+_TRIGGERS: Final = frozenset(trigger.value for trigger in Trigger)
 # Every statement below is built from the constant column names, never from input.
 _INSERT: Final = (
     f"INSERT OR REPLACE INTO run_history ({', '.join(_COLUMNS)}) "  # noqa: S608
@@ -70,110 +40,83 @@ _PRUNE: Final = (
     "DELETE FROM run_history WHERE server = ? AND model = ? AND id <= "
     "(SELECT id FROM run_history WHERE server = ? AND model = ? ORDER BY id DESC LIMIT 1 OFFSET ?)"
 )
-_SELECT_LISTED: Final = f"SELECT {', '.join(_LISTED)} FROM run_history"  # noqa: S608
+# A listing leaves the transcript out (NULL in its place): it can be megabytes per run.
+_SELECT_LISTED: Final = f"SELECT {', '.join(_COLUMNS[:-1])}, NULL FROM run_history"  # noqa: S608
 _SELECT_ONE: Final = f"SELECT {', '.join(_COLUMNS)} FROM run_history WHERE id = ?"  # noqa: S608
 _LATEST: Final = (
     f"{_SELECT_LISTED} WHERE id IN (SELECT max(id) FROM run_history GROUP BY server, model)"  # noqa: S608
 )
 
 
-class HistoryDB:
-    """The `run_history` table of an open store file."""
+class RunQueue(Protocol):
+    """What this table needs from the writer thread (`exporter.storage.writer`)."""
 
-    def __init__(self, reader: sqlite3.Connection, writer: sqlite3.Connection) -> None:
-        self._connection = reader
+    @property
+    def history_written(self) -> int:
+        """Records stored or given up on: every place below it is done."""
+        ...
+
+    def insert_run(self, record: RunRecord, keep: int) -> int:
+        """Queue `record`; returns its place."""
+        ...
+
+
+def insert_statements(record: RunRecord, keep: int) -> list[tuple[str, Sequence[object]]]:
+    """The statements that store `record` and drop its pair's runs beyond the newest `keep`."""
+    values = (
+        record.id,
+        record.server,
+        record.model,
+        record.trigger,
+        record.started_at,
+        record.ended_at,
+        record.duration_seconds,
+        int(record.success),
+        record.reason,
+        record.error,
+        min(max(record.downloaded_bytes, 0), INT64_MAX),
+        min(max(record.reused_bytes, 0), INT64_MAX),
+        json.dumps(record.phase_seconds),
+        record.transcript,
+    )
+    pair = (record.server, record.model)
+    return [(_INSERT, values), (_PRUNE, (*pair, *pair, keep))]
+
+
+class RunHistory:
+    """The history's backend in the file (`exporter.state.history.HistoryBackend`)."""
+
+    def __init__(self, reader: Database, writer: RunQueue) -> None:
+        self._reader = reader
         self._writer = writer
-        self._lock = threading.Lock()
-        self._queue: deque[tuple[RunRecord, int] | None] = deque()
-        self._wake = threading.Condition()
-        self.queued = 0
-        """Records handed to `insert` so far."""
-        self.written = 0
-        """Records the writer thread has stored (or given up on), in the order handed over."""
-        self._thread = threading.Thread(target=self._work, name="history writer", daemon=True)
-        self._thread.start()
+        self._reads = ThreadPoolExecutor(1, thread_name_prefix=READER_THREAD)
 
-    @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> Self:
-        """Open the table in the store file at `path` (already vetted by `Store.open`)."""
-        reader = _connect(path)
-        try:
-            columns = tuple(row[1] for row in reader.execute("PRAGMA table_info(run_history)"))
-            if columns and columns != _COLUMNS:
-                log.warning(
-                    "run history table has another layout; starting a new history",
-                    extra={"path": str(path)},
-                )
-                reader.execute("DROP TABLE run_history")
-            reader.execute(_CREATE)
-            reader.execute(_INDEX)
-            writer = _connect(path)
-        except sqlite3.Error:
-            reader.close()
-            raise
-        return cls(reader, writer)
+    @property
+    def written(self) -> int:
+        """Records the writer thread has stored (or given up on): every place below it."""
+        return self._writer.history_written
 
     def insert(self, record: RunRecord, *, keep: int) -> int:
-        """Queue `record` for storing (the pair's runs beyond the newest `keep` are dropped).
+        """Queue `record` for storing; returns its place (stored once `written` exceeds it)."""
+        return self._writer.insert_run(record, keep)
 
-        Returns its place in the queue: it is in the table once `written` exceeds it.
-        """
-        with self._wake:
-            self._queue.append((record, keep))
-            self._wake.notify()
-        self.queued += 1
-        return self.queued - 1
+    def latest_per_pair(self) -> list[RunRecord]:
+        """The last run of every pair in the table (at start-up, before the loop runs)."""
+        return self._select(_LATEST, ())
 
-    def _work(self) -> None:
-        while True:
-            with self._wake:
-                while not self._queue:
-                    self._wake.wait()
-                item = self._queue.popleft()
-            if item is None:
-                return
-            record, keep = item
-            self._store(record, keep)
-            self.written += 1
-
-    def _store(self, record: RunRecord, keep: int) -> None:
-        values = (
-            record.id,
-            record.server,
-            record.model,
-            record.trigger,
-            record.started_at,
-            record.ended_at,
-            record.duration_seconds,
-            int(record.success),
-            record.reason,
-            record.error,
-            min(max(record.downloaded_bytes, 0), _INT64_MAX),
-            min(max(record.reused_bytes, 0), _INT64_MAX),
-            json.dumps(record.phase_seconds),
-            record.transcript,
-        )
-        pair = (record.server, record.model)
-        writer = self._writer
+    def max_id(self) -> int:
+        """The largest id stored, 0 when empty: new ids continue after it (at start-up)."""
         try:
-            writer.execute("BEGIN IMMEDIATE")
-            try:
-                writer.execute(_INSERT, values)
-                writer.execute(_PRUNE, (*pair, *pair, keep))
-                writer.execute("COMMIT")
-            except BaseException:
-                writer.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            log.warning(
-                "cannot save the run in the history",
-                extra={"server": record.server, "model": record.model, "error": str(exc)},
-            )
+            rows = self._reader.select("SELECT max(id) FROM run_history")
+        except sqlite3.Error:
+            return 0
+        value = rows[0][0]
+        return value if isinstance(value, int) and value > 0 else 0
 
-    def query(
+    async def query(
         self, *, server: str | None, model: str | None, success: bool | None, limit: int
     ) -> list[RunRecord]:
-        """The newest runs matching the filters, without transcripts."""
+        """The newest runs matching the filters, without transcripts; off the event loop."""
         where: list[str] = []
         args: list[object] = []
         for column, value in (("server", server), ("model", model)):
@@ -185,85 +128,70 @@ class HistoryDB:
             args.append(int(success))
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         sql = f"{_SELECT_LISTED}{clause} ORDER BY id DESC LIMIT ?"
-        return self._select(sql, (*args, limit))
+        return await self._off_loop(lambda: self._select(sql, (*args, limit)))
 
-    def get(self, run_id: int) -> RunRecord | None:
-        """One run with its transcript."""
-        if not 0 <= run_id <= _INT64_MAX:
+    async def get(self, run_id: int) -> RunRecord | None:
+        """One run with its transcript; off the event loop."""
+        if not 0 <= run_id <= INT64_MAX:
             return None
-        rows = self._select(_SELECT_ONE, (run_id,))
+        rows = await self._off_loop(lambda: self._select(_SELECT_ONE, (run_id,)))
         return rows[0] if rows else None
 
-    def latest_per_pair(self) -> list[RunRecord]:
-        """The last run of every pair in the table."""
-        return self._select(_LATEST, ())
+    def close(self) -> None:
+        """Stop the reader thread and close its connection (the writer closes its own)."""
+        self._reads.shutdown(wait=False, cancel_futures=True)
+        self._reader.close()
 
-    def max_id(self) -> int:
-        """The largest id stored, 0 when empty: new ids continue after it."""
+    async def _off_loop(self, read: Callable[[], list[RunRecord]]) -> list[RunRecord]:
+        # One reader thread: reads queue behind each other instead of taking a thread each.
+        return await asyncio.get_running_loop().run_in_executor(self._reads, read)
+
+    def _select(self, sql: str, args: Sequence[object]) -> list[RunRecord]:
         try:
-            with self._lock:
-                row = self._connection.execute("SELECT max(id) FROM run_history").fetchone()
-        except sqlite3.Error:
-            return 0
-        return int(row[0] or 0)
-
-    def close(self, timeout: float = 2.0) -> None:
-        """Write what is queued (for at most `timeout` seconds), then close both connections."""
-        with self._wake:
-            self._queue.append(None)
-            self._wake.notify()
-        self._thread.join(timeout)
-        with self._lock:
-            self._connection.close()
-        if not self._thread.is_alive():
-            self._writer.close()
-
-    def _select(self, sql: str, args: tuple[object, ...]) -> list[RunRecord]:
-        try:
-            with self._lock:
-                rows = self._connection.execute(sql, args).fetchall()
+            rows = self._reader.select(sql, args)
         except sqlite3.Error as exc:
-            log.warning("cannot read the run history", extra={"error": str(exc)})
+            log.warning(
+                "cannot read the run history",
+                extra={"path": str(self._reader.path), "error": str(exc)},
+            )
             return []
-        records = []
-        for row in rows:
-            record = _decode(row)
-            if record is not None:
-                records.append(record)
-        return records
-
-
-def _connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
-    connection.execute("PRAGMA synchronous=NORMAL")
-    return connection
-
-
-def _decode(row: tuple[object, ...]) -> RunRecord | None:
-    """A row as a record, or None when it is not one we could have written."""
-    values = list(row) + [None] * (len(_COLUMNS) - len(row))
-    fields = dict(zip(_COLUMNS, values, strict=True))
-    try:
-        phases = json.loads(str(fields["phase_seconds"]))
-        if not isinstance(phases, dict):
-            return None
-        transcript = fields["transcript"]
-        reason = fields["reason"]
-        return RunRecord(
-            id=int(str(fields["id"])),
-            server=str(fields["server"]),
-            model=str(fields["model"]),
-            trigger=str(fields["trigger"]),
-            started_at=float(str(fields["started_at"])),
-            ended_at=float(str(fields["ended_at"])),
-            duration_seconds=float(str(fields["duration_seconds"])),
-            success=bool(fields["success"]),
-            reason=None if reason is None else str(reason),
-            error=str(fields["error"]),
-            downloaded_bytes=int(str(fields["downloaded_bytes"])),
-            reused_bytes=int(str(fields["reused_bytes"])),
-            phase_seconds={str(k): float(v) for k, v in phases.items()},
-            transcript=transcript if isinstance(transcript, bytes) else None,
+        return decode_rows(
+            _COLUMNS, rows, _decode, table=RUN_HISTORY.name, path=str(self._reader.path)
         )
-    except (ValueError, TypeError):
-        return None
+
+
+def _decode(row: Row) -> RunRecord:
+    """A row as a record; BadRowError when it is not one we could have written."""
+    reason = row.reason("reason")
+    success = row.flag("success")
+    run_id = row.count("id")
+    trigger = row.text("trigger")
+    if success != (reason is None) or run_id == 0 or trigger not in _TRIGGERS:
+        raise BadRowError("success, id or trigger")
+    try:
+        phases = json.loads(row.text("phase_seconds"))
+    except ValueError:
+        raise BadRowError("phase_seconds") from None
+    if not isinstance(phases, dict) or not all(
+        isinstance(seconds, int | float)
+        and not isinstance(seconds, bool)
+        and math.isfinite(seconds)
+        for seconds in phases.values()
+    ):
+        raise BadRowError("phase_seconds")
+    return RunRecord(
+        id=run_id,
+        server=row.text("server"),
+        model=row.text("model"),
+        trigger=trigger,
+        started_at=row.number("started_at"),
+        ended_at=row.number("ended_at"),
+        duration_seconds=row.number("duration_seconds"),
+        success=success,
+        reason=None if reason is None else reason.value,
+        error=row.text("error"),
+        downloaded_bytes=row.count("downloaded_bytes"),
+        reused_bytes=row.count("reused_bytes"),
+        phase_seconds={str(phase): float(seconds) for phase, seconds in phases.items()},
+        transcript=row.blob("transcript"),
+    )

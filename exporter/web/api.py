@@ -286,7 +286,7 @@ async def _runs(request: web.Request) -> web.Response:
         return error(400, str(exc))
     if history is None:
         return json_response({"runs": []})
-    runs = history.runs(server=server, model=model, success=success, limit=limit)
+    runs = await history.runs(server=server, model=model, success=success, limit=limit)
     return json_response({"runs": [run_view(run) for run in runs]})
 
 
@@ -300,7 +300,7 @@ def parse_run_id(text: str) -> int | None:
 async def _run(request: web.Request) -> web.Response:
     history = request.app[OPERATOR_KEY].site.history
     run_id = parse_run_id(request.match_info["id"])
-    run = history.run(run_id) if history is not None and run_id is not None else None
+    run = await history.run(run_id) if history is not None and run_id is not None else None
     if run is None or history is None:
         return error(404, "no such run (the history keeps the last runs of each pair)")
     return json_response(run_detail(run, history))

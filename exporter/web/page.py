@@ -363,7 +363,7 @@ async def _history(request: web.Request) -> web.Response:
     history = site.history
     known = (server, model) in site.state.pairs
     runs = (
-        history.runs(server=server or None, model=model or None, limit=history.limit)
+        await history.runs(server=server or None, model=model or None, limit=history.limit)
         if history is not None
         else []
     )
@@ -417,7 +417,7 @@ def _transcript_html(detail: Json) -> str:
 async def _run(request: web.Request) -> web.Response:
     history = request.app[OPERATOR_KEY].site.history
     run_id = parse_run_id(request.match_info["id"])
-    run = history.run(run_id) if history is not None and run_id is not None else None
+    run = await history.run(run_id) if history is not None and run_id is not None else None
     if run is None or history is None:
         body = (
             "<h1>No such run</h1><p>The history keeps the last runs of each pair. "
