@@ -17,7 +17,6 @@ from exporter.config.loader import (
     Config,
     ConfigError,
     PullSettings,
-    canonical_model_name,
     load_config,
     parse_config,
     parse_duration,
@@ -464,42 +463,6 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError, match=r"^invalid duration "):
         parse_duration(text)
-
-
-@pytest.mark.parametrize(
-    ("name", "canonical"),
-    [
-        ("gemma3", "registry.ollama.ai/library/gemma3:latest"),
-        ("gemma3:latest", "registry.ollama.ai/library/gemma3:latest"),
-        ("library/gemma3:latest", "registry.ollama.ai/library/gemma3:latest"),
-        ("registry.ollama.ai/library/gemma3:latest", "registry.ollama.ai/library/gemma3:latest"),
-        ("https://registry.ollama.ai/library/gemma3", "registry.ollama.ai/library/gemma3:latest"),
-        ("Gemma3:LATEST", "registry.ollama.ai/library/gemma3:latest"),
-        ("llama3.2:1b", "registry.ollama.ai/library/llama3.2:1b"),
-        ("user/model:v1", "registry.ollama.ai/user/model:v1"),
-        ("localhost:5000/library/foo", "localhost:5000/library/foo:latest"),
-        ("localhost:5000/library/foo:q4", "localhost:5000/library/foo:q4"),
-        ("hf.co/org/repo:Q4_K_M", "hf.co/org/repo:q4_k_m"),
-    ],
-)
-def test_canonical_model_name(name: str, canonical: str) -> None:
-    assert canonical_model_name(name) == canonical
-
-
-@pytest.mark.parametrize(
-    ("name", "part"),
-    [
-        ("", "model"),
-        ("gemma3:", "tag"),
-        (":1b", "model"),
-        ("/gemma3", "namespace"),
-        ("library/", "model"),
-        ("/library/gemma3", "host"),
-    ],
-)
-def test_canonical_model_name_rejects_empty_parts(name: str, part: str) -> None:
-    with pytest.raises(ValueError, match=rf"the {part} is empty$"):
-        canonical_model_name(name)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final
 
 import aiohttp
 
-from exporter.config.loader import canonical_model_name
+from exporter.ollama.names import canonical_model_name
 from exporter.ollama.tags import MAX_TAGS_BYTES, TagsError, parse_tags
 from exporter.state.holdings import InventoryResult, ServerHolding
 

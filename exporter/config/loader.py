@@ -37,6 +37,7 @@ from exporter.config.yamlfile import (
     scalar,
     string,
 )
+from exporter.ollama.names import ModelNameError, canonical_model_name, parse_model_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -147,36 +148,6 @@ def parse_duration(text: str) -> float:
     if total_ms > _MAX_DURATION_MS:
         raise ValueError(f"invalid duration {quote(text)}: longer than 365d")
     return total_ms / 1000
-
-
-def canonical_model_name(name: str) -> str:
-    """`host/namespace/model:tag`, casefolded, as Ollama's ParseName reads `name`.
-
-    Defaults are registry.ollama.ai, library and latest; a `scheme://` prefix is dropped.
-    Raises ValueError when a part is empty (e.g. "gemma3:" or "/gemma3").
-    """
-    rest, host, namespace, tag = name, "registry.ollama.ai", "library", "latest"
-    if rest.rfind(":") > rest.rfind("/"):  # "/" cannot appear in a tag, ":" can in a host
-        rest, tag = _cut_last(name, rest, ":", ("model", "tag"))
-    model = rest
-    if "/" in rest:
-        rest, model = _cut_last(name, rest, "/", ("namespace", "model"))
-        namespace = rest
-        if "/" in rest:
-            rest, namespace = _cut_last(name, rest, "/", ("host", "namespace"))
-            scheme, sep, after = rest.partition("://")
-            host = (after if sep else scheme) or host
-    if not model:
-        raise ValueError(f"invalid model name {quote(name)}: the model is empty")
-    return f"{host}/{namespace}/{model}:{tag}".casefold()
-
-
-def _cut_last(name: str, text: str, sep: str, parts: tuple[str, str]) -> tuple[str, str]:
-    before, _, after = text.rpartition(sep)
-    for part, value in zip(parts, (before, after), strict=True):
-        if not value:
-            raise ValueError(f"invalid model name {quote(name)}: the {part} is empty")
-    return before, after
 
 
 def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
@@ -320,9 +291,9 @@ def _model_name(node: yaml.Node) -> str:
     if any(char.isspace() for char in name):
         raise InvalidError(f"invalid model name {quote(name)}: whitespace is not allowed")
     try:
-        canonical_model_name(name)
-    except ValueError as exc:
-        raise InvalidError(str(exc)) from None
+        parse_model_name(name)
+    except ModelNameError as exc:
+        raise InvalidError(f"invalid model name {quote(name)}: the {exc.part} is empty") from None
     return name
 
 
