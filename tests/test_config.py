@@ -1,4 +1,4 @@
-"""Tests for exporter.config.loader: one bad file per rule with its exact message, plus properties."""
+"""Tests for exporter.config (loader, parsers, types): one bad file per rule with its exact message."""
 
 from __future__ import annotations
 
@@ -13,14 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.config import yamlfile
-from exporter.config.loader import (
+from exporter.config.loader import ConfigError, load_config, parse_config
+from exporter.config.parsers import format_duration, parse_duration
+from exporter.config.types import (
+    DEFAULT_HISTORY_LIMIT,
+    DEFAULT_INVENTORY_INTERVAL,
+    DEFAULT_SETTINGS,
     Config,
-    ConfigError,
     PullSettings,
-    load_config,
-    parse_config,
-    parse_duration,
 )
+from exporter.state.history import History
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BAD_DIR = Path("tests/configs/bad")  # relative: messages name the file exactly as given
@@ -463,6 +465,27 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError, match=r"^invalid duration "):
         parse_duration(text)
+
+
+@given(st.integers(min_value=0, max_value=365 * 86_400_000))
+def test_format_duration_is_read_back_exactly(ms: int) -> None:
+    assert parse_duration(format_duration(ms / 1000)) == ms / 1000
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(21600.0, "6h"), (600.0, "10m"), (60.0, "1m"), (5400.5, "1h30m500ms")]
+)
+def test_format_duration_uses_the_largest_units(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_a_config_that_sets_nothing_gets_the_one_set_of_defaults() -> None:
+    config = parse_config(MINIMAL, "c.yaml", {})
+    (server,) = config.servers
+    assert server.models[0].settings == DEFAULT_SETTINGS == PullSettings()
+    assert server.inventory_interval == DEFAULT_INVENTORY_INTERVAL
+    assert config.history_limit == DEFAULT_HISTORY_LIMIT
+    assert History().limit == DEFAULT_HISTORY_LIMIT
 
 
 @pytest.mark.parametrize(

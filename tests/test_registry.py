@@ -25,7 +25,7 @@ from exporter.clients.registry import (
     make_registry_session,
     parse_reference,
 )
-from exporter.config.loader import ModelConfig, PullSettings, ServerConfig
+from exporter.config.types import ModelConfig, PullSettings, ServerConfig
 from exporter.state.holdings import CheckResult
 from exporter.state.pairs import PairState
 from ollama_sim import MANIFEST_V2, CannedAnswer, RegistrySimulator

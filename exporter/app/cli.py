@@ -41,7 +41,7 @@ from exporter.web.app import make_app
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from exporter.config.loader import Config
+    from exporter.config.types import Config
 
 log = logging.getLogger("exporter")
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import signal
 
     from exporter.app.runtime import Runtime
-    from exporter.config.loader import Config, ModelConfig, ServerConfig
+    from exporter.config.types import Config, ModelConfig, ServerConfig
     from exporter.state.pairs import ExporterState, LastRun, PairState
 
 SHUTDOWN_DEADLINE: Final = 4.5

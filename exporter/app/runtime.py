@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Final
 from exporter.clients.inventory import Inventory
 from exporter.clients.probe import probe_servers
 from exporter.clients.registry import Checker, make_registry_session
-from exporter.config.loader import Config, ConfigError
+from exporter.config.loader import ConfigError
+from exporter.config.types import Config
 from exporter.core import signals
 from exporter.schedule.scheduler import Scheduler
 from exporter.storage.last_runs import restore
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
     import aiohttp
 
-    from exporter.config.loader import ServerConfig
+    from exporter.config.types import ServerConfig
     from exporter.fleet.servers import Fleet
     from exporter.state.history import History
     from exporter.state.pairs import ExporterState, PairState

@@ -22,7 +22,7 @@ from exporter.state.holdings import InventoryResult, ServerHolding
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from exporter.config.loader import Config, ServerConfig
+    from exporter.config.types import Config, ServerConfig
     from exporter.ollama.tags import Held
     from exporter.state.pairs import ExporterState, PairState
 

@@ -38,7 +38,7 @@ from exporter.state.holdings import CheckResult
 if TYPE_CHECKING:
     from multidict import CIMultiDictProxy
 
-    from exporter.config.loader import ModelConfig, ServerConfig
+    from exporter.config.types import ModelConfig, ServerConfig
     from exporter.state.pairs import PairState
 
 log = logging.getLogger("exporter.registry")

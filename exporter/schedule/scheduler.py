@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     import aiohttp
 
-    from exporter.config.loader import Config, ModelConfig, PullSettings, ServerConfig
+    from exporter.config.types import Config, ModelConfig, PullSettings, ServerConfig
     from exporter.core.clock import Clock
     from exporter.state.history import ActiveRun, History
     from exporter.state.pairs import ExporterState, PairState, RunResult
