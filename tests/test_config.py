@@ -20,6 +20,7 @@ from exporter.config.types import (
     DEFAULT_INVENTORY_INTERVAL,
     DEFAULT_SETTINGS,
     Config,
+    Mode,
     PullSettings,
 )
 from exporter.state.history import History
@@ -486,6 +487,15 @@ def test_a_config_that_sets_nothing_gets_the_one_set_of_defaults() -> None:
     assert server.inventory_interval == DEFAULT_INVENTORY_INTERVAL
     assert config.history_limit == DEFAULT_HISTORY_LIMIT
     assert History().limit == DEFAULT_HISTORY_LIMIT
+
+
+def test_mode_is_the_enum_and_serializes_as_before() -> None:
+    text = MINIMAL.replace("models: [llama3.2:1b]", "models: [{name: a, mode: check}, b]")
+    (server,) = parse_config(text, "c.yaml", {}).servers
+    modes = [model.settings.mode for model in server.models]
+    assert modes == [Mode.CHECK, Mode.PULL]
+    assert all(type(mode) is Mode for mode in modes)
+    assert [f"{mode}" for mode in modes] == ["check", "pull"]
 
 
 @pytest.mark.parametrize(

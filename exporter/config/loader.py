@@ -25,6 +25,7 @@ from exporter.config.types import (
     DEFAULT_SETTINGS,
     Config,
     DiscoveryConfig,
+    Mode,
     ModelConfig,
     PullSettings,
     ServerConfig,
@@ -148,7 +149,7 @@ _BUILTIN: Final = {
     "run_on_start": _Setting(
         DEFAULT_SETTINGS.run_on_start, str(DEFAULT_SETTINGS.run_on_start).lower()
     ),
-    "mode": _Setting(DEFAULT_SETTINGS.mode, DEFAULT_SETTINGS.mode),
+    "mode": _Setting(DEFAULT_SETTINGS.mode, DEFAULT_SETTINGS.mode.value),
     "window": _Setting(None, ""),
     "window_timezone": _Setting(None, ""),
 }
@@ -279,7 +280,7 @@ class _Loader(NodeWalker):
             models = self.models(fields["models"], f"{path}.models", level)
         elif isinstance(node, yaml.MappingNode):
             self.error(node, f"{path}.models", "required key is missing")
-        checking = [m.name for m in models if m.settings.mode == "check"]
+        checking = [m.name for m in models if m.settings.mode is Mode.CHECK]
         if checking and inventory.value == 0:
             where = inventory.path or "inventory_interval"
             message = (
@@ -394,7 +395,7 @@ class _Loader(NodeWalker):
             stall_timeout=float(values["stall_timeout"]),
             insecure=bool(values["insecure"]),
             run_on_start=bool(values["run_on_start"]),
-            mode=str(values["mode"]),
+            mode=Mode(values["mode"]),
             window=_resolve_window(values["window"], values["window_timezone"]),
         )
         return ModelConfig(name, settings), name_node, name_path

@@ -13,6 +13,7 @@ import unicodedata
 import urllib.parse
 from typing import TYPE_CHECKING, Final
 
+from exporter.config.types import Mode
 from exporter.config.windows import check_timezone, parse_window
 from exporter.config.yamlfile import InvalidError, describe, kind_of, quote, scalar, string
 from exporter.ollama.names import ModelNameError, parse_model_name
@@ -117,12 +118,13 @@ def _seconds_or_none(text: str) -> float | None:
         return None
 
 
-def mode(node: yaml.Node) -> str:
+def mode(node: yaml.Node) -> Mode:
     """`pull` or `check`."""
     value = scalar(node)
-    if value not in {"pull", "check"}:
-        raise InvalidError(f'expected "pull" or "check", got {describe(node)}')
-    return str(value)
+    if not isinstance(value, str) or value not in set(Mode):
+        expected = " or ".join(f'"{each}"' for each in Mode)
+        raise InvalidError(f"expected {expected}, got {describe(node)}")
+    return Mode(value)
 
 
 def window(node: yaml.Node) -> tuple[int, int]:

@@ -8,6 +8,7 @@ here, so the documented default and the one in force cannot drift apart.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
@@ -26,6 +27,15 @@ DEFAULT_DISCOVERY_SCHEME: Final = "http"
 """The scheme of the URLs a DNS answer becomes."""
 
 
+class Mode(StrEnum):
+    """What a model's schedule does; the values are the config's and the API's `mode` values."""
+
+    PULL = "pull"
+    """Scheduled pulls."""
+    CHECK = "check"
+    """Ask the registry whether an update waits; never download."""
+
+
 @dataclass(frozen=True, slots=True)
 class PullSettings:
     """The `defaults` keys, resolved for one model (durations in seconds).
@@ -40,8 +50,7 @@ class PullSettings:
     stall_timeout: float = 600.0
     insecure: bool = False
     run_on_start: bool = True
-    mode: str = "pull"
-    """`pull` (scheduled pulls) or `check` (ask the registry whether an update waits)."""
+    mode: Mode = Mode.PULL
     window: Window | None = None
     """Scheduled pulls start only inside it; None: any time."""
 
