@@ -73,7 +73,7 @@ async def _consume_a(url: str) -> dict[str, Any]:
     from prometheus_client import generate_latest  # noqa: PLC0415
 
     from exporter.clients.pull import make_session, run_pull  # noqa: PLC0415
-    from exporter.config.loader import Config, ModelConfig, PullSettings, ServerConfig  # noqa: PLC0415
+    from exporter.config.types import Config, ModelConfig, PullSettings, ServerConfig  # noqa: PLC0415
     from exporter.metrics.families import build_registry  # noqa: PLC0415
     from exporter.state.history import History, Trigger  # noqa: PLC0415
     from exporter.state.pairs import ExporterState, sync_pairs  # noqa: PLC0415

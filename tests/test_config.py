@@ -1,4 +1,4 @@
-"""Tests for exporter.config.loader: one bad file per rule with its exact message, plus properties."""
+"""Tests for exporter.config (loader, parsers, types): one bad file per rule with its exact message."""
 
 from __future__ import annotations
 
@@ -13,15 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.config import yamlfile
-from exporter.config.loader import (
+from exporter.config.loader import ConfigError, load_config, parse_config
+from exporter.config.parsers import format_duration, parse_duration
+from exporter.config.types import (
+    DEFAULT_HISTORY_LIMIT,
+    DEFAULT_INVENTORY_INTERVAL,
+    DEFAULT_SETTINGS,
     Config,
-    ConfigError,
+    Mode,
     PullSettings,
-    canonical_model_name,
-    load_config,
-    parse_config,
-    parse_duration,
 )
+from exporter.state.history import History
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BAD_DIR = Path("tests/configs/bad")  # relative: messages name the file exactly as given
@@ -466,40 +468,34 @@ def test_parse_duration_rejects(text: str) -> None:
         parse_duration(text)
 
 
-@pytest.mark.parametrize(
-    ("name", "canonical"),
-    [
-        ("gemma3", "registry.ollama.ai/library/gemma3:latest"),
-        ("gemma3:latest", "registry.ollama.ai/library/gemma3:latest"),
-        ("library/gemma3:latest", "registry.ollama.ai/library/gemma3:latest"),
-        ("registry.ollama.ai/library/gemma3:latest", "registry.ollama.ai/library/gemma3:latest"),
-        ("https://registry.ollama.ai/library/gemma3", "registry.ollama.ai/library/gemma3:latest"),
-        ("Gemma3:LATEST", "registry.ollama.ai/library/gemma3:latest"),
-        ("llama3.2:1b", "registry.ollama.ai/library/llama3.2:1b"),
-        ("user/model:v1", "registry.ollama.ai/user/model:v1"),
-        ("localhost:5000/library/foo", "localhost:5000/library/foo:latest"),
-        ("localhost:5000/library/foo:q4", "localhost:5000/library/foo:q4"),
-        ("hf.co/org/repo:Q4_K_M", "hf.co/org/repo:q4_k_m"),
-    ],
-)
-def test_canonical_model_name(name: str, canonical: str) -> None:
-    assert canonical_model_name(name) == canonical
+@given(st.integers(min_value=0, max_value=365 * 86_400_000))
+def test_format_duration_is_read_back_exactly(ms: int) -> None:
+    assert parse_duration(format_duration(ms / 1000)) == ms / 1000
 
 
 @pytest.mark.parametrize(
-    ("name", "part"),
-    [
-        ("", "model"),
-        ("gemma3:", "tag"),
-        (":1b", "model"),
-        ("/gemma3", "namespace"),
-        ("library/", "model"),
-        ("/library/gemma3", "host"),
-    ],
+    ("seconds", "text"), [(21600.0, "6h"), (600.0, "10m"), (60.0, "1m"), (5400.5, "1h30m500ms")]
 )
-def test_canonical_model_name_rejects_empty_parts(name: str, part: str) -> None:
-    with pytest.raises(ValueError, match=rf"the {part} is empty$"):
-        canonical_model_name(name)
+def test_format_duration_uses_the_largest_units(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_a_config_that_sets_nothing_gets_the_one_set_of_defaults() -> None:
+    config = parse_config(MINIMAL, "c.yaml", {})
+    (server,) = config.servers
+    assert server.models[0].settings == DEFAULT_SETTINGS == PullSettings()
+    assert server.inventory_interval == DEFAULT_INVENTORY_INTERVAL
+    assert config.history_limit == DEFAULT_HISTORY_LIMIT
+    assert History().limit == DEFAULT_HISTORY_LIMIT
+
+
+def test_mode_is_the_enum_and_serializes_as_before() -> None:
+    text = MINIMAL.replace("models: [llama3.2:1b]", "models: [{name: a, mode: check}, b]")
+    (server,) = parse_config(text, "c.yaml", {}).servers
+    modes = [model.settings.mode for model in server.models]
+    assert modes == [Mode.CHECK, Mode.PULL]
+    assert all(type(mode) is Mode for mode in modes)
+    assert [f"{mode}" for mode in modes] == ["check", "pull"]
 
 
 @pytest.mark.parametrize(

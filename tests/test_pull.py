@@ -40,7 +40,7 @@ from tests.raw_http import raw_http_server
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
 
-    from exporter.config.loader import ModelConfig, ServerConfig
+    from exporter.config.types import ModelConfig, ServerConfig
 
 MODEL = "m"
 DIGEST = "sha256:" + "ab" * 32

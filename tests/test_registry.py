@@ -25,7 +25,7 @@ from exporter.clients.registry import (
     make_registry_session,
     parse_reference,
 )
-from exporter.config.loader import ModelConfig, PullSettings, ServerConfig
+from exporter.config.types import Mode, ModelConfig, PullSettings, ServerConfig
 from exporter.state.holdings import CheckResult
 from exporter.state.pairs import PairState
 from ollama_sim import MANIFEST_V2, CannedAnswer, RegistrySimulator
@@ -67,7 +67,7 @@ def registry() -> Iterator[RegistrySimulator]:
 
 
 def _model(name: str) -> ModelConfig:
-    settings = PullSettings(60, 0, 600, 60, insecure=True, run_on_start=True, mode="check")
+    settings = PullSettings(60, 0, 600, 60, insecure=True, run_on_start=True, mode=Mode.CHECK)
     return ModelConfig(name, settings)
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from exporter.config.loader import Config, ModelConfig, PullSettings, ServerConfig
+from exporter.config.types import Config, ModelConfig, PullSettings, ServerConfig
 from exporter.schedule.scheduler import (
     FIRST_RUN_SPREAD,
     Plan,

@@ -7,7 +7,7 @@ import datetime as dt
 
 import pytest
 
-from exporter.config.loader import Config, ModelConfig, PullSettings, ServerConfig
+from exporter.config.types import Config, ModelConfig, PullSettings, ServerConfig
 from exporter.config.windows import Window, is_open, next_start, parse_window, windowed_start
 from exporter.schedule.scheduler import Scheduler
 from exporter.state.pairs import ExporterState, RunResult

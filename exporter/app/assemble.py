@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     import socket
     from collections.abc import AsyncIterator, Coroutine, Iterator
 
-    from exporter.config.loader import Config, ServerConfig
+    from exporter.config.types import Config, ServerConfig
     from exporter.config.webconfig import WebConfig
     from exporter.fleet.sharding import Shard
     from exporter.state.pairs import PairState

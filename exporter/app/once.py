@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final
 from exporter.clients.inventory import Inventory
 from exporter.clients.pull import make_session
 from exporter.clients.registry import Checker, Outcome, make_registry_session
+from exporter.config.types import Mode
 from exporter.core import signals
 from exporter.core.logs import logfmt_value
 from exporter.schedule.scheduler import Scheduler
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     import signal
 
     from exporter.app.assemble import Program
-    from exporter.config.loader import Config, ModelConfig, ServerConfig
+    from exporter.config.types import Config, ModelConfig, ServerConfig
     from exporter.state.pairs import ExporterState, LastRun, PairState
 
 SHUTDOWN_DEADLINE: Final = 4.5
@@ -141,7 +142,7 @@ def report(
         for model in server.models:
             key = (server.name, model.name)
             fields = [f"server={server.name}", f"model={model.name}"]
-            if model.settings.mode == "check":
+            if model.settings.mode is Mode.CHECK:
                 holding = state.inventory.get(server.name)
                 problem = holding.problem if holding is not None else None
                 line, ok = _check_line(state.pairs[key], checked.get(key), problem)

@@ -20,14 +20,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from exporter.config.loader import Config, ConfigError
+from exporter.config.loader import ConfigError
+from exporter.config.types import Config
 from exporter.storage.last_runs import restore
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Mapping
 
     from exporter.clients.inventory import Inventory
-    from exporter.config.loader import ServerConfig
+    from exporter.config.types import ServerConfig
     from exporter.fleet.servers import Fleet
     from exporter.schedule.scheduler import Scheduler
     from exporter.state.history import History

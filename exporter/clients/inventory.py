@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING, Final
 
 import aiohttp
 
-from exporter.config.loader import canonical_model_name
+from exporter.config.types import Mode
+from exporter.ollama.names import canonical_model_name
 from exporter.ollama.tags import MAX_TAGS_BYTES, TagsError, parse_tags
 from exporter.state.holdings import InventoryResult, ServerHolding
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from exporter.config.loader import Config, ServerConfig
+    from exporter.config.types import Config, ServerConfig
     from exporter.ollama.tags import Held
     from exporter.state.pairs import ExporterState, PairState
 
@@ -85,7 +86,7 @@ class Inventory:
         for server in config.servers:
             for model in server.models:
                 holding = self._state.pairs[server.name, model.name].holding
-                holding.set_checking(model.settings.mode == "check")
+                holding.set_checking(model.settings.mode is Mode.CHECK)
                 holding.tracked = server.name in wanted
         for name, server in wanted.items():
             server_holding = holdings.setdefault(name, ServerHolding())

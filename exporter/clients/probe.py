@@ -19,7 +19,7 @@ from exporter.core.limiter import Limiter
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from exporter.config.loader import ServerConfig
+    from exporter.config.types import ServerConfig
     from exporter.state.pairs import ExporterState
 
 log = logging.getLogger("exporter.probe")

@@ -27,7 +27,7 @@ from exporter.state.transcript import Redactor
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from exporter.config.loader import ModelConfig, ServerConfig
+    from exporter.config.types import ModelConfig, ServerConfig
     from exporter.core.clock import Clock
     from exporter.ollama.protocol import RunEnded
     from exporter.state.history import ActiveRun

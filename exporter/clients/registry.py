@@ -32,12 +32,13 @@ from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from exporter import __version__
+from exporter.ollama.names import parse_model_name
 from exporter.state.holdings import CheckResult
 
 if TYPE_CHECKING:
     from multidict import CIMultiDictProxy
 
-    from exporter.config.loader import ModelConfig, ServerConfig
+    from exporter.config.types import ModelConfig, ServerConfig
     from exporter.state.pairs import PairState
 
 log = logging.getLogger("exporter.registry")
@@ -72,21 +73,9 @@ class Reference:
 
 
 def parse_reference(name: str) -> Reference:
-    """Split a model name like Ollama's ParseName, keeping case; raises ValueError if empty."""
-    rest, host, namespace, tag = name, "registry.ollama.ai", "library", "latest"
-    if rest.rfind(":") > rest.rfind("/"):
-        rest, _, tag = rest.rpartition(":")
-    model = rest
-    if "/" in rest:
-        rest, _, model = rest.rpartition("/")
-        namespace = rest
-        if "/" in rest:
-            rest, _, namespace = rest.rpartition("/")
-            scheme, sep, after = rest.partition("://")
-            host = (after if sep else scheme) or host
-    if not all((host, namespace, model, tag)):
-        raise ValueError(f"invalid model name {name!r}")
-    return Reference(host, namespace, model, tag)
+    """Where the manifest of model `name` lives (`parse_model_name`); raises ValueError."""
+    parsed = parse_model_name(name)
+    return Reference(parsed.host, parsed.namespace, parsed.model, parsed.tag)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final
 
 import yaml
 
-from exporter.config.loader import _check_url, _label, _name_from_url
+from exporter.config.parsers import check_url, label_value, name_from_url
 from exporter.config.yamlfile import (
     BadYamlError,
     InvalidError,
@@ -32,7 +32,7 @@ from exporter.config.yamlfile import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from exporter.config.loader import DiscoveryConfig
+    from exporter.config.types import DiscoveryConfig
 
 log = logging.getLogger("exporter.discovery")
 
@@ -98,9 +98,9 @@ def _target(walker: NodeWalker, item: yaml.Node, path: str) -> Target | None:
     url = walker.check(fields["url"], f"{path}.url", _url, "")
     if not url:
         return None
-    name = _name_from_url(url)
+    name = name_from_url(url)
     if "name" in fields:
-        name = walker.check(fields["name"], f"{path}.name", _label, "")
+        name = walker.check(fields["name"], f"{path}.name", label_value, "")
     return Target(name, url) if name else None
 
 
@@ -108,7 +108,7 @@ def _url(node: yaml.Node) -> str:
     value = node.value if isinstance(node, yaml.ScalarNode) else None
     if not isinstance(value, str) or node.tag != "tag:yaml.org,2002:str":
         raise InvalidError(f"expected a URL string, got {describe(node)}")
-    return _check_url(value)
+    return check_url(value)
 
 
 def file_signature(path: str) -> tuple[int, int, int] | None:

@@ -15,13 +15,14 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Final
 
-from exporter.config.loader import ServerConfig, credentials_clash
+from exporter.config.parsers import credentials_clash
+from exporter.config.types import ServerConfig
 from exporter.fleet.discovery import Watcher
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
-    from exporter.config.loader import Config, DiscoveryConfig
+    from exporter.config.types import Config, DiscoveryConfig
     from exporter.fleet.sharding import Shard
     from exporter.state.pairs import FleetStatus
 

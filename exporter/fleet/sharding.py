@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from exporter.config.loader import ServerConfig
+    from exporter.config.types import ServerConfig
 
 _ORDINAL: Final = re.compile(r"-([0-9]+)$")
 

@@ -14,7 +14,7 @@ from typing import Annotated, Final
 
 import msgspec
 
-from exporter.config.loader import canonical_model_name
+from exporter.ollama.names import canonical_model_name
 
 MAX_TAGS_BYTES: Final = 16 * 1024 * 1024
 """An answer larger than this is refused: 1,000 models take about 600 KB."""

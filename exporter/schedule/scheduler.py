@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from exporter.clients.pull import run_pull
+from exporter.config.types import Mode
 from exporter.config.windows import windowed_start
 from exporter.core.clock import SYSTEM_CLOCK
 from exporter.core.limiter import Limiter
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
     import aiohttp
 
-    from exporter.config.loader import Config, ModelConfig, PullSettings, ServerConfig
+    from exporter.config.types import Config, ModelConfig, PullSettings, ServerConfig
     from exporter.core.clock import Clock
     from exporter.state.history import ActiveRun, History
     from exporter.state.pairs import ExporterState, PairState, RunResult
@@ -203,7 +204,7 @@ class Scheduler:
         for server in config.servers:
             for model in server.models:
                 pair = self._state.pairs[server.name, model.name]
-                if model.settings.mode != "check":
+                if model.settings.mode is not Mode.CHECK:
                     jobs.append(self._limited(server, model, pair, Trigger.START))
                 elif self._check is not None:
                     jobs.append(self._check(server, model, pair))
@@ -238,7 +239,7 @@ class Scheduler:
         while True:
             now = clock.monotonic()
             wall = wall_time(plan.start, now_monotonic=now, now_wall=clock.time())
-            if settings.window is not None and settings.mode == "pull":
+            if settings.window is not None and settings.mode is Mode.PULL:
                 opens = windowed_start(settings.window, wall, plan.start - plan.slot)
                 plan, wall = Plan(plan.slot, plan.start + (opens - wall)), opens
             self._plans[key] = plan
@@ -257,7 +258,7 @@ class Scheduler:
                     "run skipped: previous run still going",
                     extra={"server": server.name, "model": model.name},
                 )
-            elif settings.mode == "check" and self._check is not None:
+            elif settings.mode is Mode.CHECK and self._check is not None:
                 self._runs[key] = asyncio.create_task(
                     self._check(server, model, pair), name=f"check {key}"
                 )

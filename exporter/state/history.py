@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import msgspec
 
+from exporter.config.types import DEFAULT_HISTORY_LIMIT
 from exporter.state.transcript import (
     RAW_MAGIC,
     Redactor,
@@ -38,13 +39,12 @@ from exporter.state.transcript import (
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
-    from exporter.config.loader import Config
+    from exporter.config.types import Config
     from exporter.ollama.progress import RunProgress
     from exporter.state.pairs import PairState, RunResult
 
 log = logging.getLogger("exporter.history")
 
-DEFAULT_LIMIT: Final = 100
 MEMORY_TRANSCRIPT_BUDGET: Final = 64 << 20
 """Bytes of compressed transcripts kept in memory (about 10,000 long runs)."""
 ERROR_LIMIT: Final = 2048
@@ -168,7 +168,7 @@ class History:
 
     def __init__(
         self,
-        limit: int = DEFAULT_LIMIT,
+        limit: int = DEFAULT_HISTORY_LIMIT,
         db: HistoryBackend | None = None,
         redact: Redactor | None = None,
     ) -> None:

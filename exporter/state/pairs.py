@@ -15,7 +15,7 @@ from exporter.ollama.protocol import RUN_PHASES, Phase, Reason
 from exporter.state.holdings import PairHolding, ServerHolding
 
 if TYPE_CHECKING:
-    from exporter.config.loader import Config
+    from exporter.config.types import Config
     from exporter.ollama.progress import RunProgress
 
 DURATION_BUCKETS: Final = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)  # fmt: skip  # noqa: E501

@@ -32,7 +32,7 @@ import msgspec
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from exporter.config.loader import Config, ServerConfig
+    from exporter.config.types import Config, ServerConfig
 
 HEAD_LINES: Final = 200
 TAIL_LINES: Final = 200
