@@ -16,6 +16,7 @@ import datetime as dt
 import functools
 import html
 import json
+import math
 import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
@@ -90,15 +91,23 @@ def _bytes(count: float) -> str:
     return f"{size:.1f} TiB"  # pragma: no cover - the loop returns
 
 
-def _span(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds // 60:.0f}m {seconds % 60:02.0f}s"
-    if seconds < 86400:
-        return f"{seconds // 3600:.0f}h {seconds % 3600 // 60:02.0f}m"
-    return f"{seconds / 86400:.1f}d"
+def span(seconds: float) -> str:
+    """A duration as the page shows it: `59s`, `2m 00s`, `1h 05m`, `1.5d`.
+
+    Rounded once to the unit shown, half up, then split (rounding each part on its own showed
+    119.6 s as "1m 60s"). `static/page.js` has the same function; the tests hold them equal.
+    """
+    seconds = max(0.0, seconds) if math.isfinite(seconds) else 0.0
+    whole = math.floor(seconds + 0.5)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    minutes = math.floor(seconds / 60 + 0.5)
+    if minutes < 1440:
+        return f"{minutes // 60}h {minutes % 60:02d}m"
+    tenths = math.floor(seconds / 8640 + 0.5)
+    return f"{tenths // 10}.{tenths % 10}d"
 
 
 def _when(at: float | None) -> str:
@@ -112,7 +121,7 @@ def _relative(at: float | None, now: float) -> str:
     if at is None:
         return "&ndash;"
     stamp = dt.datetime.fromtimestamp(at, dt.UTC).isoformat()
-    text = f"in {_span(at - now)}" if at > now else f"{_span(now - at)} ago"
+    text = f"in {span(at - now)}" if at > now else f"{span(now - at)} ago"
     return f'<time datetime="{stamp}" data-at="{at:.3f}">{text}</time>'
 
 
@@ -194,7 +203,7 @@ def _row(pair: Json, now: float, *, visible: bool, admin: bool) -> str:
         ("Phase", phase_text),
         ("Progress", _progress_cell(pair)),
         ("Throughput", f"{_bytes(rate)}/s" if rate is not None else "&ndash;"),
-        ("ETA", _span(eta) if eta is not None else "&ndash;"),
+        ("ETA", span(eta) if eta is not None else "&ndash;"),
         ("Last result", _last_cell(pair["last"], now)),
         ("Next run", _relative(pair["next_run_at"], now)),
         (
@@ -339,7 +348,7 @@ def _runs_table(runs: Iterable[Json], *, pair_columns: bool) -> str:
         cells += [
             f'<td data-label="Started">{_when(run["started_at"])}</td>',
             f'<td data-label="Trigger">{_e(run["trigger"])}</td>',
-            f'<td data-label="Duration">{"&ndash;" if duration is None else _span(duration)}</td>',
+            f'<td data-label="Duration">{"&ndash;" if duration is None else span(duration)}</td>',
             f'<td data-label="Result">{result_html}</td>',
             f'<td data-label="Downloaded">{_bytes(run["downloaded_bytes"])}</td>',
             f'<td data-label="Error" class="error-text">{_e(run["error"] or "")}</td>',
@@ -448,7 +457,7 @@ async def _run(request: web.Request) -> web.Response:
         ("Trigger", _e(detail["trigger"])),
         ("Started", _when(detail["started_at"])),
         ("Ended", _when(detail["ended_at"])),
-        ("Duration", _span(duration) if duration is not None else "&ndash;"),
+        ("Duration", span(duration) if duration is not None else "&ndash;"),
         ("Downloaded", _bytes(detail["downloaded_bytes"])),
         ("Reused", _bytes(detail["reused_bytes"])),
         ("Phases", _e(phases)),
