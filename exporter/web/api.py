@@ -357,18 +357,23 @@ def require_admin(runtime: Runtime) -> None:
 
 
 def start_pull(runtime: Runtime, server: str, model: str) -> ActiveRun:
-    """Start the pair's run now (the API's and the page's "pull now"); raises ApiError."""
+    """Start the pair's run now (the API's and the page's "pull now"); raises ApiError.
+
+    Every refusal comes before the scheduler is asked: once it is, the pull is under way.
+    """
     require_admin(runtime)
-    scheduler = runtime.scheduler
+    scheduler, history = runtime.scheduler, runtime.history
     if scheduler is None:
         raise ApiError(503, "the scheduler is not running")
+    if history is None:  # the answer's run id comes from it
+        raise ApiError(503, "the run history is not available")
     try:
         active = scheduler.pull_now(server, model)
     except KeyError:
         raise ApiError(404, f"no configured pair server={server!r} model={model!r}") from None
     except PairBusyError as exc:
         raise ApiError(409, str(exc)) from None
-    if active is None:
+    if active is None:  # not reached: the scheduler shares the runtime's history
         raise ApiError(503, "the run history is not available")
     return active
 

@@ -209,7 +209,9 @@ def _paths() -> Json:
                     "409": _error("a run of that pair is going"),
                     "413": _error("the body is too large"),
                     "415": _error("the body is not application/json"),
-                    "503": _error("the scheduler is not running"),
+                    "503": _error(
+                        "the scheduler or the run history is not available (nothing started)"
+                    ),
                 },
             }
         },
