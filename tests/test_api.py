@@ -26,6 +26,7 @@ from exporter.clients.inventory import Inventory
 from exporter.clients.pull import make_session
 from exporter.config.loader import parse_config
 from exporter.schedule.scheduler import Scheduler
+from exporter.state.history import History
 from exporter.state.pairs import ExporterState
 from exporter.web import api, page
 from ollama_sim import OllamaSimulator, error_after_manifest, fresh_pull, up_to_date
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
-    from exporter.state.history import History
     from exporter.state.pairs import PairState
 
 TOKEN = "s3cr3t-token-value"
@@ -413,5 +413,38 @@ def test_pull_now_without_a_history_answers_503_and_starts_nothing() -> None:
                 await rig.ended["other"].wait()
         assert rig.state.pairs["s", "fast"].runs_total == 0
         assert [record.model for record in sim.requests] == ["other"]
+
+    asyncio.run(scenario())
+
+
+def test_pull_now_of_a_check_pair_is_refused_and_never_pulls() -> None:
+    """N11: "pull now" of a `mode: check` pair pulled it; now 409 and no `POST /api/pull`."""
+    sim = OllamaSimulator({"checked": [up_to_date(SIZES)], "pulled": [up_to_date(SIZES)]})
+
+    async def scenario() -> None:
+        models = "[{name: checked, mode: check}, pulled]"
+        async with operator_app(sim, models, history=History()) as rig:
+            client = rig.client
+            answer = await client.post("/api/v1/pulls", json={"server": "s", "model": "checked"})
+            assert answer.status == 409
+            error = (await answer.json())["error"]
+            assert error.startswith("s/checked is a mode: check pair: it is never pulled")
+            form = await client.post("/pull-now", data={"server": "s", "model": "checked"})
+            assert form.status == 409
+            assert "mode: check" in await form.text()
+            status = await (await client.get("/api/v1/status")).json()
+            assert [p["mode"] for p in status["pairs"]] == ["check", "pull"]
+            # The page offers no button for it (the pull pair has one).
+            index = await (await client.get("/")).text()
+            assert index.count('class="pull-now-form"') == 1
+            assert 'name="model" value="checked"' not in index
+            # One pull at a time on `s`: had the check pair's pull started, it would have
+            # reached the simulator before this one ends.
+            answer = await client.post("/api/v1/pulls", json={"server": "s", "model": "pulled"})
+            assert answer.status == 202
+            async with asyncio.timeout(20):
+                await rig.ended["pulled"].wait()
+        assert [record.model for record in sim.requests] == ["pulled"]
+        assert rig.state.pairs["s", "checked"].runs_total == 0
 
     asyncio.run(scenario())

@@ -176,7 +176,7 @@ def pair_view(
         "eta_seconds": eta,
         "last": last_view,
         "next_run_at": pair.next_run_at,
-        "mode": "check" if holding.checks is not None else "pull",
+        "mode": mode(pair),
         "digest": holding.digest,
         "update_available": None if update is None else bool(update),
         "run_id": active.id if active is not None and run is not None else None,
@@ -356,6 +356,11 @@ def require_admin(runtime: Runtime) -> None:
         raise ApiError(403, "the admin API is not enabled (start with --web.enable-admin-api)")
 
 
+def mode(pair: PairState) -> str:
+    """`check` for a pair in check mode (it is never pulled), else `pull`."""
+    return "check" if pair.holding.checks is not None else "pull"
+
+
 def start_pull(runtime: Runtime, server: str, model: str) -> ActiveRun:
     """Start the pair's run now (the API's and the page's "pull now"); raises ApiError.
 
@@ -367,6 +372,13 @@ def start_pull(runtime: Runtime, server: str, model: str) -> ActiveRun:
         raise ApiError(503, "the scheduler is not running")
     if history is None:  # the answer's run id comes from it
         raise ApiError(503, "the run history is not available")
+    pair = runtime.state.pairs.get((server, model))
+    if pair is not None and mode(pair) == "check":
+        raise ApiError(
+            409,
+            f"{server}/{model} is a mode: check pair: it is never pulled, only checked "
+            "against its registry every interval",
+        )
     try:
         active = scheduler.pull_now(server, model)
     except KeyError:

@@ -195,7 +195,7 @@ def _row(pair: Json, now: float, *, visible: bool, admin: bool) -> str:
     phase = pair["phase"]
     phase_text = f'<span class="run">{_e(phase)}</span>' if pair["in_progress"] else _e(phase)
     href = _e(_history_href(pair["server"], pair["model"]))
-    button = _pull_form(pair) if admin else ""
+    button = _pull_form(pair) if admin and pair["mode"] == "pull" else ""  # check: never pulled
     actions = f'<a href="{href}">history</a>{button}<span class="note" aria-live="polite"></span>'
     cells = (
         ("Server", _e(pair["server"])),
