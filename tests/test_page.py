@@ -163,9 +163,14 @@ def test_the_page_escapes_names(tmp_path: Path) -> None:
     with sim.running() as url:
         config = f"servers:\n  - name: '<b>x</b>'\n    url: {url}\n    models: [a]\n"
         with run_exporter(config, tmp_path) as running:
-            body = page(running, "/")
-    assert "<b>x</b>" not in body
-    assert "&lt;b&gt;x&lt;/b&gt;" in body
+            bodies = [
+                page(running, "/"),
+                page(running, "/?model=%3Cb%3Ex%3C%2Fb%3E"),  # the filter's value, shown back
+                page(running, "/history?server=%3Cb%3Ex%3C%2Fb%3E&model=a"),
+            ]
+    for body in bodies:
+        assert "<b>x</b>" not in body
+        assert "&lt;b&gt;x&lt;/b&gt;" in body
 
 
 SPANS = [
