@@ -7,6 +7,7 @@ history, a failed run's transcript with its error line marked, and nothing from 
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import math
@@ -20,10 +21,11 @@ from urllib.parse import quote
 
 import pytest
 
+from exporter.state.history import History
 from exporter.web.page import span
 from ollama_sim import OllamaSimulator, error_after_manifest, fresh_pull, up_to_date
 from tests.harness import Exporter, run_exporter, wait_for
-from tests.test_api import call, request
+from tests.test_api import call, operator_app, request
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -224,3 +226,30 @@ def test_the_javascript_span_says_the_same() -> None:
         check=True,
     )
     assert json.loads(done.stdout) == [text for _, text in SPANS]
+
+
+HOSTILE = '<script>alert("x")</script> & <img src=x onerror=alert(1)>'
+
+
+def test_hostile_error_text_is_escaped_on_every_page() -> None:
+    """An error text from Ollama lands in the run's error box, its transcript and the history."""
+    sim = OllamaSimulator({"bad": [error_after_manifest(HOSTILE)]})
+
+    async def scenario() -> list[str]:
+        async with operator_app(sim, "[bad]", history=History()) as rig:
+            answer = await rig.client.post("/api/v1/pulls", json={"server": "s", "model": "bad"})
+            run_id = (await answer.json())["id"]
+            async with asyncio.timeout(20):
+                await rig.ended["bad"].wait()
+            paths = ["/", "/history?server=s&model=bad", "/history", f"/runs/{run_id}"]
+            return [await (await rig.client.get(path)).text() for path in paths]
+
+    pages = asyncio.run(scenario())
+    for body in pages:
+        assert "<script>" not in body
+        assert "<img" not in body
+    escaped = html.escape(HOSTILE).replace("&#x27;", "&#39;").replace("&quot;", "&#34;")
+    assert escaped in pages[1]  # the history's error column
+    assert 'class="error-box"' in pages[-1]
+    assert escaped in pages[-1]
+    assert "\\u003cscript\\u003e" in pages[-1]  # the transcript's raw line, as Ollama escapes it

@@ -220,7 +220,7 @@ async def _index(request: web.Request) -> web.Response:
     for name, status in runtime.state.servers.items():
         detail = status.version or status.problem or ""
         server_rows.append(
-            (name, server_up.get(name), history.redact(detail) if history else detail)
+            (name, server_up.get(name), history.redact(detail) if history is not None else detail)
         )
     context: dict[str, object] = {
         "title": "Ollama pull exporter",
