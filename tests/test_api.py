@@ -393,6 +393,15 @@ async def operator_app(
         await sim.stop()
 
 
+async def api_pull(rig: Rig, model: str) -> tuple[int, Any]:
+    """`POST /api/v1/pulls` in process; the answer must match the document."""
+    answer = await rig.client.post("/api/v1/pulls", json={"server": "s", "model": model})
+    text = await answer.text()
+    return answer.status, check_answer(
+        "/api/v1/pulls", "POST", answer.status, answer.content_type, text
+    )
+
+
 def test_pull_now_without_a_history_answers_503_and_starts_nothing() -> None:
     """The refusal used to come after the scheduler had started the pull."""
     sim = OllamaSimulator({"fast": [up_to_date(SIZES)], "other": [up_to_date(SIZES)]})
@@ -400,9 +409,8 @@ def test_pull_now_without_a_history_answers_503_and_starts_nothing() -> None:
     async def scenario() -> None:
         async with operator_app(sim, "[fast, other]", history=None) as rig:
             client = rig.client
-            answer = await client.post("/api/v1/pulls", json={"server": "s", "model": "fast"})
-            assert answer.status == 503
-            assert (await answer.json())["error"] == "the run history is not available"
+            status, body = await api_pull(rig, "fast")
+            assert (status, body["error"]) == (503, "the run history is not available")
             form = await client.post("/pull-now", data={"server": "s", "model": "fast"})
             assert form.status == 503
             assert "not available" in await form.text()
@@ -425,23 +433,21 @@ def test_pull_now_of_a_check_pair_is_refused_and_never_pulls() -> None:
         models = "[{name: checked, mode: check}, pulled]"
         async with operator_app(sim, models, history=History()) as rig:
             client = rig.client
-            answer = await client.post("/api/v1/pulls", json={"server": "s", "model": "checked"})
-            assert answer.status == 409
-            error = (await answer.json())["error"]
-            assert error.startswith("s/checked is a mode: check pair: it is never pulled")
+            status, body = await api_pull(rig, "checked")
+            assert status == 409
+            assert body["error"].startswith("s/checked is a mode: check pair: it is never pulled")
             form = await client.post("/pull-now", data={"server": "s", "model": "checked"})
             assert form.status == 409
             assert "mode: check" in await form.text()
-            status = await (await client.get("/api/v1/status")).json()
-            assert [p["mode"] for p in status["pairs"]] == ["check", "pull"]
+            shown = await (await client.get("/api/v1/status")).json()
+            assert [p["mode"] for p in shown["pairs"]] == ["check", "pull"]
             # The page offers no button for it (the pull pair has one).
             index = await (await client.get("/")).text()
             assert index.count('class="pull-now-form"') == 1
             assert 'name="model" value="checked"' not in index
             # One pull at a time on `s`: had the check pair's pull started, it would have
             # reached the simulator before this one ends.
-            answer = await client.post("/api/v1/pulls", json={"server": "s", "model": "pulled"})
-            assert answer.status == 202
+            assert (await api_pull(rig, "pulled"))[0] == 202
             async with asyncio.timeout(20):
                 await rig.ended["pulled"].wait()
         assert [record.model for record in sim.requests] == ["pulled"]
