@@ -7,21 +7,37 @@ token), and a slow pull that stays busy; the tests read what the API says about 
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import json
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
+from exporter.clients.inventory import Inventory
+from exporter.clients.pull import make_session
+from exporter.config.loader import parse_config
+from exporter.schedule.scheduler import Scheduler
+from exporter.state.history import History
+from exporter.state.pairs import ExporterState
+from exporter.web import api, page
+from exporter.web.site import Site
 from ollama_sim import OllamaSimulator, error_after_manifest, fresh_pull, up_to_date
 from tests.api_schema import check_answer
 from tests.harness import Exporter, run_exporter, wait_for
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
+
+    from exporter.state.pairs import PairState
 
 TOKEN = "s3cr3t-token-value"
 URL_PASSWORD = "url-pass-w0rd"
@@ -319,3 +335,119 @@ def test_history_survives_a_restart_with_storage(tmp_path: Path) -> None:
     assert [run["id"] for run in after] == [4, 3]
     assert after[0]["trigger"] == "start"
     assert kept[1]["transcript"][-1]["line"] == '{"status":"success"}'
+
+
+# ----------------------------------------------------------------- in process: refusals start nothing
+
+
+@dataclass
+class Rig:
+    state: ExporterState
+    scheduler: Scheduler
+    client: TestClient[web.Request, web.Application]
+    ended: collections.defaultdict[str, asyncio.Event]
+    """Set when a run of the model has ended."""
+
+
+@contextlib.asynccontextmanager
+async def operator_app(
+    sim: OllamaSimulator, models: str, *, history: History | None
+) -> AsyncIterator[Rig]:
+    """The API and the pages over a real scheduler that pulls from `sim` (admin API on).
+
+    Every pair waits an hour for its first run; one pull at a time on the server, so a run
+    asked for later finishes after any run asked for before it.
+    """
+    url = await sim.start()
+    config = parse_config(
+        f"defaults: {{interval: 1h, jitter: 0, run_on_start: false}}\n"
+        f"servers:\n  - name: s\n    url: {url}\n    models: {models}\n",
+        "test.yml",
+    )
+    state = ExporterState()
+    state.sync(config)
+    try:
+        async with make_session() as session:
+            inventory = Inventory(session, state)
+            inventory.apply(config, start=False)  # what marks the check-mode pairs
+            ended: collections.defaultdict[str, asyncio.Event] = collections.defaultdict(
+                asyncio.Event
+            )
+
+            def finished(pair: PairState) -> None:
+                ended[pair.model].set()
+
+            scheduler = Scheduler(session, state, on_finished=finished, history=history)
+            app = web.Application()
+            # The site's history is the one the page reads; the scheduler's may be none.
+            api.install(app, Site(state, history or History(), pulls=scheduler))
+            page.install(app)
+            scheduler.start(config)
+            try:
+                async with TestClient(TestServer(app)) as client:
+                    yield Rig(state, scheduler, client, ended)
+            finally:
+                await scheduler.stop()
+    finally:
+        await sim.stop()
+
+
+async def api_pull(rig: Rig, model: str) -> tuple[int, Any]:
+    """`POST /api/v1/pulls` in process; the answer must match the document."""
+    answer = await rig.client.post("/api/v1/pulls", json={"server": "s", "model": model})
+    text = await answer.text()
+    return answer.status, check_answer(
+        "/api/v1/pulls", "POST", answer.status, answer.content_type, text
+    )
+
+
+def test_pull_now_without_a_history_answers_503_and_starts_nothing() -> None:
+    """The refusal used to come after the scheduler had started the pull."""
+    sim = OllamaSimulator({"fast": [up_to_date(SIZES)], "other": [up_to_date(SIZES)]})
+
+    async def scenario() -> None:
+        async with operator_app(sim, "[fast, other]", history=None) as rig:
+            client = rig.client
+            status, body = await api_pull(rig, "fast")
+            assert (status, body["error"]) == (503, "the run history is not available")
+            form = await client.post("/pull-now", data={"server": "s", "model": "fast"})
+            assert form.status == 503
+            assert "not available" in await form.text()
+            # Refused before anything starts: no run task exists (the scheduler names each
+            # "pull (server, model)"), so nothing can reach the simulator later either.
+            assert [t for t in asyncio.all_tasks() if t.get_name().startswith("pull ")] == []
+        assert rig.state.pairs["s", "fast"].runs_total == 0
+        assert sim.requests == []
+
+    asyncio.run(scenario())
+
+
+def test_pull_now_of_a_check_pair_is_refused_and_never_pulls() -> None:
+    """N11: "pull now" of a `mode: check` pair pulled it; now 409 and no `POST /api/pull`."""
+    sim = OllamaSimulator({"checked": [up_to_date(SIZES)], "pulled": [up_to_date(SIZES)]})
+
+    async def scenario() -> None:
+        models = "[{name: checked, mode: check}, pulled]"
+        async with operator_app(sim, models, history=History()) as rig:
+            client = rig.client
+            status, body = await api_pull(rig, "checked")
+            assert status == 409
+            assert body["error"].startswith("s/checked is a mode: check pair: it is never pulled")
+            form = await client.post("/pull-now", data={"server": "s", "model": "checked"})
+            assert form.status == 409
+            assert "mode: check" in await form.text()
+            shown = await (await client.get("/api/v1/status")).json()
+            assert [p["mode"] for p in shown["pairs"]] == ["check", "pull"]
+            # The page offers no button for it (the pull pair has one).
+            index = await (await client.get("/")).text()
+            assert index.count('class="pull-now-form"') == 1
+            assert 'name="model" value="checked"' not in index
+            # One pull at a time on `s`: had the check pair's pull started, it would have
+            # reached the simulator before this one ends.
+            assert (await api_pull(rig, "pulled"))[0] == 202
+            async with asyncio.timeout(20):
+                await rig.ended["pulled"].wait()
+        assert [record.model for record in sim.requests] == ["pulled"]
+        assert rig.state.pairs["s", "checked"].runs_total == 0
+
+    asyncio.run(scenario())

@@ -7,21 +7,30 @@ history, a failed run's transcript with its error line marked, and nothing from 
 
 from __future__ import annotations
 
+import asyncio
 import html
+import json
+import math
 import re
+import shutil
+import subprocess
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import pytest
 
+from exporter.state.history import History
+from exporter.web.page import span
 from ollama_sim import OllamaSimulator, error_after_manifest, fresh_pull, up_to_date
 from tests.harness import Exporter, run_exporter, wait_for
-from tests.test_api import call, request
+from tests.test_api import call, operator_app, request
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
+
+PAGE_JS = Path(__file__).parent.parent / "exporter" / "web" / "static" / "page.js"
 
 ERROR = "pull model manifest: file does not exist"
 
@@ -156,6 +165,91 @@ def test_the_page_escapes_names(tmp_path: Path) -> None:
     with sim.running() as url:
         config = f"servers:\n  - name: '<b>x</b>'\n    url: {url}\n    models: [a]\n"
         with run_exporter(config, tmp_path) as running:
-            body = page(running, "/")
-    assert "<b>x</b>" not in body
-    assert "&lt;b&gt;x&lt;/b&gt;" in body
+            bodies = [
+                page(running, "/"),
+                page(running, "/?model=%3Cb%3Ex%3C%2Fb%3E"),  # the filter's value, shown back
+                page(running, "/history?server=%3Cb%3Ex%3C%2Fb%3E&model=a"),
+            ]
+    for body in bodies:
+        assert "<b>x</b>" not in body
+        assert "&lt;b&gt;x&lt;/b&gt;" in body
+
+
+SPANS = [
+    (0.0, "0s"),
+    (-5.0, "0s"),
+    (math.nan, "0s"),
+    (0.4, "0s"),
+    (0.5, "1s"),
+    (59.4, "59s"),
+    (59.5, "1m 00s"),  # was "60s"
+    (60.0, "1m 00s"),
+    (119.4, "1m 59s"),
+    (119.6, "2m 00s"),  # was "1m 60s"
+    (125.0, "2m 05s"),
+    (3599.4, "59m 59s"),
+    (3599.6, "1h 00m"),  # was "59m 60s"
+    (3929.0, "1h 05m"),
+    (3930.0, "1h 06m"),  # 65.5 minutes, half up
+    (7199.9, "2h 00m"),
+    (86369.0, "23h 59m"),
+    (86370.0, "1.0d"),  # 1439.5 minutes round up to a day
+    (108000.0, "1.3d"),  # 1.25 days: half up in both languages (Python's format rounds to even)
+    (129600.0, "1.5d"),
+    (10 * 86400.0, "10.0d"),
+]
+
+
+@pytest.mark.parametrize(("seconds", "text"), SPANS)
+def test_span_rounds_once_then_splits(seconds: float, text: str) -> None:
+    assert span(seconds) == text
+
+
+def js_function(name: str) -> str:
+    """The source of one top-level function of page.js's closure, to run it under node."""
+    source = PAGE_JS.read_text()
+    start = source.index(f"  function {name}(")
+    end = source.index("\n  }\n", start) + len("\n  }\n")
+    return source[start:end]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_javascript_span_says_the_same() -> None:
+    values = ", ".join("NaN" if math.isnan(s) else repr(s) for s, _ in SPANS)
+    program = f"{js_function('span')}\nconsole.log(JSON.stringify([{values}].map(span)));\n"
+    done = subprocess.run(
+        ["node", "--input-type=module", "-"],
+        input=program,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(done.stdout) == [text for _, text in SPANS]
+
+
+HOSTILE = '<script>alert("x")</script> & <img src=x onerror=alert(1)>'
+
+
+def test_hostile_error_text_is_escaped_on_every_page() -> None:
+    """An error text from Ollama lands in the run's error box, its transcript and the history."""
+    sim = OllamaSimulator({"bad": [error_after_manifest(HOSTILE)]})
+
+    async def scenario() -> list[str]:
+        async with operator_app(sim, "[bad]", history=History()) as rig:
+            answer = await rig.client.post("/api/v1/pulls", json={"server": "s", "model": "bad"})
+            run_id = (await answer.json())["id"]
+            async with asyncio.timeout(20):
+                await rig.ended["bad"].wait()
+            paths = ["/", "/history?server=s&model=bad", "/history", f"/runs/{run_id}"]
+            return [await (await rig.client.get(path)).text() for path in paths]
+
+    pages = asyncio.run(scenario())
+    for body in pages:
+        assert "<script>" not in body
+        assert "<img" not in body
+    escaped = html.escape(HOSTILE).replace("&#x27;", "&#39;").replace("&quot;", "&#34;")
+    assert escaped in pages[1]  # the history's error column
+    assert 'class="error-box"' in pages[-1]
+    assert escaped in pages[-1]
+    assert "\\u003cscript\\u003e" in pages[-1]  # the transcript's raw line, as Ollama escapes it

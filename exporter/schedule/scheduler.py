@@ -89,6 +89,10 @@ class PairBusyError(Exception):
     """`pull_now` found a run of the pair going (or queued for its server's limit)."""
 
 
+class NoHistoryError(Exception):
+    """`pull_now` without a run history: the run would have no id to answer with."""
+
+
 class Scheduler:
     """Owns one loop task per pair, the run tasks they start and one limiter per server."""
 
@@ -269,22 +273,21 @@ class Scheduler:
             trigger = Trigger.SCHEDULE
             plan = next_plan(plan, clock.monotonic(), settings, self._rand())
 
-    def pull_now(self, server_name: str, model_name: str) -> ActiveRun | None:
+    def pull_now(self, server_name: str, model_name: str) -> ActiveRun:
         """Start a run of the pair now, outside its schedule (which stays as it was).
 
-        Returns its history entry (None without a history). Raises KeyError for a pair that is
-        not configured and PairBusyError while a run of it is going or waiting for its server.
+        Returns its history entry. Raises, before anything starts: KeyError for a pair that is
+        not configured, PairBusyError while a run of it is going or waiting for its server,
+        NoHistoryError without a run history.
         """
         key = (server_name, model_name)
         server, model = self._configs[key]
         running = self._runs.get(key)
         if running is not None and not running.done():
             raise PairBusyError(f"a run of {server_name}/{model_name} is going")
-        active = (
-            self._history.reserve(server_name, model_name, Trigger.API)
-            if self._history is not None
-            else None
-        )
+        if self._history is None:
+            raise NoHistoryError("the run history is not available")
+        active = self._history.reserve(server_name, model_name, Trigger.API)
         pair = self._state.pairs[key]
         self._runs[key] = asyncio.create_task(
             self._limited(server, model, pair, Trigger.API, active=active), name=f"pull {key}"

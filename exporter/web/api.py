@@ -19,7 +19,7 @@ import msgspec
 from aiohttp import web
 
 from exporter.ollama.protocol import RUN_PHASES, Phase
-from exporter.schedule.scheduler import PairBusyError
+from exporter.schedule.scheduler import NoHistoryError, PairBusyError
 from exporter.state.history import ActiveRun, RunRecord, unpack
 from exporter.state.rates import STEP, RateTracker
 from exporter.web.openapi import RUNS_DEFAULT, RUNS_MAX, document
@@ -110,10 +110,9 @@ def pair_views(operator: Operator) -> list[Json]:
     site = operator.site
     history = site.history
     running: dict[tuple[str, str], ActiveRun] = {}
-    if history is not None:
-        for active in history.active.values():
-            if active.progress is not None:
-                running[active.server, active.model] = active
+    for active in history.active.values():
+        if active.progress is not None:
+            running[active.server, active.model] = active
     now = time.monotonic()
     server_up = site.state.server_up
     return [
@@ -176,7 +175,7 @@ def pair_view(
         "eta_seconds": eta,
         "last": last_view,
         "next_run_at": pair.next_run_at,
-        "mode": "check" if holding.checks is not None else "pull",
+        "mode": mode(pair),
         "digest": holding.digest,
         "update_available": None if update is None else bool(update),
         "run_id": active.id if active is not None and run is not None else None,
@@ -284,8 +283,6 @@ async def _runs(request: web.Request) -> web.Response:
         server, model, success, limit = run_filters(request.query)
     except QueryError as exc:
         return error(400, str(exc))
-    if history is None:
-        return json_response({"runs": []})
     runs = await history.runs(server=server, model=model, success=success, limit=limit)
     return json_response({"runs": [run_view(run) for run in runs]})
 
@@ -300,8 +297,8 @@ def parse_run_id(text: str) -> int | None:
 async def _run(request: web.Request) -> web.Response:
     history = request.app[OPERATOR_KEY].site.history
     run_id = parse_run_id(request.match_info["id"])
-    run = await history.run(run_id) if history is not None and run_id is not None else None
-    if run is None or history is None:
+    run = await history.run(run_id) if run_id is not None else None
+    if run is None:
         return error(404, "no such run (the history keeps the last runs of each pair)")
     return json_response(run_detail(run, history))
 
@@ -357,18 +354,32 @@ def require_admin(site: Site) -> PullStarter:
     return site.pulls
 
 
+def mode(pair: PairState) -> str:
+    """`check` for a pair in check mode (it is never pulled), else `pull`."""
+    return "check" if pair.holding.checks is not None else "pull"
+
+
 def start_pull(site: Site, server: str, model: str) -> ActiveRun:
-    """Start the pair's run now (the API's and the page's "pull now"); raises ApiError."""
+    """Start the pair's run now (the API's and the page's "pull now"); raises ApiError.
+
+    Every refusal comes before the scheduler is asked: once it is, the pull is under way.
+    """
     pulls = require_admin(site)
+    pair = site.state.pairs.get((server, model))
+    if pair is not None and mode(pair) == "check":
+        raise ApiError(
+            409,
+            f"{server}/{model} is a mode: check pair: it is never pulled, only checked "
+            "against its registry every interval",
+        )
     try:
-        active = pulls.pull_now(server, model)
+        return pulls.pull_now(server, model)
     except KeyError:
         raise ApiError(404, f"no configured pair server={server!r} model={model!r}") from None
     except PairBusyError as exc:
         raise ApiError(409, str(exc)) from None
-    if active is None:
-        raise ApiError(503, "the run history is not available")
-    return active
+    except NoHistoryError as exc:
+        raise ApiError(503, str(exc)) from None
 
 
 async def _pull(request: web.Request) -> web.Response:

@@ -206,10 +206,15 @@ def _paths() -> Json:
                         "another site (Sec-Fetch-Site, Origin)"
                     ),
                     "404": _error("no such pair"),
-                    "409": _error("a run of that pair is going"),
+                    "409": _error(
+                        "a run of that pair is going, or the pair is in `mode: check` (never "
+                        "pulled: its registry check runs on its schedule)"
+                    ),
                     "413": _error("the body is too large"),
                     "415": _error("the body is not application/json"),
-                    "503": _error("the scheduler is not running"),
+                    "503": _error(
+                        "the scheduler or the run history is not available (nothing started)"
+                    ),
                 },
             }
         },

@@ -8,19 +8,26 @@ fetch. Without it "pull now" is a form that posts to `/pull-now` and is answered
 pair's history (cross-site posts never get here: `exporter.web.crossorigin`). Assets are served
 by the exporter itself: nothing is loaded from anywhere else (the Content-Security-Policy says
 so to the browser too).
+
+The HTML is in `templates/`, rendered by Jinja2 with autoescaping on: every value is escaped
+unless a template says otherwise, so a name or an error text from outside cannot become markup
+by a forgotten call. This module decides what a page shows (views, filters, states); the
+templates only say how. They are read and compiled once, at import.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
-import html
 import json
+import math
+import re
 import time
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qs, urlencode
 
+import jinja2
 from aiohttp import web
 
 from exporter import __version__
@@ -38,9 +45,9 @@ from exporter.web.api import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
-    from exporter.web.api import Json, Operator
+    from exporter.web.api import Json
 
 STATES: Final = (
     ("pulling", "Pulling"),
@@ -48,6 +55,9 @@ STATES: Final = (
     ("ok", "Up to date"),
     ("pending", "Never run"),
 )
+_COUNTS: Final = (*STATES, ("servers_down", "Servers down"))
+_COLUMNS: Final = ("Server", "Model", "Phase", "Progress", "Throughput", "ETA", "Last result",
+                   "Next run", "Actions")  # fmt: skip
 _CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
@@ -56,6 +66,8 @@ _ASSETS: Final = {"page.js": "text/javascript", "page.css": "text/css"}
 PULL_NOW: Final = "/pull-now"
 """Where the "pull now" form posts (`server`, `model`, form-encoded); 303 to the history."""
 _FORM: Final = "application/x-www-form-urlencoded"
+TRANSCRIPT_HEAD: Final = 200
+"""Lines kept from a transcript's start; `… N lines left out …` follows them when cut."""
 
 
 def install(app: web.Application) -> None:
@@ -77,11 +89,8 @@ def pair_state(pair: Json) -> str:
     return "ok" if last["result"] == "success" else "failing"
 
 
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _bytes(count: float) -> str:
+def bytes_text(count: float) -> str:
+    """A byte count as the page shows it: `512 B`, `1.5 MiB` (page.js has the same)."""
     size = float(count)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if size < 1024 or unit == "TiB":
@@ -90,123 +99,92 @@ def _bytes(count: float) -> str:
     return f"{size:.1f} TiB"  # pragma: no cover - the loop returns
 
 
-def _span(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds // 60:.0f}m {seconds % 60:02.0f}s"
-    if seconds < 86400:
-        return f"{seconds // 3600:.0f}h {seconds % 3600 // 60:02.0f}m"
-    return f"{seconds / 86400:.1f}d"
+def span(seconds: float) -> str:
+    """A duration as the page shows it: `59s`, `2m 00s`, `1h 05m`, `1.5d`.
+
+    Rounded once to the unit shown, half up, then split (rounding each part on its own showed
+    119.6 s as "1m 60s"). `static/page.js` has the same function; the tests hold them equal.
+    """
+    seconds = max(0.0, seconds) if math.isfinite(seconds) else 0.0
+    whole = math.floor(seconds + 0.5)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    minutes = math.floor(seconds / 60 + 0.5)
+    if minutes < 1440:
+        return f"{minutes // 60}h {minutes % 60:02d}m"
+    tenths = math.floor(seconds / 8640 + 0.5)
+    return f"{tenths // 10}.{tenths % 10}d"
 
 
-def _when(at: float | None) -> str:
-    if at is None:
-        return "&ndash;"
-    stamp = dt.datetime.fromtimestamp(at, dt.UTC)
-    return f'<time datetime="{stamp.isoformat()}">{stamp:%Y-%m-%d %H:%M:%S}Z</time>'
+def _utc(at: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(at, dt.UTC)
 
 
-def _relative(at: float | None, now: float) -> str:
-    if at is None:
-        return "&ndash;"
-    stamp = dt.datetime.fromtimestamp(at, dt.UTC).isoformat()
-    text = f"in {_span(at - now)}" if at > now else f"{_span(now - at)} ago"
-    return f'<time datetime="{stamp}" data-at="{at:.3f}">{text}</time>'
-
-
-def _page(title: str, body: str, *, refresh: int | None = None, script: bool = False) -> str:
-    meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
-    js = '<script src="/static/page.js" defer></script>' if script else ""
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title>{meta}"
-        f'<link rel="stylesheet" href="/static/page.css">{js}</head><body>'
-        '<header><p class="brand"><a href="/">Ollama pull exporter</a></p>'
-        '<nav aria-label="Endpoints">'
-        '<a href="/metrics">Metrics</a> <a href="/api/v1/openapi.json">API</a> '
-        '<a href="/-/healthy">Health</a> <a href="/-/ready">Readiness</a></nav></header>'
-        f"<main>{body}</main><footer>Version {_e(__version__)}</footer></body></html>\n"
-    )
-
-
-def _html(text: str, status: int = 200) -> web.Response:
-    response = web.Response(text=text, status=status, content_type="text/html")
-    response.headers["Content-Security-Policy"] = _CSP
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    return response
+def _relative(at: float, now: float) -> str:
+    return f"in {span(at - now)}" if at > now else f"{span(now - at)} ago"
 
 
 def _history_href(server: str, model: str) -> str:
     return "/history?" + urlencode({"server": server, "model": model})
 
 
-def _last_cell(last: Json | None, now: float) -> str:
-    if last is None:
-        return "never run"
-    if last["result"] == "success":
-        text = '<span class="ok">success</span>'
-    else:
-        text = f'<span class="fail">failed: {_e(last["reason"])}</span>'
-    if last["id"] is not None:
-        text = f'<a href="/runs/{last["id"]}">{text}</a>'
-    return f"{text} {_relative(last['ended_at'], now)}"
+def _pair_key(pair: Json) -> str:
+    """A row's `data-key`: page.js matches status API pairs to rows by it."""
+    return json.dumps([pair["server"], pair["model"]], ensure_ascii=False, separators=(",", ":"))
 
 
-def _progress_cell(pair: Json) -> str:
-    expected, completed = pair["expected_bytes"], pair["completed_bytes"]
-    share = min(100.0, 100.0 * completed / expected) if expected else 0.0
-    label = f"Download of {pair['model']} on {pair['server']}"
-    return (
-        f'<progress max="100" value="{share:.1f}" aria-label="{_e(label)}">{share:.0f}%</progress>'
-        f'<span class="bytes">{_bytes(completed)} / {_bytes(expected)}</span> '
-        f'<span class="layers">{pair["layers_completed"]}/{pair["layers"]} layers</span>'
+_LINE_BREAK: Final = re.compile(r"\n[ \t]*")
+
+
+def _compact(source: str) -> str:
+    """Drop every line break with the indentation after it: the HTML goes out in one piece.
+
+    Templates are written one tag per line for people; a space that belongs between two
+    lines is written out on one of them.
+    """
+    return _LINE_BREAK.sub("", source)
+
+
+def _environment() -> jinja2.Environment:
+    folder = resources.files("exporter.web").joinpath("templates")
+    sources = {
+        entry.name: _compact(entry.read_text("utf-8"))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".html")
+    }
+    env = jinja2.Environment(
+        loader=jinja2.DictLoader(sources),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,  # a misspelt name fails loudly, not as ""
+        auto_reload=False,
     )
-
-
-def _pull_form(pair: Json) -> str:
-    """The "pull now" button: a form that posts without JavaScript (`page.js` uses fetch)."""
-    busy = " disabled" if pair["in_progress"] else ""
-    return (
-        f'<form class="pull-now-form" method="post" action="{PULL_NOW}">'
-        f'<input type="hidden" name="server" value="{_e(pair["server"])}">'
-        f'<input type="hidden" name="model" value="{_e(pair["model"])}">'
-        f'<button type="submit" class="pull-now"{busy}>Pull now<span class="visually-hidden">'
-        f": {_e(pair['model'])} on {_e(pair['server'])}</span></button></form>"
+    env.filters.update(
+        bytes=bytes_text,
+        span=span,
+        iso=lambda at: _utc(at).isoformat(),
+        stamp=lambda at: f"{_utc(at):%Y-%m-%d %H:%M:%S}",
+        at=lambda at: f"{at:.3f}",
+        relative=_relative,
+        key=_pair_key,
+        history_href=lambda view: _history_href(view["server"], view["model"]),
     )
+    env.globals.update(version=__version__, pull_now=PULL_NOW, script=False, refresh=None)
+    return env
 
 
-def _row(pair: Json, now: float, *, visible: bool, admin: bool) -> str:
-    state = pair_state(pair)
-    key = json.dumps([pair["server"], pair["model"]], ensure_ascii=False, separators=(",", ":"))
-    rate = pair["bytes_per_second"]
-    eta = pair["eta_seconds"]
-    phase = pair["phase"]
-    phase_text = f'<span class="run">{_e(phase)}</span>' if pair["in_progress"] else _e(phase)
-    href = _e(_history_href(pair["server"], pair["model"]))
-    button = _pull_form(pair) if admin else ""
-    actions = f'<a href="{href}">history</a>{button}<span class="note" aria-live="polite"></span>'
-    cells = (
-        ("Server", _e(pair["server"])),
-        ("Model", _e(pair["model"])),
-        ("Phase", phase_text),
-        ("Progress", _progress_cell(pair)),
-        ("Throughput", f"{_bytes(rate)}/s" if rate is not None else "&ndash;"),
-        ("ETA", _span(eta) if eta is not None else "&ndash;"),
-        ("Last result", _last_cell(pair["last"], now)),
-        ("Next run", _relative(pair["next_run_at"], now)),
-        (
-            "Actions",
-            actions,
-        ),
+_ENV: Final = _environment()
+_TEMPLATES: Final = {name: _ENV.get_template(name) for name in _ENV.list_templates()}
+
+
+def _render(name: str, context: Mapping[str, object], status: int = 200) -> web.Response:
+    response = web.Response(
+        text=_TEMPLATES[name].render(context), status=status, content_type="text/html"
     )
-    tds = "".join(f'<td data-label="{name}" class="c-{name.lower().replace(" ", "-")}">{value}</td>'
-                  for name, value in cells)  # fmt: skip
-    hidden = "" if visible else " hidden"
-    attributes = f'class="pair state-{state}" data-key="{_e(key)}" data-state="{state}"{hidden}'
-    return f"<tr {attributes}>{tds}</tr>"
+    response.headers["Content-Security-Policy"] = _CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 def _matches(pair: Json, server: str, model: str, state: str) -> bool:
@@ -226,157 +204,61 @@ def summary(pairs: Iterable[Json], server_up: dict[str, float | None]) -> dict[s
     return counts
 
 
-def _summary_html(counts: dict[str, int]) -> str:
-    items = [
-        ("pulling", "Pulling"),
-        ("failing", "Failing"),
-        ("ok", "Up to date"),
-        ("pending", "Never run"),
-        ("servers_down", "Servers down"),
-    ]
-    cells = "".join(
-        f'<div class="count count-{name}"><dt>{label}</dt>'
-        f'<dd data-count="{name}">{counts[name]}</dd></div>'
-        for name, label in items
-    )
-    return (
-        '<section aria-labelledby="fleet-title"><h2 id="fleet-title">Fleet</h2>'
-        f'<dl class="summary">{cells}</dl></section>'
-    )
-
-
-def _filters(servers: Iterable[str], server: str, model: str, state: str) -> str:
-    options = ['<option value="">all servers</option>']
-    options += [
-        f'<option value="{_e(name)}"{" selected" if name == server else ""}>{_e(name)}</option>'
-        for name in servers
-    ]
-    states = ['<option value="">all states</option>']
-    states += [
-        f'<option value="{value}"{" selected" if value == state else ""}>{label}</option>'
-        for value, label in STATES
-    ]
-    return (
-        '<form class="filters" method="get" action="/" role="search" aria-label="Filter pairs">'
-        f'<label>Server <select name="server">{"".join(options)}</select></label>'
-        f'<label>Model <input name="model" type="search" value="{_e(model)}" '
-        'placeholder="part of a name" autocomplete="off"></label>'
-        f'<label>State <select name="state">{"".join(states)}</select></label>'
-        '<button type="submit">Filter</button></form>'
-    )
-
-
-def _servers_html(operator: Operator) -> str:
-    state = operator.site.state
-    history = operator.site.history
-    rows = []
-    for name, status in state.servers.items():
-        up = state.server_up.get(name)
-        seen = (
-            "not asked yet"
-            if up is None
-            else '<span class="ok">up</span>'
-            if up
-            else '<span class="fail">down</span>'
-        )
-        detail = status.version or status.problem or ""
-        if history is not None:
-            detail = history.redact(detail)
-        rows.append(
-            f'<tr class="server"><td>{_e(name)}</td><td>{seen}</td><td>{_e(detail)}</td></tr>'
-        )
-    return (
-        '<section aria-labelledby="servers-title"><h2 id="servers-title">Servers</h2>'
-        '<table class="servers"><thead><tr class="server"><th scope="col">Server</th>'
-        '<th scope="col">State</th><th scope="col">Version or problem</th></tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table></section>"
-    )
-
-
 async def _index(request: web.Request) -> web.Response:
-    operator = request.app[OPERATOR_KEY]
-    site = operator.site
+    site = request.app[OPERATOR_KEY].site
     query = request.query
     server, model, state = query.get("server", ""), query.get("model", ""), query.get("state", "")
-    pairs = pair_views(operator)
-    now = time.time()
-    admin = site.pulls is not None
-    rows = "".join(
-        _row(pair, now, visible=_matches(pair, server, model, state), admin=admin) for pair in pairs
-    )
-    heads = "".join(
-        f'<th scope="col">{name}</th>'
-        for name in ("Server", "Model", "Phase", "Progress", "Throughput", "ETA",
-                     "Last result", "Next run", "Actions")
-    )  # fmt: skip
-    body = (
-        f"<h1>Pulls</h1>{_summary_html(summary(pairs, site.state.server_up))}"
-        f"{_filters(site.state.servers, server, model, state)}"
-        f'<div class="table-wrap"><table id="pairs" data-admin="{str(admin).lower()}">'
-        "<caption>One row per server and model; updated every second with JavaScript on "
-        "(reload the page otherwise).</caption>"
-        f"<thead><tr>{heads}</tr></thead><tbody>{rows}</tbody></table></div>"
-        f"{_servers_html(operator)}"
-    )
-    return _html(_page("Ollama pull exporter", body, script=True))
-
-
-def _runs_table(runs: Iterable[Json], *, pair_columns: bool) -> str:
+    pairs = pair_views(request.app[OPERATOR_KEY])
     rows = []
-    for run in runs:
-        result = run["result"]
-        if result is None:
-            result_html = f'<span class="run">{_e(run["state"])}</span>'
-        elif result == "success":
-            result_html = '<span class="ok">success</span>'
-        else:
-            result_html = f'<span class="fail">failed: {_e(run["reason"])}</span>'
-        cells = [f'<td data-label="Run"><a href="/runs/{run["id"]}">#{run["id"]}</a></td>']
-        if pair_columns:
-            cells += [f'<td data-label="Server">{_e(run["server"])}</td>',
-                      f'<td data-label="Model">{_e(run["model"])}</td>']  # fmt: skip
-        duration = run["duration_seconds"]
-        cells += [
-            f'<td data-label="Started">{_when(run["started_at"])}</td>',
-            f'<td data-label="Trigger">{_e(run["trigger"])}</td>',
-            f'<td data-label="Duration">{"&ndash;" if duration is None else _span(duration)}</td>',
-            f'<td data-label="Result">{result_html}</td>',
-            f'<td data-label="Downloaded">{_bytes(run["downloaded_bytes"])}</td>',
-            f'<td data-label="Error" class="error-text">{_e(run["error"] or "")}</td>',
-        ]
-        rows.append(f'<tr class="run-row" id="run-{run["id"]}">{"".join(cells)}</tr>')
-    names = ["Run", *(["Server", "Model"] if pair_columns else []), "Started", "Trigger",
-             "Duration", "Result", "Downloaded", "Error"]  # fmt: skip
-    heads = "".join(f'<th scope="col">{name}</th>' for name in names)
-    if not rows:
-        return "<p>No runs yet.</p>"
-    return (
-        f'<div class="table-wrap"><table class="runs"><thead><tr>{heads}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table></div>"
-    )
+    for pair in pairs:
+        expected = pair["expected_bytes"]
+        share = min(100.0, 100.0 * pair["completed_bytes"] / expected) if expected else 0.0
+        percent = (f"{share:.1f}", f"{share:.0f}")
+        rows.append((pair, pair_state(pair), _matches(pair, server, model, state), percent))
+    history, server_up = site.history, site.state.server_up
+    server_rows = []
+    for name, status in site.state.servers.items():
+        detail = status.version or status.problem or ""
+        server_rows.append((name, server_up.get(name), history.redact(detail)))
+    context: dict[str, object] = {
+        "title": "Ollama pull exporter",
+        "script": True,
+        "now": time.time(),
+        "admin": site.pulls is not None,
+        "counts": summary(pairs, server_up),
+        "counts_shown": _COUNTS,
+        "servers": site.state.servers,
+        "states": STATES,
+        "server": server,
+        "model": model,
+        "state": state,
+        "columns": _COLUMNS,
+        "rows": rows,
+        "server_rows": server_rows,
+    }
+    return _render("index.html", context)
 
 
 async def _history(request: web.Request) -> web.Response:
-    operator = request.app[OPERATOR_KEY]
-    site = operator.site
+    site = request.app[OPERATOR_KEY].site
     server, model = request.query.get("server", ""), request.query.get("model", "")
     history = site.history
-    known = (server, model) in site.state.pairs
-    runs = (
-        await history.runs(server=server or None, model=model or None, limit=history.limit)
-        if history is not None
-        else []
-    )
-    title = f"{model} on {server}" if server and model else "All runs"
+    runs = await history.runs(server=server or None, model=model or None, limit=history.limit)
+    heading = f"{model} on {server}" if server and model else "All runs"
     filters = {k: v for k, v in (("server", server), ("model", model)) if v}
-    note = "" if known or not (server and model) else "<p>This pair is not configured now.</p>"
-    body = (
-        f"<h1>History: {_e(title)}</h1>{note}"
-        f'<p><a href="/">Back to all pulls</a> &middot; as JSON: <a href="/api/v1/runs?'
-        f'{_e(urlencode(filters))}">/api/v1/runs</a></p>'
-        f"{_runs_table((run_view(run) for run in runs), pair_columns=not (server and model))}"
-    )
-    return _html(_page(f"History: {title}", body))
+    pair_columns = not (server and model)
+    columns = ["Run", *(["Server", "Model"] if pair_columns else []), "Started", "Trigger",
+               "Duration", "Result", "Downloaded", "Error"]  # fmt: skip
+    context: dict[str, object] = {
+        "title": f"History: {heading}",
+        "heading": heading,
+        "known": pair_columns or (server, model) in site.state.pairs,
+        "json_query": urlencode(filters),
+        "runs": [run_view(run) for run in runs],
+        "pair_columns": pair_columns,
+        "columns": columns,
+    }
+    return _render("history.html", context)
 
 
 def _is_error_line(line: str) -> bool:
@@ -387,82 +269,29 @@ def _is_error_line(line: str) -> bool:
     return isinstance(value, dict) and "error" in value
 
 
-def _transcript_html(detail: Json) -> str:
-    lines: list[Any] = detail["transcript"]
-    if not lines:
-        kept = detail["transcript_kept"]
-        return "<p>No lines were received.</p>" if kept else "<p>The transcript was not kept.</p>"
-    rows = []
-    omitted = detail["transcript_omitted"]
-    head = 200 if omitted else len(lines)
-    for index, entry in enumerate(lines):
-        if index == head:
-            rows.append(
-                '<tr class="omitted"><td></td>'
-                f"<td>&hellip; {omitted} lines left out &hellip;</td></tr>"
-            )
-        cls = ' class="error-line"' if _is_error_line(entry["line"]) else ""
-        cut = f' <span class="cut">(+{entry["cut"]} characters)</span>' if entry.get("cut") else ""
-        rows.append(
-            f'<tr{cls}><td class="t">{entry["t"]:.3f}</td>'
-            f"<td><code>{_e(entry['line'])}</code>{cut}</td></tr>"
-        )
-    return (
-        '<div class="table-wrap"><table class="transcript"><caption>The stream as received '
-        '(seconds since the start, raw line)</caption><thead><tr><th scope="col">t (s)</th>'
-        f'<th scope="col">Line</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
-    )
-
-
 async def _run(request: web.Request) -> web.Response:
     history = request.app[OPERATOR_KEY].site.history
     run_id = parse_run_id(request.match_info["id"])
-    run = await history.run(run_id) if history is not None and run_id is not None else None
-    if run is None or history is None:
-        body = (
-            "<h1>No such run</h1><p>The history keeps the last runs of each pair. "
-            '<a href="/">Back</a></p>'
-        )
-        return _html(_page("No such run", body), status=404)
+    run = await history.run(run_id) if run_id is not None else None
+    if run is None:
+        missing = {"title": "No such run", "message": None, "history": None, "back": None}
+        return _render("message.html", missing, status=404)
     detail = run_detail(run, history)
-    result = detail["result"]
-    verdict = (
-        f'<span class="run">{_e(detail["state"])}</span>' if result is None
-        else '<span class="ok">success</span>' if result == "success"
-        else f'<span class="fail">failed: {_e(detail["reason"])}</span>'
-    )  # fmt: skip
-    error = (
-        f'<section class="error-box" aria-labelledby="error-title"><h2 id="error-title">Error</h2>'
-        f"<pre>{_e(detail['error'])}</pre></section>"
-        if detail["error"]
-        else ""
-    )
-    phases = ", ".join(
-        f"{name} {seconds:.1f}s" for name, seconds in detail["phase_seconds"].items()
-    )
-    duration = detail["duration_seconds"]
-    facts = (
-        ("Result", verdict),
-        ("Server", _e(detail["server"])),
-        ("Model", _e(detail["model"])),
-        ("Trigger", _e(detail["trigger"])),
-        ("Started", _when(detail["started_at"])),
-        ("Ended", _when(detail["ended_at"])),
-        ("Duration", _span(duration) if duration is not None else "&ndash;"),
-        ("Downloaded", _bytes(detail["downloaded_bytes"])),
-        ("Reused", _bytes(detail["reused_bytes"])),
-        ("Phases", _e(phases)),
-    )
-    dl = "".join(f"<div><dt>{name}</dt><dd>{value}</dd></div>" for name, value in facts)
-    history_link = _history_href(detail["server"], detail["model"])
-    body = (
-        f"<h1>Run #{detail['id']}</h1>"
-        f'<p><a href="{_e(history_link)}">History of this pair</a> &middot; as JSON: '
-        f'<a href="/api/v1/runs/{detail["id"]}">/api/v1/runs/{detail["id"]}</a></p>'
-        f'<dl class="facts">{dl}</dl>{error}<h2>Transcript</h2>{_transcript_html(detail)}'
-    )
-    refresh = 2 if isinstance(run, ActiveRun) else None
-    return _html(_page(f"Run #{detail['id']}", body, refresh=refresh))
+    lines = [
+        (entry, _is_error_line(entry["line"]), entry.get("cut", 0))
+        for entry in detail["transcript"]
+    ]
+    context: dict[str, object] = {
+        "title": f"Run #{detail['id']}",
+        "refresh": 2 if isinstance(run, ActiveRun) else None,
+        "run": detail,
+        "phases": ", ".join(
+            f"{name} {seconds:.1f}s" for name, seconds in detail["phase_seconds"].items()
+        ),
+        "lines": lines,
+        "omitted_at": TRANSCRIPT_HEAD if detail["transcript_omitted"] else len(lines),
+    }
+    return _render("run.html", context)
 
 
 async def _form_pair(request: web.Request) -> tuple[str, str]:
@@ -493,16 +322,14 @@ async def _pull_now(request: web.Request) -> web.Response:
         server, model = await _form_pair(request)
         active = start_pull(site, server, model)
     except ApiError as exc:
-        back = (
-            f'<a href="{_e(_history_href(server, model))}">History of this pair</a> &middot; '
-            if (server, model) in site.state.pairs
-            else ""
-        )
-        body = (
-            f"<h1>The pull was not started</h1><p>{_e(exc)}</p>"
-            f'<p>{back}<a href="/">Back to all pulls</a></p>'
-        )
-        return _html(_page("The pull was not started", body), status=exc.status)
+        known = (server, model) in site.state.pairs
+        context: dict[str, object] = {
+            "title": "The pull was not started",
+            "message": str(exc),
+            "history": _history_href(server, model) if known else None,
+            "back": "Back to all pulls",
+        }
+        return _render("message.html", context, status=exc.status)
     location = f"{_history_href(server, model)}#run-{active.id}"
     return web.Response(status=303, headers={"Location": location})
 

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 class PullStarter(Protocol):
     """Starts a pair's run outside its schedule (the scheduler's `pull_now`)."""
 
-    def pull_now(self, server_name: str, model_name: str) -> ActiveRun | None:
-        """Raises KeyError for an unknown pair and PairBusyError while one is going."""
+    def pull_now(self, server_name: str, model_name: str) -> ActiveRun:
+        """Raises KeyError (unknown pair), PairBusyError, NoHistoryError; nothing started."""
         ...
 
 

@@ -18,12 +18,17 @@
     while (size >= 1024 && unit < units.length - 1) { size /= 1024; unit++; }
     return unit === 0 ? size.toFixed(0) + " B" : size.toFixed(1) + " " + units[unit];
   }
+  // The page's duration text, as exporter/web/page.py's `span` writes it: rounded once to the
+  // unit shown (half up), then split; tests/test_page.py runs this function under node.
   function span(s) {
-    s = Math.max(0, s);
-    if (s < 60) return s.toFixed(0) + "s";
-    if (s < 3600) return Math.floor(s / 60) + "m " + String(Math.round(s % 60)).padStart(2, "0") + "s";
-    if (s < 86400) return Math.floor(s / 3600) + "h " + String(Math.floor(s % 3600 / 60)).padStart(2, "0") + "m";
-    return (s / 86400).toFixed(1) + "d";
+    s = Number.isFinite(s) ? Math.max(0, s) : 0;
+    const whole = Math.floor(s + 0.5);
+    if (whole < 60) return whole + "s";
+    if (whole < 3600) return Math.floor(whole / 60) + "m " + String(whole % 60).padStart(2, "0") + "s";
+    const minutes = Math.floor(s / 60 + 0.5);
+    if (minutes < 1440) return Math.floor(minutes / 60) + "h " + String(minutes % 60).padStart(2, "0") + "m";
+    const tenths = Math.floor(s / 8640 + 0.5);
+    return Math.floor(tenths / 10) + "." + (tenths % 10) + "d";
   }
   function relative(at) {
     if (at === null || at === undefined) return "\u2013";
