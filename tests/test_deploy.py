@@ -153,7 +153,7 @@ def test_exporter_service_config_is_valid() -> None:
     config = _host_path(exporter, CONTAINER_CONFIG)
     result = _run(sys.executable, "-m", "exporter", "--config.check", f"--config.file={config}")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "config OK: 1 servers, 2 models" in result.stdout
+    assert "config OK: 1 server, 2 models" in result.stdout
     assert "http://ollama:11434" in config.read_text(encoding="utf-8")
 
 
