@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +104,40 @@ def test_the_demo_server_says_the_tested_ollama_release() -> None:
     )
     assert pinned is not None
     assert pinned.group(1) == OLLAMA_VERSION
+
+
+def test_the_simulator_alone_serves_the_packaged_demo_scenarios(tmp_path: Path) -> None:
+    """`python -m ollama_sim --demo` (the compose demo's Ollama), run away from the clone."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "ollama_sim", "--demo", "--port=0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("listening on http://127.0.0.1:"), line
+        url = line.split()[-1]
+        body = json.dumps({"model": "gemma3:270m"}).encode()
+        with urllib.request.urlopen(f"{url}/api/pull", data=body, timeout=10) as answer:
+            lines = answer.read().decode().splitlines()
+        process.terminate()
+        assert process.wait(timeout=10) == 0
+    assert json.loads(lines[-1]) == {"status": "success"}
+    both = run_module_sim("--demo", "--scenarios=x.yaml")
+    assert both.returncode == 2
+    assert both.stderr == "error: --demo and --scenarios exclude each other\n"
+
+
+def run_module_sim(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ollama_sim", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 # ------------------------------------------------------------------ in process
