@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -17,6 +19,7 @@ import bcrypt
 import pytest
 import yaml
 
+import exporter
 from ollama_sim import OLLAMA_VERSION
 from tests.harness import exporter_command, free_port, run_exporter, self_signed, wait_for
 
@@ -316,3 +319,31 @@ def test_healthcheck_of_the_demo_follows_its_default_address(tmp_path: Path) -> 
         "unhealthy: the exporter listens on a port of the system's choice (:0)\n"
     )
     assert _healthcheck(f"--pid={os.getpid()}").returncode == 1  # not an exporter
+
+
+# ------------------------------------------------------------------ one version
+
+
+def test_one_version_everywhere() -> None:
+    """exporter.__version__ is the one source: the package, --version, the chart, the log."""
+    version = exporter.__version__
+    assert importlib.metadata.version("ollama-pull-exporter") == version  # pyproject reads it
+    shown = _run(sys.executable, "-m", "exporter", "--version")
+    assert shown.stdout == f"ollama-pull-exporter {version}\n"
+    chart = _load_yaml(ROOT / "deploy/kubernetes/ollama-pull-exporter/Chart.yaml")
+    assert chart["appVersion"] == version
+    assert f"\n## {version}\n" in (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "version" not in pyproject["project"]
+    assert pyproject["project"]["dynamic"] == ["version"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "exporter.__version__"}
+
+
+def test_build_info_and_the_page_footer_show_the_version(tmp_path: Path) -> None:
+    config = "servers:\n  - name: a\n    url: http://127.0.0.1:9\n    models: [m]\n"
+    with run_exporter(config, tmp_path) as running:
+        running.scrape()
+        info = running.value("ollama_pull_exporter_build_info", version=exporter.__version__)
+        page = running.get("/")[1]
+    assert info == 1
+    assert f"Version {exporter.__version__}</footer>" in page
