@@ -16,6 +16,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -36,7 +37,15 @@ from exporter.state.history import History
 from exporter.state.pairs import ExporterState
 from exporter.web.app import make_app
 from ollama_sim import OLLAMA_VERSION, ErrorLine, demo_scenarios, layer_digest
-from tests.harness import REPO_ROOT, Samples, parse_samples, run_cli
+from tests.harness import (
+    REPO_ROOT,
+    Samples,
+    exporter_command,
+    free_port,
+    parse_samples,
+    run_cli,
+    wait_for,
+)
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -229,6 +238,47 @@ def test_demo_once_runs_one_round_and_exits_1_for_the_deliberate_failure() -> No
     }
     assert "reason=disk_full" in next(line for line in lines if "mistral" in line)
     assert "Traceback" not in done.stderr
+
+
+def test_the_demo_reloads_its_built_in_config(tmp_path: Path) -> None:
+    """There is no file to read: SIGHUP and `POST /-/reload` rebuild the config in memory."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            exporter_command("--demo", "--web.enable-lifecycle", f"--web.listen-address=:{port}"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    try:
+
+        def reloads_ok() -> float | None:
+            with urllib.request.urlopen(f"{base}/metrics", timeout=5) as answer:
+                samples = parse_samples(answer.read().decode())
+            return samples.get(("ollama_pull_exporter_config_last_reload_successful", frozenset()))
+
+        def ready() -> bool:
+            try:
+                return reloads_ok() == 1
+            except OSError:
+                return False
+
+        wait_for(ready, 30, "the demo to serve")
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "config reloaded" in log.read_text(), 30, "the SIGHUP reload")
+        request = urllib.request.Request(f"{base}/-/reload", method="POST")
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert (answer.status, answer.read()) == (200, b"OK\n")
+        assert reloads_ok() == 1
+    finally:
+        process.terminate()
+        code = process.wait(timeout=10)
+    text = log.read_text()
+    assert code == 0, text
+    assert "config reload failed" not in text
+    assert text.count('msg="config reloaded" config=<demo> pairs=4') == 2
 
 
 # ------------------------------------------------------------------ the README

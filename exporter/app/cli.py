@@ -256,6 +256,7 @@ def _run(args: argparse.Namespace, shard: Shard, config: Config, embedded: Demo 
         fleet=Fleet(shard, state.fleet),
         stored=stored,
         exit_on_hang=True,
+        source=embedded.rebuild if embedded is not None else None,
     )
     runtime.history = history = _history(config, args.storage_path if writer else None)
     runtime.apply(config)

@@ -98,6 +98,10 @@ class Demo:
         url = f"http://127.0.0.1:{port}"
         return cls(simulator, sock, url, demo_config(url))
 
+    def rebuild(self) -> Config:
+        """The config again, for a reload (`SIGHUP`, `POST /-/reload`): there is no file."""
+        return demo_config(self.url)
+
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Serve the simulator in the running loop for the duration of the block."""

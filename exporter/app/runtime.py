@@ -86,6 +86,9 @@ class Runtime:
     """`--storage.path` contents at start-up, for pairs that join later (discovery)."""
     connections: ConnectionGuard | None = None
     """The HTTP server's connection cap, fitted to the pairs in force on every `apply`."""
+    source: Callable[[], Config] | None = None
+    """Where a reload gets the config; None: the file at `config_path`, read in a child
+    process. `--demo` has no file: it builds its config again in memory."""
 
     def apply(self, config: Config) -> None:
         """Put `config` in force: pairs, schedule, limits, connection cap, gauges, probes."""
@@ -149,7 +152,7 @@ class Runtime:
 
     async def _reload_now(self) -> tuple[str, ...]:
         try:
-            config = await self._read()
+            config = self.source() if self.source is not None else await self._read()
         except ConfigError as exc:
             self.state.config_failed()
             log.error(  # noqa: TRY400 - the errors are the message, no traceback helps
