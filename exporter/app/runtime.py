@@ -232,14 +232,15 @@ class Runtime:
             yield
         finally:
             self.state.set_ready(False)
-            deadline = signals.exit_after(SHUTDOWN_GRACE)
+            deadline = signals.exit_after(SHUTDOWN_GRACE) if self.exit_on_hang else None
             loop.remove_signal_handler(signal.SIGHUP)
             signals.remember_reloads()
             await self._stop(self.scheduler)
             await inventory.stop()
             self.inventory = None
             await registry_session.close()
-            deadline.cancel()
+            if deadline is not None:
+                deadline.cancel()
 
     def _finished(self, pair: PairState) -> None:
         """After each finished run: persist it, and take a fresh inventory after a success."""
