@@ -1,7 +1,7 @@
 # ollama-pull-exporter image: the wheel is built in a throwaway stage and installed into a
 # venv in a slim Python image; the exporter runs as an unprivileged user.
 #   docker build -t ollama-pull-exporter .
-#   docker run -p 11435:11435 -v "$PWD/config.yaml:/etc/ollama-pull-exporter/config.yaml:ro" \
+#   docker run -p 127.0.0.1:11435:11435 -v "$PWD/config.yaml:/etc/ollama-pull-exporter/config.yaml:ro" \
 #     ollama-pull-exporter
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -27,8 +27,10 @@ RUN python -m venv /opt/venv \
 # last-run results across restarts.
 USER 10001:10001
 EXPOSE 11435
-# No curl in slim images: the venv's Python does the probe.
+# No curl in slim images: the venv's Python does the probe. It reads the exporter's own flags
+# (PID 1's command line), so it asks /-/healthy where and how the exporter listens: the port of
+# --web.listen-address, https and basic auth from --web.config.file. Nothing to override.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:11435/-/healthy', timeout=4).status != 200)"]
+    CMD ["python", "-m", "exporter.app.healthcheck"]
 ENTRYPOINT ["ollama-pull-exporter"]
 CMD ["--config.file=/etc/ollama-pull-exporter/config.yaml"]

@@ -34,7 +34,8 @@ Ollama's wire protocol as a real server sends it (the § numbers are the section
 - `GET /api/tags` lists what the simulated disk holds in Ollama's `api.ListModelResponse`
   format (`ollama_sim.tags`); a successful pull puts the model there, at the digest of the
   attached `RegistrySimulator` (a Docker v2 registry with token auth, `ollama_sim.registry`).
-- `GET /api/version` answers `{"version":"0.33.0"}`, `GET /` answers `Ollama is running` (§7).
+- `GET /api/version` answers `{"version":"0.17.4"}` (`OLLAMA_VERSION`: the release the real
+  tier tests), `GET /` answers `Ollama is running` (§7).
 
 Scenarios are data: a `Scenario` is a tuple of frozen `Step`s. Every delay, tick and silence
 is multiplied by the simulator's `time_scale` (1.0 = real Ollama timing), while the bytes per
@@ -73,6 +74,7 @@ from ollama_sim.scenario import (
 )
 from ollama_sim.scenario_file import (
     ScenarioFile,
+    demo_scenarios,
     load_scenario_file,
     parse_scenario_file,
     scenario_from_json,
@@ -102,6 +104,7 @@ from ollama_sim.wire import (
     CLIENT2_TICK,
     DEFAULT_RATE,
     NOT_FOUND,
+    OLLAMA_VERSION,
     PRUNE,
     PRUNE_LEGACY,
     SETTLE_TICKS_0_17,
@@ -117,6 +120,7 @@ __all__ = [
     "DEFAULT_RATE",
     "MANIFEST_V2",
     "NOT_FOUND",
+    "OLLAMA_VERSION",
     "PRUNE",
     "PRUNE_LEGACY",
     "SETTLE_TICKS_0_17",
@@ -150,6 +154,7 @@ __all__ = [
     "bulk_pull",
     "canonical_model",
     "client2_pull",
+    "demo_scenarios",
     "download_error",
     "error_after_manifest",
     "error_after_verify",

@@ -9,9 +9,10 @@ import sys
 import typing
 from pathlib import Path
 
-from ollama_sim.scenario_file import ScenarioFile, load_scenario_file
+from ollama_sim.scenario_file import ScenarioFile, demo_scenarios, load_scenario_file
 from ollama_sim.server import OllamaSimulator, serve_until_signal
 from ollama_sim.steps import ScenarioError
+from ollama_sim.wire import OLLAMA_VERSION
 
 if typing.TYPE_CHECKING:
     from collections.abc import Sequence
@@ -29,8 +30,17 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--scenarios",
         help="scenario file, JSON or YAML (docs/simulator.md); without it every model is unknown",
     )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="serve the packaged demo scenarios (those of ollama-pull-exporter --demo)",
+    )
     parser.add_argument("--time-scale", type=float, help="delay multiplier (default: file, else 1)")
-    parser.add_argument("--ollama-version", default="0.33.0", help="answer of /api/version")
+    parser.add_argument(
+        "--ollama-version",
+        default=OLLAMA_VERSION,
+        help=f"answer of /api/version (default {OLLAMA_VERSION})",
+    )
     parser.add_argument("--record", help="append one JSON line per finished pull request here")
     return parser.parse_args(argv)
 
@@ -38,8 +48,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the simulator until SIGINT or SIGTERM; exit 0, or 1 on a bad scenario file."""
     args = _parse_args(argv)
+    if args.demo and args.scenarios:
+        print("error: --demo and --scenarios exclude each other", file=sys.stderr)
+        return 2
     try:
-        loaded = load_scenario_file(args.scenarios) if args.scenarios else ScenarioFile({})
+        if args.demo:
+            loaded = demo_scenarios()
+        else:
+            loaded = load_scenario_file(args.scenarios) if args.scenarios else ScenarioFile({})
     except (OSError, ScenarioError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

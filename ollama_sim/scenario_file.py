@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import importlib.resources
 import json
 import types
 import typing
@@ -166,3 +167,19 @@ def load_scenario_file(path: str | Path) -> ScenarioFile:
     except json.JSONDecodeError as exc:
         raise ScenarioError(f"{path}: invalid JSON: {exc}") from None
     return parse_scenario_file(data, str(path))
+
+
+DEMO_FILE = "demo.yaml"
+"""The demo's scenarios, shipped in the package (`ollama-pull-exporter --demo`, and
+`python -m ollama_sim --demo`)."""
+
+
+def demo_scenarios() -> ScenarioFile:
+    """The packaged demo scenarios: read from the installed package, not from a clone."""
+    resource = importlib.resources.files("ollama_sim").joinpath(DEMO_FILE)
+    text = resource.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:  # pragma: no cover - the file is ours and tested
+        raise ScenarioError(f"{DEMO_FILE}: invalid YAML: {exc}") from None
+    return parse_scenario_file(data, f"ollama_sim/{DEMO_FILE}")

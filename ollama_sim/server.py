@@ -24,8 +24,10 @@ from ollama_sim.scenario import Scenario, not_found
 from ollama_sim.serving import serve
 from ollama_sim.steps import check
 from ollama_sim.tags import TagsEndpoint
+from ollama_sim.wire import OLLAMA_VERSION
 
 if typing.TYPE_CHECKING:
+    import socket
     from collections.abc import Callable, Iterator, Mapping, Sequence
 
     from ollama_sim.record import RequestRecord
@@ -48,7 +50,7 @@ class OllamaSimulator:
         *,
         time_scale: float = 1.0,
         unknown: Scenario | None = None,
-        version: str = "0.33.0",
+        version: str = OLLAMA_VERSION,
         loop: bool = False,
         on_finish: Callable[[RequestRecord], None] | None = None,
         registry: RegistrySimulator | None = None,
@@ -190,14 +192,20 @@ class OllamaSimulator:
         app.add_routes(self.tags.routes())
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve on `host:port` (0: a free port) in the running loop; return the base URL."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None
+    ) -> str:
+        """Serve on `host:port` (0: a free port) in the running loop; return the base URL.
+
+        With `sock`, serve on that bound socket instead (its address is known before the loop
+        runs: the exporter's `--demo` builds its config from it).
+        """
         if self._runner is not None:
             raise RuntimeError("simulator already started")
         self._loop = asyncio.get_running_loop()
         self._stopping = self._loop.create_future()
         self._runner, bound_host, bound_port = await serve(
-            self._make_app(), host, port, handler_cancellation=True
+            self._make_app(), host, port, handler_cancellation=True, sock=sock
         )
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         self.url = f"http://{shown}:{bound_port}"

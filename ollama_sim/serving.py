@@ -7,6 +7,7 @@ import typing
 from aiohttp import web
 
 if typing.TYPE_CHECKING:
+    import socket
     import ssl
 
 
@@ -17,8 +18,11 @@ async def serve(
     *,
     handler_cancellation: bool = False,
     ssl_context: ssl.SSLContext | None = None,
+    sock: socket.socket | None = None,
 ) -> tuple[web.AppRunner, str, int]:
     """Serve `app` on `host:port` (0: a free port); return the runner and the bound address.
+
+    With `sock`, on that bound socket instead of `host:port`.
 
     TLS with `ssl_context`. Stopping is quick (`runner.cleanup()` waits 0.5 s at most for
     open handlers) and there is no access log. A bind that fails cleans the runner up before
@@ -29,7 +33,12 @@ async def serve(
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+        site: web.BaseSite = (
+            web.TCPSite(runner, host, port, ssl_context=ssl_context)
+            if sock is None
+            else web.SockSite(runner, sock, ssl_context=ssl_context)
+        )
+        await site.start()
     except BaseException:
         await runner.cleanup()
         raise

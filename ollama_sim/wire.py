@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import re
 
+OLLAMA_VERSION = "0.17.4"
+"""The answer of `GET /api/version`: the Ollama release the real test tier builds and the
+compose stack runs (.ci/setup/60-ollama.sh), whose streams the simulator's timing follows."""
 TICK = 0.06
 SETTLE_TICKS_0_17 = 16
 """Lines at 100% after a blob's last byte in Ollama 0.17.4 (about 1 s of 60 ms ticks: the

@@ -369,7 +369,10 @@ def test_example_config_loads() -> None:
     )
     llama, gemma = server.models
     assert llama.name == "llama3.2:1b"
-    assert llama.settings == PullSettings(6 * 3600, 0.1, 2 * 3600, 600, False, True)
+    # Watched, not pulled: the example says at its top what it downloads (1.3 GB would be a lot).
+    assert llama.settings == PullSettings(
+        6 * 3600, 0.1, 2 * 3600, 600, False, True, mode=Mode.CHECK
+    )
     assert gemma.name == "gemma3:270m"
     assert gemma.settings == PullSettings(3600, 0.1, 2 * 3600, 300, False, True)
 

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import base64
+import importlib.metadata
 import json
+import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
+import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import bcrypt
 import pytest
 import yaml
 
-from tests.harness import run_exporter
+import exporter
+from ollama_sim import OLLAMA_VERSION
+from tests.harness import exporter_command, free_port, run_exporter, self_signed, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -98,8 +106,9 @@ def test_dockerfile_shape() -> None:
     assert users[-1].split(":")[0] not in {"root", "0"}
     assert ("EXPOSE", "11435") in final_stage
     healthcheck = next(args for keyword, args in final_stage if keyword == "HEALTHCHECK")
-    assert "/-/healthy" in healthcheck
-    assert '"python"' in healthcheck
+    # The exporter's own flags decide where and how to ask (tests below), never a fixed port.
+    assert healthcheck.endswith('CMD ["python", "-m", "exporter.app.healthcheck"]')
+    assert "11435" not in healthcheck
     assert "curl" not in healthcheck
     assert ("ENTRYPOINT", '["ollama-pull-exporter"]') in final_stage
     assert ("CMD", f'["--config.file={CONTAINER_CONFIG}"]') in final_stage
@@ -119,6 +128,26 @@ def test_build_inputs_exist_and_pass_the_dockerignore() -> None:
 
 
 # ------------------------------------------------------------------ compose
+
+
+def test_compose_publishes_every_port_on_loopback_only() -> None:
+    for override in ("docker-compose.yml", "docker-compose.demo.yml"):
+        services = _load_yaml(COMPOSE_DIR / override)["services"]
+        for name, service in services.items():
+            for port in service.get("ports", []):
+                assert str(port).startswith("127.0.0.1:"), f"{override}: {name} publishes {port}"
+    assert all(s.get("ports") for s in _compose()["services"].values())
+
+
+def test_compose_pins_the_ollama_release_the_real_tier_tests() -> None:
+    pinned = re.search(
+        r"^OLLAMA_PINNED=(\S+)$",
+        (ROOT / ".ci/setup/60-ollama.sh").read_text(encoding="utf-8"),
+        re.MULTILINE,
+    )
+    assert pinned is not None
+    assert _compose()["services"]["ollama"]["image"] == f"ollama/ollama:{pinned.group(1)}"
+    assert pinned.group(1) == OLLAMA_VERSION  # and the simulator says the same release
 
 
 def test_compose_has_the_four_services() -> None:
@@ -153,7 +182,7 @@ def test_exporter_service_config_is_valid() -> None:
     config = _host_path(exporter, CONTAINER_CONFIG)
     result = _run(sys.executable, "-m", "exporter", "--config.check", f"--config.file={config}")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "config OK: 1 servers, 2 models" in result.stdout
+    assert "config OK: 1 server, 2 models" in result.stdout
     assert "http://ollama:11434" in config.read_text(encoding="utf-8")
 
 
@@ -216,3 +245,105 @@ def test_promtool_checks_the_prometheus_config() -> None:
     result = _run(promtool, "check", "config", "--lint-fatal", str(PROMETHEUS_CONFIG))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 1 rule files found" in result.stdout
+
+
+# ------------------------------------------------------------------ the image's health check
+
+
+def _healthcheck(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exporter.app.healthcheck", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_healthcheck_follows_the_listen_address_tls_and_basic_auth(tmp_path: Path) -> None:
+    """The exporter's own flags, read from its process: port, https, basic auth."""
+    self_signed(tmp_path)
+    hashed = bcrypt.hashpw(b"secret", bcrypt.gensalt(rounds=4)).decode()
+    (tmp_path / "web.yml").write_text(
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+        f"basic_auth_users:\n  prometheus: '{hashed}'\n"
+    )
+    config = "servers:\n  - name: a\n    url: http://127.0.0.1:9\n    models: [m]\n"
+    context = ssl.create_default_context(cafile=str(tmp_path / "server.crt"))
+    token = base64.b64encode(b"prometheus:secret").decode()
+    with run_exporter(
+        config,
+        tmp_path,
+        "--web.config.file=web.yml",  # relative: to the exporter's working directory
+        context=context,
+        headers={"Authorization": f"Basic {token}"},
+    ) as running:
+        done = _healthcheck(f"--pid={running.process.pid}")
+        port = running.url.rsplit(":", 1)[1]
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"https://127.0.0.1:{port}/-/healthy: 401" in done.stdout
+        pid = running.process.pid
+    done = _healthcheck(f"--pid={pid}")
+    assert done.returncode == 1
+    assert done.stderr.startswith("unhealthy: ")
+
+
+def test_healthcheck_of_a_plain_exporter_on_another_port(tmp_path: Path) -> None:
+    config = "servers:\n  - name: a\n    url: http://127.0.0.1:9\n    models: [m]\n"
+    with run_exporter(config, tmp_path) as running:
+        done = _healthcheck(f"--pid={running.process.pid}")
+        port = running.url.rsplit(":", 1)[1]
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == f"healthy: http://127.0.0.1:{port}/-/healthy: 200 OK\n"
+
+
+def test_healthcheck_of_the_demo_follows_its_default_address(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        exporter_command("--demo", f"--web.listen-address=:{port}"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    try:
+        wait_for(
+            lambda: _healthcheck(f"--pid={process.pid}").returncode == 0,
+            30,
+            "the demo to serve",
+            step=0.5,
+        )
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0
+    assert _healthcheck("--", "--demo", "--web.listen-address=:0").stderr == (
+        "unhealthy: the exporter listens on a port of the system's choice (:0)\n"
+    )
+    assert _healthcheck(f"--pid={os.getpid()}").returncode == 1  # not an exporter
+
+
+# ------------------------------------------------------------------ one version
+
+
+def test_one_version_everywhere() -> None:
+    """exporter.__version__ is the one source: the package, --version, the chart, the log."""
+    version = exporter.__version__
+    assert importlib.metadata.version("ollama-pull-exporter") == version  # pyproject reads it
+    shown = _run(sys.executable, "-m", "exporter", "--version")
+    assert shown.stdout == f"ollama-pull-exporter {version}\n"
+    chart = _load_yaml(ROOT / "deploy/kubernetes/ollama-pull-exporter/Chart.yaml")
+    assert chart["appVersion"] == version
+    assert f"\n## {version}\n" in (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "version" not in pyproject["project"]
+    assert pyproject["project"]["dynamic"] == ["version"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "exporter.__version__"}
+
+
+def test_build_info_and_the_page_footer_show_the_version(tmp_path: Path) -> None:
+    config = "servers:\n  - name: a\n    url: http://127.0.0.1:9\n    models: [m]\n"
+    with run_exporter(config, tmp_path) as running:
+        running.scrape()
+        info = running.value("ollama_pull_exporter_build_info", version=exporter.__version__)
+        page = running.get("/")[1]
+    assert info == 1
+    assert f"Version {exporter.__version__}</footer>" in page

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from ollama_sim import OllamaSimulator, Scenario, Stall, up_to_date
+from ollama_sim import OLLAMA_VERSION, OllamaSimulator, Scenario, Stall, up_to_date
 from tests.harness import exporter_command, free_port, run_exporter, wait_for
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def test_an_unreachable_server_shows_before_the_first_run(tmp_path: Path) -> Non
             logs = exporter.logs()
             assert exporter.value("ollama_pull_runs_total", server="dead", model="a") == 0
     assert status == 200
-    assert "0.33.0" in page  # the simulator's Ollama version
+    assert OLLAMA_VERSION in page  # the simulator's Ollama version: the release tested
     assert 'class="fail">down</span>' in page
     assert 'msg="server unreachable" server=dead' in logs
-    assert 'msg="server up" server=sim version=0.33.0' in logs
+    assert f'msg="server up" server=sim version={OLLAMA_VERSION}' in logs

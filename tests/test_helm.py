@@ -233,9 +233,9 @@ def test_the_rendered_config_passes_the_exporters_own_check(values: str, tmp_pat
     result = run_cli(f"--config.file={config}", "--config.check")
     assert result.returncode == 0, result.stderr
     want = {
-        "default": "config OK: 1 servers, 1 models",
-        "sharded": "config OK: 0 servers, 0 models and 1 server_discovery entries",
-        "sidecar": "config OK: 1 servers, 2 models",
+        "default": "config OK: 1 server, 1 model",
+        "sharded": "config OK: 0 servers, 0 models and 1 server_discovery entry",
+        "sidecar": "config OK: 1 server, 2 models",
     }
     assert result.stdout.strip() == want[values]
 

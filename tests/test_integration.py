@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from exporter import __version__
 from exporter.clients.pacing import COALESCE_SECONDS
 from exporter.ollama.protocol import Reason
 from ollama_sim import (
@@ -299,7 +300,7 @@ def test_next_run_is_one_interval_after_the_first_start(exporter: Exporter) -> N
 
 
 def test_exporter_series(exporter: Exporter) -> None:
-    assert exporter.value("ollama_pull_exporter_build_info", version="0.1.0") == 1
+    assert exporter.value("ollama_pull_exporter_build_info", version=__version__) == 1
     assert exporter.value("ollama_pull_exporter_config_last_reload_successful") == 1
     text = exporter.get("/metrics")[1]
     assert "_created" not in text

@@ -509,7 +509,7 @@ def test_version_root_and_get_on_pull() -> None:
         return out
 
     assert run(scenario()) == [
-        (200, "application/json; charset=utf-8", b'{"version":"0.33.0"}'),
+        (200, "application/json; charset=utf-8", b'{"version":"0.17.4"}'),
         (200, "text/plain; charset=utf-8", b"Ollama is running"),
         (405, "text/plain", b"405 method not allowed"),
     ]

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     import socket
     from collections.abc import AsyncIterator, Coroutine, Iterator
 
+    from aiohttp import web
+
+    from exporter.app.demo import Demo
     from exporter.config.types import Config, ServerConfig
     from exporter.config.webconfig import WebConfig
     from exporter.fleet.sharding import Shard
@@ -60,6 +63,8 @@ class Options:
     """`POST /-/reload`."""
     enable_admin_api: bool = False
     """`POST /api/v1/pulls` and the page's "pull now"."""
+    exit_on_hang: bool = False
+    """End the process if stopping takes longer than SHUTDOWN_GRACE (never in tests in process)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +79,8 @@ class Program:
     fleet: Fleet
     storage: Storage | None
     """The `--storage.path` file, when there is one."""
+    demo: Demo | None = None
+    """`--demo`: the simulated Ollama that runs in this process, before the schedule and after."""
 
     @property
     def stored(self) -> dict[tuple[str, str], StoredPair]:
@@ -93,7 +100,17 @@ class Program:
     def runtime(self, followers: Followers | None = None) -> Runtime:
         """The runtime over this program, with `followers` (none live: `--once`)."""
         followers = followers or Followers(self.fleet, self.history, self.stored)
-        return Runtime(self.options.config_path, self.config, self.state, followers)
+        source = self.demo.rebuild if self.demo is not None else None
+        return Runtime(self.options.config_path, self.config, self.state, followers, source)
+
+    @contextlib.asynccontextmanager
+    async def simulated_ollama(self) -> AsyncIterator[None]:
+        """With `--demo`, the simulator serves for the duration of the block."""
+        if self.demo is None:
+            yield
+            return
+        async with self.demo.running():
+            yield
 
     def first_apply(self, runtime: Runtime) -> None:
         """Put the start-up config in force; stored last runs and digests come back with it."""
@@ -107,8 +124,8 @@ class Program:
 
 
 @contextlib.contextmanager
-def open_program(options: Options, config: Config) -> Iterator[Program]:
-    """Build the shared parts; the state file and the history are closed on the way out.
+def open_program(options: Options, config: Config, demo: Demo | None = None) -> Iterator[Program]:
+    """Build the shared parts; the state file is closed on the way out.
 
     Raises StorePathError for a `--storage.path` that can never work (a directory, say).
     """
@@ -119,7 +136,7 @@ def open_program(options: Options, config: Config) -> Iterator[Program]:
     history = History(config.history_limit, storage.history if storage is not None else None)
     fleet = Fleet(options.shard, state.fleet)
     try:
-        yield Program(options, config, state, history, fleet, storage)
+        yield Program(options, config, state, history, fleet, storage, demo)
     finally:
         if storage is not None:
             storage.close()
@@ -143,7 +160,11 @@ async def scheduling(
     """
     state = program.state
     loop = asyncio.get_running_loop()
-    async with make_session() as session, make_registry_session() as registry:
+    async with (
+        program.simulated_ollama(),
+        make_session() as session,
+        make_registry_session() as registry,
+    ):
         inventory = Inventory(session, state, on_digest=program.save_digest)
 
         def finished(pair: PairState) -> None:
@@ -181,14 +202,30 @@ async def scheduling(
             yield Running(runtime, scheduler)
         finally:
             state.set_ready(False)
-            deadline = signals.exit_after(SHUTDOWN_GRACE)
+            hang = program.options.exit_on_hang
+            deadline = signals.exit_after(SHUTDOWN_GRACE) if hang else None
             loop.remove_signal_handler(signal.SIGHUP)
             signals.remember_reloads()
             await runtime.stop()
             await program.fleet.stop()
             await scheduler.stop()
             await inventory.stop()
-            deadline.cancel()
+            if deadline is not None:
+                deadline.cancel()
+
+
+def web_app(
+    program: Program, running: Running, web_config: WebConfig | None = None
+) -> web.Application:
+    """The HTTP app over the running schedule: it sees a `Site`, and the actions the flags allow."""
+    options = program.options
+    site = Site(
+        program.state,
+        program.history,
+        pulls=running.scheduler if options.enable_admin_api else None,
+        reloads=running.runtime if options.enable_lifecycle else None,
+    )
+    return make_app(site, build_registry(program.state), web_config)
 
 
 async def serve(
@@ -198,14 +235,7 @@ async def serve(
     connections: listener.ConnectionGuard,
 ) -> None:
     """Run the schedule, and the HTTP server over it, until SIGTERM or SIGINT."""
-    options = program.options
     async with scheduling(program, connections) as running:
-        site = Site(
-            program.state,
-            program.history,
-            pulls=running.scheduler if options.enable_admin_api else None,
-            reloads=running.runtime if options.enable_lifecycle else None,
-        )
-        app = make_app(site, build_registry(program.state), web_config)
+        app = web_app(program, running, web_config)
         ssl_context = web_config.ssl_context() if web_config is not None else None
         await listener.serve(app, sockets, ssl_context=ssl_context, guard=connections)

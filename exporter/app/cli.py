@@ -1,4 +1,4 @@
-"""Command line: flags, exit codes, `--config.check`, `--once`; starts the app.
+"""Command line: flags, exit codes, `--config.check`, `--once`, `--demo`; starts the app.
 
 Exit codes: 0 success; 1 invalid config or (with `--once`, `exporter.app.once`) a failed pull or
 check; 2 usage.
@@ -13,7 +13,8 @@ import sys
 from typing import TYPE_CHECKING
 
 from exporter import __version__
-from exporter.app import assemble, once
+from exporter.app import assemble, demo, once
+from exporter.app.demo import Demo
 from exporter.config.loader import ConfigError, load_config
 from exporter.config.webconfig import WebConfig, WebConfigError, load_web_config
 from exporter.core import signals
@@ -25,7 +26,14 @@ from exporter.web import listener
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from exporter.config.types import Config
+
 log = logging.getLogger("exporter")
+
+CONFIG_FILE = "config.yaml"
+"""`--config.file` when not given (and not `--demo`)."""
+LISTEN_ADDRESS = ":11435"
+"""`--web.listen-address` when not given (with `--demo`: `exporter.app.demo.LISTEN_ADDRESS`)."""
 
 
 def parse_listen_address(text: str) -> tuple[str | None, int]:
@@ -44,15 +52,32 @@ def parse_listen_address(text: str) -> tuple[str | None, int]:
     return (host or None), int(port_text)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """`--help` shows each flag's default, so it is the reference a user has at hand."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Prometheus-style dotted flags; `--flag=value` and `--flag value` both work."""
     parser = argparse.ArgumentParser(
         prog="ollama-pull-exporter",
         description="Runs Ollama pulls on a schedule and exports their progress to Prometheus.",
         allow_abbrev=False,
+        formatter_class=_HelpFormatter,
     )
     add = parser.add_argument
-    add("--config.file", dest="config_file", default="config.yaml", help="YAML config file")
+    add(
+        "--config.file",
+        dest="config_file",
+        metavar="FILE",
+        default=None,
+        help=f"YAML config file (default: {CONFIG_FILE})",
+    )
     add(
         "--config.check",
         dest="config_check",
@@ -62,12 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--web.listen-address",
         dest="listen_address",
+        metavar="HOST:PORT",
         type=parse_listen_address,
-        default=parse_listen_address(":11435"),
-        help="host:port to serve HTTP on (default :11435, all interfaces)",
+        default=None,
+        help=f"host:port to serve HTTP on; :port means all interfaces (default: {LISTEN_ADDRESS};"
+        " with --demo 127.0.0.1:11435)",
     )
-    add("--log.level", dest="log_level", choices=LEVEL_NAMES, default="info")
-    add("--log.format", dest="log_format", choices=FORMATS, default="logfmt")
+    add("--log.level", dest="log_level", choices=LEVEL_NAMES, default="info", help="log level")
+    add(
+        "--log.format",
+        dest="log_format",
+        choices=FORMATS,
+        default="logfmt",
+        help="log line format",
+    )
     add(
         "--once",
         action="store_true",
@@ -86,8 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow POST /api/v1/pulls (start a pull now)",
     )
-    add("--web.config.file", dest="web_config_file", default=None, help="TLS and basic auth")
-    add("--storage.path", dest="storage_path", default=None, help="SQLite file for last results")
+    add(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="FILE",
+        default=None,
+        help="TLS and basic auth",
+    )
+    add(
+        "--storage.path",
+        dest="storage_path",
+        metavar="FILE",
+        default=None,
+        help="SQLite file for last results",
+    )
     add(
         "--shard",
         default="0",
@@ -100,8 +145,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="number of exporters splitting the servers (hashmod of the server name)",
     )
+    add(
+        "--demo",
+        action="store_true",
+        help="run with a simulated Ollama inside this process, serving demo pulls (no config"
+        " file, no Ollama needed); with --once, one round of them",
+    )
     add("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
+
+
+def resolve(args: argparse.Namespace) -> str | None:
+    """Fill in the defaults that depend on `--demo`; return a usage error, if any."""
+    if args.demo and args.config_file is not None:
+        return "--demo runs without a config file: drop --config.file (or --demo)"
+    if args.config_file is None:
+        args.config_file = CONFIG_FILE
+    if args.listen_address is None:
+        args.listen_address = parse_listen_address(
+            demo.LISTEN_ADDRESS if args.demo else LISTEN_ADDRESS
+        )
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signals.install()  # again, for callers that did not come through exporter.__main__
     parser = build_parser()
     args = parser.parse_args(argv)
+    if (usage := resolve(args)) is not None:
+        print(f"ollama-pull-exporter: {usage}", file=sys.stderr)  # noqa: T201
+        return 2
     setup_logging(args.log_level, args.log_format)
     try:
         shard = Shard() if args.config_check else resolve_shard(args.shard, args.total_shards)
@@ -123,11 +190,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace, shard: Shard) -> int:
+    if args.demo:
+        embedded = Demo.prepare()
+        try:
+            return _run(args, shard, embedded.config, embedded)
+        finally:
+            embedded.close()
     try:
         config = load_config(args.config_file)
     except ConfigError as exc:
         print("\n".join(exc.errors), file=sys.stderr)  # noqa: T201 - the CLI's own output
         return 1
+    return _run(args, shard, config, None)
+
+
+def _run(args: argparse.Namespace, shard: Shard, config: Config, embedded: Demo | None) -> int:
+    """Everything after the config is known: `--config.check`, `--once` or serving."""
     web_config = None
     if args.web_config_file:
         try:
@@ -136,24 +214,32 @@ def _main(args: argparse.Namespace, shard: Shard) -> int:
             print("\n".join(exc.errors), file=sys.stderr)  # noqa: T201
             return 1
     if args.config_check:
-        found = f" and {len(config.discovery)} server_discovery entries" if config.discovery else ""
-        print(f"config OK: {len(config.servers)} servers, {config.model_count} models{found}")  # noqa: T201
+        found = f" and {_count(len(config.discovery), 'server_discovery entr', 'y', 'ies')}"
+        servers = _count(len(config.servers), "server")
+        models = _count(config.model_count, "model")
+        print(f"config OK: {servers}, {models}{found if config.discovery else ''}")  # noqa: T201
         return 0
     options = assemble.Options(
-        config_path=args.config_file,
+        config_path=demo.SOURCE if embedded is not None else args.config_file,
         shard=shard,
         storage_path=args.storage_path,
         enable_lifecycle=args.enable_lifecycle,
         enable_admin_api=args.enable_admin_api,
+        exit_on_hang=True,
     )
     try:
-        with assemble.open_program(options, config) as program:
+        with assemble.open_program(options, config, embedded) as program:
             if args.once:
                 return asyncio.run(once.run(program))
             return _serve(args, program, web_config)
     except StorePathError as exc:
         print(f"--storage.path: {exc}", file=sys.stderr)  # noqa: T201
         return 1
+
+
+def _count(number: int, noun: str, one: str = "", many: str = "s") -> str:
+    """`1 server`, `2 servers`: a count with its noun in the right number."""
+    return f"{number} {noun}{one if number == 1 else many}"
 
 
 def _serve(
@@ -177,7 +263,7 @@ def _serve(
         "starting",
         extra={
             "version": __version__,
-            "config": args.config_file,
+            "config": program.options.config_path,
             "address": ",".join(listener.bound_addresses(sockets)),
             "pairs": config.model_count,
             "tls": web_config is not None and web_config.tls is not None,
@@ -186,6 +272,9 @@ def _serve(
             "fd_limit": fd_limit,
         },
     )
+    if program.demo is not None:
+        shown = listener.bound_addresses(sockets)[0].replace("0.0.0.0:", "127.0.0.1:")
+        log.info("demo: open the page in a browser", extra={"url": f"http://{shown}/"})
     asyncio.run(assemble.serve(program, web_config, sockets, guard))
     signals.install()  # the loop's handlers are gone: stay in charge until the exit
     log.info("stopped")

@@ -97,7 +97,11 @@ async def run(program: Program) -> int:
     before = {key: pair.last for key, pair in state.pairs.items()}
     checked: dict[tuple[str, str], Checked] = {}
     try:
-        async with make_session() as session, make_registry_session() as registry:
+        async with (
+            program.simulated_ollama(),
+            make_session() as session,
+            make_registry_session() as registry,
+        ):
             inventory = Inventory(session, state, on_digest=program.save_digest)
             inventory.apply(config, start=False)  # check mode on, no polling loops
             checks = OnceChecks(inventory, Checker(registry))

@@ -67,14 +67,24 @@ class Runtime:
     """The config in force and the one path that replaces it: `apply`, and `reload` into it."""
 
     def __init__(
-        self, config_path: str, loaded: Config, state: ExporterState, followers: Followers
+        self,
+        config_path: str,
+        loaded: Config,
+        state: ExporterState,
+        followers: Followers,
+        source: Callable[[], Config] | None = None,
     ) -> None:
+        """`source`: where a reload gets the config (None: the file, in a child process).
+
+        `--demo` has no file: it builds its config again in memory.
+        """
         self.config_path = config_path
         self.loaded = loaded
         """The config file as last loaded, before discovery and sharding (`config` is after)."""
         self.config = loaded
         self.state = state
         self._followers = followers
+        self._source = source
         self._pending: asyncio.Future[tuple[str, ...]] | None = None
         """The next reload, requested and not started yet; later requests share it."""
         self._worker: asyncio.Task[None] | None = None
@@ -140,7 +150,7 @@ class Runtime:
 
     async def _reload_now(self) -> tuple[str, ...]:
         try:
-            config = await self._read()
+            config = self._source() if self._source is not None else await self._read()
         except ConfigError as exc:
             self.state.config_failed()
             log.error(  # noqa: TRY400 - the errors are the message, no traceback helps
