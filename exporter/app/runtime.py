@@ -206,6 +206,8 @@ class Runtime:
         """Run the schedule of the config in force, probe servers, reload on SIGHUP."""
         loop = asyncio.get_running_loop()
         if self.fleet is not None and self.loaded is not None:
+            if self.history is not None:
+                self.fleet.forget = self.history.forget_servers
             await self.fleet.start(self.loaded, self.rediscovered)  # the first lists, bounded
             self.apply(self.loaded)
         self._session = session

@@ -13,7 +13,7 @@ import os
 import re
 import unicodedata
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -100,6 +100,10 @@ class DiscoveryConfig:
     nameserver: tuple[str, int] | None = field(default=None, compare=True)
     """`HOST:PORT` to ask instead of the system's resolver."""
     scheme: str = "http"
+    max_servers: int = 256
+    """Servers taken from one answer at most (the first in name order); the rest are dropped."""
+    forget_after: float = 3600.0
+    """Seconds a departed server's run history is kept, in case it comes back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -723,7 +727,7 @@ class _Loader(NodeWalker):
             entries.append(entry)
         return entries
 
-    def discovery_entry(  # noqa: PLR0911 - one return per way an entry can be unusable
+    def discovery_entry(
         self, node: yaml.Node, path: str, index: str, defaults: _Level
     ) -> DiscoveryConfig | None:
         fields = self.mapping(node, path, _DISCOVERY_KEYS)
@@ -748,8 +752,22 @@ class _Loader(NodeWalker):
         if not value:
             return None
         if source == "file":
-            return self.file_entry(fields, path, name, template, value)
-        return self.dns_entry(fields, path, name, template, value)
+            entry: DiscoveryConfig | None = self.file_entry(fields, path, name, template, value)
+        else:
+            entry = self.dns_entry(fields, path, name, template, value)
+        return None if entry is None else self.discovery_limits(fields, path, entry)
+
+    def discovery_limits(
+        self, fields: Mapping[str, yaml.Node], path: str, entry: DiscoveryConfig
+    ) -> DiscoveryConfig:
+        """`max_servers` and `forget_after`, for both kinds of source."""
+        cap, forget = entry.max_servers, entry.forget_after
+        if "max_servers" in fields:
+            cap = self.check(fields["max_servers"], f"{path}.max_servers", _max_servers, cap)
+        if "forget_after" in fields:
+            key = f"{path}.forget_after"
+            forget = self.check(fields["forget_after"], key, _positive_duration, forget)
+        return replace(entry, max_servers=cap, forget_after=forget)
 
     def file_entry(
         self,
@@ -827,7 +845,17 @@ _DISCOVERY_KEYS: Final = (
     "nameserver",
     "scheme",
     "template",
+    "max_servers",
+    "forget_after",
 )
+_MAX_SERVERS: Final = 100_000
+
+
+def _max_servers(node: yaml.Node) -> int:
+    value = scalar(node)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_SERVERS:
+        raise InvalidError(f"expected an integer from 1 to {_MAX_SERVERS}, got {describe(node)}")
+    return value
 
 
 def _dns_type(node: yaml.Node) -> str:

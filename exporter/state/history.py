@@ -36,7 +36,7 @@ from exporter.state.transcript import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Collection, Iterable, Iterator
 
     from exporter.config.loader import Config
     from exporter.ollama.progress import RunProgress
@@ -247,6 +247,19 @@ class History:
         entry = self._budget.pop(run_id, None)
         if entry is not None:
             self._budget_bytes -= entry[1]
+
+    def forget_servers(self, servers: Collection[str]) -> int:
+        """Drop every finished run of these servers' pairs (they left for good); how many."""
+        gone = set(servers)
+        dropped = 0
+        for key in [key for key in self._pairs if key[0] in gone]:
+            for record in self._pairs.pop(key):
+                self._where.pop(record.id, None)
+                self._forget(record.id)
+                dropped += 1
+        for key in [key for key in self._last if key[0] in gone]:
+            del self._last[key]
+        return dropped
 
     def last_record(self, server: str, model: str) -> RunRecord | None:
         """The pair's last finished run (without its transcript)."""
