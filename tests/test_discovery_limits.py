@@ -195,6 +195,28 @@ def test_srv_targets_that_are_no_host_names_are_dropped_and_counted(tmp_path: Pa
             assert exporter.stop() == 0
 
 
+def test_a_later_answer_with_a_colon_target_keeps_discovery_running(tmp_path: Path) -> None:
+    """This one used to end the watcher's task silently, and SIGTERM then exited 1."""
+    answers = Answers()
+    with dns_server(answers) as (_, dns_port):
+        answers.set(_srv(("127.0.0.1.", 1001)))
+        config = _config(dns_port, defaults=", run_on_start: false")
+        with run_exporter(config, tmp_path) as exporter:
+            assert _servers(exporter) == {f"{SRV_NAME}/127.0.0.1:1001"}
+            answers.set(_srv(("127.0.0.1.", 1001), ("a:b.", 1002)))
+            asked = answers.queries
+            wait_for(lambda: answers.queries >= asked + 2, 10, "the answer to be read")
+            answers.set(_srv(("127.0.0.1.", 1001), ("127.0.0.1.", 1003)))
+            wait_for(lambda: len(_servers(exporter)) == 2, 10, "the next answer to apply")
+            rejected = exporter.value(
+                "ollama_pull_exporter_discovery_rejected_targets_total", discovery="pods"
+            )
+            assert rejected is not None
+            assert rejected >= 1
+            assert "Traceback" not in exporter.logs()
+            assert exporter.stop() == 0
+
+
 def test_an_answer_of_1500_records_is_capped_at_max_servers(tmp_path: Path) -> None:
     answers = Answers()
     with dns_server(answers) as (_, dns_port):
@@ -228,7 +250,9 @@ def _runs(exporter: Exporter, server: str) -> list[object]:
     return runs
 
 
-def test_departed_servers_are_forgotten_after_forget_after(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stored", [False, True], ids=["memory", "storage"])
+def test_departed_servers_are_forgotten_after_forget_after(tmp_path: Path, stored: bool) -> None:
+    """A pod that moves gets a new name; the old name's runs go after `forget_after`."""
     answers = Answers()
     first = OllamaSimulator(unknown=up_to_date([1000]))
     second = OllamaSimulator(unknown=up_to_date([1000]))
@@ -241,7 +265,8 @@ def test_departed_servers_are_forgotten_after_forget_after(tmp_path: Path) -> No
         old, new = (f"{SRV_NAME}/127.0.0.1:{port}" for port in ports)
         answers.set(_srv(("127.0.0.1.", ports[0])))
         config = _config(dns_port, extra="    forget_after: 2s\n")
-        with run_exporter(config, tmp_path) as exporter:
+        args = [f"--storage.path={tmp_path / 'state.db'}"] if stored else []
+        with run_exporter(config, tmp_path, *args) as exporter:
             exporter.wait_value(
                 "ollama_pull_last_success", lambda v: v == 1, server=old, model="m:1b"
             )

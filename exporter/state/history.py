@@ -259,6 +259,10 @@ class History:
                 dropped += 1
         for key in [key for key in self._last if key[0] in gone]:
             del self._last[key]
+        if self._db is not None:
+            for run_id in [i for i, (_, r) in self._unwritten.items() if r.server in gone]:
+                del self._unwritten[run_id]
+            self._db.forget_servers(gone)  # queued after their inserts: none comes back
         return dropped
 
     def last_record(self, server: str, model: str) -> RunRecord | None:

@@ -23,6 +23,7 @@ from exporter.state.history import RunRecord
 
 if TYPE_CHECKING:
     import os
+    from collections.abc import Collection
 
 log = logging.getLogger("exporter.historydb")
 
@@ -70,6 +71,7 @@ _PRUNE: Final = (
     "DELETE FROM run_history WHERE server = ? AND model = ? AND id <= "
     "(SELECT id FROM run_history WHERE server = ? AND model = ? ORDER BY id DESC LIMIT 1 OFFSET ?)"
 )
+_FORGET: Final = "DELETE FROM run_history WHERE server = ?"
 _SELECT_LISTED: Final = f"SELECT {', '.join(_LISTED)} FROM run_history"  # noqa: S608
 _SELECT_ONE: Final = f"SELECT {', '.join(_COLUMNS)} FROM run_history WHERE id = ?"  # noqa: S608
 _LATEST: Final = (
@@ -84,7 +86,7 @@ class HistoryDB:
         self._connection = reader
         self._writer = writer
         self._lock = threading.Lock()
-        self._queue: deque[tuple[RunRecord, int] | None] = deque()
+        self._queue: deque[tuple[RunRecord, int] | frozenset[str] | None] = deque()
         self._wake = threading.Condition()
         self.queued = 0
         """Records handed to `insert` so far."""
@@ -124,6 +126,13 @@ class HistoryDB:
         self.queued += 1
         return self.queued - 1
 
+    def forget_servers(self, servers: Collection[str]) -> None:
+        """Queue deleting every run of `servers` (after the records queued before)."""
+        with self._wake:
+            self._queue.append(frozenset(servers))
+            self._wake.notify()
+        self.queued += 1  # a place in the queue like a record's, so `written` stays in step
+
     def _work(self) -> None:
         while True:
             with self._wake:
@@ -132,9 +141,25 @@ class HistoryDB:
                 item = self._queue.popleft()
             if item is None:
                 return
-            record, keep = item
-            self._store(record, keep)
+            if isinstance(item, frozenset):
+                self._delete(item)
+            else:
+                record, keep = item
+                self._store(record, keep)
             self.written += 1
+
+    def _delete(self, servers: frozenset[str]) -> None:
+        writer = self._writer
+        try:
+            writer.execute("BEGIN IMMEDIATE")
+            try:
+                writer.executemany(_FORGET, [(server,) for server in sorted(servers)])
+                writer.execute("COMMIT")
+            except BaseException:
+                writer.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            log.warning("cannot forget departed servers' runs", extra={"error": str(exc)})
 
     def _store(self, record: RunRecord, keep: int) -> None:
         values = (
