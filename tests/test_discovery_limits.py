@@ -17,7 +17,13 @@ import pytest
 from dnslib import QTYPE, RR, SRV
 
 from exporter.config.loader import ConfigError, parse_config
-from exporter.fleet.discovery import Watcher, valid_host
+from exporter.fleet.discovery import (
+    MAX_FILE_BYTES,
+    DiscoveryError,
+    Watcher,
+    read_targets_file,
+    valid_host,
+)
 from ollama_sim import OllamaSimulator, up_to_date
 from tests.harness import Exporter, run_exporter, wait_for
 from tests.test_discovery import SRV_NAME, Answers, dns_server
@@ -102,6 +108,16 @@ def test_max_servers_and_forget_after_parse_with_defaults_and_bounds() -> None:
         "got integer 0",
         'c.yaml:5: server_discovery[0].forget_after: must be greater than 0, got "0s"',
     )
+
+
+def test_a_discovery_file_over_4_mib_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "servers.yaml"
+    with path.open("wb") as handle:
+        handle.truncate(MAX_FILE_BYTES + 1)  # sparse: no 4 MiB written
+    with pytest.raises(DiscoveryError, match=r"larger than 4194304 bytes"):
+        read_targets_file(str(path))
+    path.write_text("- {url: 'http://h:1'}\n" + " " * (MAX_FILE_BYTES - 40))
+    assert len(read_targets_file(str(path))) == 1
 
 
 # ------------------------------------------------------------------ the watcher's loop
