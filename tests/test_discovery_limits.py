@@ -173,12 +173,20 @@ def test_srv_targets_that_are_no_host_names_are_dropped_and_counted(tmp_path: Pa
     with sim.running() as url, dns_server(answers) as (_, dns_port):
         port = int(url.rsplit(":", 1)[1])
         good = f"{SRV_NAME}/127.0.0.1:{port}"
-        answers.set(_srv(("127.0.0.1.", port), ("a:b.", port), ("127.0.0.1/steal?leak=.", port)))
+        answers.set(
+            _srv(
+                ("127.0.0.1.", port),
+                ("a:b.", port),
+                ("127.0.0.1/steal?leak=.", port),
+                ("127.0.0.1.", 0),
+                (".", port),  # "no service here": skipped, not counted
+            )
+        )
         with run_exporter(_config(dns_port), tmp_path) as exporter:
             assert _servers(exporter) == {good}
             exporter.wait_value(
                 "ollama_pull_exporter_discovery_rejected_targets_total",
-                lambda v: v >= 2,
+                lambda v: v >= 3,
                 discovery="pods",
             )
             exporter.wait_value(
@@ -207,6 +215,7 @@ def test_srv_targets_that_are_no_host_names_are_dropped_and_counted(tmp_path: Pa
             log = exporter.logs()
             warned = [line for line in log.splitlines() if "discovered target rejected" in line]
             assert len(warned) == 1, warned  # at most one a minute
+            assert "rejected=3" in warned[0]  # ":", the path, port 0; not "."
             assert "Traceback" not in log
             assert exporter.stop() == 0
 

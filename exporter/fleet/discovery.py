@@ -181,7 +181,8 @@ async def resolve_targets(entry: DiscoveryConfig) -> Answer:
 
     No such name, or no record of the type, is an empty list (a Service with no ready pod);
     a timeout or a failing server is a `DiscoveryError`. An SRV target that is not a host
-    name or an address is rejected (the root name `.` means "no service" and is skipped).
+    name or an address, or port 0, is rejected (the root name `.` means "no service" and is
+    skipped).
     """
     import dns.asyncresolver  # noqa: PLC0415 - only configs with dns discovery pay for it
     import dns.exception  # noqa: PLC0415
@@ -208,8 +209,8 @@ async def resolve_targets(entry: DiscoveryConfig) -> Answer:
             if record.target == dns.name.root:
                 continue
             target = record.target.to_text(omit_final_dot=True)
-            if not valid_host(target):
-                rejected.append(target)
+            if not valid_host(target) or record.port == 0:
+                rejected.append(f"{target}:{record.port}")
                 continue
             found.add((target, int(record.port)))
         else:
@@ -258,7 +259,7 @@ class Watcher:
         self._signature: tuple[int, int, int] | None = None
         self._attempted = False
         self._task: asyncio.Task[None] | None = None
-        self._warned_at = -REJECT_LOG_INTERVAL
+        self._warned_at: float | None = None
         self._unwarned = 0
 
     async def refresh(self) -> bool:
@@ -304,7 +305,7 @@ class Watcher:
         error = str(exc) if isinstance(exc, DiscoveryError) else f"{type(exc).__name__}: {exc}"
         log.error(
             "server discovery failed, keeping the last good list",
-            extra={"discovery": name, "servers": len(self.targets), "error": error[:500]},
+            extra={"discovery": name, "servers": len(self.targets), "error": error[:2000]},
         )
 
     def _reject(self, rejected: list[str]) -> None:
@@ -315,7 +316,7 @@ class Watcher:
         self.rejected[name] = self.rejected.get(name, 0) + len(rejected)
         self._unwarned += len(rejected)
         now = time.monotonic()
-        if now - self._warned_at < REJECT_LOG_INTERVAL:
+        if self._warned_at is not None and now - self._warned_at < REJECT_LOG_INTERVAL:
             return
         log.warning(
             "discovered target rejected: not a host name or an IP address",
