@@ -309,3 +309,26 @@ def test_departed_servers_are_forgotten_after_forget_after(tmp_path: Path, store
             )
             assert len(_runs(exporter, new)) == 1
             assert "departed servers forgotten" in exporter.logs()
+
+
+def test_servers_that_left_before_a_restart_are_forgotten_after_it(tmp_path: Path) -> None:
+    """The departures are not stored; a stored server a DNS entry named and that is not in
+    the first answer after the restart counts as departed from then on."""
+    answers = Answers()
+    sim = OllamaSimulator(unknown=up_to_date([1000]))
+    with sim.running() as url, dns_server(answers) as (_, dns_port):
+        port = int(url.rsplit(":", 1)[1])
+        old = f"{SRV_NAME}/127.0.0.1:{port}"
+        state = f"--storage.path={tmp_path / 'state.db'}"
+        answers.set(_srv(("127.0.0.1.", port)))
+        config = _config(dns_port, extra="    forget_after: 2s\n")
+        with run_exporter(config, tmp_path, state) as exporter:
+            exporter.wait_value(
+                "ollama_pull_last_success", lambda v: v == 1, server=old, model="m:1b"
+            )
+            assert exporter.stop() == 0
+        answers.set(_srv(("127.0.0.1.", 1)))  # it moved while the exporter was down
+        with run_exporter(config, tmp_path, state) as exporter:
+            assert _servers(exporter) == {f"{SRV_NAME}/127.0.0.1:1"}
+            assert len(_runs(exporter, old)) == 1
+            wait_for(lambda: not _runs(exporter, old), 20, "the stored server to be forgotten")

@@ -208,6 +208,7 @@ class Runtime:
         if self.fleet is not None and self.loaded is not None:
             if self.history is not None:
                 self.fleet.forget = self.history.forget_servers
+                self.fleet.remembered = self.history.servers
             await self.fleet.start(self.loaded, self.rediscovered)  # the first lists, bounded
             self.apply(self.loaded)
         self._session = session

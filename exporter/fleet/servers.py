@@ -61,6 +61,9 @@ class Fleet:
         self._tasks: set[asyncio.Task[None]] = set()
         self.forget: Callable[[Collection[str]], object] = _forget_nothing
         """Drops the run history of servers that left more than `forget_after` ago."""
+        self.remembered: Callable[[], Collection[str]] = tuple
+        """Servers the run history holds runs of (after a restart: those stored)."""
+        self._seeded = False
         self._present: dict[str, float] = {}
         """Discovered servers in force now, with their entry's `forget_after`."""
         self._departed: dict[str, float] = {}
@@ -107,6 +110,8 @@ class Fleet:
                 del counter[name]  # in place: the watchers count into these dicts
             for name in discovered:
                 counter.setdefault(name, 0)
+        if self._running and not self._seeded:
+            self._seed(config, names)
         self._track_departures(present, names)
         owned = tuple(server for server in servers if self.shard.owns(server))
         return dataclasses.replace(config, servers=owned)
@@ -131,6 +136,22 @@ class Fleet:
                 },
             )
         return targets[: entry.max_servers]
+
+    def _seed(self, config: Config, names: set[str]) -> None:
+        """Stored servers a DNS entry named that are gone now: departed from now on.
+
+        Without this, servers that left before a restart would never be forgotten.
+        """
+        self._seeded = True
+        now = time.monotonic()
+        prefixes = [(f"{e.dns}/", e.forget_after) for e in config.discovery if e.dns is not None]
+        for server in self.remembered():
+            if server in names or server in self._departed:
+                continue
+            for prefix, forget_after in prefixes:
+                if server.startswith(prefix):
+                    self._departed[server] = now + forget_after
+                    break
 
     def _track_departures(self, present: dict[str, float], names: set[str]) -> None:
         """Note discovered servers that left (any server named so now is back), then prune."""

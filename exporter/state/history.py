@@ -248,6 +248,10 @@ class History:
         if entry is not None:
             self._budget_bytes -= entry[1]
 
+    def servers(self) -> set[str]:
+        """Every server with a finished run here (stored ones too)."""
+        return {server for server, _ in self._last}
+
     def forget_servers(self, servers: Collection[str]) -> int:
         """Drop every finished run of these servers' pairs (they left for good); how many."""
         gone = set(servers)
