@@ -24,6 +24,9 @@ from exporter.fleet.discovery import (
     read_targets_file,
     valid_host,
 )
+from exporter.fleet.servers import Fleet
+from exporter.fleet.sharding import Shard
+from exporter.state.pairs import FleetStatus
 from ollama_sim import OllamaSimulator, up_to_date
 from tests.harness import Exporter, run_exporter, wait_for
 from tests.test_discovery import SRV_NAME, Answers, dns_server
@@ -332,3 +335,39 @@ def test_servers_that_left_before_a_restart_are_forgotten_after_it(tmp_path: Pat
             assert _servers(exporter) == {f"{SRV_NAME}/127.0.0.1:1"}
             assert len(_runs(exporter, old)) == 1
             wait_for(lambda: not _runs(exporter, old), 20, "the stored server to be forgotten")
+
+
+def test_max_servers_caps_a_file_entry_and_a_reload_changes_it_without_a_refresh(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "servers.yaml").write_text(
+        "".join(f"- {{name: s{n:03}, url: 'http://127.0.0.1:{n + 1}'}}\n" for n in range(300))
+    )
+    text = f"""\
+server_discovery:
+  - name: lab
+    file: {tmp_path / "servers.yaml"}
+    max_servers: 10
+    template: {{models: [m]}}
+"""
+    config = parse_config(text, str(tmp_path / "c.yaml"), {})
+    fleet = Fleet(Shard(0, 1), FleetStatus())
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        await fleet.start(config, lambda: None)
+        try:
+            capped = [server.name for server in fleet.effective(config).servers]
+            fleet.effective(config)  # applied again: no second warning
+            raised = parse_config(
+                text.replace("max_servers: 10", "max_servers: 20"), str(tmp_path / "c.yaml"), {}
+            )
+            return capped, [server.name for server in fleet.effective(raised).servers]
+        finally:
+            await fleet.stop()
+
+    capped, raised = asyncio.run(scenario())
+    assert capped == [f"s{n:03}" for n in range(10)]
+    assert raised == [f"s{n:03}" for n in range(20)]  # the same list, cut anew
+    assert fleet.status.dropped == {"lab": 280}
+    warnings = [r for r in caplog.records if "over max_servers" in r.getMessage()]
+    assert len(warnings) == 1
