@@ -245,7 +245,7 @@ server_discovery:
 # ------------------------------------------------------------------ DNS discovery
 
 
-class _Answers(BaseResolver):  # type: ignore[misc]
+class Answers(BaseResolver):  # type: ignore[misc]
     """A zone the test edits while the server runs: name -> records."""
 
     def __init__(self) -> None:
@@ -287,7 +287,7 @@ def _nothing(*_: object, **__: object) -> None:
 
 
 @contextlib.contextmanager
-def _dns_server(answers: _Answers) -> Iterator[tuple[DNSServer, int]]:
+def dns_server(answers: Answers) -> Iterator[tuple[DNSServer, int]]:
     port = free_port()
     server = DNSServer(answers, address="127.0.0.1", port=port, logger=_Quiet())
     server.start_thread()
@@ -348,7 +348,7 @@ server_discovery:
 
 
 def test_dns_discovery_servers_join_and_leave_and_survive_the_dns_server(tmp_path: Path) -> None:
-    answers = _Answers()
+    answers = Answers()
     fast = OllamaSimulator(unknown=up_to_date([1000]))
     slow = OllamaSimulator(unknown=fresh_pull([10_000_000_000], rate=1_000_000))  # hours
     late = OllamaSimulator(unknown=up_to_date([1000]))
@@ -356,7 +356,7 @@ def test_dns_discovery_servers_join_and_leave_and_survive_the_dns_server(tmp_pat
         fast.running() as fast_url,
         slow.running() as slow_url,
         late.running() as late_url,
-        _dns_server(answers) as (dns_server, dns_port),
+        dns_server(answers) as (server, dns_port),
     ):
         ports = {
             name: _port(url)
@@ -431,8 +431,8 @@ server_discovery:
             wait_for(lambda: len(_pairs(exporter)) == 2, 10, "the servers to come back")
 
             # The DNS server goes away: refreshes fail, are counted, and the list stays.
-            dns_server.stop()
-            dns_server.server.server_close()
+            server.stop()
+            server.server.server_close()
             exporter.wait_value(
                 "ollama_pull_exporter_discovery_failures_total",
                 lambda v: v >= 2,
@@ -449,9 +449,9 @@ server_discovery:
 
 
 def test_dns_a_records_use_the_configured_port(tmp_path: Path) -> None:
-    answers = _Answers()
+    answers = Answers()
     sim = OllamaSimulator(unknown=up_to_date([1000]))
-    with sim.running() as url, _dns_server(answers) as (_, dns_port):
+    with sim.running() as url, dns_server(answers) as (_, dns_port):
         answers.set([RR("ollama.pulls.test.", QTYPE.A, ttl=1, rdata=A("127.0.0.1"))])
         config = f"""\
 defaults: {{interval: 1h, jitter: 0}}
@@ -472,8 +472,8 @@ server_discovery:
 
 
 def test_dns_aaaa_answers_are_named_with_brackets(tmp_path: Path) -> None:
-    answers = _Answers()
-    with _dns_server(answers) as (_, dns_port):
+    answers = Answers()
+    with dns_server(answers) as (_, dns_port):
         answers.set(
             [
                 RR("v6.pulls.test.", QTYPE.AAAA, ttl=1, rdata=AAAA(address))

@@ -134,7 +134,9 @@ def open_program(options: Options, config: Config, demo: Demo | None = None) -> 
     if options.storage_path:
         storage = Storage.open(options.storage_path, on_failure=state.storage_failed)
     history = History(config.history_limit, storage.history if storage is not None else None)
-    fleet = Fleet(options.shard, state.fleet)
+    fleet = Fleet(
+        options.shard, state.fleet, forget=history.forget_servers, remembered=history.servers
+    )
     try:
         yield Program(options, config, state, history, fleet, storage, demo)
     finally:

@@ -7,6 +7,7 @@ of the document and hands each template to `exporter.config.loader`'s server wal
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -18,10 +19,11 @@ from exporter.config.types import (
     DEFAULT_DNS_REFRESH_INTERVAL,
     DEFAULT_DNS_TYPE,
     DEFAULT_FILE_REFRESH_INTERVAL,
+    MAX_MAX_SERVERS,
     DiscoveryConfig,
     ServerConfig,
 )
-from exporter.config.yamlfile import NodeWalker, describe, line_of, quote
+from exporter.config.yamlfile import InvalidError, NodeWalker, describe, line_of, quote, scalar
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -36,6 +38,8 @@ _DISCOVERY_KEYS: Final = (
     "nameserver",
     "scheme",
     "template",
+    "max_servers",
+    "forget_after",
 )
 
 
@@ -65,7 +69,7 @@ def server_discovery(
     return entries
 
 
-def _entry(  # noqa: PLR0911 - one return per way an entry can be unusable
+def _entry(
     walker: NodeWalker,
     node: yaml.Node,
     path: str,
@@ -94,8 +98,32 @@ def _entry(  # noqa: PLR0911 - one return per way an entry can be unusable
     if not value:
         return None
     if source == "file":
-        return _file_entry(walker, fields, path, name=name, template=server, file=value)
-    return _dns_entry(walker, fields, path, name=name, template=server, dns_name=value)
+        entry: DiscoveryConfig | None = _file_entry(
+            walker, fields, path, name=name, template=server, file=value
+        )
+    else:
+        entry = _dns_entry(walker, fields, path, name=name, template=server, dns_name=value)
+    return None if entry is None else _limits(walker, fields, path, entry)
+
+
+def _limits(
+    walker: NodeWalker, fields: Mapping[str, yaml.Node], path: str, entry: DiscoveryConfig
+) -> DiscoveryConfig:
+    """`max_servers` and `forget_after`, for both kinds of source."""
+    cap, forget = entry.max_servers, entry.forget_after
+    if "max_servers" in fields:
+        cap = walker.check(fields["max_servers"], f"{path}.max_servers", _max_servers, cap)
+    if "forget_after" in fields:
+        key = f"{path}.forget_after"
+        forget = walker.check(fields["forget_after"], key, parsers.positive_duration, forget)
+    return replace(entry, max_servers=cap, forget_after=forget)
+
+
+def _max_servers(node: yaml.Node) -> int:
+    value = scalar(node)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_MAX_SERVERS:
+        raise InvalidError(f"expected an integer from 1 to {MAX_MAX_SERVERS}, got {describe(node)}")
+    return value
 
 
 def _file_entry(

@@ -25,6 +25,14 @@ DEFAULT_DNS_REFRESH_INTERVAL: Final = 30.0
 DEFAULT_DNS_TYPE: Final = "SRV"
 DEFAULT_DISCOVERY_SCHEME: Final = "http"
 """The scheme of the URLs a DNS answer becomes."""
+DEFAULT_MAX_SERVERS: Final = 256
+"""Servers one discovery entry takes at most: with a model each about 16,000 series and at most
+512 pull sockets, under the common limit of 1,024 open files."""
+MAX_MAX_SERVERS: Final = 100_000
+"""The largest `max_servers` a config may set."""
+DEFAULT_FORGET_AFTER: Final = 3600.0
+"""Seconds a departed discovered server's run history is kept: a pod that restarts under the
+same name gets its runs back."""
 
 
 class Mode(StrEnum):
@@ -100,6 +108,10 @@ class DiscoveryConfig:
     nameserver: tuple[str, int] | None = field(default=None, compare=True)
     """`HOST:PORT` to ask instead of the system's resolver."""
     scheme: str = DEFAULT_DISCOVERY_SCHEME
+    max_servers: int = DEFAULT_MAX_SERVERS
+    """Servers taken from one answer at most (the first in name order); the rest are dropped."""
+    forget_after: float = DEFAULT_FORGET_AFTER
+    """Seconds a departed server's run history is kept, in case it comes back."""
 
 
 @dataclass(frozen=True, slots=True)

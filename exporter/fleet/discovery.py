@@ -4,7 +4,13 @@ Each entry has one `Watcher` task. A refresh produces a list of targets (name an
 it differs from the last good one the watcher calls back, and the runtime applies the config
 again (discovered servers join and leave the way a reload adds and removes pairs). A refresh
 that fails (unreadable or invalid file, DNS timeout or server failure) is logged and counted
-and keeps the last good list, so a flapping file or resolver never empties the schedule.
+and keeps the last good list, so a flapping file or resolver never empties the schedule; so
+does anything else that goes wrong in a refresh or in applying its list: the loop goes on.
+
+Whatever DNS says is input from outside: an SRV target must be a host name (RFC 1123) or an
+IP address before it goes into a URL, else the answer would pick the port and path the
+template's headers are sent to. Other targets are dropped, counted, and warned about at most
+once a minute per entry.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ import contextlib
 import ipaddress
 import logging
 import os
+import re
 import stat
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 import yaml
@@ -41,6 +49,11 @@ MAX_FILE_BYTES: Final = 4 * 1024 * 1024
 DNS_TIMEOUT: Final = 10.0
 """Seconds one DNS refresh may take at most (less when `refresh_interval` is shorter)."""
 _FILE_KEYS: Final = ("name", "url")
+REJECT_LOG_INTERVAL: Final = 60.0
+"""Seconds between two warnings about rejected DNS targets of one entry."""
+_HOST_LABEL: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_SHOWN: Final = 80
+"""Characters of a rejected target shown in the log (it comes from outside)."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -53,6 +66,27 @@ class Target:
 
 class DiscoveryError(Exception):
     """A refresh failed; the message says why, ready for the log."""
+
+
+@dataclass(slots=True)
+class Answer:
+    """One refresh's outcome: the usable targets and the answers dropped as unusable."""
+
+    targets: list[Target]
+    rejected: list[str] = field(default_factory=list)
+
+
+def valid_host(host: str) -> bool:
+    """True for an RFC 1123 host name or an IP address literal: nothing a URL reads as more."""
+    if "%" not in host:  # an IPv6 scope id is no address another machine can reach
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            return True
+    labels = host.split(".")
+    return 0 < len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
 
 
 # ------------------------------------------------------------------ file
@@ -142,14 +176,17 @@ def read_targets_file(path: str) -> list[Target]:
 # ------------------------------------------------------------------ DNS
 
 
-async def resolve_targets(entry: DiscoveryConfig) -> list[Target]:
+async def resolve_targets(entry: DiscoveryConfig) -> Answer:
     """One server per answer of the entry's DNS query, named `NAME/ADDRESS:PORT`.
 
     No such name, or no record of the type, is an empty list (a Service with no ready pod);
-    a timeout or a failing server is a `DiscoveryError`.
+    a timeout or a failing server is a `DiscoveryError`. An SRV target that is not a host
+    name or an address, or port 0, is rejected (the root name `.` means "no service" and is
+    skipped).
     """
     import dns.asyncresolver  # noqa: PLC0415 - only configs with dns discovery pay for it
     import dns.exception  # noqa: PLC0415
+    import dns.name  # noqa: PLC0415
     import dns.resolver  # noqa: PLC0415
 
     assert entry.dns is not None
@@ -162,13 +199,20 @@ async def resolve_targets(entry: DiscoveryConfig) -> list[Target]:
     try:
         answer = await resolver.resolve(entry.dns, entry.type, search=False)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-        return []
+        return Answer([])
     except dns.exception.DNSException as exc:
         raise DiscoveryError(f"DNS {entry.type} {entry.dns}: {exc}") from None
     found: set[tuple[str, int]] = set()
+    rejected: list[str] = []
     for record in answer:
         if entry.type == "SRV":
-            found.add((str(record.target).rstrip("."), int(record.port)))
+            if record.target == dns.name.root:
+                continue
+            target = record.target.to_text(omit_final_dot=True)
+            if not valid_host(target) or record.port == 0:
+                rejected.append(f"{target}:{record.port}")
+                continue
+            found.add((target, int(record.port)))
         else:
             assert entry.port is not None
             found.add((str(record.address), entry.port))
@@ -176,7 +220,7 @@ async def resolve_targets(entry: DiscoveryConfig) -> list[Target]:
     for host, port in sorted(found):
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         targets.append(Target(f"{entry.dns}/{address}", f"{entry.scheme}://{address}"))
-    return targets
+    return Answer(targets, rejected)
 
 
 async def _address_of(host: str, port: int) -> str:
@@ -197,18 +241,26 @@ class Watcher:
     """Keeps one entry's last good list fresh; `on_change` is called when it changes."""
 
     def __init__(
-        self, entry: DiscoveryConfig, on_change: Callable[[], None], failures: dict[str, int]
+        self,
+        entry: DiscoveryConfig,
+        on_change: Callable[[], None],
+        failures: dict[str, int],
+        rejected: dict[str, int] | None = None,
     ) -> None:
         self.entry = entry
         self.targets: tuple[Target, ...] = ()
         self.failures = failures
         """Failed refreshes by entry name (the state's counter, shared by all watchers)."""
+        self.rejected = rejected if rejected is not None else {}
+        """Rejected DNS targets by entry name (the state's counter, shared by all watchers)."""
         self.refreshed = False
         """True once a refresh succeeded: the list is known, possibly empty."""
         self._on_change = on_change
         self._signature: tuple[int, int, int] | None = None
         self._attempted = False
         self._task: asyncio.Task[None] | None = None
+        self._warned_at: float | None = None
+        self._unwarned = 0
 
     async def refresh(self) -> bool:
         """Refresh once; True if the list changed. Failures are logged and counted."""
@@ -222,14 +274,11 @@ class Watcher:
                 self._signature = signature
                 targets = await asyncio.to_thread(read_targets_file, entry.file)
             else:
-                targets = await resolve_targets(entry)
+                answer = await resolve_targets(entry)
+                self._reject(answer.rejected)
+                targets = answer.targets
         except Exception as exc:  # noqa: BLE001 - any failure keeps the list, none kills the loop
-            self.failures[entry.name] = self.failures.get(entry.name, 0) + 1
-            error = str(exc) if isinstance(exc, DiscoveryError) else f"{type(exc).__name__}: {exc}"
-            log.error(  # noqa: TRY400 - the message is the whole story
-                "server discovery failed, keeping the last good list",
-                extra={"discovery": entry.name, "servers": len(self.targets), "error": error},
-            )
+            self.failed(exc)
             return False
         new = tuple(sorted(targets))
         changed = new != self.targets or not self.refreshed
@@ -249,20 +298,76 @@ class Watcher:
         self.refreshed = True
         return changed
 
+    def failed(self, exc: BaseException) -> None:
+        """Log and count a failed refresh; the list in force stays."""
+        name = self.entry.name
+        self.failures[name] = self.failures.get(name, 0) + 1
+        error = str(exc) if isinstance(exc, DiscoveryError) else f"{type(exc).__name__}: {exc}"
+        log.error(
+            "server discovery failed, keeping the last good list",
+            extra={"discovery": name, "servers": len(self.targets), "error": error[:2000]},
+        )
+
+    def _reject(self, rejected: list[str]) -> None:
+        """Count targets that are no host name; warn at most once per REJECT_LOG_INTERVAL."""
+        if not rejected:
+            return
+        name = self.entry.name
+        self.rejected[name] = self.rejected.get(name, 0) + len(rejected)
+        self._unwarned += len(rejected)
+        now = time.monotonic()
+        if self._warned_at is not None and now - self._warned_at < REJECT_LOG_INTERVAL:
+            return
+        log.warning(
+            "discovered target rejected: not a host name or an IP address",
+            extra={
+                "discovery": name,
+                "target": repr(rejected[0][:_SHOWN]),
+                "rejected": self._unwarned,
+            },
+        )
+        self._warned_at, self._unwarned = now, 0
+
+    async def tick(self) -> None:
+        """One refresh, and the callback if the list changed; nothing raised gets out.
+
+        If applying the new list fails, the list before it is put back (and applied again,
+        so the runtime holds the last good list in full), and the failure is counted.
+        """
+        previous, refreshed = self.targets, self.refreshed
+        try:
+            if await self.refresh():
+                self._on_change()
+        except Exception as exc:  # noqa: BLE001 - the loop must outlive any failure
+            self.failed(exc)
+            self.targets, self.refreshed = previous, refreshed
+            self.notify()
+
+    def notify(self) -> None:
+        """Call `on_change`; a failure is logged and counted, never raised."""
+        try:
+            self._on_change()
+        except Exception as exc:  # noqa: BLE001
+            self.failed(exc)
+
     def start(self) -> None:
         """Refresh every `refresh_interval` in a task of its own."""
         self._task = asyncio.create_task(self._loop(), name=f"discovery {self.entry.name}")
 
     async def stop(self) -> None:
         """Cancel the task and wait for it."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - a dead loop must not fail the shutdown
+            self.failed(exc)
 
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.entry.refresh_interval)
-            if await self.refresh():
-                self._on_change()
+            await self.tick()

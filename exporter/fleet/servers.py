@@ -6,21 +6,28 @@ entry's `template` with the discovered name and URL), then only the servers of t
 It also sets the numbers the shard and discovery gauges show. The discovery watchers run
 while the runtime runs; a change of any list calls back into the runtime, which applies the
 config again through its one path (`Runtime.apply`).
+
+Two bounds keep what DNS or a file says from growing the exporter without end: each entry
+gives at most `max_servers` servers (the first in name order; one warning when the cap starts
+to bite), and a discovered server that left has its run history kept for `forget_after` in
+case it comes back (a pod restarting under the same name), then forgotten (`forget`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import time
 from typing import TYPE_CHECKING, Final
 
 from exporter.config.parsers import credentials_clash
 from exporter.config.types import ServerConfig
-from exporter.fleet.discovery import Watcher
+from exporter.fleet.discovery import Target, Watcher
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Callable, Collection, Coroutine
 
     from exporter.config.types import Config, DiscoveryConfig
     from exporter.fleet.sharding import Shard
@@ -34,14 +41,25 @@ _NO_TEMPLATE: Final = ServerConfig("", "", (), 1, ())
 
 
 def _source_key(entry: DiscoveryConfig) -> DiscoveryConfig:
-    """The entry without its template: a reload that changes only the template keeps the list."""
-    return dataclasses.replace(entry, template=_NO_TEMPLATE)
+    """The entry's source only: a reload that changes the template or the limits keeps the list."""
+    return dataclasses.replace(entry, template=_NO_TEMPLATE, max_servers=0, forget_after=0.0)
+
+
+def _forget_nothing(servers: Collection[str]) -> None:
+    del servers
 
 
 class Fleet:
     """Discovery watchers and the shard, between the config file and the runtime."""
 
-    def __init__(self, shard: Shard, status: FleetStatus) -> None:
+    def __init__(
+        self,
+        shard: Shard,
+        status: FleetStatus,
+        *,
+        forget: Callable[[Collection[str]], object] = _forget_nothing,
+        remembered: Callable[[], Collection[str]] = tuple,
+    ) -> None:
         self.shard = shard
         self.status = status
         status.shard, status.total_shards = shard.index, shard.total
@@ -49,16 +67,29 @@ class Fleet:
         self._on_change: Callable[[], None] = lambda: None
         self._running = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self.forget = forget
+        """Drops the run history of servers that left more than `forget_after` ago."""
+        self.remembered = remembered
+        """Servers the run history holds runs of (after a restart: those stored)."""
+        self._seeded = False
+        self._present: dict[str, float] = {}
+        """Discovered servers in force now, with their entry's `forget_after`."""
+        self._departed: dict[str, float] = {}
+        """Discovered servers that left, with the monotonic time to forget them at."""
+        self._wake = asyncio.Event()
+        self._capped: set[str] = set()
+        """Entries whose last list was over `max_servers` (warned once until it is not)."""
 
     def effective(self, config: Config) -> Config:
         """The file's servers and the discovered ones, of this shard only."""
         servers: list[ServerConfig] = list(config.servers)
         names = {server.name for server in servers}
         discovered: dict[str, int] = {}
+        present: dict[str, float] = {}
         for entry in config.discovery:
             watcher = self._watchers.get(_source_key(entry))
             count = 0
-            for target in watcher.targets if watcher is not None else ():
+            for target in self._capped_list(entry, watcher):
                 if target.name in names:
                     log.warning(
                         "discovered server ignored: another server has its name",
@@ -73,6 +104,7 @@ class Fleet:
                     )
                     continue
                 names.add(target.name)
+                present[target.name] = entry.forget_after
                 servers.append(
                     dataclasses.replace(entry.template, name=target.name, url=target.url)
                 )
@@ -81,12 +113,90 @@ class Fleet:
         status = self.status
         status.configured_pairs = sum(len(server.models) for server in servers)
         status.discovered = discovered
-        for name in [name for name in status.failures if name not in discovered]:
-            del status.failures[name]  # in place: the watchers count into this dict
-        for name in discovered:
-            status.failures.setdefault(name, 0)
+        for counter in (status.failures, status.rejected, status.dropped):
+            for name in [name for name in counter if name not in discovered]:
+                del counter[name]  # in place: the watchers count into these dicts
+            for name in discovered:
+                counter.setdefault(name, 0)
+        if self._running and not self._seeded:
+            self._seed(config, names)
+        self._track_departures(present, names)
         owned = tuple(server for server in servers if self.shard.owns(server))
         return dataclasses.replace(config, servers=owned)
+
+    def _capped_list(self, entry: DiscoveryConfig, watcher: Watcher | None) -> tuple[Target, ...]:
+        """The watcher's list cut to `max_servers` (it is sorted: the same cut on every shard)."""
+        targets = watcher.targets if watcher is not None else ()
+        over = max(0, len(targets) - entry.max_servers)
+        self.status.dropped[entry.name] = over
+        if not over:
+            self._capped.discard(entry.name)
+            return targets
+        if entry.name not in self._capped:
+            self._capped.add(entry.name)
+            log.warning(
+                "server discovery over max_servers: the first servers by name are taken",
+                extra={
+                    "discovery": entry.name,
+                    "servers": len(targets),
+                    "max_servers": entry.max_servers,
+                    "dropped": over,
+                },
+            )
+        return targets[: entry.max_servers]
+
+    def _seed(self, config: Config, names: set[str]) -> None:
+        """Stored servers a DNS entry named that are gone now: departed from now on.
+
+        Without this, servers that left before a restart would never be forgotten.
+        """
+        self._seeded = True
+        now = time.monotonic()
+        prefixes = [(f"{e.dns}/", e.forget_after) for e in config.discovery if e.dns is not None]
+        for server in self.remembered():
+            if server in names or server in self._departed:
+                continue
+            for prefix, forget_after in prefixes:
+                if server.startswith(prefix):
+                    self._departed[server] = now + forget_after
+                    break
+
+    def _track_departures(self, present: dict[str, float], names: set[str]) -> None:
+        """Note discovered servers that left (any server named so now is back), then prune."""
+        now = time.monotonic()
+        for name, forget_after in self._present.items():
+            if name not in names and name not in self._departed:
+                self._departed[name] = now + forget_after
+        for name in names:
+            self._departed.pop(name, None)
+        self._present = present
+        self.prune(now)
+        self._wake.set()
+
+    def prune(self, now: float | None = None) -> None:
+        """Forget the history of servers that left more than their `forget_after` ago."""
+        now = time.monotonic() if now is None else now
+        expired = [name for name, at in self._departed.items() if at <= now]
+        for name in expired:
+            del self._departed[name]
+        self.status.departed = len(self._departed)
+        if expired:
+            try:
+                self.forget(expired)
+            except Exception:
+                log.exception("forgetting departed servers failed")
+            else:
+                log.info("departed servers forgotten", extra={"servers": len(expired)})
+
+    async def _prune_loop(self) -> None:
+        """Prune when the first departed server is due, or when the departures change."""
+        while True:
+            due = min(self._departed.values(), default=None)
+            timeout = None if due is None else max(0.0, due - time.monotonic())
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self.prune()
 
     def sync(self, config: Config) -> None:
         """Watchers for exactly the entries of `config` (a reload adds and removes them)."""
@@ -95,7 +205,9 @@ class Fleet:
             self._spawn(self._watchers.pop(key).stop())
         for key, entry in wanted.items():
             if key not in self._watchers:
-                watcher = Watcher(entry, self._on_change_now, self.status.failures)
+                watcher = Watcher(
+                    entry, self._on_change_now, self.status.failures, self.status.rejected
+                )
                 self._watchers[key] = watcher
                 if self._running:  # added by a reload: first answer now, then on schedule
                     self._spawn(self._first_then_loop(watcher))
@@ -108,6 +220,7 @@ class Fleet:
         self._running = True
         for watcher in self._watchers.values():
             watcher.start()
+        self._spawn(self._prune_loop())
 
     async def stop(self) -> None:
         """Stop every watcher and pending task."""
@@ -134,7 +247,7 @@ class Fleet:
         await self._first_refresh([watcher])
         if self._running and watcher in self._watchers.values():
             watcher.start()
-            self._on_change()
+            watcher.notify()
 
     def _spawn(self, coroutine: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(coroutine)

@@ -541,6 +541,27 @@ def _fleet_families(state: ExporterState) -> Iterator[Metric]:
     for name in fleet.discovered:
         failures.add_metric([name], fleet.failures.get(name, 0))
     yield failures
+    rejected = CounterMetricFamily(
+        "ollama_pull_exporter_discovery_rejected_targets",
+        "DNS answers of each server_discovery entry dropped: the target is no host name or IP.",
+        labels=("discovery",),
+    )
+    dropped = GaugeMetricFamily(
+        "ollama_pull_exporter_discovery_dropped_servers",
+        "Servers of each server_discovery entry's last list beyond its max_servers.",
+        labels=("discovery",),
+    )
+    for name in fleet.discovered:
+        rejected.add_metric([name], fleet.rejected.get(name, 0))
+        dropped.add_metric([name], fleet.dropped.get(name, 0))
+    yield rejected
+    yield dropped
+    if fleet.discovered:
+        yield GaugeMetricFamily(
+            "ollama_pull_exporter_discovery_departed_servers",
+            "Discovered servers that left and whose run history waits for their forget_after.",
+            value=fleet.departed,
+        )
 
 
 class PullRegistry(CollectorRegistry):

@@ -37,7 +37,7 @@ from exporter.state.transcript import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Collection, Iterable, Iterator
 
     from exporter.config.types import Config
     from exporter.ollama.progress import RunProgress
@@ -138,6 +138,10 @@ class HistoryBackend(Protocol):
 
     def insert(self, record: RunRecord, *, keep: int) -> int:
         """Queue `record` (its pair keeps its newest `keep` runs); returns its place."""
+        ...
+
+    def forget_servers(self, servers: Collection[str]) -> None:
+        """Delete every stored run of these servers, after the records queued before."""
         ...
 
     def latest_per_pair(self) -> list[RunRecord]:
@@ -276,6 +280,27 @@ class History:
         entry = self._budget.pop(run_id, None)
         if entry is not None:
             self._budget_bytes -= entry[1]
+
+    def servers(self) -> set[str]:
+        """Every server with a finished run here (stored ones too)."""
+        return {server for server, _ in self._last}
+
+    def forget_servers(self, servers: Collection[str]) -> int:
+        """Drop every finished run of these servers' pairs (they left for good); how many."""
+        gone = set(servers)
+        dropped = 0
+        for key in [key for key in self._pairs if key[0] in gone]:
+            for record in self._pairs.pop(key):
+                self._where.pop(record.id, None)
+                self._forget(record.id)
+                dropped += 1
+        for key in [key for key in self._last if key[0] in gone]:
+            del self._last[key]
+        if self._db is not None:
+            for run_id in [i for i, (_, r) in self._unwritten.items() if r.server in gone]:
+                del self._unwritten[run_id]
+            self._db.forget_servers(gone)  # queued after their inserts: none comes back
+        return dropped
 
     def last_record(self, server: str, model: str) -> RunRecord | None:
         """The pair's last finished run (without its transcript)."""

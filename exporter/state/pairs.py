@@ -198,6 +198,12 @@ class FleetStatus:
     """Servers each `server_discovery` entry produced, by entry name."""
     failures: dict[str, int] = field(default_factory=dict)
     """Failed refreshes, by entry name (kept across reloads while the entry exists)."""
+    rejected: dict[str, int] = field(default_factory=dict)
+    """DNS targets dropped as no host name, by entry name (kept like `failures`)."""
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Servers of the last list beyond the entry's `max_servers`, by entry name."""
+    departed: int = 0
+    """Departed discovered servers whose history is kept until their `forget_after`."""
 
 
 @dataclass(slots=True)

@@ -22,7 +22,7 @@ from exporter.storage.rows import BadRowError, Row, decode_rows
 from exporter.storage.schema import INT64_MAX, RUN_HISTORY
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Collection, Sequence
 
     from exporter.storage.database import Database
 
@@ -40,6 +40,7 @@ _PRUNE: Final = (
     "DELETE FROM run_history WHERE server = ? AND model = ? AND id <= "
     "(SELECT id FROM run_history WHERE server = ? AND model = ? ORDER BY id DESC LIMIT 1 OFFSET ?)"
 )
+_FORGET: Final = "DELETE FROM run_history WHERE server = ?"
 # A listing leaves the transcript out (NULL in its place): it can be megabytes per run.
 _SELECT_LISTED: Final = f"SELECT {', '.join(_COLUMNS[:-1])}, NULL FROM run_history"  # noqa: S608
 _SELECT_ONE: Final = f"SELECT {', '.join(_COLUMNS)} FROM run_history WHERE id = ?"  # noqa: S608
@@ -58,6 +59,10 @@ class RunQueue(Protocol):
 
     def insert_run(self, record: RunRecord, keep: int) -> int:
         """Queue `record`; returns its place."""
+        ...
+
+    def delete_runs(self, statements: list[tuple[str, Sequence[object]]]) -> int:
+        """Queue `statements` after every record queued before; returns their place."""
         ...
 
 
@@ -99,6 +104,10 @@ class RunHistory:
     def insert(self, record: RunRecord, *, keep: int) -> int:
         """Queue `record` for storing; returns its place (stored once `written` exceeds it)."""
         return self._writer.insert_run(record, keep)
+
+    def forget_servers(self, servers: Collection[str]) -> None:
+        """Queue deleting every run of `servers` (after the records queued before them)."""
+        self._writer.delete_runs([(_FORGET, (server,)) for server in sorted(servers)])
 
     def latest_per_pair(self) -> list[RunRecord]:
         """The last run of every pair in the table (at start-up, before the loop runs)."""

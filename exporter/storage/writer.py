@@ -29,7 +29,7 @@ from exporter.storage.run_history import insert_statements
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from exporter.state.history import RunRecord
     from exporter.state.pairs import LastRun, PairState
@@ -41,6 +41,10 @@ RETRY_OPEN_SECONDS: Final = 60.0
 HISTORY_QUEUE_LIMIT: Final = 1000
 """Run records waiting for the thread, at most (a locked file holds each write up to 5 s)."""
 THREAD_NAME: Final = "storage writer"
+
+Statements = list[tuple[str, "Sequence[object]"]]
+_HistoryWrite = tuple[int, Statements, str, str]
+"""(place, statements of one transaction, the server and model a failure names)."""
 
 
 class StorageWriter:
@@ -57,7 +61,8 @@ class StorageWriter:
         self._on_failure = on_failure
         self._pending: dict[tuple[str, str], tuple[LastRun, float | None]] = {}
         self._digests: dict[tuple[str, str], tuple[str, float | None]] = {}
-        self._history: deque[tuple[int, RunRecord, int]] = deque()
+        self._history: deque[_HistoryWrite] = deque()
+        """Run records to store and departed servers' runs to delete, in the order asked."""
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._closing = False
@@ -98,11 +103,21 @@ class StorageWriter:
                 self._history.popleft()  # counted as done once a later one is written
                 dropped = True
             place = self.history_queued
-            self._history.append((place, record, keep))
+            statements = insert_statements(record, keep)
+            self._history.append((place, statements, record.server, record.model))
             self.history_queued += 1
             self._wake.notify()
         if dropped:
             self._failed(f"more than {HISTORY_QUEUE_LIMIT} runs waiting; the oldest is not kept")
+        return place
+
+    def delete_runs(self, statements: Statements) -> int:
+        """Queue deleting runs, after every record queued before (none of those comes back)."""
+        with self._lock:
+            place = self.history_queued
+            self._history.append((place, statements, "", ""))
+            self.history_queued += 1
+            self._wake.notify()
         return place
 
     def close(self, timeout: float = 2.0) -> None:
@@ -144,7 +159,7 @@ class StorageWriter:
         self,
         batch: dict[tuple[str, str], tuple[LastRun, float | None]],
         digests: dict[tuple[str, str], tuple[str, float | None]],
-        runs: list[tuple[int, RunRecord, int]],
+        runs: list[_HistoryWrite],
     ) -> None:
         database = self._usable()
         if database is None:
@@ -158,9 +173,8 @@ class StorageWriter:
         for (server, model), (digest, changed_at) in digests.items():
             write = partial(table.write_digest, server, model, digest, changed_at)
             self._attempt(write, server, model)
-        for _, record, keep in runs:
-            write = partial(database.transaction, insert_statements(record, keep))
-            self._attempt(write, record.server, record.model)
+        for _, statements, server, model in runs:
+            self._attempt(partial(database.transaction, statements), server, model)
 
     def _attempt(self, write: Callable[[], object], server: str, model: str) -> None:
         try:
