@@ -25,9 +25,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from exporter import __version__
-from exporter.clients.framing import MAX_FRAMING_LINE_BYTES, FramingGuard, framing_watched
 from exporter.clients.pacing import COALESCE_SECONDS
 from exporter.clients.pull import make_session, run_pull
+from exporter.clients.transport import MAX_FRAMING_LINE_BYTES, FramingGuard, framing_watched
 from exporter.config.loader import parse_config
 from exporter.ollama.protocol import Phase, Reason
 from exporter.state.pairs import ExporterState, PairState, RunResult, sync_pairs

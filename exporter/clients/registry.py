@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Final
 
 import aiohttp
 import msgspec
-from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from exporter import __version__
+from exporter.clients.transport import env_proxy_for_url
 from exporter.state.holdings import CheckResult
 
 if TYPE_CHECKING:
@@ -227,7 +227,7 @@ class Checker:
         proxy: URL | None = None
         proxy_auth: aiohttp.BasicAuth | None = None
         with contextlib.suppress(LookupError):  # no proxy for this URL, or NO_PROXY names it
-            proxy, proxy_auth = await asyncio.to_thread(get_env_proxy_for_url, target)
+            proxy, proxy_auth = await asyncio.to_thread(env_proxy_for_url, target)
         try:
             async with self._session.get(
                 url, headers=headers, proxy=proxy, proxy_auth=proxy_auth
@@ -310,7 +310,7 @@ def _digest_problem(header: str, computed: str) -> str | None:
 def _proxy_refusal(proxy: URL | None, target: URL, exc: aiohttp.ClientHttpProxyError) -> str:
     """Which proxy refused the tunnel to where, and its answer; never the proxy's password.
 
-    `get_env_proxy_for_url` has stripped the credentials off the proxy URL already.
+    `env_proxy_for_url` has stripped the credentials off the proxy URL already.
     """
     host = f"[{target.host}]" if target.host and ":" in target.host else target.host
     named = "the proxy" if proxy is None else f"proxy {proxy.with_user(None)}"
