@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.config.loader import parse_config
+from exporter.ollama.protocol import LineDecoder
 from exporter.state.transcript import (
     HEAD_LINES,
     LINE_LIMIT,
@@ -22,44 +23,62 @@ from exporter.state.transcript import (
 def feed(data: bytes, cuts: list[int], *, counted: bool = True) -> Transcript:
     """Feed `data` cut at `cuts`, chunk k arriving at t = k seconds."""
     transcript = Transcript(0.0)
+    decoder = LineDecoder()
     bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
     for k, (start, end) in enumerate(itertools.pairwise(bounds)):
         piece = data[start:end]
         transcript.feed(piece, float(k))
         if counted:  # as the stream path does: the decoder's count (else feed counts itself)
-            transcript.counted(piece.count(b"\n"))
+            transcript.counted(len(decoder.feed(piece)))
     return transcript
 
 
-def expected(data: bytes) -> tuple[list[str], int]:
-    *complete, unfinished = data.split(b"\n")  # blank lines are part of the stream too
-    lines = [raw.decode() for raw in complete]
+def stream(count: int, blank_every: int, tail: bytes) -> bytes:
+    """`count` lines, a blank one (empty or of white space) after every `blank_every`."""
+    lines = [b'{"n":%d}\n' % i for i in range(count)]
+    if blank_every:
+        blanks = itertools.cycle([b"\n", b" \t\r\n", b"\n\n\n"])
+        lines = [
+            line + (next(blanks) if i % blank_every == 0 else b"") for i, line in enumerate(lines)
+        ]
+    return b"".join(lines) + tail
+
+
+def expected(data: bytes) -> tuple[list[str], int, int]:
+    """The lines a transcript shows of `data`, how many others it leaves out, and the blank
+    lines (never shown)."""
+    *complete, unfinished = data.split(b"\n")
+    lines = [raw.decode() for raw in complete if raw.strip()]
+    blank = len(complete) - len(lines)
     if unfinished.strip():
         lines.append(unfinished.decode())
     if len(lines) <= HEAD_LINES + TAIL_LINES:
-        return lines, 0
-    return lines[:HEAD_LINES] + lines[-TAIL_LINES:], len(lines) - HEAD_LINES - TAIL_LINES
+        return lines, 0, blank
+    return lines[:HEAD_LINES] + lines[-TAIL_LINES:], len(lines) - HEAD_LINES - TAIL_LINES, blank
 
 
 ANY_STREAM = given(
     count=st.integers(0, 1200),
+    blank_every=st.sampled_from([0, 1, 7, 100]),
     cuts=st.lists(st.integers(0, 100_000), max_size=300),
-    tail=st.sampled_from([b"", b'{"unfinished":', b"\n"]),
+    tail=st.sampled_from([b"", b'{"unfinished":', b"\n", b"\n  \n"]),
     counted=st.booleans(),
 )
-"""`count` lines and a `tail`, cut at `cuts`, with or without the decoder's counts."""
+"""`count` lines with blank ones among them and a `tail`, cut at `cuts`, with or without the
+decoder's counts."""
 
 
 @settings(max_examples=60, deadline=None)
 @ANY_STREAM
 def test_head_and_tail_for_any_chunking(
-    count: int, cuts: list[int], tail: bytes, counted: bool
+    count: int, blank_every: int, cuts: list[int], tail: bytes, counted: bool
 ) -> None:
-    data = b"".join(b'{"n":%d}\n' % i for i in range(count)) + tail
+    data = stream(count, blank_every, tail)
     text = feed(data, cuts, counted=counted).text()
-    lines, omitted = expected(data)
+    lines, omitted, blank = expected(data)
     assert [line.line for line in text.lines] == lines
-    assert text.omitted == omitted
+    # Blank lines are counted where they are seen: not in the chunks the tail dropped.
+    assert omitted + (0 if omitted else blank) <= text.omitted <= omitted + blank
     times = [line.t for line in text.lines]
     assert times == sorted(times)
 
@@ -67,10 +86,10 @@ def test_head_and_tail_for_any_chunking(
 @settings(max_examples=60, deadline=None)
 @ANY_STREAM
 def test_a_packed_run_unpacks_to_the_lines_cut_at_once(
-    count: int, cuts: list[int], tail: bytes, counted: bool
+    count: int, blank_every: int, cuts: list[int], tail: bytes, counted: bool
 ) -> None:
     """`pack_raw` defers the cutting to a read; what a read gets must not depend on that."""
-    data = b"".join(b'{"n":%d}\n' % i for i in range(count)) + tail
+    data = stream(count, blank_every, tail)
     packed = feed(data, cuts, counted=counted).pack_raw(Redactor(["never-there"]))
     assert packed is not None
     assert unpack_raw(packed) == feed(data, cuts, counted=counted).text()
