@@ -59,13 +59,19 @@ class Pulled:
 
 
 async def pull(
-    body: Callable[[], AsyncIterator[bytes]], *, url_prefix: str = "", redact_config: str = ""
+    body: Callable[[], AsyncIterator[bytes]],
+    *,
+    url_prefix: str = "",
+    headers: str = "",
+    status: int = 200,
 ) -> Pulled:
     """Pull from a server that answers `/api/pull` with `body`; measure memory and the loop."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         await request.read()
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        response = web.StreamResponse(
+            status=status, headers={"Content-Type": "application/x-ndjson"}
+        )
         await response.prepare(request)
         async for piece in body():
             await response.write(piece)
@@ -78,7 +84,7 @@ async def pull(
         url = str(server.make_url("")).rstrip("/").replace("http://", f"http://{url_prefix}")
         config = parse_config(
             "defaults: {interval: 1h, jitter: 0, timeout: 1h, stall_timeout: 10m}\n"
-            f"servers:\n  - name: s\n    url: {url}\n{redact_config}    models: [m]\n",
+            f"servers:\n  - name: s\n    url: {url}\n{headers}    models: [m]\n",
             "test.yaml",
         )
         state = ExporterState()
@@ -201,6 +207,23 @@ def test_the_basic_form_of_url_credentials_never_shows() -> None:
         for secret in (basic, basic[:10], password):
             assert secret not in everything
         assert "<redacted>" in everything
+
+    run_async(test)
+
+
+def test_an_error_body_is_masked_before_it_is_cut() -> None:
+    """The error body's limit (4 KiB) falls inside an echoed token: none of it shows."""
+    token = "tok-" + "9" * 24
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"x" * (4096 - 10) + f"{token} and more".encode()  # 10 of it before the cut
+
+    async def test() -> None:
+        pulled = await pull(body, status=500, headers=f"    headers: {{X-Token: Bearer {token}}}\n")
+        assert not pulled.result.succeeded
+        lines, _ = shown(pulled.record)
+        everything = "\n".join([*lines, pulled.record.error])
+        assert token[:6] not in everything
 
     run_async(test)
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final
 import aiohttp
 
 from exporter import __version__
+from exporter.clients.body import read_up_to
 from exporter.clients.pacing import COALESCE_BELOW_BYTES, ReadPacer
 from exporter.clients.transport import (
     FramingError,
@@ -54,6 +55,9 @@ once, where a small body can expand a thousandfold and stall the event loop. A b
 comes compressed anyway is refused unread (`protocol_error`)."""
 
 _ERROR_BODY_LIMIT: Final = 4096
+_MASK_MARGIN: Final = 8192
+"""Bytes read past an error body's limit, so that a secret the limit falls in is masked whole
+before the cut (aiohttp sends no header line longer than 8,190 bytes)."""
 _DETAIL_LIMIT: Final = 2048
 
 
@@ -213,7 +217,8 @@ async def _stream(
             state.server_answered(server.name)
             with framing_watched(response):
                 if response.status != 200:
-                    return await _http_error(response, clock, on_chunk)
+                    redact = Redactor.for_servers([server])
+                    return await _http_error(response, clock, on_chunk, redact)
                 return await _Fold(run, clock, on_chunk, on_lines).consume(response)
     except aiohttp.ClientResponseError as exc:
         # Raised before a response exists: the server did answer, with bytes that are not
@@ -311,18 +316,24 @@ async def _http_error(
     response: aiohttp.ClientResponse,
     clock: Clock,
     on_chunk: Callable[[bytes, float], None] | None = None,
+    redact: Redactor | None = None,
 ) -> RunResult:
     """A non-200 answer before streaming: 400 is our request's fault, the rest Ollama's.
 
-    Its body (the first 4 KiB) goes to `on_chunk` as the run's one chunk: the transcript.
+    Its body (the first 4 KiB, masked before it is cut) goes to `on_chunk` as the run's one
+    chunk: the transcript.
     """
     try:
-        body = await response.content.read(_ERROR_BODY_LIMIT)
+        body, more = await read_up_to(response.content, _ERROR_BODY_LIMIT + _MASK_MARGIN)
     except aiohttp.ClientError:
-        body = b""
-    if on_chunk is not None and body:
-        on_chunk(body, clock.monotonic())
+        body, more = b"", False
     text = body.decode("utf-8", "replace")
+    if redact is not None:
+        text = redact(text)
+    if more or len(body) > _ERROR_BODY_LIMIT:
+        text = text[:_ERROR_BODY_LIMIT]
+    if on_chunk is not None and text:
+        on_chunk(text.encode(), clock.monotonic())
     reason = Reason.INVALID_REQUEST if response.status == 400 else Reason.OLLAMA_HTTP_ERROR
     location = response.headers.get("Location")
     where = f" (redirect to {location})" if location else ""

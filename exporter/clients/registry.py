@@ -31,6 +31,7 @@ import msgspec
 from yarl import URL
 
 from exporter import __version__
+from exporter.clients.body import read_up_to
 from exporter.clients.transport import env_proxy_for_url
 from exporter.state.holdings import CheckResult
 
@@ -218,7 +219,9 @@ class Checker:
     async def _get(
         self, url: str, headers: dict[str, str], limit: int
     ) -> tuple[int, CIMultiDictProxy[str], bytes]:
-        """GET `url`; (status, headers, body up to `limit`); connection problems raise.
+        """GET `url`; (status, headers, the whole body); connection problems raise.
+
+        A body over `limit` bytes is refused as an error check, read no further than that.
 
         The proxy is looked up here rather than by the session's `trust_env`, which would send
         the CONNECT request with aiohttp's User-Agent instead of the session's headers.
@@ -234,8 +237,8 @@ class Checker:
             ) as response:
                 if response.content_length is not None and response.content_length > limit:
                     raise _CheckFailedError(CheckResult.ERROR, f"answer larger than {limit} bytes")
-                body = await response.content.read(limit + 1)
-                if len(body) > limit:
+                body, more = await read_up_to(response.content, limit)
+                if more:
                     raise _CheckFailedError(CheckResult.ERROR, f"answer larger than {limit} bytes")
                 return response.status, response.headers, body
         except aiohttp.ClientHttpProxyError as exc:
