@@ -11,7 +11,7 @@ import asyncio
 import logging
 import sqlite3
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, NoReturn
 
 from exporter import __version__
 from exporter.app import once
@@ -39,11 +39,50 @@ from exporter.web import listener
 from exporter.web.app import make_app
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from exporter.config.loader import Config
 
 log = logging.getLogger("exporter")
+
+MAX_TOTAL_SHARDS: Final = 1024
+"""More exporters than this splitting one config is a typo, not a deployment."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line that names the flag, exit 2 (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `prog: error: message` and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number (ASCII digits) from `low` to `high`.
+
+    Checked before `int()` sees it: `int` accepts other scripts' digits, underscores and
+    thousands of digits (which it refuses only past 4,300, with an error of its own).
+    """
+
+    def parse(text: str) -> int:
+        digits = text.strip()
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > len(str(high)):
+            raise argparse.ArgumentTypeError(
+                f"want a whole number from {low} to {high}, got {text[:40]!r}"
+            )
+        value = int(digits)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"want a number from {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def parse_shard(text: str) -> str:
+    """`--shard`: `auto` or a shard number (checked against `--total-shards` later)."""
+    if text == "auto":
+        return text
+    return str(bounded_int(0, MAX_TOTAL_SHARDS - 1)(text))
 
 
 def parse_listen_address(text: str) -> tuple[str | None, int]:
@@ -55,16 +94,18 @@ def parse_listen_address(text: str) -> tuple[str | None, int]:
             sep = ""
     elif ":" in host:
         raise argparse.ArgumentTypeError(
-            f"invalid listen address {text!r}: want host:port (IPv6 in brackets, [::1]:11435)"
+            f"invalid listen address {text[:80]!r}: want host:port (IPv6 in brackets, [::1]:11435)"
         )
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise argparse.ArgumentTypeError(f"invalid listen address {text!r}: want host:port")
+    if not sep or not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
+        raise argparse.ArgumentTypeError(f"invalid listen address {text[:80]!r}: want host:port")
+    if not 0 <= int(port_text) <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid listen address {text[:80]!r}: want host:port")
     return (host or None), int(port_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Prometheus-style dotted flags; `--flag=value` and `--flag value` both work."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ollama-pull-exporter",
         description="Runs Ollama pulls on a schedule and exports their progress to Prometheus.",
         allow_abbrev=False,
@@ -108,15 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("--storage.path", dest="storage_path", default=None, help="SQLite file for last results")
     add(
         "--shard",
+        type=parse_shard,
         default="0",
         help="schedule only the servers of this shard (0..N-1), or auto: the host name's -<N>",
     )
     add(
         "--total-shards",
         dest="total_shards",
-        type=int,
+        type=bounded_int(1, MAX_TOTAL_SHARDS),
         default=1,
-        help="number of exporters splitting the servers (hashmod of the server name)",
+        help="number of exporters splitting the servers (hashmod of the server name),"
+        f" 1 to {MAX_TOTAL_SHARDS}",
     )
     add("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
