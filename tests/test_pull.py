@@ -314,6 +314,24 @@ def test_a_stall_ends_the_run_exactly_at_stall_timeout() -> None:
     run_async(test)
 
 
+def test_blank_lines_are_not_progress() -> None:
+    """A stream that keeps sending blank lines still stalls at `stall_timeout`."""
+
+    async def body(drive: Driver) -> None:
+        await drive.send(MANIFEST)
+        while not drive.run.task.done():
+            await drive.send(b"\n" * 1000 + b"  \r\n", after=0.5)
+
+    async def test() -> None:
+        run, result, _ = await scripted(body, defaults=", stall_timeout: 10s")
+        assert result.reason is Reason.STALLED
+        last = run.pair.last
+        assert last is not None
+        assert 10 <= last.duration <= 10.5 + COALESCE_SECONDS
+
+    run_async(test)
+
+
 def test_a_run_that_keeps_progressing_still_ends_at_its_timeout() -> None:
     async def body(drive: Driver) -> None:
         await drive.send(MANIFEST)

@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 from exporter.config.loader import parse_config
 from exporter.ollama.protocol import LineDecoder
 from exporter.state.transcript import (
+    HEAD_BYTES,
     HEAD_LINES,
     LINE_LIMIT,
     RAW_LIMIT,
+    TAIL_BYTES,
     TAIL_LINES,
     Redactor,
     Transcript,
@@ -136,6 +138,22 @@ def test_memory_stays_bounded_on_a_long_stream() -> None:
     text = transcript.text()
     assert text.omitted == 100_000 - HEAD_LINES - TAIL_LINES
     assert text.lines[-1].line == '{"completed":99999}'
+
+
+def test_huge_lines_fill_the_byte_bounds_before_the_line_counts() -> None:
+    """Lines of 100 KiB (within the decoder's 1 MiB): the head and the tail keep 256 KiB each
+    (and the chunk that crossed the bound), not 200 lines each."""
+    transcript = Transcript(0.0)
+    big = b'{"status":"' + b"a" * (100 << 10) + b'"}\n'
+    for i in range(1000):
+        transcript.feed(big, float(i))
+        transcript.counted(1)
+    kept = sum(len(chunk) for chunk, _ in transcript._head)
+    kept += sum(len(chunk) for chunk, _, _ in transcript._tail)
+    assert kept <= HEAD_BYTES + TAIL_BYTES + 2 * len(big)
+    text = transcript.text()
+    assert text.omitted == 1000 - len(text.lines)
+    assert all(line.cut for line in text.lines)
 
 
 def test_redactor_masks_header_values_their_credentials_and_url_user_info() -> None:
