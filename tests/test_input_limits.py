@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from exporter.clients.inventory import Inventory
+from exporter.clients.probe import probe_server
 from exporter.clients.pull import make_session, run_pull
 from exporter.config.loader import parse_config
 from exporter.state.history import History, Trigger, unpack
@@ -27,8 +29,11 @@ from exporter.state.transcript import Redactor
 from ollama_sim import go_json, progress_line
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Coroutine
+    from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 
+    import pytest
+
+    from exporter.config.loader import ServerConfig
     from exporter.state.history import RunRecord
 
 DIGEST = "sha256:" + "cd" * 32
@@ -254,3 +259,73 @@ def test_the_redactor_covers_every_form_of_every_secret() -> None:
     for secret in secrets:
         assert secret not in redact(f'{{"error":"echo {secret} end"}}'), secret
     assert redact("https://a:b@host/x") == "https://<redacted>@host/x"
+
+
+# --------------------------------------------------------------------------- other answers
+
+
+async def _serving(
+    path: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]], headers: str = ""
+) -> AsyncIterator[tuple[ServerConfig, ExporterState]]:
+    """Serve `handler` at `path`; yield the config of a server there and a fresh state."""
+    app = web.Application()
+    app.router.add_get(path, handler)
+    async with TestServer(app, host="127.0.0.1") as server:
+        url = str(server.make_url("")).rstrip("/")
+        config = parse_config(
+            f"servers:\n  - name: s\n    url: {url}\n{headers}    models: [m]\n", "t.yaml"
+        )
+        state = ExporterState()
+        sync_pairs(state, config)
+        yield config.servers[0], state
+
+
+async def _in_pieces(
+    request: web.Request, body: bytes, pieces: int, status: int = 200
+) -> web.StreamResponse:
+    response = web.StreamResponse(status=status)
+    response.content_length = len(body)
+    await response.prepare(request)
+    step = -(-len(body) // pieces)
+    for start in range(0, len(body), step):
+        await response.write(body[start : start + step])
+        await asyncio.sleep(0.05)  # each piece its own segment, the reader waiting for more
+    await response.write_eof()
+    return response
+
+
+def test_a_version_answer_in_pieces_is_read_whole() -> None:
+    async def version(request: web.Request) -> web.StreamResponse:
+        return await _in_pieces(request, b'{"version":"0.12.3"}', 3)
+
+    async def test() -> None:
+        async for server, state in _serving("/api/version", version):
+            async with make_session() as session:
+                await probe_server(session, server, state)
+            assert state.servers["s"].version == "0.12.3"
+
+    run_async(test)
+
+
+def test_an_inventory_error_body_is_masked_before_it_is_cut(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 401 from `/api/tags` that echoes the header across the detail's 300-byte cut."""
+    token = "tok-" + "7" * 24
+
+    async def tags(request: web.Request) -> web.StreamResponse:
+        echo = b"x" * (300 - 10) + request.headers["X-Token"].encode()
+        return await _in_pieces(request, echo, 1, status=401)
+
+    async def test() -> None:
+        headers = f"    headers: {{X-Token: {token}}}\n"
+        async for server, state in _serving("/api/tags", tags, headers):
+            async with make_session() as session:
+                await Inventory(session, state).poll(server)
+            problem = state.inventory["s"].problem
+            assert problem is not None
+            assert problem.startswith("HTTP 401: xxx")
+            assert token[:6] not in problem
+            assert token[:6] not in caplog.text
+
+    run_async(test)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final
 import aiohttp
 
 from exporter import __version__
-from exporter.clients.body import read_up_to
+from exporter.clients.body import read_masked
 from exporter.clients.pacing import COALESCE_BELOW_BYTES, ReadPacer
 from exporter.clients.transport import (
     FramingError,
@@ -55,9 +55,6 @@ once, where a small body can expand a thousandfold and stall the event loop. A b
 comes compressed anyway is refused unread (`protocol_error`)."""
 
 _ERROR_BODY_LIMIT: Final = 4096
-_MASK_MARGIN: Final = 8192
-"""Bytes read past an error body's limit, so that a secret the limit falls in is masked whole
-before the cut (aiohttp sends no header line longer than 8,190 bytes)."""
 _DETAIL_LIMIT: Final = 2048
 
 
@@ -324,14 +321,9 @@ async def _http_error(
     chunk: the transcript.
     """
     try:
-        body, more = await read_up_to(response.content, _ERROR_BODY_LIMIT + _MASK_MARGIN)
+        text = await read_masked(response.content, _ERROR_BODY_LIMIT, redact or Redactor())
     except aiohttp.ClientError:
-        body, more = b"", False
-    text = body.decode("utf-8", "replace")
-    if redact is not None:
-        text = redact(text)
-    if more or len(body) > _ERROR_BODY_LIMIT:
-        text = text[:_ERROR_BODY_LIMIT]
+        text = ""
     if on_chunk is not None and text:
         on_chunk(text.encode(), clock.monotonic())
     reason = Reason.INVALID_REQUEST if response.status == 400 else Reason.OLLAMA_HTTP_ERROR
