@@ -174,3 +174,13 @@ def test_redactor_masks_header_values_their_credentials_and_url_user_info() -> N
         "Get https://<redacted>@registry.example/v2"
     )
     assert redact("Bearer is a word") == "Bearer is a word"
+
+
+def test_a_secret_across_the_line_cut_is_masked_whole() -> None:
+    secret = "s3cr3t-" + "k" * 21  # 28 characters; 10 of them fell before the cut
+    redact = Redactor([secret])
+    transcript = Transcript(0.0)
+    transcript.feed(b"x" * (LINE_LIMIT - 10) + secret.encode() + b" tail\n", 1.0)
+    assert transcript.pack_raw(redact) is None  # the secret sends it the exact way
+    (line,) = transcript.text(redact).lines
+    assert (line.line, line.cut) == ("x" * (LINE_LIMIT - 10) + "<redacted>", len(" tail"))
