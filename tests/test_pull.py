@@ -25,9 +25,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from exporter import __version__
-from exporter.clients.framing import MAX_FRAMING_LINE_BYTES, FramingGuard, framing_watched
 from exporter.clients.pacing import COALESCE_SECONDS
 from exporter.clients.pull import make_session, run_pull
+from exporter.clients.transport import MAX_FRAMING_LINE_BYTES, FramingGuard, framing_watched
 from exporter.config.loader import parse_config
 from exporter.ollama.protocol import Phase, Reason
 from exporter.state.pairs import ExporterState, PairState, RunResult, sync_pairs
@@ -310,6 +310,24 @@ def test_a_stall_ends_the_run_exactly_at_stall_timeout() -> None:
         assert last is not None
         assert last.duration == pytest.approx(10.501, abs=1e-9)
         assert last.phase_durations[Phase.MANIFEST] == pytest.approx(10.501, abs=1e-9)
+
+    run_async(test)
+
+
+def test_blank_lines_are_not_progress() -> None:
+    """A stream that keeps sending blank lines still stalls at `stall_timeout`."""
+
+    async def body(drive: Driver) -> None:
+        await drive.send(MANIFEST)
+        while not drive.run.task.done():
+            await drive.send(b"\n" * 1000 + b"  \r\n", after=0.5)
+
+    async def test() -> None:
+        run, result, _ = await scripted(body, defaults=", stall_timeout: 10s")
+        assert result.reason is Reason.STALLED
+        last = run.pair.last
+        assert last is not None
+        assert 10 <= last.duration <= 10.5 + COALESCE_SECONDS
 
     run_async(test)
 

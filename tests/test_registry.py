@@ -19,6 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from exporter.clients.registry import (
+    MAX_TOKEN_BYTES,
     Checker,
     Reference,
     _manifest_outcome,
@@ -225,10 +226,10 @@ def test_requests_go_through_the_proxy_from_the_environment(
 
 
 @contextlib.contextmanager
-def _serve(handler: Callable[[web.Request], Awaitable[web.Response]]) -> Iterator[str]:
+def _serve(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Iterator[str]:
     """`handler` for every path, served from a thread of its own; yields its URL."""
     loop = asyncio.new_event_loop()
-    app = web.Application()
+    app = web.Application(handler_args={"max_field_size": 2 << 20})  # a 1 MiB token comes back
     app.router.add_route("*", "/{tail:.*}", handler)
     runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())
@@ -263,3 +264,71 @@ def test_the_manifest_as_old_ollama_rewrites_it() -> None:
     outcome = _manifest_outcome(200, CIMultiDictProxy(CIMultiDict()), served)
     assert outcome.digest == hashlib.sha256(served).hexdigest()
     assert outcome.rewritten == hashlib.sha256(expected).hexdigest()
+
+
+# --------------------------------------------------------------------------- answers in pieces
+
+
+async def _piecewise(
+    request: web.Request, body: bytes, pieces: int, *, length: bool = True
+) -> web.StreamResponse:
+    """Send `body` in `pieces` writes with pauses between (chunked unless `length`)."""
+    response = web.StreamResponse(headers={"Content-Type": MANIFEST_V2})
+    if length:
+        response.content_length = len(body)
+    await response.prepare(request)
+    step = -(-len(body) // pieces)
+    for start in range(0, len(body), step):
+        await response.write(body[start : start + step])
+        await asyncio.sleep(0.05)  # each piece its own TCP segment, and the reader waiting
+    await response.write_eof()
+    return response
+
+
+def _check_against(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]], name: str = "ns/m"
+) -> Outcome:
+    with _serve(handler) as url:
+        return _check(f"{url.removeprefix('http://')}/{name}")[0]
+
+
+def test_a_manifest_sent_in_pieces_is_read_whole() -> None:
+    """Before, one `content.read()` returned the first piece and the check failed."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await _piecewise(request, GOOD, 3)
+
+    outcome = _check_against(handler)
+    assert outcome.digest == hashlib.sha256(GOOD).hexdigest(), outcome.detail
+
+
+def _token_registry(
+    token_answer: bytes, pieces: int
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A registry that asks for a token, and sends `token_answer` in `pieces` pieces."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/token":
+            return await _piecewise(request, token_answer, pieces, length=False)
+        if request.headers.get("Authorization", "").startswith("Bearer "):
+            return await _piecewise(request, GOOD, 2)
+        realm = f"http://{request.host}/token"
+        challenge = f'Bearer realm="{realm}",service="s"'
+        return web.Response(status=401, headers={"WWW-Authenticate": challenge})
+
+    return handler
+
+
+def test_a_token_of_almost_the_limit_in_pieces_is_read_whole() -> None:
+    token = "t" * (MAX_TOKEN_BYTES - 100)
+    answer = b'{"token":"%s"}' % token.encode()
+    assert len(answer) <= MAX_TOKEN_BYTES
+    outcome = _check_against(_token_registry(answer, 16))
+    assert outcome.result is CheckResult.OK, outcome.detail
+
+
+def test_an_answer_past_the_limit_is_refused_clearly() -> None:
+    answer = b'{"token":"%s"}' % (b"t" * MAX_TOKEN_BYTES)
+    outcome = _check_against(_token_registry(answer, 16))
+    assert outcome.result is CheckResult.ERROR
+    assert outcome.detail == f"answer larger than {MAX_TOKEN_BYTES} bytes"

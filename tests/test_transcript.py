@@ -8,10 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.config.loader import parse_config
+from exporter.ollama.protocol import LineDecoder
 from exporter.state.transcript import (
+    HEAD_BYTES,
     HEAD_LINES,
     LINE_LIMIT,
     RAW_LIMIT,
+    TAIL_BYTES,
     TAIL_LINES,
     Redactor,
     Transcript,
@@ -22,44 +25,62 @@ from exporter.state.transcript import (
 def feed(data: bytes, cuts: list[int], *, counted: bool = True) -> Transcript:
     """Feed `data` cut at `cuts`, chunk k arriving at t = k seconds."""
     transcript = Transcript(0.0)
+    decoder = LineDecoder()
     bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
     for k, (start, end) in enumerate(itertools.pairwise(bounds)):
         piece = data[start:end]
         transcript.feed(piece, float(k))
         if counted:  # as the stream path does: the decoder's count (else feed counts itself)
-            transcript.counted(piece.count(b"\n"))
+            transcript.counted(len(decoder.feed(piece)))
     return transcript
 
 
-def expected(data: bytes) -> tuple[list[str], int]:
-    *complete, unfinished = data.split(b"\n")  # blank lines are part of the stream too
-    lines = [raw.decode() for raw in complete]
+def stream(count: int, blank_every: int, tail: bytes) -> bytes:
+    """`count` lines, a blank one (empty or of white space) after every `blank_every`."""
+    lines = [b'{"n":%d}\n' % i for i in range(count)]
+    if blank_every:
+        blanks = itertools.cycle([b"\n", b" \t\r\n", b"\n\n\n"])
+        lines = [
+            line + (next(blanks) if i % blank_every == 0 else b"") for i, line in enumerate(lines)
+        ]
+    return b"".join(lines) + tail
+
+
+def expected(data: bytes) -> tuple[list[str], int, int]:
+    """The lines a transcript shows of `data`, how many others it leaves out, and the blank
+    lines (never shown)."""
+    *complete, unfinished = data.split(b"\n")
+    lines = [raw.decode() for raw in complete if raw.strip()]
+    blank = len(complete) - len(lines)
     if unfinished.strip():
         lines.append(unfinished.decode())
     if len(lines) <= HEAD_LINES + TAIL_LINES:
-        return lines, 0
-    return lines[:HEAD_LINES] + lines[-TAIL_LINES:], len(lines) - HEAD_LINES - TAIL_LINES
+        return lines, 0, blank
+    return lines[:HEAD_LINES] + lines[-TAIL_LINES:], len(lines) - HEAD_LINES - TAIL_LINES, blank
 
 
 ANY_STREAM = given(
     count=st.integers(0, 1200),
+    blank_every=st.sampled_from([0, 1, 7, 100]),
     cuts=st.lists(st.integers(0, 100_000), max_size=300),
-    tail=st.sampled_from([b"", b'{"unfinished":', b"\n"]),
+    tail=st.sampled_from([b"", b'{"unfinished":', b"\n", b"\n  \n"]),
     counted=st.booleans(),
 )
-"""`count` lines and a `tail`, cut at `cuts`, with or without the decoder's counts."""
+"""`count` lines with blank ones among them and a `tail`, cut at `cuts`, with or without the
+decoder's counts."""
 
 
 @settings(max_examples=60, deadline=None)
 @ANY_STREAM
 def test_head_and_tail_for_any_chunking(
-    count: int, cuts: list[int], tail: bytes, counted: bool
+    count: int, blank_every: int, cuts: list[int], tail: bytes, counted: bool
 ) -> None:
-    data = b"".join(b'{"n":%d}\n' % i for i in range(count)) + tail
+    data = stream(count, blank_every, tail)
     text = feed(data, cuts, counted=counted).text()
-    lines, omitted = expected(data)
+    lines, omitted, blank = expected(data)
     assert [line.line for line in text.lines] == lines
-    assert text.omitted == omitted
+    # Blank lines are counted where they are seen: not in the chunks the tail dropped.
+    assert omitted + (0 if omitted else blank) <= text.omitted <= omitted + blank
     times = [line.t for line in text.lines]
     assert times == sorted(times)
 
@@ -67,10 +88,10 @@ def test_head_and_tail_for_any_chunking(
 @settings(max_examples=60, deadline=None)
 @ANY_STREAM
 def test_a_packed_run_unpacks_to_the_lines_cut_at_once(
-    count: int, cuts: list[int], tail: bytes, counted: bool
+    count: int, blank_every: int, cuts: list[int], tail: bytes, counted: bool
 ) -> None:
     """`pack_raw` defers the cutting to a read; what a read gets must not depend on that."""
-    data = b"".join(b'{"n":%d}\n' % i for i in range(count)) + tail
+    data = stream(count, blank_every, tail)
     packed = feed(data, cuts, counted=counted).pack_raw(Redactor(["never-there"]))
     assert packed is not None
     assert unpack_raw(packed) == feed(data, cuts, counted=counted).text()
@@ -119,6 +140,22 @@ def test_memory_stays_bounded_on_a_long_stream() -> None:
     assert text.lines[-1].line == '{"completed":99999}'
 
 
+def test_huge_lines_fill_the_byte_bounds_before_the_line_counts() -> None:
+    """Lines of 100 KiB (within the decoder's 1 MiB): the head and the tail keep 256 KiB each
+    (and the chunk that crossed the bound), not 200 lines each."""
+    transcript = Transcript(0.0)
+    big = b'{"status":"' + b"a" * (100 << 10) + b'"}\n'
+    for i in range(1000):
+        transcript.feed(big, float(i))
+        transcript.counted(1)
+    kept = sum(len(chunk) for chunk, _ in transcript._head)
+    kept += sum(len(chunk) for chunk, _, _ in transcript._tail)
+    assert kept <= HEAD_BYTES + TAIL_BYTES + 2 * len(big)
+    text = transcript.text()
+    assert text.omitted == 1000 - len(text.lines)
+    assert all(line.cut for line in text.lines)
+
+
 def test_redactor_masks_header_values_their_credentials_and_url_user_info() -> None:
     config = parse_config(
         "servers:\n"
@@ -137,3 +174,13 @@ def test_redactor_masks_header_values_their_credentials_and_url_user_info() -> N
         "Get https://<redacted>@registry.example/v2"
     )
     assert redact("Bearer is a word") == "Bearer is a word"
+
+
+def test_a_secret_across_the_line_cut_is_masked_whole() -> None:
+    secret = "s3cr3t-" + "k" * 21  # 28 characters; 10 of them fell before the cut
+    redact = Redactor([secret])
+    transcript = Transcript(0.0)
+    transcript.feed(b"x" * (LINE_LIMIT - 10) + secret.encode() + b" tail\n", 1.0)
+    assert transcript.pack_raw(redact) is None  # the secret sends it the exact way
+    (line,) = transcript.text(redact).lines
+    assert (line.line, line.cut) == ("x" * (LINE_LIMIT - 10) + "<redacted>", len(" tail"))

@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, NoReturn
 
 from exporter import __version__
 from exporter.app import assemble, demo, once
@@ -24,7 +24,7 @@ from exporter.storage.database import StorePathError
 from exporter.web import listener
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from exporter.config.types import Config
 
@@ -36,6 +36,46 @@ LISTEN_ADDRESS = ":11435"
 """`--web.listen-address` when not given (with `--demo`: `exporter.app.demo.LISTEN_ADDRESS`)."""
 
 
+MAX_TOTAL_SHARDS: Final = 1024
+"""More exporters than this splitting one config is a typo, not a deployment."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line that names the flag, exit 2 (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `prog: error: message` and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number (ASCII digits) from `low` to `high`.
+
+    Checked before `int()` sees it: `int` accepts other scripts' digits, underscores and
+    thousands of digits (which it refuses only past 4,300, with an error of its own).
+    """
+
+    def parse(text: str) -> int:
+        digits = text.strip()
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > len(str(high)):
+            raise argparse.ArgumentTypeError(
+                f"want a whole number from {low} to {high}, got {text[:40]!r}"
+            )
+        value = int(digits)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"want a number from {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def parse_shard(text: str) -> str:
+    """`--shard`: `auto` or a shard number (checked against `--total-shards` later)."""
+    if text == "auto":
+        return text
+    return str(bounded_int(0, MAX_TOTAL_SHARDS - 1)(text))
+
+
 def parse_listen_address(text: str) -> tuple[str | None, int]:
     """`host:port`, `[v6]:port` or `:port` (all interfaces) -> (host, port)."""
     host, sep, port_text = text.rpartition(":")
@@ -45,10 +85,12 @@ def parse_listen_address(text: str) -> tuple[str | None, int]:
             sep = ""
     elif ":" in host:
         raise argparse.ArgumentTypeError(
-            f"invalid listen address {text!r}: want host:port (IPv6 in brackets, [::1]:11435)"
+            f"invalid listen address {text[:80]!r}: want host:port (IPv6 in brackets, [::1]:11435)"
         )
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise argparse.ArgumentTypeError(f"invalid listen address {text!r}: want host:port")
+    if not sep or not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
+        raise argparse.ArgumentTypeError(f"invalid listen address {text[:80]!r}: want host:port")
+    if not 0 <= int(port_text) <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid listen address {text[:80]!r}: want host:port")
     return (host or None), int(port_text)
 
 
@@ -64,7 +106,7 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     """Prometheus-style dotted flags; `--flag=value` and `--flag value` both work."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ollama-pull-exporter",
         description="Runs Ollama pulls on a schedule and exports their progress to Prometheus.",
         allow_abbrev=False,
@@ -135,15 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--shard",
+        type=parse_shard,
         default="0",
         help="schedule only the servers of this shard (0..N-1), or auto: the host name's -<N>",
     )
     add(
         "--total-shards",
         dest="total_shards",
-        type=int,
+        type=bounded_int(1, MAX_TOTAL_SHARDS),
         default=1,
-        help="number of exporters splitting the servers (hashmod of the server name)",
+        help="number of exporters splitting the servers (hashmod of the server name),"
+        f" 1 to {MAX_TOTAL_SHARDS}",
     )
     add(
         "--demo",

@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Final
 
 import aiohttp
 
+from exporter.clients.body import read_masked
 from exporter.config.types import Mode
 from exporter.ollama.names import canonical_model_name
 from exporter.ollama.tags import MAX_TAGS_BYTES, TagsError, parse_tags
 from exporter.state.holdings import InventoryResult, ServerHolding
+from exporter.state.transcript import Redactor
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -195,7 +197,7 @@ class Inventory:
                 answered = True
                 self._state.server_answered(server.name)
                 if response.status != 200:
-                    text = await _read_some(response)
+                    text = await _read_some(response, Redactor.for_servers([server]))
                     raise InventoryFailedError(
                         InventoryResult.OLLAMA_HTTP_ERROR, f"HTTP {response.status}: {text}"
                     )
@@ -232,12 +234,13 @@ async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
     return b"".join(parts)
 
 
-async def _read_some(response: aiohttp.ClientResponse) -> str:
+async def _read_some(response: aiohttp.ClientResponse, redact: Redactor) -> str:
+    """The start of an error body, masked before it is cut (it is logged and kept)."""
     try:
-        data = await response.content.read(_DETAIL_LIMIT)
+        text = await read_masked(response.content, _DETAIL_LIMIT, redact)
     except (aiohttp.ClientError, OSError, TimeoutError):
         return ""
-    return data.decode("utf-8", "replace").strip()
+    return text.strip()
 
 
 def _describe(exc: BaseException) -> str:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 import aiohttp
 
+from exporter.clients.body import read_up_to
 from exporter.core.limiter import Limiter
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ async def probe_server(
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT),
         ) as response:
-            body = await response.content.read(_BODY_LIMIT)
+            body, _ = await read_up_to(response.content, _BODY_LIMIT)
             status = response.status
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -13,11 +13,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import aiohttp
-from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from exporter import __version__
-from exporter.clients.framing import FramingError, GuardedResponse, framing_watched
+from exporter.clients.body import read_masked
 from exporter.clients.pacing import COALESCE_BELOW_BYTES, ReadPacer
+from exporter.clients.transport import (
+    FramingError,
+    GuardedResponse,
+    MalformedBodyError,
+    ReadPause,
+    connection_gone,
+    framing_watched,
+    overlong_line,
+    parser_failure,
+    watch_malformed_body,
+)
 from exporter.core.clock import SYSTEM_CLOCK
 from exporter.ollama.progress import RunProgress
 from exporter.ollama.protocol import LineDecoder, ProtocolError, Reason
@@ -63,7 +73,7 @@ def make_session() -> aiohttp.ClientSession:
     hundredth, counted as started with their stall clock running); `max_concurrent_pulls`
     per server is the limit that matters. Every request names the exporter and asks for an
     uncompressed body, which is never inflated (see `_REQUEST_HEADERS`). Every response's
-    chunk framing is bounded (exporter/clients/framing.py).
+    chunk framing is bounded (exporter/clients/transport.py).
     """
     return aiohttp.ClientSession(
         timeout=make_timeout(),
@@ -204,7 +214,8 @@ async def _stream(
             state.server_answered(server.name)
             with framing_watched(response):
                 if response.status != 200:
-                    return await _http_error(response, clock, on_chunk)
+                    redact = Redactor.for_servers([server])
+                    return await _http_error(response, clock, on_chunk, redact)
                 return await _Fold(run, clock, on_chunk, on_lines).consume(response)
     except aiohttp.ClientResponseError as exc:
         # Raised before a response exists: the server did answer, with bytes that are not
@@ -215,10 +226,6 @@ async def _stream(
         # `_Fold.consume` handles everything after the headers, so this is "no response".
         state.server_unreachable(server.name, _describe(exc))
         return RunResult(Reason.OLLAMA_UNREACHABLE, _describe(exc))
-
-
-class _MalformedBodyError(aiohttp.ClientPayloadError):
-    """aiohttp's parser rejected the body (a bad chunk) after the headers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +245,7 @@ class _Fold:
                 Reason.PROTOCOL_ERROR,
                 f"body sent with Content-Encoding {encoding!r}, not asked for",
             )
-        unwatch = _fail_reads_on_malformed_body(response)
+        unwatch = watch_malformed_body(response)
         try:
             return await self._read(response)
         except (ProtocolError, aiohttp.ClientError, RuntimeError) as exc:
@@ -253,8 +260,7 @@ class _Fold:
         content = response.content
         apply_lines = run.apply_lines
         pacer = ReadPacer()
-        connection = response.connection
-        transport = connection.transport if connection is not None else None
+        pause = ReadPause(response)
         while True:
             chunk = await content.readany()
             now = clock.monotonic()
@@ -271,10 +277,10 @@ class _Fold:
             ended = apply_lines(lines, now)
             if ended is not None:
                 return _result(ended)
-            if len(chunk) < COALESCE_BELOW_BYTES and transport is not None:
-                pause = pacer.pause_after(len(chunk), run, now)
-                if pause:
-                    await _coalesce(transport, pause, clock)
+            if len(chunk) < COALESCE_BELOW_BYTES and pause.possible:
+                seconds = pacer.pause_after(len(chunk), run, now)
+                if seconds:  # let the next ticks pile up in the socket (exporter/clients/pacing.py)
+                    await pause.hold(seconds, clock)
 
 
 def _broken(
@@ -283,18 +289,18 @@ def _broken(
     """The reason of a stream that broke after its headers."""
     if isinstance(exc, ProtocolError):
         return RunResult(Reason.PROTOCOL_ERROR, str(exc))
-    if isinstance(exc, (_MalformedBodyError, FramingError)):
+    if isinstance(exc, (MalformedBodyError, FramingError)):
         return RunResult(Reason.PROTOCOL_ERROR, f"malformed HTTP body: {exc}")
-    if isinstance(exc.__cause__, LineTooLong):  # a whole over-long line, in aiohttp's Python parser
-        return RunResult(Reason.PROTOCOL_ERROR, f"malformed HTTP body: {exc.__cause__.message}")
+    overlong = overlong_line(exc)  # a whole over-long line, in aiohttp's Python parser
+    if overlong is not None:
+        return RunResult(Reason.PROTOCOL_ERROR, f"malformed HTTP body: {overlong}")
     if isinstance(exc, aiohttp.ClientError):
         return RunResult(Reason.STREAM_INTERRUPTED, _describe(exc))
     # aiohttp's `readany` raises a bare RuntimeError once the connection is gone.
-    failure = _parser_failure(response)
+    failure = parser_failure(response)
     if failure is not None:
-        return RunResult(Reason.PROTOCOL_ERROR, f"malformed HTTP body: {failure.message}")
-    connection = response.connection
-    if connection is None or connection.closed:
+        return RunResult(Reason.PROTOCOL_ERROR, f"malformed HTTP body: {failure}")
+    if connection_gone(response):
         return RunResult(Reason.STREAM_INTERRUPTED, _describe(exc))
     raise exc
 
@@ -303,83 +309,23 @@ def _result(ended: RunEnded) -> RunResult:
     return RunResult(ended.reason, ended.detail)
 
 
-def _parser_failure(response: aiohttp.ClientResponse) -> HttpProcessingError | None:
-    """The HTTP parser's error on this response's connection, if it rejected the bytes."""
-    connection = response.connection
-    protocol = connection.protocol if connection is not None else None
-    failure = protocol.exception() if protocol is not None else None
-    return failure if isinstance(failure, HttpProcessingError) else None
-
-
-def _fail_reads_on_malformed_body(response: aiohttp.ClientResponse) -> Callable[[], None]:
-    """Make a read fail at once when aiohttp's parser rejects the body; return the undo.
-
-    When the parser rejects a chunk it closes the connection and records the error on the
-    connection's protocol, but a reader already waiting for the body is never woken: it
-    would wait for the stall timeout. So the error is handed to the body when the
-    connection closes.
-    """
-    connection = response.connection
-    protocol = connection.protocol if connection is not None else None
-    closed: asyncio.Future[None] | None = getattr(protocol, "closed", None)
-    if closed is None:
-        return _nothing
-    content = response.content
-    watching = [True]
-
-    def on_closed(future: asyncio.Future[None]) -> None:
-        # Retrieve the outcome (a reset sets an exception), or asyncio logs it at exit.
-        if not future.cancelled():
-            future.exception()
-        if not watching[0]:
-            return
-        failure = _parser_failure(response)
-        if failure is not None and content.exception() is None and not content.is_eof():
-            content.set_exception(_MalformedBodyError(failure.message))
-
-    closed.add_done_callback(on_closed)
-
-    def unwatch() -> None:
-        watching[0] = False
-
-    return unwatch
-
-
-def _nothing() -> None:
-    return None
-
-
-async def _coalesce(transport: asyncio.BaseTransport, seconds: float, clock: Clock) -> None:
-    """Let the next ticks of a download pile up in the socket (see exporter/clients/pacing.py).
-
-    The transport is paused directly: aiohttp's protocol-level pause asserts inside its parser.
-    """
-    if transport.is_closing() or not isinstance(transport, asyncio.ReadTransport):
-        return
-    transport.pause_reading()
-    try:
-        await clock.sleep(seconds)
-    finally:
-        if not transport.is_closing():
-            transport.resume_reading()
-
-
 async def _http_error(
     response: aiohttp.ClientResponse,
     clock: Clock,
     on_chunk: Callable[[bytes, float], None] | None = None,
+    redact: Redactor | None = None,
 ) -> RunResult:
     """A non-200 answer before streaming: 400 is our request's fault, the rest Ollama's.
 
-    Its body (the first 4 KiB) goes to `on_chunk` as the run's one chunk: the transcript.
+    Its body (the first 4 KiB, masked before it is cut) goes to `on_chunk` as the run's one
+    chunk: the transcript.
     """
     try:
-        body = await response.content.read(_ERROR_BODY_LIMIT)
+        text = await read_masked(response.content, _ERROR_BODY_LIMIT, redact or Redactor())
     except aiohttp.ClientError:
-        body = b""
-    if on_chunk is not None and body:
-        on_chunk(body, clock.monotonic())
-    text = body.decode("utf-8", "replace")
+        text = ""
+    if on_chunk is not None and text:
+        on_chunk(text.encode(), clock.monotonic())
     reason = Reason.INVALID_REQUEST if response.status == 400 else Reason.OLLAMA_HTTP_ERROR
     location = response.headers.get("Location")
     where = f" (redirect to {location})" if location else ""

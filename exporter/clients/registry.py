@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING, Final
 
 import aiohttp
 import msgspec
-from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from exporter import __version__
+from exporter.clients.body import read_up_to
+from exporter.clients.transport import env_proxy_for_url
 from exporter.ollama.names import parse_model_name
 from exporter.state.holdings import CheckResult
 
@@ -207,7 +208,9 @@ class Checker:
     async def _get(
         self, url: str, headers: dict[str, str], limit: int
     ) -> tuple[int, CIMultiDictProxy[str], bytes]:
-        """GET `url`; (status, headers, body up to `limit`); connection problems raise.
+        """GET `url`; (status, headers, the whole body); connection problems raise.
+
+        A body over `limit` bytes is refused as an error check, read no further than that.
 
         The proxy is looked up here rather than by the session's `trust_env`, which would send
         the CONNECT request with aiohttp's User-Agent instead of the session's headers.
@@ -216,15 +219,15 @@ class Checker:
         proxy: URL | None = None
         proxy_auth: aiohttp.BasicAuth | None = None
         with contextlib.suppress(LookupError):  # no proxy for this URL, or NO_PROXY names it
-            proxy, proxy_auth = await asyncio.to_thread(get_env_proxy_for_url, target)
+            proxy, proxy_auth = await asyncio.to_thread(env_proxy_for_url, target)
         try:
             async with self._session.get(
                 url, headers=headers, proxy=proxy, proxy_auth=proxy_auth
             ) as response:
                 if response.content_length is not None and response.content_length > limit:
                     raise _CheckFailedError(CheckResult.ERROR, f"answer larger than {limit} bytes")
-                body = await response.content.read(limit + 1)
-                if len(body) > limit:
+                body, more = await read_up_to(response.content, limit)
+                if more:
                     raise _CheckFailedError(CheckResult.ERROR, f"answer larger than {limit} bytes")
                 return response.status, response.headers, body
         except aiohttp.ClientHttpProxyError as exc:
@@ -299,7 +302,7 @@ def _digest_problem(header: str, computed: str) -> str | None:
 def _proxy_refusal(proxy: URL | None, target: URL, exc: aiohttp.ClientHttpProxyError) -> str:
     """Which proxy refused the tunnel to where, and its answer; never the proxy's password.
 
-    `get_env_proxy_for_url` has stripped the credentials off the proxy URL already.
+    `env_proxy_for_url` has stripped the credentials off the proxy URL already.
     """
     host = f"[{target.host}]" if target.host and ":" in target.host else target.host
     named = "the proxy" if proxy is None else f"proxy {proxy.with_user(None)}"

@@ -1,15 +1,23 @@
 """One run's stream as received: the first and last lines with their arrival times.
 
 The hot stream path calls `Transcript.feed(chunk, now)` once per chunk, never per line, and
-`counted(n)` with the decoder's own count of the lines the chunk completed; they keep a
-reference to the chunk and add integers: no copy, no scan, no split, no decode. Lines are cut
-out at the end of the run, when the stream is over anyway. Memory is bounded: the head keeps
-chunks until it holds `HEAD_LINES` lines, the tail drops its oldest chunks as soon as the newer
-ones hold more than `TAIL_LINES` lines (a single line is bounded by the decoder's 1 MiB limit,
-which ends the run).
+`counted(n)` with the decoder's own count of the (non-blank) lines the chunk completed; they
+keep a reference to the chunk and add integers: no copy, no scan, no split, no decode. Lines
+are cut out at the end of the run, when the stream is over anyway.
 
-Secrets are removed here too (`Redactor`): every configured header value, the credential part
-of `Scheme credentials` values, and the user info of any URL, before anything is stored.
+Memory is bounded in lines and in bytes: the head keeps chunks until it holds `HEAD_LINES`
+lines or `HEAD_BYTES` bytes, the tail drops its oldest chunks as soon as the newer ones hold
+more than `TAIL_LINES` lines or it holds more than `TAIL_BYTES` bytes (each bound may be passed
+by the one chunk that crosses it). Blank lines are not progress and are not kept: a chunk the
+decoder found no line in is either part of one unfinished line (kept, up to `PENDING_BYTES`;
+the decoder ends the run at 1 MiB) or a run of blank lines, counted and dropped; a chunk with
+fewer lines than one per `SPARSE_LINE_BYTES` loses its blank lines (one regex pass) before it
+is kept. Blank lines count as left out (`TranscriptText.omitted`); those in chunks the tail
+dropped are not counted. Nothing is ever appended to a growing `bytes`: the work is linear.
+
+Secrets are removed here too (`Redactor`): every configured header value, its credential part,
+the Basic form of URL credentials, and the user info of any URL, each as sent and as a JSON
+string would carry it, before any line is cut, stored or shown.
 
 A finished run is stored packed (`pack_raw`): its kept chunks as they came, compressed, cut
 into lines only when someone asks for that run (`unpack_raw`). Cutting and masking 400 lines
@@ -20,6 +28,8 @@ take the exact path instead: cut, masked and trimmed at once (`text`).
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import urllib.parse
 import zlib
@@ -36,8 +46,18 @@ if TYPE_CHECKING:
 
 HEAD_LINES: Final = 200
 TAIL_LINES: Final = 200
+HEAD_BYTES: Final = 256 << 10
+TAIL_BYTES: Final = 256 << 10
+"""Bytes of chunks the head and the tail keep (a normal run's 400 lines are about 60 KiB):
+lines padded with blank lines, or huge ones, reach this before the line counts."""
+SPARSE_LINE_BYTES: Final = 4096
+"""Bytes per line above which a chunk is searched for blank lines to drop before it is kept;
+real chunks hold a line per 300 bytes, and are kept as they came."""
+PENDING_BYTES: Final = 1 << 20
+"""Bytes kept of one unfinished line; the decoder ends the run at a line of 1 MiB anyway."""
 LINE_LIMIT: Final = 4096
-"""Characters kept of one line (real lines are < 300 bytes); the rest is counted, not kept."""
+"""Characters kept of one line (real lines are < 300 bytes), after secrets are masked; the
+rest is counted, not kept."""
 REDACTED: Final = "<redacted>"
 MIN_SECRET: Final = 4
 """Shorter pieces of a header value (a scheme word, a tenant number) are too common to mask in
@@ -61,7 +81,7 @@ class TranscriptLine:
 
 @dataclass(frozen=True, slots=True)
 class TranscriptText:
-    """The kept lines in stream order and how many lines between head and tail were left out."""
+    """The kept lines in stream order and how many lines were left out (blank ones too)."""
 
     lines: tuple[TranscriptLine, ...]
     omitted: int
@@ -71,11 +91,15 @@ class Transcript:
     """Collects the chunks of one stream; `text` cuts them into lines once it is over."""
 
     __slots__ = (
+        "_blank",
         "_head",
+        "_head_bytes",
         "_head_lines",
         "_pending",
         "_pending_at",
+        "_pending_bytes",
         "_tail",
+        "_tail_bytes",
         "_tail_lines",
         "_tail_start",
         "_uncounted",
@@ -87,13 +111,18 @@ class Transcript:
         """Monotonic seconds of the run's start; lines carry `t` relative to it."""
         self._head: list[tuple[bytes, float]] = []
         self._head_lines = 0
+        self._head_bytes = 0
         self._tail: deque[tuple[bytes, float, int]] = deque()
         self._tail_lines = 0
+        self._tail_bytes = 0
         self._tail_start = 0
         """Newlines before the first chunk still in the tail."""
-        self._pending = b""
-        """Bytes of chunks without a newline (a line split over chunks), rare in practice."""
+        self._pending: list[bytes] = []
+        """Chunks without a newline (a line split over chunks), rare in practice."""
+        self._pending_bytes = 0
         self._pending_at = 0.0
+        self._blank = 0
+        """Blank lines counted and dropped (chunks of nothing else)."""
         self._uncounted: tuple[bytes, float] | None = None
         """The last chunk, until the decoder's count of its lines arrives."""
 
@@ -105,14 +134,14 @@ class Transcript:
         """
         if self._uncounted is not None:
             last, at = self._uncounted
-            self._add(last, at, last.count(b"\n"))
+            self._add(last, at, self._own_count(last))
         self._uncounted = (chunk, now) if chunk else None
 
     def counted(self, newlines: int) -> None:
         """Take the decoder's count of the lines the last chunk completed.
 
         The decoder counts them anyway; counting again here cost the stream path about 15%.
-        A low count (blank lines, which the decoder skips) only makes the tail keep more.
+        Its count leaves out blank lines: a chunk of nothing else gets 0 (`_add_no_line`).
         """
         if self._uncounted is not None:
             chunk, now = self._uncounted
@@ -121,30 +150,88 @@ class Transcript:
 
     def _add(self, chunk: bytes, now: float, newlines: int) -> None:
         if not newlines:
-            self._pending += chunk
-            self._pending_at = now
+            self._add_no_line(chunk, now)
             return
         if self._pending:
-            chunk, self._pending = self._pending + chunk, b""
-        if self._head_lines < HEAD_LINES:
+            chunk = b"".join([*self._pending, chunk])
+            self._pending, self._pending_bytes = [], 0
+        if len(chunk) > (newlines + 1) * SPARSE_LINE_BYTES:
+            chunk = self._compact(chunk)
+        if self._head_lines < HEAD_LINES and self._head_bytes < HEAD_BYTES:
             self._head.append((chunk, now))
             self._head_lines += newlines
+            self._head_bytes += len(chunk)
             self._tail_start = self._head_lines
             return
         tail = self._tail
         tail.append((chunk, now, newlines))
         self._tail_lines += newlines
-        while self._tail_lines - tail[0][2] > TAIL_LINES:
-            dropped = tail.popleft()[2]
-            self._tail_lines -= dropped
-            self._tail_start += dropped
+        self._tail_bytes += len(chunk)
+        while len(tail) > 1 and (
+            self._tail_lines - tail[0][2] > TAIL_LINES or self._tail_bytes > TAIL_BYTES
+        ):
+            dropped, _, lines = tail.popleft()
+            self._tail_lines -= lines
+            self._tail_bytes -= len(dropped)
+            self._tail_start += lines
+
+    def _compact(self, chunk: bytes) -> bytes:
+        """`chunk` without the blank lines that end in it (they are counted); at C speed."""
+        compact = _BLANK_RUNS.sub(b"\n", chunk)
+        self._blank += chunk.count(b"\n") - compact.count(b"\n")
+        return compact
+
+    def _add_no_line(self, chunk: bytes, now: float) -> None:
+        """A chunk the decoder completed no line in: part of one line, or blank lines.
+
+        Had a line ended in it that is not blank, the decoder would have counted it; so when
+        the chunk holds a newline, everything up to its last newline (the unfinished line
+        before it too) is blank lines: counted, dropped. Only this path scans the chunk.
+        """
+        end = chunk.rfind(b"\n")
+        if end >= 0:
+            # One newline stays, to end what the kept chunks left open (white space); the
+            # cut-out of the lines counts that one line.
+            anchored = self._pending[:1] == [b"\n"]
+            self._blank += chunk.count(b"\n", 0, end + 1) - (0 if anchored else 1)
+            self._pending, self._pending_bytes = [b"\n"], 1
+            chunk = chunk[end + 1 :]
+            if not chunk:
+                return
+        room = PENDING_BYTES - self._pending_bytes
+        if room > 0:
+            piece = chunk if len(chunk) <= room else chunk[:room]
+            self._pending.append(piece)
+            self._pending_bytes += len(piece)
+        self._pending_at = now
 
     def _settle(self) -> None:
         """Count the last chunk, when the stream ended right after it."""
         if self._uncounted is not None:
             last, at = self._uncounted
             self._uncounted = None
-            self._add(last, at, last.count(b"\n"))
+            self._add(last, at, self._own_count(last))
+
+    def _own_count(self, chunk: bytes) -> int:
+        """The non-blank lines `chunk` completes, counted as the decoder does (rarely used).
+
+        Blank lines after a newline go in one regex pass; every newline left ends a line
+        that is not blank, but the first, which ends what came before it.
+        """
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return 0
+        compact = _BLANK_RUNS.sub(b"\n", chunk[: end + 1])
+        first = compact[: compact.find(b"\n")]
+        blank_first = not first.strip() and not self._open_line()
+        return compact.count(b"\n") - blank_first
+
+    def _open_line(self) -> bool:
+        """Whether the chunks so far end inside a line that is not blank."""
+        if any(piece.strip() for piece in self._pending):
+            return True
+        last = self._tail[-1][0] if self._tail else self._head[-1][0] if self._head else b""
+        return bool(last[last.rfind(b"\n") + 1 :].strip())
 
     def pack_raw(self, redact: Redactor) -> bytes | None:
         """The kept chunks, compressed, for `unpack_raw`; None if they need the exact path.
@@ -153,10 +240,10 @@ class Transcript:
         one search over the joined bytes, not one per line.
         """
         self._settle()
-        head, tail, pending = self._head, self._tail, self._pending
+        head, tail = self._head, self._tail
         chunks = [chunk for chunk, _ in head]
         chunks += [chunk for chunk, _, _ in tail]
-        chunks.append(pending)
+        chunks += self._pending
         blob = b"".join(chunks)
         if len(blob) > RAW_LIMIT or redact.may_mask(blob):
             return None
@@ -167,6 +254,7 @@ class Transcript:
             [(at - started, len(chunk)) for chunk, at in head],
             [(at - started, len(chunk), newlines) for chunk, at, newlines in tail],
             self._pending_at - started,
+            self._blank,
         )
         encoded = _raw_encoder.encode(layout)
         return RAW_MAGIC + zlib.compress(len(encoded).to_bytes(4, "big") + encoded + blob, 1)
@@ -188,23 +276,27 @@ class Transcript:
         for at, length, newlines in layout.tail:
             transcript._tail.append((data[offset : offset + length], at, newlines))
             offset += length
-        transcript._pending, transcript._pending_at = data[offset:], layout.pending_at
+        pending = data[offset:]
+        transcript._pending = [pending] if pending else []
+        transcript._pending_at = layout.pending_at
         transcript._head_lines, transcript._tail_start = layout.head_lines, layout.tail_start
+        transcript._blank = layout.blank
         return transcript
 
     def text(self, redact: Redactor | None = None) -> TranscriptText:
         """The first HEAD_LINES and last TAIL_LINES lines (an unfinished last line included).
 
         The kept chunks are split exactly here; only the count of left-out lines relies on
-        the decoder's counts of the chunks that were dropped.
+        the decoder's counts of the chunks that were dropped. Blank lines are never shown:
+        they count as left out.
         """
         self._settle()
         head = self._head
         tail = [(chunk, at) for chunk, at, _ in self._tail]
         if self._pending:
-            tail.append((self._pending, self._pending_at))
+            tail.append((b"".join(self._pending), self._pending_at))
         if self._tail_start == self._head_lines:  # nothing dropped: one contiguous stream
-            lines = _lines([*head, *tail])
+            lines, unshown = _lines([*head, *tail])
             total = len(lines)
             kept = (
                 lines
@@ -212,14 +304,17 @@ class Transcript:
                 else lines[:HEAD_LINES] + lines[-TAIL_LINES:]
             )
         else:
-            head_lines, tail_lines = _lines(head, unfinished=False), _lines(tail)
+            head_lines, head_unshown = _lines(head, unfinished=False)
+            # The first line of the tail began in a dropped chunk: it is left out too.
+            tail_lines, tail_unshown = _lines(tail, skip_first=True)
             dropped = self._tail_start - self._head_lines
             total = len(head_lines) + dropped + len(tail_lines)
-            # The first line of the tail began in a dropped chunk: it is left out too.
-            kept = head_lines[:HEAD_LINES] + tail_lines[1:][-TAIL_LINES:]
+            unshown = head_unshown + tail_unshown
+            kept = head_lines[:HEAD_LINES] + tail_lines[-TAIL_LINES:]
         started = self.started_at
         return TranscriptText(
-            tuple(_line(raw, at - started, redact) for raw, at in kept), total - len(kept)
+            tuple(_line(raw, at - started, redact) for raw, at in kept),
+            total - len(kept) + unshown + self._blank,
         )
 
 
@@ -231,6 +326,7 @@ class _RawLayout(msgspec.Struct, array_like=True):
     head: list[tuple[float, int]]
     tail: list[tuple[float, int, int]]
     pending_at: float
+    blank: int = 0
 
 
 _raw_encoder: Final = msgspec.json.Encoder()
@@ -243,12 +339,13 @@ def unpack_raw(blob: bytes) -> TranscriptText:
 
 
 def _lines(
-    chunks: list[tuple[bytes, float]], *, unfinished: bool = True
-) -> list[tuple[bytes, float]]:
-    """The lines of consecutive chunks, each with the arrival time of the chunk that ended it.
+    chunks: list[tuple[bytes, float]], *, unfinished: bool = True, skip_first: bool = False
+) -> tuple[list[tuple[bytes, float]], int]:
+    """The non-blank lines of consecutive chunks, and how many lines were not returned.
 
-    With `unfinished`, bytes after the last newline count as a last line (the stream ended
-    inside it), unless they are blank.
+    Each line comes with the arrival time of the chunk that ended it. Not returned: blank
+    lines, and with `skip_first` the first line. With `unfinished`, bytes after the last
+    newline count as a last line (the stream ended inside it), unless they are blank.
     """
     out: list[tuple[bytes, float]] = []
     carry = b""
@@ -259,24 +356,83 @@ def _lines(
         out += [(raw, at) for raw in parts]
     if unfinished and carry.strip():
         out.append((carry, at))
-    return out
+    skipped = 1 if skip_first and out else 0
+    shown = [line for line in out[skipped:] if line[0].strip()]
+    return shown, len(out) - len(shown)
 
 
 def _line(raw: bytes, t: float, redact: Redactor | None) -> TranscriptLine:
+    """One line, masked first and cut after: a cut never leaves part of a secret to show."""
     text = raw.decode("utf-8", "replace").removesuffix("\r")
+    if redact is not None:
+        text = redact(text)
     cut = max(0, len(text) - LINE_LIMIT)
     if cut:
         text = text[:LINE_LIMIT]
-    if redact is not None:
-        text = redact(text)
     return TranscriptLine(round(max(t, 0.0), 3), text, cut)
 
 
+_BLANK_RUNS: Final = re.compile(rb"\n\s*\n")
+"""Lines of nothing but ASCII white space after a newline (`\\s` is what `bytes.strip` strips)."""
 _URL_USERINFO: Final = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s\"']*@")
+_GO_ESCAPES: Final = str.maketrans({"&": "\\u0026", "<": "\\u003c", ">": "\\u003e"})
+
+
+def _header_secrets(value: str) -> list[str]:
+    """A header value, its credential parts, and what a `Basic` credential decodes to."""
+    secrets = [value]
+    scheme, _, credentials = value.partition(" ")
+    secrets += [part for part in credentials.split() if len(part) >= MIN_SECRET]
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode("latin-1")
+        except ValueError:
+            decoded = ""
+        user, _, password = decoded.partition(":")
+        secrets += [p for p in (decoded, user, password) if len(p) >= MIN_SECRET]
+    return secrets
+
+
+def _url_secrets(url: str) -> list[str]:
+    """A URL's user name and password (encoded and decoded) and the `Basic` form of both.
+
+    aiohttp turns URL credentials into `Authorization: Basic base64(user:password)`, with the
+    percent-decoded parts, encoded as latin-1; UTF-8 is covered too.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return []
+    raw = [parts.username or "", parts.password or ""]
+    user, password = (urllib.parse.unquote(part) for part in raw)
+    secrets = [p for p in {*raw, user, password} if len(p) >= MIN_SECRET]
+    pair = f"{user}:{password}"
+    for encoding in ("latin-1", "utf-8"):
+        try:
+            secrets.append(base64.b64encode(pair.encode(encoding)).decode("ascii"))
+        except UnicodeEncodeError:
+            continue
+    return secrets
+
+
+def _echoed_forms(secret: str) -> set[str]:
+    """`secret` and the forms a JSON string (Python's or Go's) would carry it in."""
+    quoted = json.dumps(secret)[1:-1]
+    return {
+        secret,
+        quoted,
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        quoted.translate(_GO_ESCAPES),
+    }
 
 
 class Redactor:
-    """Masks secrets in free text: header values, their credential parts, URL user info."""
+    """Masks secrets in free text: header values, their credential parts, URL user info.
+
+    Every secret is looked for in each form a server could echo it in: as configured, its
+    credential part, the `Basic` form aiohttp sends for URL credentials (and the `user:password`
+    inside a configured `Basic` value), the URL's user info both percent-encoded and decoded,
+    and each of these as a JSON string carries it. Callers mask before they cut.
+    """
 
     __slots__ = ("_bytes_pattern", "_pattern")
 
@@ -289,20 +445,18 @@ class Redactor:
 
     @classmethod
     def for_config(cls, config: Config) -> Redactor:
-        """Every secret `config` holds: header values (and their parts), URL passwords."""
+        """Every secret `config` holds: header values (and their parts), URL credentials."""
         return cls.for_servers(config.servers)
 
     @classmethod
     def for_servers(cls, servers: Iterable[ServerConfig]) -> Redactor:
-        """Every secret of `servers`: header values (and their parts), URL credentials."""
+        """Every secret of `servers`, in every form (see the class)."""
         secrets: list[str] = []
         for server in servers:
             for _, value in server.headers:
-                secrets.append(value)
-                secrets += [part for part in value.split()[1:] if len(part) >= MIN_SECRET]
-            parts = urllib.parse.urlsplit(server.url)
-            secrets += [p for p in (parts.password, parts.username) if p and len(p) >= MIN_SECRET]
-        return cls(secrets)
+                secrets += _header_secrets(value)
+            secrets += _url_secrets(server.url)
+        return cls(form for secret in secrets for form in _echoed_forms(secret))
 
     def may_mask(self, raw: bytes) -> bool:
         """Whether `__call__` might change a line of `raw`: a secret, or an `@` (user info)."""

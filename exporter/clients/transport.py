@@ -1,4 +1,22 @@
-"""A bound on the HTTP framing of a pull's body: no chunk-size line may run on unbounded.
+"""Every client-side hook below aiohttp's public API, in one place.
+
+aiohttp's documented client API (`ClientSession`, `ClientResponse`, its `content`) says nothing
+about the socket under a response; the stream path needs four things from there, and they all
+live here so that an aiohttp release that moves them breaks one module, which its tests cover:
+
+- a bound on the HTTP framing of a pull's body (`FramingGuard`, below);
+- the parser's own error when it rejects a body (`parser_failure`, `watch_malformed_body`),
+  which aiohttp records on the connection's protocol without waking a waiting reader;
+- pausing the socket between reads (`ReadPause`), which aiohttp's protocol-level pause does
+  not allow from outside its parser;
+- the proxy aiohttp's `trust_env` would pick for a URL (`env_proxy_for_url`).
+
+Nothing else under exporter/ imports an aiohttp module other than `aiohttp`, `aiohttp.web`,
+`aiohttp.abc`, `aiohttp.test_utils`, `aiohttp.hdrs` and (for types) `aiohttp.typedefs`, and
+nothing else touches a connection, a protocol or a transport; tests/test_aiohttp_internals.py
+keeps it so. The server side keeps its one hook in exporter/web/listener.py.
+
+The framing bound: no chunk-size line may run on unbounded.
 
 aiohttp's C parser (llhttp) accepts a chunk-size line padded with any number of spaces, or a
 chunk extension of any length, and its pure-Python parser buffers such a line until its
@@ -22,11 +40,16 @@ import contextlib
 from typing import TYPE_CHECKING, Final, Self
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from aiohttp.connector import Connection
+    from yarl import URL
+
+    from exporter.core.clock import Clock
 
 MAX_FRAMING_LINE_BYTES: Final = 4096
 """Longest chunk-size, extension or trailer line accepted. A real one is a few hex digits and
@@ -148,3 +171,114 @@ def framing_watched(response: aiohttp.ClientResponse) -> Iterator[None]:
         yield
     finally:
         guard.remove()
+
+
+# --------------------------------------------------------------------------- the parser's errors
+
+
+class MalformedBodyError(aiohttp.ClientPayloadError):
+    """aiohttp's parser rejected the body (a bad chunk) after the headers."""
+
+
+def parser_failure(response: aiohttp.ClientResponse) -> str | None:
+    """The HTTP parser's error on this response's connection, if it rejected the bytes."""
+    connection = response.connection
+    protocol = connection.protocol if connection is not None else None
+    failure = protocol.exception() if protocol is not None else None
+    return failure.message if isinstance(failure, HttpProcessingError) else None
+
+
+def overlong_line(exc: BaseException) -> str | None:
+    """The message of the over-long line aiohttp's Python parser raised `exc` from, if so."""
+    cause = exc.__cause__
+    return cause.message if isinstance(cause, LineTooLong) else None
+
+
+def connection_gone(response: aiohttp.ClientResponse) -> bool:
+    """Whether the connection under `response` is closed (or was never there)."""
+    connection = response.connection
+    return connection is None or connection.closed
+
+
+def watch_malformed_body(response: aiohttp.ClientResponse) -> Callable[[], None]:
+    """Make a read fail at once when aiohttp's parser rejects the body; return the undo.
+
+    When the parser rejects a chunk it closes the connection and records the error on the
+    connection's protocol, but a reader already waiting for the body is never woken: it
+    would wait for the stall timeout. So the error is handed to the body when the
+    connection closes.
+    """
+    connection = response.connection
+    protocol = connection.protocol if connection is not None else None
+    closed: asyncio.Future[None] | None = getattr(protocol, "closed", None)
+    if closed is None:
+        return _nothing
+    content = response.content
+    watching = [True]
+
+    def on_closed(future: asyncio.Future[None]) -> None:
+        # Retrieve the outcome (a reset sets an exception), or asyncio logs it at exit.
+        if not future.cancelled():
+            future.exception()
+        if not watching[0]:
+            return
+        failure = parser_failure(response)
+        if failure is not None and content.exception() is None and not content.is_eof():
+            content.set_exception(MalformedBodyError(failure))
+
+    closed.add_done_callback(on_closed)
+
+    def unwatch() -> None:
+        watching[0] = False
+
+    return unwatch
+
+
+def _nothing() -> None:
+    return None
+
+
+# --------------------------------------------------------------------------- pausing the socket
+
+
+class ReadPause:
+    """Holds the socket under a response paused for a while (see exporter/clients/pacing.py).
+
+    The transport is paused directly: aiohttp's protocol-level pause asserts inside its parser.
+    """
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        connection = response.connection
+        transport = connection.transport if connection is not None else None
+        self._transport = transport if isinstance(transport, asyncio.ReadTransport) else None
+
+    @property
+    def possible(self) -> bool:
+        """Whether there is a socket to pause."""
+        return self._transport is not None
+
+    async def hold(self, seconds: float, clock: Clock) -> None:
+        """Let the next bytes pile up in the socket for `seconds`, then read on."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.pause_reading()
+        try:
+            await clock.sleep(seconds)
+        finally:
+            if not transport.is_closing():
+                transport.resume_reading()
+
+
+# --------------------------------------------------------------------------- proxies
+
+
+def env_proxy_for_url(url: URL) -> tuple[URL, aiohttp.BasicAuth | None]:
+    """The proxy and its credentials `HTTPS_PROXY`/`HTTP_PROXY` give `url` (`NO_PROXY` honoured).
+
+    aiohttp's own lookup, the one `trust_env` uses, so both agree; raises LookupError when no
+    proxy applies. It reads the environment and maybe a netrc file: call it off the loop.
+    """
+    return get_env_proxy_for_url(url)
