@@ -95,7 +95,7 @@ async def run_pull(
     settings = model.settings
     started_wall = clock.time()
     started = clock.monotonic()
-    run = RunProgress(started)
+    run = RunProgress(started, started_wall)
     pair.start_run(run)
     on_lines = None
     if active is not None:
@@ -130,7 +130,8 @@ async def run_pull(
     ended = clock.monotonic()
     run.finish(ended, succeeded=result.succeeded)
     duration = ended - started
-    pair.finish_run(run, result, ended_at=started_wall + duration, duration=duration)
+    run_id = None if active is None else active.id
+    pair.finish_run(run, result, ended_at=started_wall + duration, duration=duration, run_id=run_id)
     _log_result(result, run, duration, extra, Redactor.for_servers([server]))
     return result
 

@@ -51,6 +51,19 @@ class LastRun:
     expected_bytes: int
     layers: int
     layers_completed: int
+    last_progress_at: float | None = None
+    """Unix time its bytes last grew (None: restored from storage, which does not keep it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunExemplar:
+    """The run behind a histogram observation: `{run_id="N"}` in OpenMetrics."""
+
+    run_id: int
+    value: float
+    """The observed wall time (seconds)."""
+    at: float
+    """When the run ended (Unix time): the exemplar's timestamp."""
 
 
 @dataclass(slots=True)
@@ -60,12 +73,19 @@ class DurationHistogram:
     counts: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
     total: float = 0.0
     count: int = 0
+    exemplars: tuple[RunExemplar | None, ...] = (None,) * (len(DURATION_BUCKETS) + 1)
+    """Per bucket, the last run observed in it (a tuple: replaced, never changed in place)."""
 
-    def observe(self, seconds: float) -> None:
-        """Add one successful run's wall time."""
-        self.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+    def observe(self, seconds: float, exemplar: RunExemplar | None = None) -> None:
+        """Add one successful run's wall time; `exemplar` names the run (if it has an id)."""
+        index = bisect.bisect_left(DURATION_BUCKETS, seconds)
+        self.counts[index] += 1
         self.total += seconds
         self.count += 1
+        if exemplar is not None:
+            changed = list(self.exemplars)
+            changed[index] = exemplar
+            self.exemplars = tuple(changed)
 
 
 @dataclass(slots=True)
@@ -143,16 +163,26 @@ class PairState:
         self.current = run
 
     def finish_run(
-        self, run: RunProgress, result: RunResult, *, ended_at: float, duration: float
+        self,
+        run: RunProgress,
+        result: RunResult,
+        *,
+        ended_at: float,
+        duration: float,
+        run_id: int | None = None,
     ) -> None:
-        """Fold a finished run into the counters and the last-run gauges."""
+        """Fold a finished run into the counters and the last-run gauges.
+
+        `run_id` (the run history's id) becomes the duration observation's exemplar.
+        """
         self.current = None
         self.downloaded_before += run.downloaded_bytes
         self.regressions_before += run.regressions
         self.reused_before += run.reused_bytes
         if result.reason is None:
             self.last_success_at = ended_at
-            self.durations.observe(duration)
+            exemplar = None if run_id is None else RunExemplar(run_id, duration, ended_at)
+            self.durations.observe(duration, exemplar)
         else:
             self.failures[result.reason] += 1
         self.last = LastRun(
@@ -166,6 +196,7 @@ class PairState:
             expected_bytes=run.expected_bytes,
             layers=run.layers,
             layers_completed=run.layers_completed,
+            last_progress_at=run.last_progress_wall,
         )
 
     def abandon_run(self, run: RunProgress) -> None:
