@@ -34,6 +34,13 @@ if TYPE_CHECKING:
 Json = dict[str, Any]
 BODY_LIMIT: Final = 64 * 1024
 _encoder: Final = msgspec.json.Encoder()
+STALL_SHOWN: Final = {Phase.MANIFEST: 10.0, Phase.DOWNLOAD: 1.0}
+"""Seconds without new bytes after which a phase counts as stalled on the page and here.
+
+Ollama sends a line every 60 ms with new bytes while it downloads, so one second without
+any is a stall the page shows within 2 s (it polls every second); the manifest phase waits
+on the registry, which may take a few seconds. Verify, write and prune move no bytes.
+"""
 
 
 @dataclass(slots=True)
@@ -141,9 +148,14 @@ def pair_view(
     """One pair as the status API shows it."""
     run = pair.current
     source = run if run is not None else pair.last
-    rate = eta = None
+    rate = eta = quiet = None
+    stalled = False
     if run is not None:
-        rate = rates.rate((pair.server, pair.model), run, now)
+        quiet = max(0.0, now - run.last_progress_at)
+        shown = STALL_SHOWN.get(run.phase)
+        stalled = shown is not None and quiet >= shown
+        # A stall shows at once: the 10 s rate would take that long to fall to 0.
+        rate = 0.0 if stalled else rates.rate((pair.server, pair.model), run, now)
         remaining = run.expected_bytes - run.completed_bytes
         if rate and remaining > 0 and run.phase is Phase.DOWNLOAD:
             eta = round(remaining / rate, 1)
@@ -180,6 +192,9 @@ def pair_view(
         "digest": holding.digest,
         "update_available": None if update is None else bool(update),
         "run_id": active.id if active is not None and run is not None else None,
+        "last_progress_at": None if run is None else round(run.last_progress_wall, 3),
+        "no_progress_seconds": None if quiet is None else round(quiet, 1),
+        "stalled": stalled,
         "server_up": None if server_up is None else bool(server_up),
     }
 

@@ -77,6 +77,21 @@ _PAIR: Final = _object(
         "digest": {**_STRING_OR_NULL, "description": "the held copy's digest, when known"},
         "update_available": {"type": ["boolean", "null"]},
         "run_id": {"type": ["integer", "null"], "description": "the running run's id"},
+        "last_progress_at": {
+            **_NUMBER_OR_NULL,
+            "description": "Unix time the running pull's bytes last grew (its start until "
+            "they do); null when no pull is going",
+        },
+        "no_progress_seconds": {
+            **_NUMBER_OR_NULL,
+            "minimum": 0,
+            "description": "seconds since then, by the exporter's clock; null when idle",
+        },
+        "stalled": {
+            "type": "boolean",
+            "description": "no new bytes for 1 s while downloading (10 s waiting for the "
+            "manifest): bytes_per_second is 0 and eta_seconds null",
+        },
         "server_up": {"type": ["boolean", "null"], "description": "null before any request"},
     }
 )

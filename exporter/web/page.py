@@ -178,10 +178,18 @@ def _pull_form(pair: Json) -> str:
     )
 
 
+def _throughput(pair: Json) -> str:
+    """The rate, and "no progress for N s" under it while the pull is stalled."""
+    rate = pair["bytes_per_second"]
+    text = f"{_bytes(rate)}/s" if rate is not None else "&ndash;"
+    if pair["stalled"]:
+        text += f' <span class="stall">no progress for {pair["no_progress_seconds"]:.0f} s</span>'
+    return text
+
+
 def _row(pair: Json, now: float, *, visible: bool, admin: bool) -> str:
     state = pair_state(pair)
     key = json.dumps([pair["server"], pair["model"]], ensure_ascii=False, separators=(",", ":"))
-    rate = pair["bytes_per_second"]
     eta = pair["eta_seconds"]
     phase = pair["phase"]
     phase_text = f'<span class="run">{_e(phase)}</span>' if pair["in_progress"] else _e(phase)
@@ -193,7 +201,7 @@ def _row(pair: Json, now: float, *, visible: bool, admin: bool) -> str:
         ("Model", _e(pair["model"])),
         ("Phase", phase_text),
         ("Progress", _progress_cell(pair)),
-        ("Throughput", f"{_bytes(rate)}/s" if rate is not None else "&ndash;"),
+        ("Throughput", _throughput(pair)),
         ("ETA", _span(eta) if eta is not None else "&ndash;"),
         ("Last result", _last_cell(pair["last"], now)),
         ("Next run", _relative(pair["next_run_at"], now)),

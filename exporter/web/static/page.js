@@ -58,7 +58,7 @@
     const state = stateOf(p);
     if (row.dataset.state !== state) {
       row.dataset.state = state;
-      row.className = "pair state-" + state;
+      row.className = "pair state-" + state + (p.stalled ? " stalled" : "");
     }
     const phase = cell(row, "phase");
     const phaseText = p.phase;
@@ -77,7 +77,19 @@
     if (bar.getAttribute("value") !== value) { bar.value = share; bar.setAttribute("value", value); bar.textContent = share.toFixed(0) + "%"; }
     setText(progress.querySelector(".bytes"), bytes(p.completed_bytes) + " / " + bytes(p.expected_bytes));
     setText(progress.querySelector(".layers"), p.layers_completed + "/" + p.layers + " layers");
-    setText(cell(row, "throughput"), p.bytes_per_second === null ? "\u2013" : bytes(p.bytes_per_second) + "/s");
+    // A stall shows as "no progress for N s" under a rate of 0 (the API says when: `stalled`).
+    const throughput = cell(row, "throughput");
+    const rateText = p.bytes_per_second === null ? "\u2013" : bytes(p.bytes_per_second) + "/s";
+    const stallText = p.stalled ? "no progress for " + Math.floor(p.no_progress_seconds) + " s" : "";
+    if (throughput.dataset.key !== rateText + "|" + stallText) {
+      throughput.dataset.key = rateText + "|" + stallText;
+      throughput.replaceChildren(rateText);
+      if (stallText) {
+        const note = document.createElement("span"); note.className = "stall"; note.textContent = stallText;
+        throughput.append(" ", note);
+      }
+    }
+    if (row.classList.contains("stalled") !== p.stalled) row.classList.toggle("stalled", p.stalled);
     setText(cell(row, "eta"), p.eta_seconds === null ? "\u2013" : span(p.eta_seconds));
     const last = cell(row, "last-result");
     const lastKey = JSON.stringify(p.last) + "|" + relative(p.last ? p.last.ended_at : null);
