@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 import aiohttp
 
+from exporter.clients.problems import plain_problem
 from exporter.core.limiter import Limiter
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ async def probe_server(
             status = response.status
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        state.server_unreachable(server.name, problem)
+        state.server_unreachable(server.name, plain_problem(exc))
         log.warning("server unreachable", extra={**extra, "error": problem})
         return
     version = _version(body) if status == 200 else None

@@ -18,6 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from exporter import __version__
 from exporter.clients.framing import FramingError, GuardedResponse, framing_watched
 from exporter.clients.pacing import COALESCE_BELOW_BYTES, ReadPacer
+from exporter.clients.problems import plain_problem
 from exporter.core.clock import SYSTEM_CLOCK
 from exporter.ollama.progress import RunProgress
 from exporter.ollama.protocol import LineDecoder, ProtocolError, Reason
@@ -210,11 +211,11 @@ async def _stream(
     except aiohttp.ClientResponseError as exc:
         # Raised before a response exists: the server did answer, with bytes that are not
         # HTTP (a bad status line, a malformed chunk in the first segment).
-        state.server_up[server.name] = 1
+        state.server_answered(server.name)
         return RunResult(Reason.PROTOCOL_ERROR, f"malformed HTTP response: {exc.message}")
     except (aiohttp.ClientError, OSError) as exc:
         # `_Fold.consume` handles everything after the headers, so this is "no response".
-        state.server_unreachable(server.name, _describe(exc))
+        state.server_unreachable(server.name, plain_problem(exc))
         return RunResult(Reason.OLLAMA_UNREACHABLE, _describe(exc))
 
 

@@ -8,6 +8,7 @@ attributes; writers go through the methods below, so every change has one place 
 from __future__ import annotations
 
 import bisect
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -214,7 +215,9 @@ class ServerStatus:
     version: str | None = None
     """Ollama's `GET /api/version` answer at the last probe, if it gave one."""
     problem: str | None = None
-    """Why the last probe failed, for the log and `/`; None when it answered."""
+    """Why the last request got no answer, in plain words for `/`; None when it answered."""
+    down_since: float | None = None
+    """Unix time of the first failed request since it last answered; None while up."""
 
 
 @dataclass(slots=True)
@@ -275,18 +278,24 @@ class ExporterState:
         self.servers = {name: self.servers.get(name) or ServerStatus() for name in names}
 
     def server_answered(self, name: str, version: str | None = None) -> None:
-        """`name` answered at the HTTP level (a pull or a probe): `server_up` 1."""
+        """`name` answered at the HTTP level (a pull, a probe, the inventory): `server_up` 1.
+
+        Whatever made it down is over: its problem and down-since go.
+        """
         self.server_up[name] = 1
         status = self.servers.setdefault(name, ServerStatus())
         status.problem = None
+        status.down_since = None
         if version is not None:
             status.version = version
 
-    def server_unreachable(self, name: str, problem: str = "") -> None:
-        """`name` could not be reached: `server_up` 0."""
+    def server_unreachable(self, name: str, problem: str = "", at: float | None = None) -> None:
+        """`name` could not be reached at `at` (Unix time; default now): `server_up` 0."""
         self.server_up[name] = 0
         status = self.servers.setdefault(name, ServerStatus())
         status.problem = problem or "unreachable"
+        if status.down_since is None:
+            status.down_since = time.time() if at is None else at
 
     def config_loaded(self, at: float) -> None:
         """A config (the first one or a reload) is in force since `at` (Unix time)."""

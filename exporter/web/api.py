@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from exporter.app.runtime import Runtime
     from exporter.state.history import History
-    from exporter.state.pairs import PairState
+    from exporter.state.pairs import PairState, ServerStatus
 
 Json = dict[str, Any]
 BODY_LIMIT: Final = 64 * 1024
@@ -123,6 +123,7 @@ def pair_views(operator: Operator) -> list[Json]:
                 running[active.server, active.model] = active
     now = time.monotonic()
     server_up = runtime.state.server_up
+    servers = runtime.state.servers
     return [
         pair_view(
             pair,
@@ -130,10 +131,34 @@ def pair_views(operator: Operator) -> list[Json]:
             history=history,
             active=running.get(key),
             server_up=server_up.get(pair.server),
+            server=servers.get(pair.server),
             now=now,
         )
         for key, pair in runtime.state.pairs.items()
     ]
+
+
+def server_views(operator: Operator) -> list[Json]:
+    """`/api/v1/status` servers, in config order: up or down since when, and why."""
+    state = operator.runtime.state
+    history = operator.runtime.history
+    views = []
+    for name, status in state.servers.items():
+        up = state.server_up.get(name)
+        down = up is not None and not up
+        problem = status.problem if down else None
+        if problem is not None and history is not None:
+            problem = history.redact(problem)
+        views.append(
+            {
+                "name": name,
+                "up": None if up is None else bool(up),
+                "down_since": status.down_since if down else None,
+                "problem": problem,
+                "version": None if down else status.version,
+            }
+        )
+    return views
 
 
 def pair_view(
@@ -144,6 +169,7 @@ def pair_view(
     active: ActiveRun | None,
     server_up: float | None,
     now: float,
+    server: ServerStatus | None = None,
 ) -> Json:
     """One pair as the status API shows it."""
     run = pair.current
@@ -196,7 +222,20 @@ def pair_view(
         "no_progress_seconds": None if quiet is None else round(quiet, 1),
         "stalled": stalled,
         "server_up": None if server_up is None else bool(server_up),
+        **_server_down(server_up, server, history),
     }
+
+
+def _server_down(
+    server_up: float | None, server: ServerStatus | None, history: History | None
+) -> Json:
+    """`server_down_since` and `server_problem` of a pair view (null while up)."""
+    if server is None or server_up is None or server_up:
+        return {"server_down_since": None, "server_problem": None}
+    problem = server.problem
+    if problem is not None and history is not None:
+        problem = history.redact(problem)
+    return {"server_down_since": server.down_since, "server_problem": problem}
 
 
 def run_view(run: RunRecord | ActiveRun) -> Json:
@@ -271,7 +310,8 @@ def run_detail(run: RunRecord | ActiveRun, history: History) -> Json:
 
 
 async def _status(request: web.Request) -> web.Response:
-    return json_response({"pairs": pair_views(request.app[OPERATOR_KEY])})
+    operator = request.app[OPERATOR_KEY]
+    return json_response({"pairs": pair_views(operator), "servers": server_views(operator)})
 
 
 class QueryError(ValueError):

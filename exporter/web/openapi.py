@@ -93,6 +93,29 @@ _PAIR: Final = _object(
             "manifest): bytes_per_second is 0 and eta_seconds null",
         },
         "server_up": {"type": ["boolean", "null"], "description": "null before any request"},
+        "server_down_since": {
+            **_NUMBER_OR_NULL,
+            "description": "Unix time the server stopped answering; null while up",
+        },
+        "server_problem": {
+            **_STRING_OR_NULL,
+            "description": "why the server does not answer, in plain words; null while up",
+        },
+    }
+)
+_SERVER: Final = _object(
+    {
+        "name": {"type": "string"},
+        "up": {"type": ["boolean", "null"], "description": "null before any request"},
+        "down_since": {**_NUMBER_OR_NULL, "description": "Unix time; null while up"},
+        "problem": {
+            **_STRING_OR_NULL,
+            "description": "why it does not answer, in plain words; null while up",
+        },
+        "version": {
+            **_STRING_OR_NULL,
+            "description": "Ollama's version while up (null while down or unknown)",
+        },
     }
 )
 _RUN_PROPERTIES: Final[Json] = {
@@ -156,7 +179,13 @@ def _paths() -> Json:
                 "summary": "every configured pair, live",
                 "responses": {
                     "200": _json(
-                        _object({"pairs": {"type": "array", "items": _ref("Pair")}}), "the pairs"
+                        _object(
+                            {
+                                "pairs": {"type": "array", "items": _ref("Pair")},
+                                "servers": {"type": "array", "items": _ref("Server")},
+                            }
+                        ),
+                        "the pairs and the servers",
                     )
                 },
             }
@@ -254,6 +283,7 @@ def document() -> Json:
                 "Error": _object({"error": {"type": "string"}}),
                 "LastRun": _LAST_RUN,
                 "Pair": _PAIR,
+                "Server": _SERVER,
                 "Run": _object(_RUN_PROPERTIES),
                 "RunDetail": _RUN_DETAIL,
                 "TranscriptLine": _LINE,

@@ -34,6 +34,7 @@ from exporter.web.api import (
     require_admin,
     run_detail,
     run_view,
+    server_views,
     start_pull,
 )
 
@@ -178,6 +179,15 @@ def _pull_form(pair: Json) -> str:
     )
 
 
+def _server_down(pair: Json, now: float) -> str:
+    """Under the server's name while it does not answer: since when, and why."""
+    if pair["server_up"] is not False:
+        return ""
+    since = _relative(pair["server_down_since"], now)
+    why = _e(pair["server_problem"] or "")
+    return f' <span class="server-down">down since {since}: {why}</span>'
+
+
 def _throughput(pair: Json) -> str:
     """The rate, and "no progress for N s" under it while the pull is stalled."""
     rate = pair["bytes_per_second"]
@@ -197,7 +207,7 @@ def _row(pair: Json, now: float, *, visible: bool, admin: bool) -> str:
     button = _pull_form(pair) if admin else ""
     actions = f'<a href="{href}">history</a>{button}<span class="note" aria-live="polite"></span>'
     cells = (
-        ("Server", _e(pair["server"])),
+        ("Server", _e(pair["server"]) + _server_down(pair, now)),
         ("Model", _e(pair["model"])),
         ("Phase", phase_text),
         ("Progress", _progress_cell(pair)),
@@ -274,24 +284,21 @@ def _filters(servers: Iterable[str], server: str, model: str, state: str) -> str
     )
 
 
-def _servers_html(operator: Operator) -> str:
-    state = operator.runtime.state
-    history = operator.runtime.history
+def _servers_html(operator: Operator, now: float) -> str:
     rows = []
-    for name, status in state.servers.items():
-        up = state.server_up.get(name)
-        seen = (
-            "not asked yet"
-            if up is None
-            else '<span class="ok">up</span>'
-            if up
-            else '<span class="fail">down</span>'
-        )
-        detail = status.version or status.problem or ""
-        if history is not None:
-            detail = history.redact(detail)
+    for server in server_views(operator):
+        up = server["up"]
+        if up is None:
+            seen, detail = "not asked yet", ""
+        elif up:
+            seen = '<span class="ok">up</span>'
+            detail = _e(f"Ollama {server['version']}" if server["version"] else "")
+        else:  # down: since when and why, never the version it had while up
+            seen = f'<span class="fail">down</span> since {_relative(server["down_since"], now)}'
+            detail = f'<span class="fail">{_e(server["problem"] or "")}</span>'
         rows.append(
-            f'<tr class="server"><td>{_e(name)}</td><td>{seen}</td><td>{_e(detail)}</td></tr>'
+            f'<tr class="server" data-server="{_e(server["name"])}"><td>{_e(server["name"])}</td>'
+            f'<td class="c-server-state">{seen}</td><td class="c-server-detail">{detail}</td></tr>'
         )
     return (
         '<section aria-labelledby="servers-title"><h2 id="servers-title">Servers</h2>'
@@ -324,7 +331,7 @@ async def _index(request: web.Request) -> web.Response:
         "<caption>One row per server and model; updated every second with JavaScript on "
         "(reload the page otherwise).</caption>"
         f"<thead><tr>{heads}</tr></thead><tbody>{rows}</tbody></table></div>"
-        f"{_servers_html(operator)}"
+        f"{_servers_html(operator, now)}"
     )
     return _html(_page("Ollama pull exporter", body, script=True))
 
