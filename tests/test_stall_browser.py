@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from ollama_sim import OllamaSimulator
-from tests.harness import Exporter, run_exporter, wait_for
+from tests.harness import Exporter, free_port, run_exporter, wait_for
 from tests.test_api import call
 from tests.test_stall import stalling_pull
 
@@ -35,6 +35,8 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exporter]:
     config = (
         "defaults: {interval: 1h, jitter: 0, stall_timeout: 10m}\nservers:\n"
         "  - name: alpha\n    url: {url}\n    models: [stuck:1b]\n"
+        f"  - name: gone\n    url: http://127.0.0.1:{free_port()}\n"
+        "    models: [{name: stuck:1b, run_on_start: false}]\n"
     )
     with (
         sim.running() as url,
@@ -46,7 +48,29 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exporter]:
 
 
 def status(exporter: Exporter) -> Any:
-    return call(exporter, "GET", "/api/v1/status")[1]["pairs"][0]
+    return call(exporter, "GET", "/api/v1/status")[1]["pairs"][0]  # alpha
+
+
+def test_a_down_server_shows_since_when_and_why(exporter: Exporter) -> None:
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.goto(exporter.url + "/")
+            gone = page.locator('tr.pair[data-key=\'["gone","stuck:1b"]\'] td.c-server')
+            # page.js renders it (data-down is its mark), the same words as the server did.
+            wait_for(lambda: gone.get_attribute("data-down"), 10, "page.js to render the row")
+            note = gone.locator(".server-down").inner_text()
+            pattern = r"down since \S+ ago: connection refused .* at 127\.0\.0\.1:\d+"
+            assert re.fullmatch(pattern, note), note
+            server = page.locator('tr.server[data-server="gone"]')
+            wait_for(lambda: server.get_attribute("data-key"), 10, "page.js to render servers")
+            assert server.locator(".c-server-state").inner_text().startswith("down since ")
+            assert "connection refused" in server.locator(".c-server-detail").inner_text()
+            up = page.locator('tr.server[data-server="alpha"] .c-server-detail')
+            assert up.inner_text().startswith("Ollama ")
+        finally:
+            browser.close()
 
 
 def test_the_row_shows_no_progress_while_lines_keep_coming(exporter: Exporter) -> None:
@@ -55,7 +79,7 @@ def test_the_row_shows_no_progress_while_lines_keep_coming(exporter: Exporter) -
         try:
             page = browser.new_page()
             page.goto(exporter.url + "/")
-            row = page.locator("tr.pair")
+            row = page.locator('tr.pair[data-key=\'["alpha","stuck:1b"]\']')
             throughput = row.locator("td.c-throughput")
             wait_for(lambda: "KiB/s" in throughput.inner_text(), 30, "bytes to flow", step=0.1)
             assert row.locator(".stall").count() == 0
