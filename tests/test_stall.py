@@ -24,7 +24,17 @@ from exporter.metrics.families import build_registry
 from exporter.state.history import History
 from exporter.state.pairs import ExporterState
 from exporter.web.app import make_app
-from ollama_sim import Layer, Manifest, OllamaSimulator, Scenario, Success, Verify, Write
+from ollama_sim import (
+    SETTLE_TICKS_0_17,
+    Layer,
+    Manifest,
+    OllamaSimulator,
+    Scenario,
+    Stall,
+    Success,
+    Verify,
+    Write,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -156,5 +166,34 @@ def test_a_stall_shows_while_lines_keep_coming() -> None:
             async with client.get("/") as response:
                 page = await response.text()
             assert re.search(r'class="stall">no progress for \d+ s<', page), page
+
+    asyncio.run(scenario())
+
+
+def test_a_healthy_pull_never_shows_a_stall() -> None:
+    """Between layers Ollama 0.17.4 ticks about 1 s at 100% before the next blob's first line.
+
+    Recorded from the real server (tests/real/transcripts/0.17.4/): 1.006 to 1.047 s without
+    new bytes at every layer boundary. With 0.3 s more before the next blob, a 1 s threshold
+    would show a stall for 0.3 s at each boundary; polled every 50 ms, it would be seen.
+    """
+
+    async def scenario() -> None:
+        layers = [Layer(1_500_000, rate=1_000_000, settle_ticks=SETTLE_TICKS_0_17)] * 3
+        between = [step for layer in layers for step in (layer, Stall(0.3))][:-1]
+        pull = Scenario(Manifest(), *between, Verify(), Write(), Success())
+        sim = OllamaSimulator({"stuck": [pull]})
+        async with exporter(sim) as client:
+            seen: list[Any] = []
+
+            def done(view: Any) -> bool:
+                seen.append(view)
+                return view["last"] is not None
+
+            last = await until(lambda: pair(client), done, 60, "the pull to finish")
+            assert last["last"]["result"] == "success"
+            running = [view for view in seen if view["in_progress"]]
+            assert len(running) > 50
+            assert [view for view in running if view["stalled"]] == []
 
     asyncio.run(scenario())

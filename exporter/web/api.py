@@ -41,6 +41,9 @@ Ollama sends a line every 60 ms with new bytes while it downloads, so one second
 any is a stall the page shows within 2 s (it polls every second); the manifest phase waits
 on the registry, which may take a few seconds. Verify, write and prune move no bytes.
 """
+STALL_SHOWN_BETWEEN_LAYERS: Final = 5.0
+"""The same while every layer seen is complete: Ollama 0.17.4 ticks about 1 s at 100% after
+a blob's last byte before the next blob's first line, which is no stall."""
 
 
 @dataclass(slots=True)
@@ -179,6 +182,8 @@ def pair_view(
     if run is not None:
         quiet = max(0.0, now - run.last_progress_at)
         shown = STALL_SHOWN.get(run.phase)
+        if run.phase is Phase.DOWNLOAD and run.layers_completed == run.layers:
+            shown = STALL_SHOWN_BETWEEN_LAYERS
         stalled = shown is not None and quiet >= shown
         # A stall shows at once: the 10 s rate would take that long to fall to 0.
         rate = 0.0 if stalled else rates.rate((pair.server, pair.model), run, now)
