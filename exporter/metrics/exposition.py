@@ -69,9 +69,16 @@ def sample_names(family: Family) -> frozenset[str]:
 
 
 _FAMILY_NAMES: Final = tuple(sample_names(family) for family in PAIR_FAMILIES)
-_WITH_EXEMPLARS: Final = frozenset(
-    index for index, family in enumerate(PAIR_FAMILIES) if family.exemplars is not None
+_PLAIN: Final = tuple(
+    (index, family) for index, family in enumerate(PAIR_FAMILIES) if family.exemplars is None
 )
+_EXEMPLARY: Final = tuple(
+    (index, family, family.exemplars)
+    for index, family in enumerate(PAIR_FAMILIES)
+    if family.exemplars is not None
+)
+"""The histograms with exemplars, apart: the loop over the others stays as lean as before."""
+_WITH_EXEMPLARS: Final = frozenset(index for index, _, _ in _EXEMPLARY)
 _MODEL_INFO: Final = "ollama_pull_model_info"
 
 
@@ -110,7 +117,17 @@ class _Cached:
     with exemplars, which text 0.0.4 does not write).
     """
 
-    __slots__ = ("digest", "info", "lines", "model", "om_lines", "pair", "server", "values")
+    __slots__ = (
+        "digest",
+        "exemplars",
+        "info",
+        "lines",
+        "model",
+        "om_lines",
+        "pair",
+        "server",
+        "values",
+    )
 
     def __init__(self, pair: PairState) -> None:
         self.pair = pair
@@ -120,6 +137,8 @@ class _Cached:
         self.values: list[object] = [_UNSET] * count
         self.lines: list[bytes] = [b""] * count
         self.om_lines: list[bytes | None] = [None] * count
+        self.exemplars: list[object] = [_UNSET] * count
+        """Per family with exemplars, the tuple rendered (replaced on change, never mutated)."""
         self.digest: object = _UNSET
         self.info = b""
         """The pair's `ollama_pull_model_info` line, rendered from `digest`."""
@@ -237,21 +256,20 @@ class Exposition:
             known = {id(entry.pair): entry for entry in self._cached}
             self._cached = [known.get(id(pair)) or _Cached(pair) for pair in pairs]
             self._ids = ids
-        families = tuple(enumerate(PAIR_FAMILIES))
         for entry in self._cached:
             pair, seen, lines = entry.pair, entry.values, entry.lines
-            for index, family in families:
+            for index, family in _PLAIN:
                 values = family.values(pair)
-                if family.exemplars is not None:
-                    exemplars = family.exemplars(pair)
-                    if (values, exemplars) != seen[index]:
-                        seen[index] = (values, exemplars)
-                        lines[index], entry.om_lines[index] = entry.render_histogram(
-                            family, values, exemplars
-                        )
-                elif values != seen[index]:
+                if values != seen[index]:
                     seen[index] = values
                     lines[index] = entry.render(family, values)
+            for index, family, read in _EXEMPLARY:
+                values, exemplars = family.values(pair), read(pair)
+                if values != seen[index] or exemplars is not entry.exemplars[index]:
+                    seen[index], entry.exemplars[index] = values, exemplars
+                    lines[index], entry.om_lines[index] = entry.render_histogram(
+                        family, values, exemplars
+                    )
             digest = model_digest(pair)
             if digest != entry.digest:
                 entry.digest = digest
