@@ -89,7 +89,7 @@ _PAIR: Final = _object(
         },
         "stalled": {
             "type": "boolean",
-            "description": "no new bytes for 1 s while downloading a layer (5 s between "
+            "description": "no new bytes for 0.75 s while downloading a layer (5 s between "
             "layers, 10 s waiting for the manifest): bytes_per_second is 0, eta_seconds null",
         },
         "server_up": {"type": ["boolean", "null"], "description": "null before any request"},

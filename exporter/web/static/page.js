@@ -92,7 +92,7 @@
     // A stall shows as "no progress for N s" under a rate of 0 (the API says when: `stalled`).
     const throughput = cell(row, "throughput");
     const rateText = p.bytes_per_second === null ? "\u2013" : bytes(p.bytes_per_second) + "/s";
-    const stallText = p.stalled ? "no progress for " + Math.floor(p.no_progress_seconds) + " s" : "";
+    const stallText = p.stalled ? "no progress for " + Math.round(p.no_progress_seconds) + " s" : "";
     if (throughput.dataset.key !== rateText + "|" + stallText) {
       throughput.dataset.key = rateText + "|" + stallText;
       throughput.replaceChildren(rateText);
