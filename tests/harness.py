@@ -267,8 +267,12 @@ class Prometheus:
 
 
 @contextlib.contextmanager
-def run_prometheus(binary: str, config: dict[str, Any], workdir: Path) -> Iterator[Prometheus]:
+def run_prometheus(
+    binary: str, config: dict[str, Any], workdir: Path, flags: tuple[str, ...] = ()
+) -> Iterator[Prometheus]:
     """Write `config` as prometheus.yml, start `binary` on a free port, wait for `/-/ready`.
+
+    `flags` go to the command line too (`--enable-feature=exemplar-storage`).
 
     Its TSDB lives in `workdir/tsdb`; it is stopped (SIGTERM, then SIGKILL) on exit.
     """
@@ -284,6 +288,7 @@ def run_prometheus(binary: str, config: dict[str, Any], workdir: Path) -> Iterat
                 f"--storage.tsdb.path={workdir / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{port}",
                 "--log.level=warn",
+                *flags,
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -54,6 +54,7 @@ REQUIRED_ALERTS = {
     "OllamaPullNoRecentSuccess",
     "OllamaPullNeverSucceeded",
     "OllamaPullStalled",
+    "OllamaPullNoProgress",
     "OllamaPullRunningLong",
     "OllamaServerDown",
     "OllamaPullExporterConfigReloadFailed",
@@ -98,3 +99,24 @@ def test_every_alert_is_shown_firing_and_not_firing() -> None:
     names = {rule["alert"] for rule in _alert_rules()}
     assert names - fired == set(), "alerts never shown firing"
     assert names - quiet == set(), "alerts never shown quiet"
+
+
+def _documented_alerts() -> list[tuple[str, str]]:
+    """(name, severity) of each row of the alert table in docs/monitoring.md."""
+    text = (ROOT / "docs" / "monitoring.md").read_text(encoding="utf-8")
+    _, _, rest = text.partition("| alert | severity | fires when |\n|---|---|---|\n")
+    rows = []
+    for line in rest.splitlines():
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows.append((cells[0].strip("`"), cells[1]))
+    return rows
+
+
+def test_the_alert_table_in_the_docs_matches_the_rules() -> None:
+    """docs/monitoring.md is the one alert table: every rule once, with its severity."""
+    documented = _documented_alerts()
+    rules = [(rule["alert"], rule["labels"]["severity"]) for rule in _alert_rules()]
+    assert len(documented) == len(rules)
+    assert sorted(documented) == sorted(rules)

@@ -38,6 +38,7 @@ CONTRACT_METRICS: dict[str, frozenset[str]] = {
     "ollama_pull_expected_bytes": PAIR,
     "ollama_pull_layers": PAIR,
     "ollama_pull_layers_completed": PAIR,
+    "ollama_pull_last_progress_timestamp_seconds": PAIR,
     "ollama_pull_last_success": PAIR,
     "ollama_pull_last_run_timestamp_seconds": PAIR,
     "ollama_pull_last_success_timestamp_seconds": PAIR,
@@ -212,7 +213,10 @@ def test_every_query_uses_the_datasource_variable() -> None:
 
 def test_variables() -> None:
     by_name = variables(load_dashboard())
-    assert list(by_name) == ["datasource", "server", "model"]
+    assert list(by_name) == ["datasource", "server", "model", "exporter_url"]
+    exporter_url = by_name["exporter_url"]
+    assert exporter_url["type"] == "textbox"
+    assert exporter_url["query"] == exporter_url["current"]["value"] == "http://localhost:11435"
     datasource = by_name["datasource"]
     assert (datasource["type"], datasource["query"]) == ("datasource", "prometheus")
     queries = {
@@ -290,6 +294,21 @@ def test_dashboard_covers_what_the_issue_asks_for() -> None:
         "ollama_pull_inventory_requests_total",
     ):
         assert needle in exprs, needle
+
+
+def test_the_duration_panel_links_its_exemplars_to_the_runs() -> None:
+    """Exemplars (`{run_id="N"}`) of the duration histogram lead to `$exporter_url/runs/N`."""
+    [panel] = [
+        panel
+        for panel in walk_panels(load_dashboard()["panels"])
+        if any(target.get("exemplar") for target in panel.get("targets", []))
+    ]
+    assert panel["type"] == "timeseries"
+    [target] = panel["targets"]
+    assert "ollama_pull_duration_seconds_bucket" in target["expr"]
+    assert target["range"] is True
+    links = panel["fieldConfig"]["defaults"]["links"]
+    assert [link["url"] for link in links] == ["${exporter_url}/runs/${__data.fields.run_id}"]
 
 
 # ------------------------------------------------------------------ PromQL hygiene

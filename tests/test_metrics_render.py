@@ -70,6 +70,7 @@ def changes(draw: st.DrawFn) -> list[tuple[str, object]]:
         [
             "start",
             "line",
+            "repeat",
             "finish_ok",
             "finish_fail",
             "skip",
@@ -86,13 +87,20 @@ def changes(draw: st.DrawFn) -> list[tuple[str, object]]:
 def apply_change(pair: PairState, kind: str, value: int) -> None:
     run = pair.current
     if kind == "start" and run is None:
-        pair.start_run(RunProgress(0.0))
+        pair.start_run(RunProgress(0.0, wall=1.7e9 + value / 9))
     elif kind == "line" and run is not None:
-        run.apply(ProgressLine("pulling x", DIGEST, value + 10, value), 1.0)
+        run.apply(ProgressLine("pulling x", DIGEST, value + 10, value), 1.0 + value / 13)
+    elif kind == "repeat" and run is not None:  # a line without new bytes (a stall)
+        completed = min(value, run.completed_bytes)
+        run.apply(ProgressLine("pulling x", DIGEST, value + 10, completed), 5.0 + value / 11)
     elif kind in {"finish_ok", "finish_fail"} and run is not None:
         reason = None if kind == "finish_ok" else list(Reason)[value % len(Reason)]
         run.finish(2.0, succeeded=reason is None)
-        pair.finish_run(run, RunResult(reason), ended_at=1.7e9 + value, duration=value / 7)
+        run_id = None if value % 3 == 0 else value  # runs without a history have no id
+        duration = value / 7
+        pair.finish_run(
+            run, RunResult(reason), ended_at=1.7e9 + value, duration=duration, run_id=run_id
+        )
     elif kind == "abandon" and run is not None:
         pair.abandon_run(run)
     elif kind == "skip":
@@ -388,3 +396,31 @@ def test_per_reason_and_per_phase_values_follow_the_label_order() -> None:
     assert list(pair.failures) == list(Reason)
     assert pair.last is not None
     assert list(pair.last.phase_durations) == list(RUN_PHASES)
+
+
+def test_exemplars_and_last_progress_are_the_same_in_both_renderers() -> None:
+    """A run id rides on its duration bucket in OpenMetrics only; repeats keep the gauge."""
+    state = ExporterState(config_reload_successful=True)
+    pair = state.pairs["s", "m"] = PairState("s", "m", 60.0)
+    registry = build_registry(state)
+    exposition = Exposition(state)
+    run = RunProgress(100.0, wall=1_700_000_000.0)
+    pair.start_run(run)
+    run.apply(ProgressLine("pulling x", DIGEST, 1000, 10), 101.5)
+    for tick in range(5):  # Ollama keeps ticking through a stall, with no new bytes
+        run.apply(ProgressLine("pulling x", DIGEST, 1000, 10), 102.0 + tick)
+    gauge = b'ollama_pull_last_progress_timestamp_seconds{model="m",server="s"} 1.7000000015e+09\n'
+    for accept in ACCEPTS:
+        body = rendered(exposition, accept)
+        assert body == expected(registry, accept)
+        assert gauge in body
+    run.finish(107.0, succeeded=True)
+    pair.finish_run(run, RunResult(None), ended_at=1_700_000_007.0, duration=7.0, run_id=42)
+    om = rendered(exposition, "application/openmetrics-text")
+    text = rendered(exposition, "text/plain;version=0.0.4")
+    assert om == expected(registry, "application/openmetrics-text")
+    bucket = b'ollama_pull_duration_seconds_bucket{le="15.0",model="m",server="s"} 1.0'
+    assert bucket + b' # {run_id="42"} 7.0 1700000007.0\n' in om
+    assert bucket + b"\n" in text
+    assert b"run_id" not in text
+    assert gauge in om  # the last run's, after it ended

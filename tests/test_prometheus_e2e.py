@@ -16,6 +16,7 @@ tests are in test_alerts.py.)
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import subprocess
@@ -50,6 +51,7 @@ from tests.harness import (
     wait_for,
 )
 from tests.prometheus3 import find
+from tests.test_api import request
 from tests.test_dashboard import load_dashboard, metric_names, panel_targets, variables
 
 if TYPE_CHECKING:
@@ -251,7 +253,10 @@ def _stack(binary: str, config: str, workdir: Path) -> Iterator[Stack]:
     with (
         run_exporter(config, workdir) as exporter,
         run_prometheus(
-            binary, prometheus_config(exporter.url.removeprefix("http://")), workdir
+            binary,
+            prometheus_config(exporter.url.removeprefix("http://")),
+            workdir,
+            ("--enable-feature=exemplar-storage",),
         ) as prometheus,
     ):
         yield Stack(exporter, prometheus)
@@ -264,7 +269,7 @@ def resolve_variables(prometheus: Prometheus, dashboard: dict[str, Any]) -> dict
     """Every query variable set to All: all values of its label_values(...) query."""
     selections: dict[str, Selection] = {}
     for name, var in variables(dashboard).items():
-        if var["type"] == "datasource":
+        if var["type"] in {"datasource", "textbox"}:  # not a query (the exporter's URL)
             continue
         query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
         match = LABEL_VALUES_RE.match(query)
@@ -373,6 +378,34 @@ def test_rules_evaluate_without_errors_on_live_data(stack: Stack) -> None:
     rules = wait_for(evaluated_rules, 30, "every rule to be evaluated")
     assert len(rules) >= 9
     assert {rule["name"]: rule["health"] for rule in rules if rule["health"] != "ok"} == {}
+
+
+def test_duration_exemplars_lead_to_their_runs(stack: Stack) -> None:
+    """Prometheus keeps the `{run_id="N"}` exemplars; `/runs/N` on the exporter is that run."""
+    selector = 'ollama_pull_duration_seconds_bucket{server="sim-a", model="fresh:1.5b"}'
+
+    def exemplars() -> list[dict[str, Any]] | None:
+        now = time.time()
+        status, body = stack.prometheus.get(
+            "/api/v1/query_exemplars", query=selector, start=str(now - 600), end=str(now + 60)
+        )
+        assert status == 200, body
+        found = [each for series in body["data"] for each in series["exemplars"]]
+        return found or None
+
+    found = wait_for(exemplars, QUERY_DEADLINE, "exemplars of the duration histogram", step=0.5)
+    for exemplar in found:
+        assert set(exemplar["labels"]) == {"run_id"}, exemplar
+        run_id = exemplar["labels"]["run_id"]
+        status, _, text = request(stack.exporter, "GET", f"/api/v1/runs/{run_id}")
+        assert status == 200, text
+        run = json.loads(text)
+        assert (run["server"], run["model"], run["result"]) == ("sim-a", "fresh:1.5b", "success")
+        assert abs(run["duration_seconds"] - float(exemplar["value"])) < 0.01
+        assert abs(run["ended_at"] - exemplar["timestamp"]) < 0.01
+        status, _, page = request(stack.exporter, "GET", f"/runs/{run_id}")
+        assert status == 200
+        assert "fresh:1.5b" in page
 
 
 def test_alerts_react_to_the_live_scenarios(stack: Stack) -> None:

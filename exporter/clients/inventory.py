@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final
 import aiohttp
 
 from exporter.clients.body import read_masked
+from exporter.clients.problems import plain_problem
 from exporter.config.types import Mode
 from exporter.ollama.names import canonical_model_name
 from exporter.ollama.tags import MAX_TAGS_BYTES, TagsError, parse_tags
@@ -207,7 +208,7 @@ class Inventory:
                 raise InventoryFailedError(
                     InventoryResult.PROTOCOL_ERROR, f"answer cut off: {_describe(exc)}"
                 ) from None
-            self._state.server_unreachable(server.name, _describe(exc))
+            self._state.server_unreachable(server.name, plain_problem(exc))
             raise InventoryFailedError(InventoryResult.OLLAMA_UNREACHABLE, _describe(exc)) from None
         try:
             return parse_tags(body)

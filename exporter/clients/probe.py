@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final
 import aiohttp
 
 from exporter.clients.body import read_up_to
+from exporter.clients.problems import plain_problem
 from exporter.core.limiter import Limiter
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ async def probe_server(
             status = response.status
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        state.server_unreachable(server.name, problem)
+        state.server_unreachable(server.name, plain_problem(exc))
         log.warning("server unreachable", extra={**extra, "error": problem})
         return
     version = _version(body) if status == 200 else None

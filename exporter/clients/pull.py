@@ -17,6 +17,7 @@ import aiohttp
 from exporter import __version__
 from exporter.clients.body import read_masked
 from exporter.clients.pacing import COALESCE_BELOW_BYTES, ReadPacer
+from exporter.clients.problems import plain_problem
 from exporter.clients.transport import (
     FramingError,
     GuardedResponse,
@@ -105,7 +106,7 @@ async def run_pull(
     settings = model.settings
     started_wall = clock.time()
     started = clock.monotonic()
-    run = RunProgress(started)
+    run = RunProgress(started, started_wall)
     pair.start_run(run)
     on_lines = None
     if active is not None:
@@ -140,7 +141,8 @@ async def run_pull(
     ended = clock.monotonic()
     run.finish(ended, succeeded=result.succeeded)
     duration = ended - started
-    pair.finish_run(run, result, ended_at=started_wall + duration, duration=duration)
+    run_id = None if active is None else active.id
+    pair.finish_run(run, result, ended_at=started_wall + duration, duration=duration, run_id=run_id)
     _log_result(result, run, duration, extra, Redactor.for_servers([server]))
     return result
 
@@ -220,11 +222,11 @@ async def _stream(
     except aiohttp.ClientResponseError as exc:
         # Raised before a response exists: the server did answer, with bytes that are not
         # HTTP (a bad status line, a malformed chunk in the first segment).
-        state.server_up[server.name] = 1
+        state.server_answered(server.name)
         return RunResult(Reason.PROTOCOL_ERROR, f"malformed HTTP response: {exc.message}")
     except (aiohttp.ClientError, OSError) as exc:
         # `_Fold.consume` handles everything after the headers, so this is "no response".
-        state.server_unreachable(server.name, _describe(exc))
+        state.server_unreachable(server.name, plain_problem(exc))
         return RunResult(Reason.OLLAMA_UNREACHABLE, _describe(exc))
 
 

@@ -24,7 +24,6 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from exporter.metrics.families import (
-    PAIR_FAMILIES,
     cumulative,
     empty_family,
     model_digest,
@@ -33,14 +32,15 @@ from exporter.metrics.families import (
     server_families,
     server_key,
 )
+from exporter.metrics.pair_table import PAIR_FAMILIES
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterator
 
     from prometheus_client.core import Metric
 
-    from exporter.metrics.families import Family, Values
-    from exporter.state.pairs import ExporterState, PairState
+    from exporter.metrics.pair_table import Exemplars, Family, Values
+    from exporter.state.pairs import ExporterState, PairState, RunExemplar
 
 
 class Format(enum.Enum):
@@ -69,6 +69,16 @@ def sample_names(family: Family) -> frozenset[str]:
 
 
 _FAMILY_NAMES: Final = tuple(sample_names(family) for family in PAIR_FAMILIES)
+_PLAIN: Final = tuple(
+    (index, family) for index, family in enumerate(PAIR_FAMILIES) if family.exemplars is None
+)
+_EXEMPLARY: Final = tuple(
+    (index, family, family.exemplars)
+    for index, family in enumerate(PAIR_FAMILIES)
+    if family.exemplars is not None
+)
+"""The histograms with exemplars, apart: the loop over the others stays as lean as before."""
+_WITH_EXEMPLARS: Final = frozenset(index for index, _, _ in _EXEMPLARY)
 _MODEL_INFO: Final = "ollama_pull_model_info"
 
 
@@ -93,10 +103,31 @@ _go: Final[Callable[[float], str]] = floatToGoString
 """prometheus_client's own value formatting (Go's float format), typed."""
 
 
-class _Cached:
-    """One pair's rendered lines, per family, with the values they were rendered from."""
+def _exemplar(run: RunExemplar | None) -> str:
+    """An OpenMetrics exemplar as the library writes it (its timestamp with `str`)."""
+    if run is None:
+        return ""
+    return f' # {{run_id="{run.run_id}"}} {_go(run.value)} {run.at}'
 
-    __slots__ = ("digest", "info", "lines", "model", "pair", "server", "values")
+
+class _Cached:
+    """One pair's rendered lines, per family, with the values they were rendered from.
+
+    `lines` serve both formats, except where `om_lines` holds OpenMetrics' own (a histogram
+    with exemplars, which text 0.0.4 does not write).
+    """
+
+    __slots__ = (
+        "digest",
+        "exemplars",
+        "info",
+        "lines",
+        "model",
+        "om_lines",
+        "pair",
+        "server",
+        "values",
+    )
 
     def __init__(self, pair: PairState) -> None:
         self.pair = pair
@@ -105,6 +136,9 @@ class _Cached:
         count = len(PAIR_FAMILIES)
         self.values: list[object] = [_UNSET] * count
         self.lines: list[bytes] = [b""] * count
+        self.om_lines: list[bytes | None] = [None] * count
+        self.exemplars: list[object] = [_UNSET] * count
+        """Per family with exemplars, the tuple rendered (replaced on change, never mutated)."""
         self.digest: object = _UNSET
         self.info = b""
         """The pair's `ollama_pull_model_info` line, rendered from `digest`."""
@@ -116,6 +150,30 @@ class _Cached:
         labels = f'digest="{_escape(digest)}",model="{self.model}",server="{self.server}"'
         return f"{_MODEL_INFO}{{{labels}}} {_go(1)}\n".encode()
 
+    def render_histogram(
+        self, family: Family, values: Values, exemplars: Exemplars | None
+    ) -> tuple[bytes, bytes | None]:
+        """Text lines of a histogram, and OpenMetrics' when it has exemplars (else None)."""
+        if values is None:
+            return b"", None
+        pair = f'model="{self.model}",server="{self.server}"'
+        name = family.name
+        buckets = [
+            f'{name}_bucket{{le="{bucket[0]}",{pair}}} {_go(bucket[1])}'
+            for bucket in cumulative(values[:-1])
+        ]
+        tail = (
+            f"{name}_count{{{pair}}} {_go(sum(values[:-1]))}\n"
+            f"{name}_sum{{{pair}}} {_go(values[-1])}\n"
+        )
+        text = "".join(line + "\n" for line in buckets) + tail
+        if exemplars is None or not any(exemplars):
+            return text.encode(), None
+        om = "".join(
+            line + _exemplar(run) + "\n" for line, run in zip(buckets, exemplars, strict=True)
+        )
+        return text.encode(), (om + tail).encode()
+
     def render(self, family: Family, values: Values) -> bytes:
         """The sample lines of `family` for this pair (same bytes as prometheus_client)."""
         if values is None:
@@ -125,13 +183,8 @@ class _Cached:
         if family.kind == "counter":
             name += "_total"
         if family.kind == "histogram":
-            lines = [
-                f'{name}_bucket{{le="{bound}",{pair}}} {_go(count)}\n'
-                for bound, count in cumulative(values[:-1])
-            ]
-            lines.append(f"{name}_count{{{pair}}} {_go(sum(values[:-1]))}\n")
-            lines.append(f"{name}_sum{{{pair}}} {_go(values[-1])}\n")
-        elif family.extra is None:
+            return self.render_histogram(family, values, None)[0]
+        if family.extra is None:
             lines = [f"{name}{{{pair}}} {_go(values[0])}\n"]
         else:
             label, extras = family.extra
@@ -169,7 +222,10 @@ class Exposition:
         for index, header in enumerate(self._headers[fmt]):
             if wanted is None or not wanted.isdisjoint(_FAMILY_NAMES[index]):
                 parts.append(header)
-                parts.extend([entry.lines[index] for entry in cached])
+                if fmt is Format.OPENMETRICS and index in _WITH_EXEMPLARS:
+                    parts.extend([entry.om_lines[index] or entry.lines[index] for entry in cached])
+                else:
+                    parts.extend([entry.lines[index] for entry in cached])
         if wanted is None or _MODEL_INFO in wanted:
             parts.append(self._info_headers[fmt])
             parts.extend([entry.info for entry in cached])
@@ -200,14 +256,20 @@ class Exposition:
             known = {id(entry.pair): entry for entry in self._cached}
             self._cached = [known.get(id(pair)) or _Cached(pair) for pair in pairs]
             self._ids = ids
-        families = tuple(enumerate(PAIR_FAMILIES))
         for entry in self._cached:
             pair, seen, lines = entry.pair, entry.values, entry.lines
-            for index, family in families:
+            for index, family in _PLAIN:
                 values = family.values(pair)
                 if values != seen[index]:
                     seen[index] = values
                     lines[index] = entry.render(family, values)
+            for index, family, read in _EXEMPLARY:
+                values, exemplars = family.values(pair), read(pair)
+                if values != seen[index] or exemplars is not entry.exemplars[index]:
+                    seen[index], entry.exemplars[index] = values, exemplars
+                    lines[index], entry.om_lines[index] = entry.render_histogram(
+                        family, values, exemplars
+                    )
             digest = model_digest(pair)
             if digest != entry.digest:
                 entry.digest = digest

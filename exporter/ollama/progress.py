@@ -70,10 +70,13 @@ class RunProgress:
         "regressions",
         "reused_bytes",
         "started_at",
+        "wall_offset",
     )
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float, wall: float | None = None) -> None:
         self.started_at = now
+        self.wall_offset = 0.0 if wall is None else wall - now
+        """Unix time minus the monotonic clock at the start (`wall`: Unix time of `now`)."""
         self.phase = Phase.MANIFEST
         self.phase_started_at = now
         self.phase_durations: dict[Phase, float] = dict.fromkeys(RUN_PHASES, 0.0)
@@ -97,6 +100,15 @@ class RunProgress:
     def layers(self) -> int:
         """Distinct digests seen so far."""
         return len(self._layers)
+
+    @property
+    def last_progress_wall(self) -> float:
+        """`last_progress_at` as Unix time: `ollama_pull_last_progress_timestamp_seconds`.
+
+        The stall watchdog's clock: the run's start, then each time its bytes grow (a new
+        layer or phase starts the clock again too). Lines without new bytes leave it alone.
+        """
+        return self.last_progress_at + self.wall_offset
 
     @property
     def remaining_bytes(self) -> int:

@@ -8,6 +8,7 @@ attributes; writers go through the methods below, so every change has one place 
 from __future__ import annotations
 
 import bisect
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -51,6 +52,19 @@ class LastRun:
     expected_bytes: int
     layers: int
     layers_completed: int
+    last_progress_at: float | None = None
+    """Unix time its bytes last grew (None: restored from storage, which does not keep it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunExemplar:
+    """The run behind a histogram observation: `{run_id="N"}` in OpenMetrics."""
+
+    run_id: int
+    value: float
+    """The observed wall time (seconds)."""
+    at: float
+    """When the run ended (Unix time): the exemplar's timestamp."""
 
 
 @dataclass(slots=True)
@@ -60,12 +74,19 @@ class DurationHistogram:
     counts: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
     total: float = 0.0
     count: int = 0
+    exemplars: tuple[RunExemplar | None, ...] = (None,) * (len(DURATION_BUCKETS) + 1)
+    """Per bucket, the last run observed in it (a tuple: replaced, never changed in place)."""
 
-    def observe(self, seconds: float) -> None:
-        """Add one successful run's wall time."""
-        self.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+    def observe(self, seconds: float, exemplar: RunExemplar | None = None) -> None:
+        """Add one successful run's wall time; `exemplar` names the run (if it has an id)."""
+        index = bisect.bisect_left(DURATION_BUCKETS, seconds)
+        self.counts[index] += 1
         self.total += seconds
         self.count += 1
+        if exemplar is not None:
+            changed = list(self.exemplars)
+            changed[index] = exemplar
+            self.exemplars = tuple(changed)
 
 
 @dataclass(slots=True)
@@ -143,16 +164,26 @@ class PairState:
         self.current = run
 
     def finish_run(
-        self, run: RunProgress, result: RunResult, *, ended_at: float, duration: float
+        self,
+        run: RunProgress,
+        result: RunResult,
+        *,
+        ended_at: float,
+        duration: float,
+        run_id: int | None = None,
     ) -> None:
-        """Fold a finished run into the counters and the last-run gauges."""
+        """Fold a finished run into the counters and the last-run gauges.
+
+        `run_id` (the run history's id) becomes the duration observation's exemplar.
+        """
         self.current = None
         self.downloaded_before += run.downloaded_bytes
         self.regressions_before += run.regressions
         self.reused_before += run.reused_bytes
         if result.reason is None:
             self.last_success_at = ended_at
-            self.durations.observe(duration)
+            exemplar = None if run_id is None else RunExemplar(run_id, duration, ended_at)
+            self.durations.observe(duration, exemplar)
         else:
             self.failures[result.reason] += 1
         self.last = LastRun(
@@ -166,6 +197,7 @@ class PairState:
             expected_bytes=run.expected_bytes,
             layers=run.layers,
             layers_completed=run.layers_completed,
+            last_progress_at=run.last_progress_wall,
         )
 
     def abandon_run(self, run: RunProgress) -> None:
@@ -183,7 +215,9 @@ class ServerStatus:
     version: str | None = None
     """Ollama's `GET /api/version` answer at the last probe, if it gave one."""
     problem: str | None = None
-    """Why the last probe failed, for the log and `/`; None when it answered."""
+    """Why the last request got no answer, in plain words for `/`; None when it answered."""
+    down_since: float | None = None
+    """Unix time of the first failed request since it last answered; None while up."""
 
 
 @dataclass(slots=True)
@@ -250,18 +284,24 @@ class ExporterState:
         self.servers = {name: self.servers.get(name) or ServerStatus() for name in names}
 
     def server_answered(self, name: str, version: str | None = None) -> None:
-        """`name` answered at the HTTP level (a pull or a probe): `server_up` 1."""
+        """`name` answered at the HTTP level (a pull, a probe, the inventory): `server_up` 1.
+
+        Whatever made it down is over: its problem and down-since go.
+        """
         self.server_up[name] = 1
         status = self.servers.setdefault(name, ServerStatus())
         status.problem = None
+        status.down_since = None
         if version is not None:
             status.version = version
 
-    def server_unreachable(self, name: str, problem: str = "") -> None:
-        """`name` could not be reached: `server_up` 0."""
+    def server_unreachable(self, name: str, problem: str = "", at: float | None = None) -> None:
+        """`name` could not be reached at `at` (Unix time; default now): `server_up` 0."""
         self.server_up[name] = 0
         status = self.servers.setdefault(name, ServerStatus())
         status.problem = problem or "unreachable"
+        if status.down_since is None:
+            status.down_since = time.time() if at is None else at
 
     def config_loaded(self, at: float) -> None:
         """A config (the first one or a reload) is in force since `at` (Unix time)."""

@@ -28,12 +28,23 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
     from exporter.state.history import History
-    from exporter.state.pairs import PairState
+    from exporter.state.pairs import PairState, ServerStatus
     from exporter.web.site import PullStarter, Site
 
 Json = dict[str, Any]
 BODY_LIMIT: Final = 64 * 1024
 _encoder: Final = msgspec.json.Encoder()
+STALL_SHOWN: Final = {Phase.MANIFEST: 10.0, Phase.DOWNLOAD: 0.75}
+"""Seconds without new bytes after which a phase counts as stalled on the page and here.
+
+Ollama sends a line every 60 ms with new bytes while it downloads a layer (the recorded
+0.17.4 transcripts: never more than 0.07 s apart), so 0.75 s without any is a stall, which
+the page (polling every second) shows within 2 s; the manifest phase waits on the registry,
+which may take a few seconds. Verify, write and prune move no bytes.
+"""
+STALL_SHOWN_BETWEEN_LAYERS: Final = 5.0
+"""The same while every layer seen is complete: Ollama 0.17.4 ticks about 1 s at 100% after
+a blob's last byte before the next blob's first line, which is no stall."""
 
 
 @dataclass(slots=True)
@@ -115,6 +126,7 @@ def pair_views(operator: Operator) -> list[Json]:
             running[active.server, active.model] = active
     now = time.monotonic()
     server_up = site.state.server_up
+    servers = site.state.servers
     return [
         pair_view(
             pair,
@@ -122,10 +134,34 @@ def pair_views(operator: Operator) -> list[Json]:
             history=history,
             active=running.get(key),
             server_up=server_up.get(pair.server),
+            server=servers.get(pair.server),
             now=now,
         )
         for key, pair in site.state.pairs.items()
     ]
+
+
+def server_views(operator: Operator) -> list[Json]:
+    """`/api/v1/status` servers, in config order: up or down since when, and why."""
+    state = operator.site.state
+    history = operator.site.history
+    views = []
+    for name, status in state.servers.items():
+        up = state.server_up.get(name)
+        down = up is not None and not up
+        problem = status.problem if down else None
+        if problem is not None:
+            problem = history.redact(problem)
+        views.append(
+            {
+                "name": name,
+                "up": None if up is None else bool(up),
+                "down_since": status.down_since if down else None,
+                "problem": problem,
+                "version": None if down else status.version,
+            }
+        )
+    return views
 
 
 def pair_view(
@@ -136,13 +172,21 @@ def pair_view(
     active: ActiveRun | None,
     server_up: float | None,
     now: float,
+    server: ServerStatus | None = None,
 ) -> Json:
     """One pair as the status API shows it."""
     run = pair.current
     source = run if run is not None else pair.last
-    rate = eta = None
+    rate = eta = quiet = None
+    stalled = False
     if run is not None:
-        rate = rates.rate((pair.server, pair.model), run, now)
+        quiet = max(0.0, now - run.last_progress_at)
+        shown = STALL_SHOWN.get(run.phase)
+        if run.phase is Phase.DOWNLOAD and run.layers_completed == run.layers:
+            shown = STALL_SHOWN_BETWEEN_LAYERS
+        stalled = shown is not None and quiet >= shown
+        # A stall shows at once: the 10 s rate would take that long to fall to 0.
+        rate = 0.0 if stalled else rates.rate((pair.server, pair.model), run, now)
         remaining = run.expected_bytes - run.completed_bytes
         if rate and remaining > 0 and run.phase is Phase.DOWNLOAD:
             eta = round(remaining / rate, 1)
@@ -179,8 +223,24 @@ def pair_view(
         "digest": holding.digest,
         "update_available": None if update is None else bool(update),
         "run_id": active.id if active is not None and run is not None else None,
+        "last_progress_at": None if run is None else round(run.last_progress_wall, 3),
+        "no_progress_seconds": None if quiet is None else round(quiet, 1),
+        "stalled": stalled,
         "server_up": None if server_up is None else bool(server_up),
+        **_server_down(server_up, server, history),
     }
+
+
+def _server_down(
+    server_up: float | None, server: ServerStatus | None, history: History | None
+) -> Json:
+    """`server_down_since` and `server_problem` of a pair view (null while up)."""
+    if server is None or server_up is None or server_up:
+        return {"server_down_since": None, "server_problem": None}
+    problem = server.problem
+    if problem is not None and history is not None:
+        problem = history.redact(problem)
+    return {"server_down_since": server.down_since, "server_problem": problem}
 
 
 def run_view(run: RunRecord | ActiveRun) -> Json:
@@ -255,7 +315,8 @@ def run_detail(run: RunRecord | ActiveRun, history: History) -> Json:
 
 
 async def _status(request: web.Request) -> web.Response:
-    return json_response({"pairs": pair_views(request.app[OPERATOR_KEY])})
+    operator = request.app[OPERATOR_KEY]
+    return json_response({"pairs": pair_views(operator), "servers": server_views(operator)})
 
 
 class QueryError(ValueError):

@@ -77,7 +77,45 @@ _PAIR: Final = _object(
         "digest": {**_STRING_OR_NULL, "description": "the held copy's digest, when known"},
         "update_available": {"type": ["boolean", "null"]},
         "run_id": {"type": ["integer", "null"], "description": "the running run's id"},
+        "last_progress_at": {
+            **_NUMBER_OR_NULL,
+            "description": "Unix time the running pull's bytes last grew (its start until "
+            "they do); null when no pull is going",
+        },
+        "no_progress_seconds": {
+            **_NUMBER_OR_NULL,
+            "minimum": 0,
+            "description": "seconds since then, by the exporter's clock; null when idle",
+        },
+        "stalled": {
+            "type": "boolean",
+            "description": "no new bytes for 0.75 s while downloading a layer (5 s between "
+            "layers, 10 s waiting for the manifest): bytes_per_second is 0, eta_seconds null",
+        },
         "server_up": {"type": ["boolean", "null"], "description": "null before any request"},
+        "server_down_since": {
+            **_NUMBER_OR_NULL,
+            "description": "Unix time the server stopped answering; null while up",
+        },
+        "server_problem": {
+            **_STRING_OR_NULL,
+            "description": "why the server does not answer, in plain words; null while up",
+        },
+    }
+)
+_SERVER: Final = _object(
+    {
+        "name": {"type": "string"},
+        "up": {"type": ["boolean", "null"], "description": "null before any request"},
+        "down_since": {**_NUMBER_OR_NULL, "description": "Unix time; null while up"},
+        "problem": {
+            **_STRING_OR_NULL,
+            "description": "why it does not answer, in plain words; null while up",
+        },
+        "version": {
+            **_STRING_OR_NULL,
+            "description": "Ollama's version while up (null while down or unknown)",
+        },
     }
 )
 _RUN_PROPERTIES: Final[Json] = {
@@ -141,7 +179,13 @@ def _paths() -> Json:
                 "summary": "every configured pair, live",
                 "responses": {
                     "200": _json(
-                        _object({"pairs": {"type": "array", "items": _ref("Pair")}}), "the pairs"
+                        _object(
+                            {
+                                "pairs": {"type": "array", "items": _ref("Pair")},
+                                "servers": {"type": "array", "items": _ref("Server")},
+                            }
+                        ),
+                        "the pairs and the servers",
                     )
                 },
             }
@@ -244,6 +288,7 @@ def document() -> Json:
                 "Error": _object({"error": {"type": "string"}}),
                 "LastRun": _LAST_RUN,
                 "Pair": _PAIR,
+                "Server": _SERVER,
                 "Run": _object(_RUN_PROPERTIES),
                 "RunDetail": _RUN_DETAIL,
                 "TranscriptLine": _LINE,

@@ -41,6 +41,7 @@ from exporter.web.api import (
     require_admin,
     run_detail,
     run_view,
+    server_views,
     start_pull,
 )
 
@@ -215,11 +216,7 @@ async def _index(request: web.Request) -> web.Response:
         share = min(100.0, 100.0 * pair["completed_bytes"] / expected) if expected else 0.0
         percent = (f"{share:.1f}", f"{share:.0f}")
         rows.append((pair, pair_state(pair), _matches(pair, server, model, state), percent))
-    history, server_up = site.history, site.state.server_up
-    server_rows = []
-    for name, status in site.state.servers.items():
-        detail = status.version or status.problem or ""
-        server_rows.append((name, server_up.get(name), history.redact(detail)))
+    server_up = site.state.server_up
     context: dict[str, object] = {
         "title": "Ollama pull exporter",
         "script": True,
@@ -234,7 +231,7 @@ async def _index(request: web.Request) -> web.Response:
         "state": state,
         "columns": _COLUMNS,
         "rows": rows,
-        "server_rows": server_rows,
+        "server_rows": server_views(request.app[OPERATOR_KEY]),
     }
     return _render("index.html", context)
 

@@ -63,7 +63,7 @@
     const state = stateOf(p);
     if (row.dataset.state !== state) {
       row.dataset.state = state;
-      row.className = "pair state-" + state;
+      row.className = "pair state-" + state + (p.stalled ? " stalled" : "");
     }
     const phase = cell(row, "phase");
     const phaseText = p.phase;
@@ -82,7 +82,31 @@
     if (bar.getAttribute("value") !== value) { bar.value = share; bar.setAttribute("value", value); bar.textContent = share.toFixed(0) + "%"; }
     setText(progress.querySelector(".bytes"), bytes(p.completed_bytes) + " / " + bytes(p.expected_bytes));
     setText(progress.querySelector(".layers"), p.layers_completed + "/" + p.layers + " layers");
-    setText(cell(row, "throughput"), p.bytes_per_second === null ? "\u2013" : bytes(p.bytes_per_second) + "/s");
+    // A server that does not answer: since when and why, under its name.
+    const serverCell = cell(row, "server");
+    const downText = p.server_up === false
+      ? "down since " + relative(p.server_down_since) + ": " + (p.server_problem || "") : "";
+    if (serverCell.dataset.down !== downText) {
+      serverCell.dataset.down = downText;
+      serverCell.replaceChildren(p.server);
+      if (downText) {
+        const note = document.createElement("span"); note.className = "server-down"; note.textContent = downText;
+        serverCell.append(" ", note);
+      }
+    }
+    // A stall shows as "no progress for N s" under a rate of 0 (the API says when: `stalled`).
+    const throughput = cell(row, "throughput");
+    const rateText = p.bytes_per_second === null ? "\u2013" : bytes(p.bytes_per_second) + "/s";
+    const stallText = p.stalled ? "no progress for " + Math.round(p.no_progress_seconds) + " s" : "";
+    if (throughput.dataset.key !== rateText + "|" + stallText) {
+      throughput.dataset.key = rateText + "|" + stallText;
+      throughput.replaceChildren(rateText);
+      if (stallText) {
+        const note = document.createElement("span"); note.className = "stall"; note.textContent = stallText;
+        throughput.append(" ", note);
+      }
+    }
+    if (row.classList.contains("stalled") !== p.stalled) row.classList.toggle("stalled", p.stalled);
     setText(cell(row, "eta"), p.eta_seconds === null ? "\u2013" : span(p.eta_seconds));
     const last = cell(row, "last-result");
     const lastKey = JSON.stringify(p.last) + "|" + relative(p.last ? p.last.ended_at : null);
@@ -90,6 +114,31 @@
     setText(cell(row, "next-run"), relative(p.next_run_at));
     const button = row.querySelector("button.pull-now");
     if (button) button.disabled = p.in_progress;
+  }
+
+  // The servers table: up (with its version) or down since when and why, never a stale version.
+  const serverRows = new Map();
+  for (const tr of document.querySelectorAll("tr.server[data-server]")) serverRows.set(tr.dataset.server, tr);
+  function updateServers(servers) {
+    for (const s of servers) {
+      const tr = serverRows.get(s.name);
+      if (!tr) continue;
+      const key = JSON.stringify(s) + "|" + relative(s.down_since);
+      if (tr.dataset.key === key) continue;
+      tr.dataset.key = key;
+      const state = tr.querySelector(".c-server-state"), detail = tr.querySelector(".c-server-detail");
+      const mark = document.createElement("span");
+      if (s.up === null) { state.replaceChildren("not asked yet"); detail.replaceChildren(); continue; }
+      mark.className = s.up ? "ok" : "fail"; mark.textContent = s.up ? "up" : "down";
+      if (s.up) {
+        state.replaceChildren(mark);
+        detail.replaceChildren(s.version ? "Ollama " + s.version : "");
+      } else {
+        state.replaceChildren(mark, " since " + relative(s.down_since));
+        const why = document.createElement("span"); why.className = "fail"; why.textContent = s.problem || "";
+        detail.replaceChildren(why);
+      }
+    }
   }
 
   function filters() {
@@ -182,6 +231,7 @@
         }
         if (seen.size !== rows.size) { location.reload(); return; }  // ... or lost one
         summarize(body.pairs);
+        if (body.servers) updateServers(body.servers);
         applyFilters();
         document.body.dataset.updated = String(Date.now());
       }
