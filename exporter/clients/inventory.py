@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final
 import aiohttp
 
 from exporter.clients.body import read_masked
-from exporter.clients.problems import plain_problem
+from exporter.clients.problems import describe, plain_problem
 from exporter.config.types import Mode
 from exporter.ollama.names import canonical_model_name
 from exporter.ollama.tags import MAX_TAGS_BYTES, TagsError, parse_tags
@@ -206,10 +206,14 @@ class Inventory:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             if answered:
                 raise InventoryFailedError(
-                    InventoryResult.PROTOCOL_ERROR, f"answer cut off: {_describe(exc)}"
+                    InventoryResult.PROTOCOL_ERROR,
+                    f"answer cut off: {_why(exc)}",
                 ) from None
             self._state.server_unreachable(server.name, plain_problem(exc))
-            raise InventoryFailedError(InventoryResult.OLLAMA_UNREACHABLE, _describe(exc)) from None
+            raise InventoryFailedError(
+                InventoryResult.OLLAMA_UNREACHABLE,
+                _why(exc),
+            ) from None
         try:
             return parse_tags(body)
         except TagsError as exc:
@@ -244,8 +248,5 @@ async def _read_some(response: aiohttp.ClientResponse, redact: Redactor) -> str:
     return text.strip()
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {REQUEST_TIMEOUT:g}s"
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text[:_DETAIL_LIMIT]
+def _why(exc: BaseException) -> str:
+    return describe(exc, timeout=REQUEST_TIMEOUT, limit=_DETAIL_LIMIT)

@@ -66,3 +66,14 @@ def plain_problem(exc: BaseException) -> str:
     else:
         words = f"the connection failed ({type(exc).__name__})"
     return words
+
+
+def describe(exc: BaseException, *, timeout: float | None = None, limit: int | None = None) -> str:
+    """An exception as the error text a run, a check or the inventory records: `Type: text`.
+
+    With `timeout`, a TimeoutError reads "no answer within Ns"; with `limit`, the text is cut.
+    """
+    if timeout is not None and isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g}s"
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text if limit is None else text[:limit]

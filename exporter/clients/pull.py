@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Final
 
 import aiohttp
 
-from exporter import __version__
+from exporter import USER_AGENT
 from exporter.clients.body import read_masked
 from exporter.clients.pacing import COALESCE_BELOW_BYTES, ReadPacer
-from exporter.clients.problems import plain_problem
+from exporter.clients.problems import describe, plain_problem
 from exporter.clients.transport import (
     FramingError,
     GuardedResponse,
@@ -48,7 +48,6 @@ log = logging.getLogger("exporter.pull")
 
 CONNECT_TIMEOUT: Final = 30.0
 """Seconds to open a TCP (and TLS) connection before the server counts as unreachable."""
-USER_AGENT: Final = f"ollama-pull-exporter/{__version__}"
 """Sent with every request, so Ollama's and proxies' logs name who is pulling."""
 _REQUEST_HEADERS: Final = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
 """Identity: a compressed stream would be inflated inside aiohttp's parser, all of one read at
@@ -166,7 +165,7 @@ def _result_of(reader: asyncio.Task[RunResult]) -> RunResult:
         return reader.result()
     except Exception as exc:
         log.exception("pull reader crashed")
-        return RunResult(Reason.STREAM_INTERRUPTED, _describe(exc))
+        return RunResult(Reason.STREAM_INTERRUPTED, describe(exc))
 
 
 async def _cancel(*tasks: asyncio.Task[object]) -> None:
@@ -227,7 +226,7 @@ async def _stream(
     except (aiohttp.ClientError, OSError) as exc:
         # `_Fold.consume` handles everything after the headers, so this is "no response".
         state.server_unreachable(server.name, plain_problem(exc))
-        return RunResult(Reason.OLLAMA_UNREACHABLE, _describe(exc))
+        return RunResult(Reason.OLLAMA_UNREACHABLE, describe(exc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,13 +296,13 @@ def _broken(
     if overlong is not None:
         return RunResult(Reason.PROTOCOL_ERROR, f"malformed HTTP body: {overlong}")
     if isinstance(exc, aiohttp.ClientError):
-        return RunResult(Reason.STREAM_INTERRUPTED, _describe(exc))
+        return RunResult(Reason.STREAM_INTERRUPTED, describe(exc))
     # aiohttp's `readany` raises a bare RuntimeError once the connection is gone.
     failure = parser_failure(response)
     if failure is not None:
         return RunResult(Reason.PROTOCOL_ERROR, f"malformed HTTP body: {failure}")
     if connection_gone(response):
-        return RunResult(Reason.STREAM_INTERRUPTED, _describe(exc))
+        return RunResult(Reason.STREAM_INTERRUPTED, describe(exc))
     raise exc
 
 
@@ -332,10 +331,6 @@ async def _http_error(
     location = response.headers.get("Location")
     where = f" (redirect to {location})" if location else ""
     return RunResult(reason, f"HTTP {response.status}{where}: {text.strip()}")
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _log_result(

@@ -30,8 +30,9 @@ import aiohttp
 import msgspec
 from yarl import URL
 
-from exporter import __version__
+from exporter import USER_AGENT
 from exporter.clients.body import read_up_to
+from exporter.clients.problems import describe
 from exporter.clients.transport import env_proxy_for_url
 from exporter.ollama.names import parse_model_name
 from exporter.state.holdings import CheckResult
@@ -50,7 +51,6 @@ REQUEST_TIMEOUT: Final = 30.0
 MAX_MANIFEST_BYTES: Final = 4 * 1024 * 1024
 """Distribution itself refuses manifests over 4 MiB."""
 MAX_TOKEN_BYTES: Final = 1024 * 1024
-_USER_AGENT: Final = f"ollama-pull-exporter/{__version__}"
 _DIGEST: Final = re.compile(r"sha256:([0-9a-f]{64})")
 _CHALLENGE_PARAM: Final = re.compile(r'(\w+)="([^"]*)"')
 _DETAIL_LIMIT: Final = 300
@@ -125,7 +125,7 @@ def make_registry_session() -> aiohttp.ClientSession:
         trust_env=True,
         timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
         cookie_jar=aiohttp.DummyCookieJar(),
-        headers={"User-Agent": _USER_AGENT},
+        headers={"User-Agent": USER_AGENT},
     )
 
 
@@ -234,7 +234,7 @@ class Checker:
             detail = _proxy_refusal(proxy, target, exc)
             raise _CheckFailedError(CheckResult.UNREACHABLE, detail) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise _CheckFailedError(CheckResult.UNREACHABLE, _describe(exc)) from None
+            raise _CheckFailedError(CheckResult.UNREACHABLE, _why(exc)) from None
 
 
 _STATUS_RESULTS: Final = {
@@ -310,8 +310,5 @@ def _proxy_refusal(proxy: URL | None, target: URL, exc: aiohttp.ClientHttpProxyE
     return text[:_DETAIL_LIMIT]
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {REQUEST_TIMEOUT:g}s"
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text[:_DETAIL_LIMIT]
+def _why(exc: BaseException) -> str:
+    return describe(exc, timeout=REQUEST_TIMEOUT, limit=_DETAIL_LIMIT)
