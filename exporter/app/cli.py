@@ -35,7 +35,7 @@ from exporter.storage.last_runs import (
     restore_digests,
 )
 from exporter.storage.run_history import HistoryDB
-from exporter.web import listener
+from exporter.web import hosts, listener
 from exporter.web.app import make_app
 
 if TYPE_CHECKING:
@@ -62,6 +62,14 @@ def parse_listen_address(text: str) -> tuple[str | None, int]:
     return (host or None), int(port_text)
 
 
+def parse_allowed_hosts(text: str) -> tuple[str, ...]:
+    """`NAME,NAME,...` for `--web.allowed-hosts`: host names or addresses, no ports."""
+    try:
+        return tuple(hosts.allowed_name(name) for name in text.split(",") if name.strip())
+    except hosts.HostNameError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Prometheus-style dotted flags; `--flag=value` and `--flag value` both work."""
     parser = argparse.ArgumentParser(
@@ -83,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_listen_address,
         default=parse_listen_address(":11435"),
         help="host:port to serve HTTP on (default :11435, all interfaces)",
+    )
+    add(
+        "--web.allowed-hosts",
+        dest="allowed_hosts",
+        metavar="NAME,...",
+        type=parse_allowed_hosts,
+        default=(),
+        help="host names accepted in the Host header of the page, the API and /-/reload,"
+        " besides localhost, IP addresses and the listen address; others get 421"
+        " (default: none)",
     )
     add("--log.level", dest="log_level", choices=LEVEL_NAMES, default="info")
     add("--log.format", dest="log_format", choices=FORMATS, default="logfmt")
@@ -265,7 +283,8 @@ def _serve(
             "fd_limit": fd_limit,
         },
     )
-    app = make_app(runtime, build_registry(runtime.state), web_config)
+    allowed = hosts.AllowedHosts(args.allowed_hosts, host)
+    app = make_app(runtime, build_registry(runtime.state), web_config, allowed)
     ssl_context = web_config.ssl_context() if web_config is not None else None
     asyncio.run(listener.serve(app, sockets, ssl_context=ssl_context, guard=guard))
     signals.install()  # the loop's handlers are gone: stay in charge until the exit

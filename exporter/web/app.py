@@ -14,7 +14,7 @@ from aiohttp import web
 from exporter.app.runtime import Runtime
 from exporter.clients.pull import make_session
 from exporter.metrics.scrape import make_metrics_handler
-from exporter.web import api, crossorigin, page
+from exporter.web import api, crossorigin, hosts, page
 from exporter.web.auth import install
 
 if TYPE_CHECKING:
@@ -30,15 +30,20 @@ RUNTIME_KEY: Final = web.AppKey("runtime", Runtime)
 
 
 def make_app(
-    runtime: Runtime, registry: PullRegistry, web_config: WebConfig | None = None
+    runtime: Runtime,
+    registry: PullRegistry,
+    web_config: WebConfig | None = None,
+    allowed_hosts: hosts.AllowedHosts | None = None,
 ) -> web.Application:
     """Build the application; the scheduler starts when the app starts.
 
-    `web_config` (`--web.config.file`) adds basic auth and response headers to every route.
+    `web_config` (`--web.config.file`) adds basic auth and response headers to every route;
+    `allowed_hosts` (`--web.allowed-hosts`) the names besides localhost and addresses.
     """
     app = web.Application()
     if web_config is not None:
         install(app, web_config)
+    hosts.install(app, allowed_hosts or hosts.AllowedHosts())  # first: before basic auth
     crossorigin.install(app)  # after basic auth: a POST from another site's page gets 403
     app[RUNTIME_KEY] = runtime
     app.cleanup_ctx.append(_run_scheduler)
