@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -22,6 +23,7 @@ from exporter.web.listener import ConnectionGuard, connection_cap
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine
 
+RENDERS = web.AppKey("renders", list[int])
 BIG = b"x" * (8 * 1024 * 1024)
 """Larger than the kernel takes into a socket's send buffer (tcp_wmem's 4 MiB at most)."""
 READERS = 40
@@ -39,7 +41,15 @@ def _app() -> web.Application:
         data = await request.read()
         return web.Response(text=f"{len(data)}\n")
 
+    async def render(request: web.Request) -> web.Response:
+        renders = request.app[RENDERS]
+        time.sleep(0.02)  # noqa: ASYNC251 - a render: CPU the loop cannot interleave
+        renders.append(len(renders))
+        return web.Response(text="rendered\n")
+
     app = web.Application()
+    app[RENDERS] = []
+    app.router.add_get("/render", render)
     app.router.add_get("/big", big)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_post("/body", body)
@@ -47,10 +57,10 @@ def _app() -> web.Application:
 
 
 @contextlib.asynccontextmanager
-async def _server(guard: ConnectionGuard) -> AsyncIterator[int]:
+async def _server(guard: ConnectionGuard, app: web.Application | None = None) -> AsyncIterator[int]:
     sockets = listener.bind("127.0.0.1", 0)
     try:
-        async with listener.start(_app(), sockets, ssl_context=None, guard=guard):
+        async with listener.start(app or _app(), sockets, ssl_context=None, guard=guard):
             yield int(sockets[0].getsockname()[1])
     finally:
         for sock in sockets:
@@ -267,6 +277,40 @@ def test_the_cap_evicts_any_connection_oldest_first() -> None:
                 assert oldest == b"", "the oldest connection should have been closed"
             finally:
                 for sock in clients:
+                    sock.close()
+
+    _run(scenario())
+
+
+def test_health_checks_answer_between_two_renders_of_a_burst() -> None:
+    """Defect N2: 300 scrapes at once had their renders run in one turn of the loop, and
+    `/-/healthy` waited for all of them (11.6 s). Answers now start one per turn."""
+    app = _app()
+    guard = ConnectionGuard(4096, 0)
+    burst = 40
+
+    async def scenario() -> None:
+        async with _server(guard, app) as port:
+            clients = [await _connect(port) for _ in range(burst)]
+            healthy = await _connect(port)
+            loop = asyncio.get_running_loop()
+            try:
+                for sock in clients:
+                    sock.send(b"GET /render HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                await _until(lambda: app[RENDERS], 10, "the first render")
+                healthy.send(b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                before = len(app[RENDERS])
+                answer = b""
+                while not answer.endswith(b"OK\n"):
+                    answer += await loop.sock_recv(healthy, 4096)
+                # One render per turn of the loop; the answer takes a few turns (parse, handle,
+                # and this client's own read in the same loop): a handful, not the burst.
+                waited = len(app[RENDERS]) - before
+                assert waited <= 6, f"/-/healthy waited for {waited} of {burst} renders"
+                assert len(app[RENDERS]) < burst
+                await _until(lambda: len(app[RENDERS]) == burst, 30, "every render")
+            finally:
+                for sock in (*clients, healthy):
                     sock.close()
 
     _run(scenario())

@@ -11,6 +11,7 @@ two slices and the high-water mark, and the answer as a whole has `timeout` seco
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import payload
@@ -58,17 +59,18 @@ class SlicedBody(payload.Payload):
         del encoding, errors
         return self._value
 
-    @property
-    def remaining(self) -> int:
-        """Bytes of the body not yet handed to the transport (held for this client)."""
-        return len(self._value) - self.sent
-
     async def write(self, writer: AbstractStreamWriter) -> None:
-        """Write the body in slices, each waiting while the transport is over its high water."""
-        view = memoryview(self._value)
+        """Write the body in slices, each waiting while the transport is over its high water.
+
+        At the end, or when the connection goes, the body is let go at once: an error's
+        traceback keeps this frame, and a cycle holding it waits for the garbage collector,
+        which counts objects, not bytes (300 dropped readers held 260 MiB so).
+        """
+        view: memoryview | None = memoryview(self._value)
+        piece: memoryview | None = None
         try:
             async with asyncio.timeout(self._timeout):
-                while self.sent < len(view):
+                while view is not None and self.sent < len(view):
                     piece = view[self.sent : self.sent + SLICE]
                     self.sent += len(piece)
                     await writer.write(piece)
@@ -76,6 +78,8 @@ class SlicedBody(payload.Payload):
             self._late()
             raise ConnectionResetError("the answer was not read in time") from None
         finally:
+            piece = view = None
+            self._value = b""
             self._finished()
 
     async def write_with_length(
@@ -84,3 +88,44 @@ class SlicedBody(payload.Payload):
         """As `write`: the length is the body's own (aiohttp sets Content-Length from it)."""
         del content_length
         await self.write(writer)
+
+
+class Pacer:
+    """Answers start one per turn of the event loop, so that it reads its sockets in between.
+
+    300 clients asking for a 3.4 MB `/metrics` at once had their 300 renders (20-40 ms each)
+    run in one turn of the loop: `/-/healthy` waited seconds, and 300 bodies were alive
+    before the first stalled reader could be let go. Here each request waits its turn
+    (first come, first served): one is let go per turn, the next turn is armed with a
+    timer, which the loop runs after it has polled its sockets.
+    """
+
+    def __init__(self) -> None:
+        self._queue: deque[asyncio.Future[None]] = deque()
+        self._armed = False
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for their turn."""
+        return len(self._queue)
+
+    async def turn(self) -> None:
+        """Wait for this request's turn."""
+        loop = asyncio.get_running_loop()
+        turn: asyncio.Future[None] = loop.create_future()
+        self._queue.append(turn)
+        if not self._armed:
+            self._armed = True
+            loop.call_soon(self._next)
+        await turn
+
+    def _next(self) -> None:
+        while self._queue:
+            turn = self._queue.popleft()
+            if not turn.done():  # else its request was cancelled
+                turn.set_result(None)
+                break
+        if self._queue:
+            asyncio.get_running_loop().call_later(0, self._next)
+        else:
+            self._armed = False

@@ -14,7 +14,7 @@ of a default 1024-fd process, so the pulls' own sockets fail; a client that asks
   longest (since it was accepted, its request began or its last answer ended), whatever it
   waits for, is closed to make room, so a real scrape always gets in.
 - Every request, head and body, must arrive within `REQUEST_TIMEOUT` of its first byte (the
-  first request: of the accept, the TLS handshake included, see `_TLSGate`).
+  first request: of the accept, the TLS handshake included, see `TLSGate`).
 - Answers are written in slices (`exporter.web.answers`) within `ANSWER_TIMEOUT`; a
   connection whose writing stays paused (the client reads nothing) for `WRITE_TIMEOUT` is
   closed, and when the bytes held for such stalled readers pass `MAX_BUFFERED`, the one
@@ -34,7 +34,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from exporter.core.ratelog import RateLimitedLog
-from exporter.web.answers import SLICE, SlicedBody
+from exporter.web.answers import SLICE, Pacer, SlicedBody
 from exporter.web.binding import (
     BACKLOG,
     ListenError,
@@ -43,7 +43,8 @@ from exporter.web.binding import (
     format_address,
     raise_fd_limit,
 )
-from exporter.web.quiet import QuietErrors, reason, request_error_log
+from exporter.web.quiet import QuietErrors, request_error_log
+from exporter.web.tlsgate import TLSGate, abort
 
 if TYPE_CHECKING:
     import socket
@@ -75,8 +76,14 @@ WRITE_TIMEOUT: Final = 10.0
 """Seconds an answer may stay unread (the transport over its high-water mark)."""
 ANSWER_TIMEOUT: Final = 60.0
 """Seconds to write one answer larger than a slice, however slowly it is read."""
+MAX_BODY: Final = 64 * 1024
+"""A body is awaited whole before its handler runs when it declares at most this much
+(the API's own limit: larger ones are answered 413 by their handler, unread)."""
+FREE_PATHS: Final = frozenset({"/-/healthy", "/-/ready"})
+"""Paths answered without waiting for their turn (`Pacer`): cheap, and they must answer
+under any load."""
 MAX_BUFFERED: Final = 64 * 1024 * 1024
-"""Bytes held in all for answers to stalled readers (their buffers and unsent bodies)."""
+"""Bytes held in all for answers to stalled readers (their buffers and their bodies)."""
 KEEPALIVE_TIMEOUT: Final = 60.0
 """Seconds an idle keep-alive connection stays open (Prometheus scrapes every 15-60 s)."""
 SHUTDOWN_TIMEOUT: Final = 2.0
@@ -112,7 +119,7 @@ class _Connection(RequestHandler):
     """The sliced answer being written, if any."""
 
     counted = False
-    """Counted in at accept already (TLS: by its `_TLSGate`, before the handshake)."""
+    """Counted in at accept already (TLS: by its `TLSGate`, before the handshake)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Count the connection in, maybe making room; start the request deadline."""
@@ -142,56 +149,6 @@ class _Connection(RequestHandler):
         self.guard.unstalled(self)
 
 
-class _TLSGate(asyncio.Protocol):
-    """The TCP side of a TLS connection: counted from accept, then upgraded, then handed on.
-
-    With `create_server(ssl=...)` a connection is invisible until its handshake is done, so
-    stalled handshakes could hold every descriptor; here they count towards the cap, may be
-    closed to make room, and share the request deadline.
-    """
-
-    def __init__(
-        self, connection: _Connection, context: ssl.SSLContext, guard: ConnectionGuard
-    ) -> None:
-        self._connection = connection
-        self._context = context
-        self._guard = guard
-        self._upgrade: asyncio.Task[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Count the connection in and start the handshake."""
-        tcp = cast("asyncio.Transport", transport)
-        tcp.pause_reading()  # the ClientHello is for the TLS layer, not for this protocol
-        self._connection.counted = True
-        self._guard.opened(self._connection, tcp)
-        if not tcp.is_closing():
-            self._upgrade = asyncio.get_running_loop().create_task(self._handshake(tcp))
-
-    async def _handshake(self, tcp: asyncio.Transport) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            tls = await loop.start_tls(
-                tcp,
-                self._connection,
-                self._context,
-                server_side=True,
-                ssl_handshake_timeout=self._guard.request_timeout,
-            )
-        except (OSError, TimeoutError, ConnectionError) as exc:  # ssl.SSLError is an OSError
-            log.debug("TLS handshake failed", extra={"error": reason(exc)})
-            _abort(tcp)  # the connection's connection_lost counts it out
-            return
-        if tls is not None:
-            self._connection.connection_made(tls)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        """Gone before the handshake started."""
-        del exc
-        self._guard.closed(self._connection)
-        if self._upgrade is not None:
-            self._upgrade.cancel()
-
-
 class ConnectionGuard:
     """The open server connections: at most `cap`, each bounded in time and in bytes held."""
 
@@ -211,6 +168,7 @@ class ConnectionGuard:
         self.write_timeout = write_timeout
         self.answer_timeout = answer_timeout
         self.max_buffered = max_buffered
+        self.pacer = Pacer()
         self._open: dict[_Connection, asyncio.BaseTransport] = {}
         """Oldest first: by accept, or by the start of their request or the end of their
         last answer, whichever is latest."""
@@ -254,7 +212,7 @@ class ConnectionGuard:
 
     @property
     def buffered(self) -> int:
-        """Bytes held now for stalled readers: their transports' buffers and unsent bodies."""
+        """Bytes held now for stalled readers: their transports' buffers and their bodies."""
         return sum(self._held(connection) for connection in self._stalled)
 
     def protocol_factory(
@@ -262,7 +220,7 @@ class ConnectionGuard:
     ) -> Callable[[], asyncio.BaseProtocol]:
         """What `loop.create_server` calls per accepted connection.
 
-        aiohttp's own handler, behind a `_TLSGate` when there is an `ssl_context`.
+        aiohttp's own handler, behind a `TLSGate` when there is an `ssl_context`.
         """
         options: Mapping[str, Any] = server._kwargs  # noqa: SLF001 - the runner's handler options
 
@@ -271,7 +229,7 @@ class ConnectionGuard:
             connection.guard = self
             if ssl_context is None:
                 return connection
-            return _TLSGate(connection, ssl_context, self)
+            return TLSGate(connection, ssl_context, self)
 
         return make
 
@@ -279,7 +237,7 @@ class ConnectionGuard:
         """A connection came in: make room if at the cap; its first request's deadline runs."""
         if len(self._open) >= self.cap and not self._make_room():
             self._refused.log(open=len(self._open), cap=self.cap)
-            _abort(transport)
+            abort(transport)
             return
         self._open[connection] = transport
         self.request_started(connection)
@@ -319,7 +277,8 @@ class ConnectionGuard:
 
     def _held(self, connection: _Connection) -> int:
         transport = self._open.get(connection)
-        held = connection.answer.remaining if connection.answer is not None else 0
+        # The whole body: what is left of it pins all of it (the kernel took the rest).
+        held = connection.answer.size or 0 if connection.answer is not None else 0
         if transport is not None:
             with contextlib.suppress(Exception):
                 held += cast("asyncio.WriteTransport", transport).get_write_buffer_size()
@@ -341,7 +300,7 @@ class ConnectionGuard:
         self._stop_timers(connection)
         if transport is not None:
             self.closed_counts[why] += 1
-            _abort(transport)
+            abort(transport)
 
     def _make_room(self) -> bool:
         """Close the connection that has waited longest, whatever it waits for."""
@@ -374,7 +333,7 @@ class ConnectionGuard:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Track the request (its body's deadline) and slice its answer."""
+        """Wait for the whole request, then for its turn; slice its answer."""
         connection = request.protocol
         if not isinstance(connection, _Connection):
             return await handler(request)
@@ -382,10 +341,14 @@ class ConnectionGuard:
         connection.requests += 1
         connection.busy += 1
         connection.body = request.content
-        if request.content.is_eof() and connection.deadline is not None:
-            connection.deadline.cancel()  # no body to wait for
-            connection.deadline = None
         try:
+            if (request.content_length or 0) <= MAX_BODY:  # larger: the handler says 413
+                await request.content.wait_eof()  # under the request deadline
+                _stop_deadline(connection)
+            if request.path not in FREE_PATHS:
+                await self.pacer.turn()
+                if request.transport is None or request.transport.is_closing():
+                    return web.Response(status=408)  # closed while it waited: nobody reads
             response = await handler(request)
         except ConnectionError:
             transport = request.transport
@@ -395,9 +358,7 @@ class ConnectionGuard:
         finally:
             connection.busy -= 1
             connection.body = None
-            if connection.deadline is not None:
-                connection.deadline.cancel()
-                connection.deadline = None
+            _stop_deadline(connection)
         return self._sliced(connection, request, response)
 
     def _sliced(
@@ -423,10 +384,10 @@ class ConnectionGuard:
         return response
 
 
-def _abort(transport: asyncio.BaseTransport) -> None:
-    """Close at once, without flushing: the fd is free on the next loop iteration."""
-    with contextlib.suppress(Exception):
-        cast("asyncio.Transport", transport).abort()
+def _stop_deadline(connection: _Connection) -> None:
+    if connection.deadline is not None:
+        connection.deadline.cancel()
+        connection.deadline = None
 
 
 @contextlib.asynccontextmanager
