@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,9 +20,11 @@ from aiohttp import web
 
 from exporter.web import listener
 from exporter.web.listener import ConnectionGuard, connection_cap
+from tests.harness import self_signed
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine
+    from pathlib import Path
 
 RENDERS = web.AppKey("renders", list[int])
 BIG = b"x" * (8 * 1024 * 1024)
@@ -57,10 +60,14 @@ def _app() -> web.Application:
 
 
 @contextlib.asynccontextmanager
-async def _server(guard: ConnectionGuard, app: web.Application | None = None) -> AsyncIterator[int]:
+async def _server(
+    guard: ConnectionGuard,
+    app: web.Application | None = None,
+    context: ssl.SSLContext | None = None,
+) -> AsyncIterator[int]:
     sockets = listener.bind("127.0.0.1", 0)
     try:
-        async with listener.start(app or _app(), sockets, ssl_context=None, guard=guard):
+        async with listener.start(app or _app(), sockets, ssl_context=context, guard=guard):
             yield int(sockets[0].getsockname()[1])
     finally:
         for sock in sockets:
@@ -133,6 +140,34 @@ def test_readers_that_never_read_hold_no_copy_and_are_closed() -> None:
             finally:
                 for sock in clients:
                     sock.close()
+
+    _run(scenario())
+
+
+def test_readers_that_never_read_over_tls_are_closed_too(tmp_path: Path) -> None:
+    """The same over TLS: the TLS layer's buffer is what pauses, and it is counted."""
+    self_signed(tmp_path)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tmp_path / "server.crt", tmp_path / "server.key")
+    client = ssl.create_default_context(cafile=tmp_path / "server.crt")
+    guard = ConnectionGuard(4096, 0, write_timeout=1.0, answer_timeout=30.0)
+
+    async def scenario() -> None:
+        async with _server(guard, context=server) as port:
+            writers = []
+            try:
+                for _ in range(10):
+                    sock = await _connect(port)
+                    _, writer = await asyncio.open_connection(
+                        sock=sock, ssl=client, server_hostname="127.0.0.1", limit=1024
+                    )
+                    writers.append(writer)
+                    writer.write(b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                await _until(lambda: guard.count == 0, 20, "the TLS readers to be closed")
+                assert guard.closed_counts["write_timeout"] + guard.closed_counts["buffered"] == 10
+            finally:
+                for writer in writers:
+                    writer.transport.abort()
 
     _run(scenario())
 
