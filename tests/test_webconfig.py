@@ -779,3 +779,17 @@ def test_a_full_queue_gives_a_newcomer_the_place_of_the_busiest_address() -> Non
     flood, fresh = run(scenario())
     assert fresh == [Verdict.DENIED] * crowd  # each was checked (and its password is wrong)
     assert flood.count(Verdict.BUSY) == crowd  # one place given up per newcomer
+
+
+def test_addresses_remembered_as_failing_are_bounded_in_count_and_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    queue = webauth.FairQueue()
+    for index in range(webauth.MAX_REMEMBERED_FAILURES + 1):
+        queue.failed(f"10.0.{index // 256}.{index % 256}")
+    assert len(queue._failed) == webauth.MAX_REMEMBERED_FAILURES
+    assert not queue._suspect("10.0.0.0")  # the oldest was forgotten
+    assert queue._suspect("10.0.0.1")
+    monkeypatch.setattr(webauth, "FAILURE_MEMORY", -1.0)
+    queue.failed("10.9.9.9")
+    assert not queue._suspect("10.9.9.9")  # past its memory: clean again
