@@ -6,6 +6,9 @@ not take at once is copied into the transport's buffer, so every client that ask
 body larger than `SLICE` is written `SLICE` bytes at a time, each write waiting while the
 transport's buffer is over its high-water mark (64 KiB): a reader that stops holds at most
 two slices and the high-water mark, and the answer as a whole has `timeout` seconds.
+
+`Pacer` lets answers start one per turn of the event loop, so that a burst of them (each
+`/metrics` is rendered for its request) cannot keep the loop from its sockets.
 """
 
 from __future__ import annotations

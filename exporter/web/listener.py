@@ -14,7 +14,10 @@ of a default 1024-fd process, so the pulls' own sockets fail; a client that asks
   longest (since it was accepted, its request began or its last answer ended), whatever it
   waits for, is closed to make room, so a real scrape always gets in.
 - Every request, head and body, must arrive within `REQUEST_TIMEOUT` of its first byte (the
-  first request: of the accept, the TLS handshake included, see `TLSGate`).
+  first request: of the accept, the TLS handshake included, see `TLSGate`); a body is
+  awaited whole before its handler runs.
+- Handlers start one per turn of the event loop (`Pacer`; the health checks skip it), so
+  that a burst of expensive answers cannot keep the loop from its sockets.
 - Answers are written in slices (`exporter.web.answers`) within `ANSWER_TIMEOUT`; a
   connection whose writing stays paused (the client reads nothing) for `WRITE_TIMEOUT` is
   closed, and when the bytes held for such stalled readers pass `MAX_BUFFERED`, the one
@@ -71,7 +74,6 @@ log = logging.getLogger("exporter.listener")
 
 REQUEST_TIMEOUT: Final = 10.0
 """Seconds a request has, head and body, from its first byte (Go's ReadTimeout)."""
-HEADER_TIMEOUT: Final = REQUEST_TIMEOUT
 WRITE_TIMEOUT: Final = 10.0
 """Seconds an answer may stay unread (the transport over its high-water mark)."""
 ANSWER_TIMEOUT: Final = 60.0
