@@ -414,3 +414,49 @@ def test_the_exporter_with_1000_pairs_survives_300_clients_that_never_read(tmp_p
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert "closing connections that do not read the answer" in logs or "too many bytes" in logs
     assert "Traceback" not in logs
+
+
+SLOW_BODIES = 1000
+
+
+@pytest.mark.slow
+def test_the_exporter_keeps_scraping_through_1000_slow_bodies(tmp_path: Path) -> None:
+    """Defect N4 on the real process (1024 fds, admin API on): 1,000 connections that send a
+    `POST /api/v1/pulls` body a byte now and then held the cap; 0 of 38 scrapes succeeded."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2 * SLOW_BODIES:
+        pytest.skip(f"the hard fd limit ({hard}) is below {2 * SLOW_BODIES}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2 * SLOW_BODIES), hard))
+    clients: list[socket.socket] = []
+    try:
+        with run_exporter(
+            PAIRS_CONFIG, tmp_path, "--log.level=info", "--web.enable-admin-api", fd_limit=1024
+        ) as exporter:
+            port = int(exporter.url.rsplit(":", 1)[1])
+            for index in range(SLOW_BODIES):
+                sock = socket.socket()
+                sock.setblocking(False)
+                sock.connect_ex(("127.0.0.1", port))
+                clients.append(sock)
+                if index % 100 == 99:
+                    time.sleep(0.05)  # paced a little: a burst overflows the listen backlog
+            head = (
+                b"POST /api/v1/pulls HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+            )
+            statuses = []
+            for step in range(30):  # 15 s: past the request deadline (10 s)
+                for sock in clients:
+                    with contextlib.suppress(OSError):
+                        sock.send(head if step == 0 else b" ")
+                statuses.append(exporter.get("/metrics")[0])
+                assert exporter.get("/-/healthy")[0] == 200
+                time.sleep(0.5)
+            logs = exporter.logs()
+    finally:
+        for sock in clients:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert statuses == [200] * len(statuses), statuses
+    assert "connection limit reached" in logs
+    assert "Traceback" not in logs
