@@ -324,7 +324,7 @@ def test_slow_connections_starve_neither_scrapes_nor_pulls(
                     statuses.append(_scrape(exporter.url, context))
                     time.sleep(0.3)
                 assert len(clients.started) > FD_LIMIT, "the attack did not get going"
-                # Each has HEADER_TIMEOUT from its accept, and the exporter lets them go: its
+                # Each has REQUEST_TIMEOUT from its accept, and the exporter lets them go: its
                 # descriptors come back while the slow clients still hold their ends.
                 with contextlib.suppress(AssertionError):
                     wait_for(lambda: _fds(exporter.process.pid) < FDS_AFTER, 15, "fds to come back")

@@ -638,7 +638,9 @@ def test_unknown_users_cost_a_bcrypt_check_too(monkeypatch: pytest.MonkeyPatch) 
             assert Verdict.DENIED is await auth.check(_basic("mallory", PASSWORD)["Authorization"])
             return checked
 
-    assert run(scenario()) == [HASH.encode()] * 2
+    checked = run(scenario())
+    assert [webauth.bcrypt_cost(each) for each in checked] == [4, 4]  # a decoy of alice's cost
+    assert HASH.encode() not in checked
 
 
 @pytest.mark.parametrize(
@@ -690,20 +692,39 @@ def test_basic_auth_needs_users() -> None:
         BasicAuth({})
 
 
-def test_unknown_users_are_checked_against_the_costliest_hash(
+def test_every_user_known_or_not_costs_one_check_per_cost_in_the_file(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Defect: the decoy was the cheapest hash, so unknown users answered faster."""
+    """Defect N14: a cost-8 user answered in 12.7 ms, a cost-12 user and an unknown one in
+    202 ms: the cheap user could be told apart. Now each check costs one bcrypt per cost
+    the file has, in the same order, the user's own hash in its cost's place."""
     cheap = bcrypt.hashpw(b"a", bcrypt.gensalt(rounds=4))
     dear = bcrypt.hashpw(b"b", bcrypt.gensalt(rounds=6))
     auth = BasicAuth({"alice": cheap, "bob": dear, "carol": cheap})
 
-    async def scenario() -> list[bytes]:
-        with _count_bcrypt(monkeypatch) as checked:
-            assert Verdict.DENIED is await auth.check(_basic("mallory", "x")["Authorization"])
-            return checked
+    async def scenario() -> dict[str, list[bytes]]:
+        checked: dict[str, list[bytes]] = {}
+        for user, password, verdict in (
+            ("alice", "a", Verdict.OK),
+            ("bob", "b", Verdict.OK),
+            ("carol", "x", Verdict.DENIED),
+            ("mallory", "x", Verdict.DENIED),
+        ):
+            with _count_bcrypt(monkeypatch) as each:
+                assert verdict is await auth.check(_basic(user, password)["Authorization"])
+                checked[user] = list(each)
+        return checked
 
-    assert run(scenario()) == [dear]
+    checked = run(scenario())
+    costs = {
+        user: tuple(webauth.bcrypt_cost(each) for each in hashes)
+        for user, hashes in checked.items()
+    }
+    assert costs == dict.fromkeys(("alice", "bob", "carol", "mallory"), (4, 6))
+    assert checked["alice"][0] == cheap
+    assert checked["bob"][1] == dear
+    assert cheap not in checked["mallory"]
+    assert dear not in checked["mallory"]
 
 
 def test_checks_for_clients_that_left_are_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -724,19 +745,51 @@ def test_the_bcrypt_queue_is_bounded_per_client_and_known_logins_skip_it() -> No
     good = _basic("alice", PASSWORD)["Authorization"]
     wrong = _basic("alice", "guess")["Authorization"]
 
-    async def scenario() -> tuple[list[Verdict], list[Verdict], Verdict]:
+    async def scenario() -> tuple[list[Verdict], Verdict]:
         assert await auth.check(good, "prometheus") is Verdict.OK  # verified once, remembered
         flood = [auth.check(wrong, "attacker") for _ in range(webauth.MAX_PENDING_PER_CLIENT + 20)]
-        others = [auth.check(wrong, f"other{i}") for i in range(webauth.MAX_PENDING + 10)]
-        tasks = [asyncio.ensure_future(each) for each in (*flood, *others)]
+        tasks = [asyncio.ensure_future(each) for each in flood]
         known = await auth.check(good, "prometheus")  # while all of them wait
-        verdicts = await asyncio.gather(*tasks)
-        return verdicts[: len(flood)], verdicts[len(flood) :], known
+        return await asyncio.gather(*tasks), known
 
-    flood, others, known = run(scenario())
+    flood, known = run(scenario())
     assert known is Verdict.OK
     assert flood.count(Verdict.DENIED) == webauth.MAX_PENDING_PER_CLIENT
     assert flood.count(Verdict.BUSY) == 20
-    denied = others.count(Verdict.DENIED)
-    assert denied == webauth.MAX_PENDING - webauth.MAX_PENDING_PER_CLIENT
-    assert others.count(Verdict.BUSY) == len(others) - denied
+
+
+def test_a_full_queue_gives_a_newcomer_the_place_of_the_busiest_address() -> None:
+    """At MAX_PENDING waiting, a new address still gets in: the address with the most
+    waiting gives up its newest; addresses with one each keep theirs."""
+    auth = BasicAuth({"alice": HASH.encode()})
+    wrong = _basic("alice", "guess")["Authorization"]
+    per = webauth.MAX_PENDING_PER_CLIENT
+    crowd = webauth.MAX_PENDING // per  # addresses that fill the queue together
+
+    async def scenario() -> tuple[list[Verdict], list[Verdict]]:
+        flood = [
+            asyncio.ensure_future(auth.check(wrong, f"flood{i}"))
+            for i in range(crowd)
+            for _ in range(per)
+        ]
+        await asyncio.sleep(0)
+        fresh = [asyncio.ensure_future(auth.check(wrong, f"fresh{i}")) for i in range(crowd)]
+        return await asyncio.gather(*flood), await asyncio.gather(*fresh)
+
+    flood, fresh = run(scenario())
+    assert fresh == [Verdict.DENIED] * crowd  # each was checked (and its password is wrong)
+    assert flood.count(Verdict.BUSY) == crowd  # one place given up per newcomer
+
+
+def test_addresses_remembered_as_failing_are_bounded_in_count_and_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    queue = webauth.FairQueue()
+    for index in range(webauth.MAX_REMEMBERED_FAILURES + 1):
+        queue.failed(f"10.0.{index // 256}.{index % 256}")
+    assert len(queue._failed) == webauth.MAX_REMEMBERED_FAILURES
+    assert not queue._suspect("10.0.0.0")  # the oldest was forgotten
+    assert queue._suspect("10.0.0.1")
+    monkeypatch.setattr(webauth, "FAILURE_MEMORY", -1.0)
+    queue.failed("10.9.9.9")
+    assert not queue._suspect("10.9.9.9")  # past its memory: clean again

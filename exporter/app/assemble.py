@@ -29,7 +29,7 @@ from exporter.state.history import History
 from exporter.state.pairs import ExporterState
 from exporter.storage.last_runs import StoredPair, restore_digests
 from exporter.storage.store import Storage
-from exporter.web import listener
+from exporter.web import hosts, listener
 from exporter.web.app import make_app
 from exporter.web.site import Site
 
@@ -217,7 +217,10 @@ async def scheduling(
 
 
 def web_app(
-    program: Program, running: Running, web_config: WebConfig | None = None
+    program: Program,
+    running: Running,
+    web_config: WebConfig | None = None,
+    allowed_hosts: hosts.AllowedHosts | None = None,
 ) -> web.Application:
     """The HTTP app over the running schedule: it sees a `Site`, and the actions the flags allow."""
     options = program.options
@@ -227,7 +230,7 @@ def web_app(
         pulls=running.scheduler if options.enable_admin_api else None,
         reloads=running.runtime if options.enable_lifecycle else None,
     )
-    return make_app(site, build_registry(program.state), web_config)
+    return make_app(site, build_registry(program.state), web_config, allowed_hosts)
 
 
 async def serve(
@@ -235,9 +238,10 @@ async def serve(
     web_config: WebConfig | None,
     sockets: list[socket.socket],
     connections: listener.ConnectionGuard,
+    allowed_hosts: hosts.AllowedHosts | None = None,
 ) -> None:
     """Run the schedule, and the HTTP server over it, until SIGTERM or SIGINT."""
     async with scheduling(program, connections) as running:
-        app = web_app(program, running, web_config)
+        app = web_app(program, running, web_config, allowed_hosts)
         ssl_context = web_config.ssl_context() if web_config is not None else None
         await listener.serve(app, sockets, ssl_context=ssl_context, guard=connections)

@@ -21,7 +21,7 @@ from exporter.core import signals
 from exporter.core.logs import FORMATS, LEVEL_NAMES, setup_logging
 from exporter.fleet.sharding import Shard, ShardError, resolve_shard
 from exporter.storage.database import StorePathError
-from exporter.web import listener
+from exporter.web import hosts, listener
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -104,6 +104,14 @@ class _HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def parse_allowed_hosts(text: str) -> tuple[str, ...]:
+    """`NAME,NAME,...` for `--web.allowed-hosts`: host names or addresses, no ports."""
+    try:
+        return tuple(hosts.allowed_name(name) for name in text.split(",") if name.strip())
+    except hosts.HostNameError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Prometheus-style dotted flags; `--flag=value` and `--flag value` both work."""
     parser = _Parser(
@@ -142,6 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=FORMATS,
         default="logfmt",
         help="log line format",
+    )
+    add(
+        "--web.allowed-hosts",
+        dest="allowed_hosts",
+        metavar="NAME,...",
+        type=parse_allowed_hosts,
+        default=(),
+        help="host names accepted in the Host header of the page, the API and /-/reload,"
+        " besides localhost, IP addresses and the listen address; others get 421"
+        " (default: none)",
     )
     add(
         "--once",
@@ -319,7 +337,8 @@ def _serve(
     if program.demo is not None:
         shown = listener.bound_addresses(sockets)[0].replace("0.0.0.0:", "127.0.0.1:")
         log.info("demo: open the page in a browser", extra={"url": f"http://{shown}/"})
-    asyncio.run(assemble.serve(program, web_config, sockets, guard))
+    allowed = hosts.AllowedHosts(args.allowed_hosts, host)
+    asyncio.run(assemble.serve(program, web_config, sockets, guard, allowed))
     signals.install()  # the loop's handlers are gone: stay in charge until the exit
     log.info("stopped")
     return 0

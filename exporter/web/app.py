@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final
 from aiohttp import web
 
 from exporter.metrics.scrape import make_metrics_handler
-from exporter.web import api, crossorigin, page
+from exporter.web import api, crossorigin, hosts, page
 from exporter.web.auth import install
 from exporter.web.site import Site
 
@@ -28,15 +28,20 @@ SITE_KEY: Final = web.AppKey("site", Site)
 
 
 def make_app(
-    site: Site, registry: PullRegistry, web_config: WebConfig | None = None
+    site: Site,
+    registry: PullRegistry,
+    web_config: WebConfig | None = None,
+    allowed_hosts: hosts.AllowedHosts | None = None,
 ) -> web.Application:
     """Build the application over what `site` lets it see and do.
 
-    `web_config` (`--web.config.file`) adds basic auth and response headers to every route.
+    `web_config` (`--web.config.file`) adds basic auth and response headers to every route;
+    `allowed_hosts` (`--web.allowed-hosts`) the names besides localhost and addresses.
     """
     app = web.Application()
     if web_config is not None:
         install(app, web_config)
+    hosts.install(app, allowed_hosts or hosts.AllowedHosts())  # first: before basic auth
     crossorigin.install(app)  # after basic auth: a POST from another site's page gets 403
     app[SITE_KEY] = site
     app.router.add_get("/metrics", make_metrics_handler(registry))

@@ -7,11 +7,18 @@ are HMACs under a per-process random key, so neither passwords nor fast hashes o
 memory, and looking one up reveals nothing through its timing.
 
 Everything else waits for one bcrypt worker thread (a password-guessing flood costs at most
-one core, and the event loop keeps serving). The queue is bounded twice: `MAX_PENDING` checks
-in all and `MAX_PENDING_PER_CLIENT` per remote address, so one client's flood cannot lock
-Prometheus out; what does not fit is answered 429 at once. A check whose client has gone
-while it waited is dropped. An unknown user is checked against the configured hash with the
-highest cost, so the answer time does not tell which users exist.
+one core, and the event loop keeps serving), in a fair queue (`FairQueue`): per remote
+address, served in turns, addresses without a recent failed check before the others, so a
+fresh login gets through a flood from many addresses after the check in progress. At most
+`MAX_PENDING` checks wait, `MAX_PENDING_PER_CLIENT` per address; when all is full a newcomer
+takes the place of the newest waiter of the address with most of them (answered 429), and
+what does not fit is answered 429 at once. A check whose client has gone while it waited is
+dropped.
+
+Every check costs the same whoever the user is: one bcrypt at each cost the file's hashes
+have, in ascending order; the user's own hash takes the place of the decoy of its cost, and
+an unknown user is checked against decoys only. So neither a user's existence nor its cost
+shows in the answer time (a cost-8 user and an unknown one took 12.7 and 202 ms before).
 
 Passwords longer than 72 bytes never match (bcrypt would ignore what follows).
 """
@@ -24,7 +31,8 @@ import enum
 import hmac
 import logging
 import secrets
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Final
 
 import bcrypt
@@ -33,7 +41,7 @@ from aiohttp import hdrs, web
 from exporter.core.ratelog import RateLimitedLog
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     from aiohttp.typedefs import Handler, Middleware
 
@@ -48,10 +56,15 @@ MAX_PENDING: Final = 64
 """bcrypt checks waiting at most, in all; more are answered 429."""
 MAX_PENDING_PER_CLIENT: Final = 4
 """bcrypt checks waiting at most per remote address."""
+FAILURE_MEMORY: Final = 60.0
+"""Seconds an address whose check failed waits behind the addresses without failures."""
+MAX_REMEMBERED_FAILURES: Final = 4096
+"""Addresses with a recent failure remembered at most (the oldest forgotten first)."""
 RETRY_AFTER: Final = "1"
 _MAX_PASSWORD_BYTES: Final = 72
 """bcrypt only reads this much; longer passwords never match instead of matching a prefix."""
 _CACHE_SIZE: Final = 256
+_BCRYPT_ALPHABET: Final = b"./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 
 class Verdict(enum.Enum):
@@ -68,6 +81,122 @@ def bcrypt_cost(hashed: bytes) -> int:
     return int(hashed[4:6])
 
 
+def decoy_hash(cost: int) -> bytes:
+    """A hash of `cost` that no password matches: a random salt and a random digest.
+
+    Checking against it costs what checking against a real hash of that cost does, and
+    making it costs nothing (no bcrypt at start-up).
+    """
+    digest = bytes(secrets.choice(_BCRYPT_ALPHABET) for _ in range(31))
+    return bcrypt.gensalt(rounds=cost) + digest
+
+
+class FairQueue:
+    """Turns at the one bcrypt worker: per address in rotation, clean addresses first.
+
+    One FIFO queue per address. At each turn the first address in the rotation without a
+    failed check in the last `FAILURE_MEMORY` seconds goes (else the first of all), and
+    moves to the end of the rotation.
+    """
+
+    def __init__(self) -> None:
+        self._queues: OrderedDict[str, deque[asyncio.Future[bool]]] = OrderedDict()
+        self._pending: dict[str, int] = {}
+        """Checks per address, waiting or being made."""
+        self._waiting = 0
+        self._busy = False
+        self._failed: OrderedDict[str, float] = OrderedDict()
+
+    def failed(self, client: str) -> None:
+        """A check of `client` failed: its next ones wait behind the clean addresses."""
+        self._failed.pop(client, None)
+        self._failed[client] = time.monotonic() + FAILURE_MEMORY
+        while len(self._failed) > MAX_REMEMBERED_FAILURES:
+            self._failed.popitem(last=False)
+
+    def _suspect(self, client: str) -> bool:
+        until = self._failed.get(client)
+        if until is None:
+            return False
+        if until < time.monotonic():
+            del self._failed[client]
+            return False
+        return True
+
+    def enter(self, client: str) -> asyncio.Future[bool] | None:
+        """A place in the queue for a check of `client`; None when there is no room.
+
+        The future is True when it is this check's turn, False when a newcomer took the
+        place (answer 429).
+        """
+        pending = self._pending.get(client, 0)
+        if pending >= MAX_PENDING_PER_CLIENT:
+            return None
+        if self._waiting >= MAX_PENDING and not self._push_out(client, pending):
+            return None
+        turn: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(client, deque()).append(turn)
+        self._pending[client] = pending + 1
+        self._waiting += 1
+        self._next()
+        return turn
+
+    def leave(self, client: str) -> None:
+        """The check of `client` that had its turn is done: the next one goes."""
+        self._busy = False
+        self._count_out(client)
+        self._next()
+
+    def _count_out(self, client: str) -> None:
+        self._waiting -= 1
+        if self._pending[client] <= 1:
+            del self._pending[client]
+        else:
+            self._pending[client] -= 1
+
+    def _push_out(self, client: str, pending: int) -> bool:
+        """Make room by taking the newest waiter of the address with most of them waiting.
+
+        A clean newcomer takes a suspect's place whatever its queue; otherwise only an
+        address with at least two more waiting than the newcomer (`pending`) gives one up.
+        """
+        suspects = [each for each in self._queues if self._suspect(each)]
+        clean = not self._suspect(client)
+        victim = max(
+            suspects if clean and suspects else self._queues,
+            key=lambda each: len(self._queues[each]),
+            default=None,
+        )
+        if victim is None:
+            return False
+        queue = self._queues[victim]
+        if not (clean and suspects) and len(queue) < pending + 2:
+            return False
+        turn = queue.pop()
+        if not queue:
+            del self._queues[victim]
+        self._count_out(victim)
+        if not turn.done():
+            turn.set_result(False)
+        return True
+
+    def _next(self) -> None:
+        while not self._busy and self._queues:
+            client = next(
+                (each for each in self._queues if not self._suspect(each)),
+                next(iter(self._queues)),
+            )
+            queue = self._queues.pop(client)
+            turn = queue.popleft()
+            if queue:
+                self._queues[client] = queue  # to the end: the next address has its turn
+            if turn.done():  # its waiter was cancelled (client gone)
+                self._count_out(client)
+            else:
+                self._busy = True
+                turn.set_result(True)
+
+
 class BasicAuth:
     """Checks `Authorization: Basic` headers against bcrypt hashes; see the module docstring."""
 
@@ -75,12 +204,10 @@ class BasicAuth:
         if not users:
             raise ValueError("BasicAuth needs at least one user")
         self._users = {name.encode(): hashed for name, hashed in users.items()}
-        self._decoy = max(self._users.values(), key=bcrypt_cost)
+        self._decoys = {cost: decoy_hash(cost) for cost in sorted(map(bcrypt_cost, users.values()))}
         self._key = secrets.token_bytes(32)
         self._verified: OrderedDict[bytes, None] = OrderedDict()
-        self._worker = asyncio.Lock()
-        self._pending: dict[str, int] = {}
-        self._waiting = 0
+        self._queue = FairQueue()
 
     async def check(
         self,
@@ -90,8 +217,8 @@ class BasicAuth:
     ) -> Verdict:
         """Whether the header holds the right password of a configured user.
 
-        `client` (the remote address) bounds the checks one client may have waiting;
-        `connected` says whether anybody still waits for this answer.
+        `client` (the remote address) is the unit of fairness of the queue; `connected`
+        says whether anybody still waits for this answer.
         """
         credentials = _parse_basic(authorization)
         if credentials is None:
@@ -101,20 +228,22 @@ class BasicAuth:
         token = hmac.digest(self._key, len(user).to_bytes(4, "big") + user + password, "sha256")
         if hashed is not None and self._remembered(token):
             return Verdict.OK
-        pending = self._pending.get(client, 0)
-        if self._waiting >= MAX_PENDING or pending >= MAX_PENDING_PER_CLIENT:
+        turn = self._queue.enter(client)
+        if turn is None:
             return Verdict.BUSY
-        self._waiting += 1
-        self._pending[client] = pending + 1
         try:
-            async with self._worker:
-                verdict = await self._verify(user, password, token, connected)
+            if not await turn:
+                return Verdict.BUSY  # a newcomer from a quieter address took the place
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled() and turn.result():
+                self._queue.leave(client)  # it was our turn: pass it on
+            raise
+        try:
+            verdict = await self._verify(user, password, token, connected)
         finally:
-            self._waiting -= 1
-            if self._pending[client] <= 1:
-                del self._pending[client]
-            else:
-                self._pending[client] -= 1
+            self._queue.leave(client)
+        if verdict is Verdict.DENIED and connected():
+            self._queue.failed(client)
         return verdict
 
     async def _verify(
@@ -126,7 +255,11 @@ class BasicAuth:
             return Verdict.OK
         if not connected():
             return Verdict.DENIED  # nobody is left to answer: no bcrypt for them
-        matches = await asyncio.to_thread(_bcrypt_matches, password, hashed or self._decoy)
+        hashes = [
+            hashed if hashed is not None and cost == bcrypt_cost(hashed) else decoy
+            for cost, decoy in self._decoys.items()
+        ]
+        matches = await asyncio.to_thread(_all_match, password, hashes, hashed)
         if not matches or hashed is None:
             return Verdict.DENIED
         self._verified[token] = None
@@ -140,6 +273,18 @@ class BasicAuth:
             return False
         self._verified.move_to_end(token)
         return True
+
+
+def _all_match(password: bytes, hashes: Sequence[bytes], real: bytes | None) -> bool:
+    """Whether `password` matches `real`, one of `hashes`, checked against every one of them.
+
+    The same work whichever matches, and whether any does.
+    """
+    matched = False
+    for hashed in hashes:
+        result = _bcrypt_matches(password, hashed)
+        matched |= result and hashed is real
+    return matched
 
 
 def _parse_basic(authorization: str | None) -> tuple[bytes, bytes] | None:

@@ -1,23 +1,28 @@
-"""The listening side of the HTTP server: bind, limits per connection and in total, quiet errors.
+"""The listening side of the HTTP server: bind, limits per connection and in total.
 
 `web.run_app` binds late (after the app, and so the scheduler, started), gives a traceback
 for a port in use, and has no protection against slow clients: a connection that never
-finishes its request head holds a file descriptor for aiohttp's 75 s keep-alive timeout, and
-about 1,000 of them take every descriptor of a default 1024-fd process, so the pulls'
-own sockets fail. Here:
+finishes its request holds a file descriptor, and about 1,000 of them take every descriptor
+of a default 1024-fd process, so the pulls' own sockets fail; a client that asks for
+`/metrics` and never reads holds a copy of the answer. Here:
 
-- `bind` opens the listening sockets first; any problem is one `ListenError` line.
-- `raise_fd_limit` lifts the soft `RLIMIT_NOFILE` to the hard limit at start-up.
+- `bind` opens the listening sockets first; any problem is one `ListenError` line, and
+  `raise_fd_limit` lifts the soft `RLIMIT_NOFILE` to the hard limit (`exporter.web.binding`).
 - `ConnectionGuard` caps open server connections below the fd limit, leaving room for the
   pulls (`connection_cap`), and fits the cap again whenever the pairs in force change (a
-  reload, discovery: `ConnectionGuard.fit`). At the cap the oldest connection that is not
-  being answered (one that never sent a whole request first) is closed to make room, so a
-  real scrape still gets in. A connection must send a complete request head within
-  `HEADER_TIMEOUT` (with TLS, the handshake included: TLS connections are counted from
-  accept, see `_TLSGate`).
-- Malformed requests are one debug line (`request_error_log`), and socket errors that asyncio
-  reports (`accept()` out of descriptors, TLS handshakes of strangers) are one warning line
-  at most every 10 s (`exporter.core.ratelog`) with a count of the ones left out (`QuietErrors`).
+  reload, discovery: `ConnectionGuard.fit`). At the cap the connection that has waited
+  longest (since it was accepted, its request began or its last answer ended), whatever it
+  waits for, is closed to make room, so a real scrape always gets in.
+- Every request, head and body, must arrive within `REQUEST_TIMEOUT` of its first byte (the
+  first request: of the accept, the TLS handshake included, see `TLSGate`); a body is
+  awaited whole before its handler runs.
+- Handlers start one per turn of the event loop (`Pacer`; the health checks skip it), so
+  that a burst of expensive answers cannot keep the loop from its sockets.
+- Answers are written in slices (`exporter.web.answers`) within `ANSWER_TIMEOUT`; a
+  connection whose writing stays paused (the client reads nothing) for `WRITE_TIMEOUT` is
+  closed, and when the bytes held for such stalled readers pass `MAX_BUFFERED`, the one
+  stalled longest is closed first.
+- Socket errors and malformed requests are short lines (`exporter.web.quiet`).
 """
 
 from __future__ import annotations
@@ -25,27 +30,62 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import resource
 import signal
-import socket
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from exporter.core.ratelog import RateLimitedLog
+from exporter.web.answers import SLICE, Pacer, SlicedBody
+from exporter.web.binding import (
+    BACKLOG,
+    ListenError,
+    bind,
+    bound_addresses,
+    format_address,
+    raise_fd_limit,
+)
+from exporter.web.quiet import QuietErrors, request_error_log
+from exporter.web.tlsgate import TLSGate, abort
 
 if TYPE_CHECKING:
+    import socket
     import ssl
-    from collections.abc import Callable, Mapping
+    from collections.abc import AsyncIterator, Callable, Mapping
 
+    from aiohttp.streams import StreamReader
     from aiohttp.typedefs import Handler
+
+__all__ = [
+    "ConnectionGuard",
+    "ListenError",
+    "QuietErrors",
+    "bind",
+    "bound_addresses",
+    "connection_cap",
+    "format_address",
+    "raise_fd_limit",
+    "serve",
+    "start",
+]
 
 log = logging.getLogger("exporter.listener")
 
-HEADER_TIMEOUT: Final = 10.0
-"""Seconds a new connection has to send a complete request head (Go's ReadHeaderTimeout)."""
+REQUEST_TIMEOUT: Final = 10.0
+"""Seconds a request has, head and body, from its first byte (Go's ReadTimeout)."""
+WRITE_TIMEOUT: Final = 10.0
+"""Seconds an answer may stay unread (the transport over its high-water mark)."""
+ANSWER_TIMEOUT: Final = 60.0
+"""Seconds to write one answer larger than a slice, however slowly it is read."""
+MAX_BODY: Final = 64 * 1024
+"""A body is awaited whole before its handler runs when it declares at most this much
+(the API's own limit: larger ones are answered 413 by their handler, unread)."""
+FREE_PATHS: Final = frozenset({"/-/healthy", "/-/ready"})
+"""Paths answered without waiting for their turn (`Pacer`): cheap, and they must answer
+under any load."""
+MAX_BUFFERED: Final = 64 * 1024 * 1024
+"""Bytes held in all for answers to stalled readers (their buffers and their bodies)."""
 KEEPALIVE_TIMEOUT: Final = 60.0
 """Seconds an idle keep-alive connection stays open (Prometheus scrapes every 15-60 s)."""
 SHUTDOWN_TIMEOUT: Final = 2.0
@@ -57,71 +97,6 @@ FDS_PER_PAIR: Final = 2
 MAX_CONNECTIONS: Final = 1024
 """Open HTTP connections at most, however high the fd limit."""
 MIN_CONNECTIONS: Final = 16
-_BACKLOG: Final = 128
-
-
-class ListenError(Exception):
-    """The address cannot be listened on; the message is one line for the operator."""
-
-
-def format_address(host: str, port: int) -> str:
-    """`host:port`, with IPv6 hosts in brackets (`[::1]:11435`)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def bind(host: str | None, port: int) -> list[socket.socket]:
-    """Listening sockets for `host:port` (all interfaces when `host` is None).
-
-    Raises ListenError naming the address and the reason (in use, unknown host, ...).
-    """
-    shown = format_address(host or "", port)
-    try:
-        infos = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_ADDRCONFIG
-        )
-    except (socket.gaierror, UnicodeError) as exc:
-        raise ListenError(f"cannot listen on {shown}: unknown host ({_reason(exc)})") from None
-    sockets: list[socket.socket] = []
-    try:
-        for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:  # one socket per family, as asyncio does
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(_BACKLOG)
-            sock.setblocking(False)  # noqa: FBT003 - the socket API
-    except OSError as exc:
-        for sock in sockets:
-            sock.close()
-        raise ListenError(f"cannot listen on {shown}: {_reason(exc)}") from None
-    return sockets
-
-
-def _reason(exc: BaseException) -> str:
-    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return text.replace("\n", " ")
-
-
-def bound_addresses(sockets: list[socket.socket]) -> list[str]:
-    """What the sockets really listen on (the real port of `:0`)."""
-    return [format_address(*sock.getsockname()[:2]) for sock in sockets]
-
-
-def raise_fd_limit() -> int:
-    """Lift the soft RLIMIT_NOFILE to the hard limit; returns the soft limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-        except (OSError, ValueError) as exc:
-            log.warning("cannot raise the open file limit", extra={"error": _reason(exc)})
-        else:
-            log.debug("open file limit raised", extra={"from": soft, "to": wanted})
-            soft = wanted
-    return soft
 
 
 def connection_cap(fd_limit: int, pairs: int) -> int:
@@ -137,14 +112,19 @@ class _Connection(RequestHandler):
     requests = 0
     """Requests that reached the app on this connection."""
     busy = 0
-    """Requests being answered now."""
-    header_timer: asyncio.TimerHandle | None = None
+    """Requests being answered now (their head arrived)."""
+    deadline: asyncio.TimerHandle | None = None
+    """The request deadline: runs from a request's first byte until it is whole."""
+    body: StreamReader | None = None
+    """The body of the request being answered (whole when it is at EOF)."""
+    answer: SlicedBody | None = None
+    """The sliced answer being written, if any."""
 
     counted = False
-    """Counted in at accept already (TLS: by its `_TLSGate`, before the handshake)."""
+    """Counted in at accept already (TLS: by its `TLSGate`, before the handshake)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Count the connection in, maybe making room; start the header timer."""
+        """Count the connection in, maybe making room; start the request deadline."""
         super().connection_made(transport)
         if not self.counted:
             self.guard.opened(self, transport)
@@ -154,73 +134,62 @@ class _Connection(RequestHandler):
         self.guard.closed(self)
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        """The first byte of a request starts its deadline."""
+        if self.deadline is None and not self.busy:
+            self.guard.request_started(self)
+        super().data_received(data)
 
-class _TLSGate(asyncio.Protocol):
-    """The TCP side of a TLS connection: counted from accept, then upgraded, then handed on.
+    def pause_writing(self) -> None:
+        """The client does not read fast enough: the write timeout runs."""
+        super().pause_writing()
+        self.guard.stalled(self)
 
-    With `create_server(ssl=...)` a connection is invisible until its handshake is done, so
-    stalled handshakes could hold every descriptor; here they count towards the cap, may be
-    closed to make room, and share the header timeout.
-    """
-
-    def __init__(
-        self, connection: _Connection, context: ssl.SSLContext, guard: ConnectionGuard
-    ) -> None:
-        self._connection = connection
-        self._context = context
-        self._guard = guard
-        self._upgrade: asyncio.Task[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Count the connection in and start the handshake."""
-        tcp = cast("asyncio.Transport", transport)
-        tcp.pause_reading()  # the ClientHello is for the TLS layer, not for this protocol
-        self._connection.counted = True
-        self._guard.opened(self._connection, tcp)
-        if not tcp.is_closing():
-            self._upgrade = asyncio.get_running_loop().create_task(self._handshake(tcp))
-
-    async def _handshake(self, tcp: asyncio.Transport) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            tls = await loop.start_tls(
-                tcp,
-                self._connection,
-                self._context,
-                server_side=True,
-                ssl_handshake_timeout=self._guard.header_timeout,
-            )
-        except (OSError, TimeoutError, ConnectionError) as exc:  # ssl.SSLError is an OSError
-            log.debug("TLS handshake failed", extra={"error": _reason(exc)})
-            _abort(tcp)  # the connection's connection_lost counts it out
-            return
-        if tls is not None:
-            self._connection.connection_made(tls)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        """Gone before the handshake started."""
-        del exc
-        self._guard.closed(self._connection)
-        if self._upgrade is not None:
-            self._upgrade.cancel()
+    def resume_writing(self) -> None:
+        """The client reads again."""
+        super().resume_writing()
+        self.guard.unstalled(self)
 
 
 class ConnectionGuard:
-    """The open server connections: at most `cap`, each with a deadline for its first request."""
+    """The open server connections: at most `cap`, each bounded in time and in bytes held."""
 
-    def __init__(self, fd_limit: int, pairs: int, header_timeout: float = HEADER_TIMEOUT) -> None:
+    def __init__(
+        self,
+        fd_limit: int,
+        pairs: int,
+        request_timeout: float = REQUEST_TIMEOUT,
+        *,
+        write_timeout: float = WRITE_TIMEOUT,
+        answer_timeout: float = ANSWER_TIMEOUT,
+        max_buffered: int = MAX_BUFFERED,
+    ) -> None:
         self.fd_limit = fd_limit
         self.cap = connection_cap(fd_limit, pairs)
-        self.header_timeout = header_timeout
+        self.request_timeout = request_timeout
+        self.write_timeout = write_timeout
+        self.answer_timeout = answer_timeout
+        self.max_buffered = max_buffered
+        self.pacer = Pacer()
         self._open: dict[_Connection, asyncio.BaseTransport] = {}
-        """In accept order: the oldest first."""
+        """Oldest first: by accept, or by the start of their request or the end of their
+        last answer, whichever is latest."""
+        self._stalled: dict[_Connection, asyncio.TimerHandle] = {}
+        """Connections whose writing is paused, the one stalled longest first."""
         self._refused = RateLimitedLog(log, "connection limit reached, closing connections")
+        self._late_log = RateLimitedLog(log, "closing connections whose request was too slow")
+        self._stuck_log = RateLimitedLog(log, "closing connections that do not read the answer")
+        self._over_log = RateLimitedLog(log, "too many bytes held for slow readers, closing")
+        self.closed_counts: dict[str, int] = dict.fromkeys(
+            ("cap", "request_timeout", "write_timeout", "answer_timeout", "buffered"), 0
+        )
+        """Connections closed by each limit since start, for tests and the operator."""
 
     def fit(self, pairs: int) -> None:
         """Recompute the cap for the `pairs` now in force (each reload and discovery change).
 
-        A lower cap holds at once: idle connections over it are closed (oldest, never-used
-        first), since the new pairs' pulls need those descriptors; busy ones finish.
+        A lower cap holds at once: connections over it are closed (the ones that waited
+        longest first), since the new pairs' pulls need those descriptors.
         """
         cap = connection_cap(self.fd_limit, pairs)
         if cap == self.cap:
@@ -243,12 +212,17 @@ class ConnectionGuard:
         """Connections open now."""
         return len(self._open)
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held now for stalled readers: their transports' buffers and their bodies."""
+        return sum(self._held(connection) for connection in self._stalled)
+
     def protocol_factory(
         self, server: web.Server, ssl_context: ssl.SSLContext | None = None
     ) -> Callable[[], asyncio.BaseProtocol]:
         """What `loop.create_server` calls per accepted connection.
 
-        aiohttp's own handler, behind a `_TLSGate` when there is an `ssl_context`.
+        aiohttp's own handler, behind a `TLSGate` when there is an `ssl_context`.
         """
         options: Mapping[str, Any] = server._kwargs  # noqa: SLF001 - the runner's handler options
 
@@ -257,119 +231,198 @@ class ConnectionGuard:
             connection.guard = self
             if ssl_context is None:
                 return connection
-            return _TLSGate(connection, ssl_context, self)
+            return TLSGate(connection, ssl_context, self)
 
         return make
 
     def opened(self, connection: _Connection, transport: asyncio.BaseTransport) -> None:
-        """A connection came in: make room if at the cap, and give it `header_timeout`."""
+        """A connection came in: make room if at the cap; its first request's deadline runs."""
         if len(self._open) >= self.cap and not self._make_room():
             self._refused.log(open=len(self._open), cap=self.cap)
-            _abort(transport)
+            abort(transport)
             return
         self._open[connection] = transport
-        loop = asyncio.get_running_loop()
-        connection.header_timer = loop.call_later(self.header_timeout, self._late, connection)
+        self.request_started(connection)
 
     def closed(self, connection: _Connection) -> None:
         """The connection is gone."""
         self._open.pop(connection, None)
-        if connection.header_timer is not None:
-            connection.header_timer.cancel()
+        self._stop_timers(connection)
+
+    def request_started(self, connection: _Connection) -> None:
+        """A request's first byte (or the accept): its deadline runs; it counts as new."""
+        if connection not in self._open:
+            return
+        self._touch(connection)
+        if connection.deadline is None:
+            loop = asyncio.get_running_loop()
+            connection.deadline = loop.call_later(self.request_timeout, self._late, connection)
+
+    def stalled(self, connection: _Connection) -> None:
+        """Writing to `connection` paused: close it if it stays so; keep the bytes bounded."""
+        if connection not in self._open or connection in self._stalled:
+            return
+        loop = asyncio.get_running_loop()
+        self._stalled[connection] = loop.call_later(self.write_timeout, self._stuck, connection)
+        total = self.buffered
+        while total > self.max_buffered and self._stalled:
+            victim = next(iter(self._stalled))
+            total -= self._held(victim)
+            self._over_log.log(held=total, max_buffered=self.max_buffered)
+            self._close(victim, "buffered")
+
+    def unstalled(self, connection: _Connection) -> None:
+        """Writing to `connection` goes on."""
+        timer = self._stalled.pop(connection, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _held(self, connection: _Connection) -> int:
+        transport = self._open.get(connection)
+        # The whole body: what is left of it pins all of it (the kernel took the rest).
+        held = connection.answer.size or 0 if connection.answer is not None else 0
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                held += cast("asyncio.WriteTransport", transport).get_write_buffer_size()
+        return held
+
+    def _touch(self, connection: _Connection) -> None:
+        transport = self._open.pop(connection, None)
+        if transport is not None:
+            self._open[connection] = transport
+
+    def _stop_timers(self, connection: _Connection) -> None:
+        if connection.deadline is not None:
+            connection.deadline.cancel()
+            connection.deadline = None
+        self.unstalled(connection)
+
+    def _close(self, connection: _Connection, why: str) -> None:
+        transport = self._open.pop(connection, None)
+        self._stop_timers(connection)
+        if transport is not None:
+            self.closed_counts[why] += 1
+            abort(transport)
 
     def _make_room(self) -> bool:
-        """Close the oldest idle connection, preferring ones that never sent a request."""
-        idle = [conn for conn in self._open if not conn.busy]
-        victim = next((conn for conn in idle if not conn.requests), idle[0] if idle else None)
+        """Close the connection that has waited longest, whatever it waits for."""
+        victim = next(iter(self._open), None)
         if victim is None:
             return False
         self._refused.log(open=len(self._open), cap=self.cap)
-        _abort(self._open.pop(victim))
+        self._close(victim, "cap")
         return True
 
     def _late(self, connection: _Connection) -> None:
-        connection.header_timer = None
-        transport = self._open.get(connection)
-        if transport is not None and not connection.requests:
-            log.debug("closing a connection that sent no request in time")
-            _abort(transport)
+        connection.deadline = None
+        if connection not in self._open:
+            return
+        if connection.busy and (connection.body is None or connection.body.is_eof()):
+            return  # the request is whole: it is being answered
+        self._late_log.log(timeout=self.request_timeout)
+        self._close(connection, "request_timeout")
+
+    def _stuck(self, connection: _Connection) -> None:
+        self._stalled.pop(connection, None)
+        if connection in self._open:
+            self._stuck_log.log(timeout=self.write_timeout)
+            self._close(connection, "write_timeout")
+
+    def _answer_late(self, connection: _Connection) -> None:
+        if connection in self._open:
+            self._stuck_log.log(timeout=self.answer_timeout)
+            self._close(connection, "answer_timeout")
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Mark the connection busy while its request is answered; its head arrived."""
+        """Wait for the whole request, then for its turn; slice its answer."""
         connection = request.protocol
         if not isinstance(connection, _Connection):
             return await handler(request)
+        self.request_started(connection)  # pipelined: its bytes came during the last answer
         connection.requests += 1
         connection.busy += 1
-        if connection.header_timer is not None:
-            connection.header_timer.cancel()
-            connection.header_timer = None
+        connection.body = request.content
         try:
-            return await handler(request)
+            if (request.content_length or 0) <= MAX_BODY:  # larger: the handler says 413
+                await request.content.wait_eof()  # under the request deadline
+                _stop_deadline(connection)
+            if request.path not in FREE_PATHS:
+                await self.pacer.turn()
+                if request.transport is None or request.transport.is_closing():
+                    return web.Response(status=408)  # closed while it waited: nobody reads
+            response = await handler(request)
+        except ConnectionError:
+            transport = request.transport
+            if transport is None or transport.is_closing():  # closed here: the body was late
+                return web.Response(status=408)  # nobody reads it; aiohttp logs nothing
+            raise
         finally:
             connection.busy -= 1
+            connection.body = None
+            _stop_deadline(connection)
+        return self._sliced(connection, request, response)
+
+    def _sliced(
+        self, connection: _Connection, request: web.Request, response: web.StreamResponse
+    ) -> web.StreamResponse:
+        """Give a large bytes body to `SlicedBody`, so a slow reader holds no copy of it."""
+        if not isinstance(response, web.Response) or request.method == "HEAD":
+            return response
+        body = response.body
+        if not isinstance(body, bytes) or len(body) <= SLICE:
+            return response
+
+        def finished() -> None:
+            if connection.answer is sliced:
+                connection.answer = None
+            self._touch(connection)  # it waits for its next request from now
+
+        sliced = SlicedBody(
+            body, self.answer_timeout, lambda: self._answer_late(connection), finished
+        )
+        connection.answer = sliced
+        response.body = sliced
+        return response
 
 
-def _abort(transport: asyncio.BaseTransport) -> None:
-    """Close at once, without flushing: the fd is free on the next loop iteration."""
-    with contextlib.suppress(Exception):
-        cast("asyncio.Transport", transport).abort()
+def _stop_deadline(connection: _Connection) -> None:
+    if connection.deadline is not None:
+        connection.deadline.cancel()
+        connection.deadline = None
 
 
-class QuietErrors:
-    """A loop exception handler: socket errors are rate-limited one-liners, the rest as usual."""
-
-    def __init__(self) -> None:
-        self._logs: dict[str, RateLimitedLog] = {}
-
-    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        """Handle one error report of the loop."""
-        exc = context.get("exception")
-        message = str(context.get("message", ""))
-        if not isinstance(exc, OSError) or message.startswith(
-            ("Task exception", "Future exception", "Exception in callback", "Unhandled error")
-        ):
-            loop.default_exception_handler(context)
-            return
-        key = f"{message}: {type(exc).__name__}"
-        limiter = self._logs.get(key)
-        if limiter is None:
-            if len(self._logs) > 64:  # bounded however many kinds of error there are
-                self._logs.clear()
-            limiter = self._logs[key] = RateLimitedLog(log, message or "socket error")
-        limiter.log(error=_reason(exc))
-
-
-class _BadRequestsQuiet(logging.Filter):
-    """aiohttp's server log: a malformed request is one debug line, not an error traceback.
-
-    aiohttp logs every unparsable request with `logger.exception` (about 750 bytes each);
-    errors of our own handlers (500s) still go out at error level with their traceback.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Turn a bad-request record into one debug line; drop it below debug."""
-        exc = record.exc_info[1] if record.exc_info else None
-        if not isinstance(exc, HttpProcessingError):
-            return True
-        if not logging.getLogger("exporter").isEnabledFor(logging.DEBUG):
-            return False
-        reason = exc.message if isinstance(exc.message, str) and exc.message else str(exc)
-        record.msg = "bad request: " + record.getMessage()
-        record.args = ()
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        record.exc_info, record.exc_text = None, None
-        record.error = reason.splitlines()[0][:200] if reason else type(exc).__name__
-        return True
-
-
-def request_error_log() -> logging.Logger:
-    """The logger aiohttp's connection handlers report request errors to."""
-    logger = logging.getLogger("exporter.http")
-    if not any(isinstance(each, _BadRequestsQuiet) for each in logger.filters):
-        logger.addFilter(_BadRequestsQuiet())
-    return logger
+@contextlib.asynccontextmanager
+async def start(
+    app: web.Application,
+    sockets: list[socket.socket],
+    *,
+    ssl_context: ssl.SSLContext | None,
+    guard: ConnectionGuard,
+) -> AsyncIterator[web.AppRunner]:
+    """Serve `app` on the bound `sockets` behind `guard` while the block runs."""
+    loop = asyncio.get_running_loop()
+    app.middlewares.insert(0, guard.middleware)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        logger=request_error_log(),
+        keepalive_timeout=KEEPALIVE_TIMEOUT,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+    )
+    await runner.setup()
+    servers: list[asyncio.Server] = []
+    try:
+        assert runner.server is not None
+        factory = guard.protocol_factory(runner.server, ssl_context)
+        servers.extend(
+            [await loop.create_server(factory, sock=sock, backlog=BACKLOG) for sock in sockets]
+        )
+        yield runner
+    finally:
+        for server in servers:
+            server.close()
+        await runner.cleanup()
 
 
 async def serve(
@@ -385,24 +438,6 @@ async def serve(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app.middlewares.insert(0, guard.middleware)
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        logger=request_error_log(),
-        keepalive_timeout=KEEPALIVE_TIMEOUT,
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
-    )
-    await runner.setup()
-    servers: list[asyncio.Server] = []
-    try:
-        assert runner.server is not None
-        factory = guard.protocol_factory(runner.server, ssl_context)
-        servers.extend(
-            [await loop.create_server(factory, sock=sock, backlog=_BACKLOG) for sock in sockets]
-        )
+    # The signal handlers stay until the loop closes: a second SIGTERM changes nothing.
+    async with start(app, sockets, ssl_context=ssl_context, guard=guard):
         await stop.wait()
-    finally:  # the signal handlers stay until the loop closes: a second SIGTERM changes nothing
-        for server in servers:
-            server.close()
-        await runner.cleanup()
