@@ -11,18 +11,24 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from exporter.ollama.protocol import RUN_PHASES, Phase, Reason
 from exporter.state.history import History, Trigger, pack
-from exporter.state.pairs import ExporterState
+from exporter.state.pairs import ExporterState, PairState
 from exporter.state.transcript import TranscriptLine, TranscriptText
+from exporter.storage.run_history import insert_statements
 from exporter.storage.store import Storage
 from exporter.web import api
 from exporter.web.site import Site
 from tests.api_schema import check_answer
+from tests.test_history import run_once
+from tests.test_storage_owner import TEXT as V1_TEXT
 from tests.test_storage_owner import V1_TABLES, _v1_file
 
 if TYPE_CHECKING:
@@ -137,3 +143,64 @@ def test_run_json_is_as_before_on_a_fixture_history(tmp_path: Path) -> None:
         detail = json.loads(DETAILS[run["id"]])
         assert list(detail)[: len(run)] == list(run)
         assert {key: detail[key] for key in run} == run
+
+
+def test_a_record_is_typed_and_written_back_as_it_was_read(tmp_path: Path) -> None:
+    """The file's values stay byte for byte: a record read back is the row it came from."""
+    path = tmp_path / "state.db"
+    _fixture_file(path)
+    storage = Storage.open(path)
+    try:
+        assert storage.history is not None
+        records = storage.history.latest_per_pair() + [
+            record
+            for record in (asyncio.run(storage.history.get(i)) for i in (7, 8, 9))
+            if record is not None
+        ]
+    finally:
+        storage.close()
+    assert [record.id for record in records] == [8, 9, 7, 8, 9]
+    for record in records:
+        assert isinstance(record.trigger, Trigger)
+        assert record.reason is None or isinstance(record.reason, Reason)
+        assert all(isinstance(phase, Phase) for phase in record.phase_seconds)
+    assert records[3].phase_seconds == {
+        Phase.MANIFEST: 0.1234567,
+        Phase.DOWNLOAD: 1.0,
+        Phase.VERIFY: 0.0,
+        Phase.WRITE: 0.0004,
+        Phase.PRUNE: 2.0,
+    }
+    written = {record.id: insert_statements(record, 10)[0][1] for record in records[2:]}
+    assert written[7] == (
+        *(7, "gpu", "qwen3", "schedule", 1700000087.5, 1700000100.0, 12.5, 0, "stalled"),
+        *("no bytes for 60s", 10, 4, '{"manifest": 1.5}', pack(V1_TEXT)),
+    )
+    assert written[9] == ROWS[1]
+    # Integers the file may hold come back as the floats the exporter writes.
+    phases = (
+        '{"manifest": 0.1234567, "download": 1.0, "verify": 0.0, "write": 0.0004, "prune": 2.0}'
+    )
+    assert written[8] == (*ROWS[0][:12], phases, ROWS[0][13])
+
+
+def test_a_finished_run_keeps_its_enums_through_memory_and_the_file(tmp_path: Path) -> None:
+    storage = Storage.open(tmp_path / "state.db")
+    try:
+        history = History(10, storage.history)
+        record = run_once(history, PairState("s", "a", 60.0), error="boom")
+        assert record is not None
+        assert (record.trigger, record.reason) == (Trigger.SCHEDULE, Reason.OTHER)
+        assert list(record.phase_seconds) == list(RUN_PHASES)
+        assert storage.history is not None
+        backend = storage.history
+        for _ in range(3000):  # the writer thread stores it; generous for a busy machine
+            if backend.written:
+                break
+            threading.Event().wait(0.01)
+        stored = History(10, backend)  # as at the next start: from the file only
+        again = asyncio.run(stored.run(record.id))
+    finally:
+        storage.close()
+    assert stored.last_record("s", "a") == msgspec.structs.replace(record, transcript=None)
+    assert again == record
