@@ -14,7 +14,6 @@ from typing import Any, Final
 import msgspec
 
 from exporter import __version__
-from exporter.ollama.protocol import Phase
 from exporter.state.runs import RunDetail, RunList
 
 Json = dict[str, Any]
@@ -52,8 +51,11 @@ def _error(description: str) -> Json:
 _LAST_RUN: Final = _object(
     {
         "id": {"type": ["integer", "null"], "description": "its id in the history, if kept"},
-        "result": {"enum": ["success", "failure"]},
-        "reason": {**_STRING_OR_NULL, "description": "the failure reason (metric label)"},
+        "result": _ref("Result"),
+        "reason": {
+            "anyOf": [_ref("Reason"), {"type": "null"}],
+            "description": "the failure reason (metric label)",
+        },
         "error": {**_STRING_OR_NULL, "description": "the error text, secrets redacted"},
         "ended_at": {"type": "number", "description": "Unix time"},
         "duration_seconds": {"type": "number", "minimum": 0},
@@ -64,7 +66,7 @@ _PAIR: Final = _object(
     {
         "server": {"type": "string"},
         "model": {"type": "string"},
-        "phase": {"enum": [phase.value for phase in Phase]},
+        "phase": _ref("Phase"),
         "in_progress": {"type": "boolean"},
         "completed_bytes": _COUNT,
         "expected_bytes": _COUNT,
@@ -126,7 +128,8 @@ _SERVER: Final = _object(
 _RUN_REFS, _RUN_SCHEMAS = msgspec.json.schema_components(
     (RunList, RunDetail), ref_template="#/components/schemas/{name}"
 )
-"""The run schemas (and the enums they use), generated from the types the API encodes."""
+"""The run schemas and the enums they use (`Result`, `Reason`, `Phase`, which the hand-written
+schemas below refer to as well), generated from the types the API encodes."""
 _RUN_ID_PARAM: Final = {
     "name": "id",
     "in": "path",
