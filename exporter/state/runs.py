@@ -84,8 +84,13 @@ class ActiveRun:
         return self.transcript
 
 
-class RunRecord(msgspec.Struct, frozen=True):
-    """A finished run; `transcript` is compressed (see `pack`)."""
+class RunRecord(msgspec.Struct, frozen=True, gc=False):
+    """A finished run; `transcript` is compressed (see `pack`).
+
+    `gc=False`: it holds only strings, numbers, enums and a dict of those, so it cannot be part
+    of a cycle, and a long history (100 runs of each of a thousand pairs) is not scanned by
+    every collection of the cycle collector.
+    """
 
     id: int
     server: str
