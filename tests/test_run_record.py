@@ -18,7 +18,9 @@ import msgspec
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from exporter.ollama.protocol import RUN_PHASES, Phase, Reason
+from exporter.ollama.progress import RunProgress
+from exporter.ollama.protocol import RUN_PHASES, LineDecoder, Phase, Reason
+from exporter.state import runs
 from exporter.state.history import History, Trigger, pack
 from exporter.state.pairs import ExporterState, PairState
 from exporter.state.transcript import TranscriptLine, TranscriptText
@@ -204,3 +206,25 @@ def test_a_finished_run_keeps_its_enums_through_memory_and_the_file(tmp_path: Pa
         storage.close()
     assert stored.last_record("s", "a") == msgspec.structs.replace(record, transcript=None)
     assert again == record
+
+
+def test_a_running_run_shows_its_phases_so_far() -> None:
+    """The view of a streaming run at a given clock; the old code answered these same bytes."""
+    history = History()
+    active = history.reserve("gpu", "qwen3", Trigger.START)
+    progress = RunProgress(100.0)
+    layer = b'{"status":"pulling aa","digest":"sha256:aa","total":10,"completed":%d}\n'
+    for line in LineDecoder().feed(b'{"status":"pulling manifest"}\n' + layer % 0):
+        progress.apply(line, 100.25)
+    for line in LineDecoder().feed(layer % 4):
+        progress.apply(line, 100.5)
+    active.begin(progress, 1_700_000_000.5)
+    view = runs.run_view(active, 101.0)
+    assert msgspec.json.encode(view) == (
+        b'{"id":1,"server":"gpu","model":"qwen3","state":"running","trigger":"start",'
+        b'"started_at":1700000000.5,"ended_at":null,"duration_seconds":1.0,"result":null,'
+        b'"reason":null,"error":null,"downloaded_bytes":4,"reused_bytes":0,"phase_seconds":'
+        b'{"manifest":0.25,"download":0.75,"verify":0.0,"write":0.0,"prune":0.0}}'
+    )
+    detail = runs.run_detail(active, history.redact, 101.0)
+    assert msgspec.structs.asdict(detail)["transcript"] == []  # nothing fed to it yet
