@@ -3,7 +3,8 @@
 The scheduler reserves an `ActiveRun` (its id is known before the run waits for its server's
 limit, so `POST /api/v1/pulls` can answer with it), `run_pull` binds it to the run's progress
 and feeds it the stream's chunks, and the scheduler finishes it with the run's result. A finished
-run becomes a `RunRecord`: plain numbers, the redacted error text and the transcript, compressed.
+run becomes a `RunRecord` (`exporter.state.runs`): typed fields, the redacted error text and the
+transcript, compressed.
 
 Without `--storage.path` the records live in memory: a deque per pair plus a global budget for
 transcripts, so a fleet of a thousand pairs with long histories cannot exhaust memory (the oldest
@@ -14,34 +15,37 @@ kept in memory for the status. Reading runs is a coroutine: the backend reads of
 
 from __future__ import annotations
 
-import enum
 import heapq
 import itertools
 import logging
 import time
-import zlib
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final, Protocol
 
-import msgspec
+from msgspec.structs import replace
 
 from exporter.config.types import DEFAULT_HISTORY_LIMIT
-from exporter.state.transcript import (
-    RAW_MAGIC,
-    Redactor,
-    Transcript,
-    TranscriptLine,
-    TranscriptText,
-    unpack_raw,
-)
+from exporter.state.runs import ActiveRun, RunRecord, Trigger, pack, unpack
+from exporter.state.transcript import Redactor, TranscriptText
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable, Iterator
 
     from exporter.config.types import Config
-    from exporter.ollama.progress import RunProgress
     from exporter.state.pairs import PairState, RunResult
+
+__all__ = [
+    "ERROR_LIMIT",
+    "MEMORY_TRANSCRIPT_BUDGET",
+    "ActiveRun",
+    "History",
+    "HistoryBackend",
+    "RunRecord",
+    "Trigger",
+    "pack",
+    "unpack",
+]
+"""The run types live in `exporter.state.runs`; they are named here too, where callers look."""
 
 log = logging.getLogger("exporter.history")
 
@@ -49,79 +53,6 @@ MEMORY_TRANSCRIPT_BUDGET: Final = 64 << 20
 """Bytes of compressed transcripts kept in memory (about 10,000 long runs)."""
 ERROR_LIMIT: Final = 2048
 """Characters of a run's error text kept."""
-
-
-class Trigger(enum.Enum):
-    """Why a run started; the values are the API's `trigger` values."""
-
-    SCHEDULE = "schedule"
-    START = "start"
-    API = "api"
-
-
-@dataclass(slots=True, eq=False)
-class ActiveRun:
-    """A run that has an id but no result yet: queued for its server's limit, or streaming."""
-
-    id: int
-    server: str
-    model: str
-    trigger: Trigger
-    requested_at: float
-    started_at: float | None = None
-    """Unix time the request went out; None while queued."""
-    progress: RunProgress | None = None
-    transcript: Transcript | None = None
-
-    def begin(self, progress: RunProgress, started_at: float) -> Transcript:
-        """The run starts streaming now; returns the transcript to feed with its chunks."""
-        self.progress = progress
-        self.started_at = started_at
-        self.transcript = Transcript(progress.started_at)
-        return self.transcript
-
-
-@dataclass(frozen=True, slots=True)
-class RunRecord:
-    """A finished run as the API shows it; `transcript` is compressed (see `pack`)."""
-
-    id: int
-    server: str
-    model: str
-    trigger: str
-    started_at: float
-    ended_at: float
-    duration_seconds: float
-    success: bool
-    reason: str | None
-    error: str
-    downloaded_bytes: int
-    reused_bytes: int
-    phase_seconds: dict[str, float]
-    transcript: bytes | None = field(default=None, repr=False)
-    """None: not loaded (a listing) or dropped from memory (over the budget)."""
-
-
-_LineTuple = tuple[float, str, int]
-_encoder: Final = msgspec.json.Encoder()
-_decoder: Final = msgspec.json.Decoder(tuple[int, list[_LineTuple]])
-
-
-def pack(text: TranscriptText) -> bytes:
-    """A transcript as compact bytes: zlib over JSON `[omitted, [[t, line, cut], ...]]`."""
-    rows = [(line.t, line.line, line.cut) for line in text.lines]
-    return zlib.compress(_encoder.encode((text.omitted, rows)), 1)
-
-
-def unpack(blob: bytes) -> TranscriptText:
-    """The inverse of `pack` and of `Transcript.pack_raw`; ValueError on bytes that are not one."""
-    if blob.startswith(RAW_MAGIC):
-        return unpack_raw(blob)
-    try:
-        omitted, rows = _decoder.decode(zlib.decompress(blob))
-    except (zlib.error, msgspec.DecodeError) as exc:
-        raise ValueError(f"not a packed transcript: {exc}") from None
-    return TranscriptText(tuple(TranscriptLine(t, line, cut) for t, line, cut in rows), omitted)
 
 
 class HistoryBackend(Protocol):
@@ -234,16 +165,16 @@ class History:
             id=active.id,
             server=active.server,
             model=active.model,
-            trigger=active.trigger.value,
+            trigger=active.trigger,
             started_at=active.started_at,
             ended_at=last.ended_at,
             duration_seconds=last.duration,
             success=result.succeeded,
-            reason=None if result.reason is None else result.reason.value,
+            reason=result.reason,
             error="" if result.succeeded else redact(result.detail)[:ERROR_LIMIT],
             downloaded_bytes=last.downloaded_bytes,
             reused_bytes=progress.reused_bytes,
-            phase_seconds={phase.value: seconds for phase, seconds in last.phase_durations.items()},
+            phase_seconds=dict(last.phase_durations),
             transcript=packed,
         )
         key = (record.server, record.model)

@@ -17,7 +17,10 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Final, Protocol
 
-from exporter.state.history import RunRecord, Trigger
+import msgspec
+
+from exporter.ollama.protocol import Phase
+from exporter.state.runs import RunRecord, Trigger
 from exporter.storage.rows import BadRowError, Row, decode_rows
 from exporter.storage.schema import INT64_MAX, RUN_HISTORY
 
@@ -30,7 +33,9 @@ log = logging.getLogger("exporter.store")
 
 READER_THREAD: Final = "storage reader"
 _COLUMNS: Final = RUN_HISTORY.columns
-_TRIGGERS: Final = frozenset(trigger.value for trigger in Trigger)
+_TRIGGERS: Final = {trigger.value: trigger for trigger in Trigger}
+_phases: Final = msgspec.json.Decoder(dict[Phase, float])
+"""`phase_seconds` as `json.dumps` wrote it: phase values to seconds (an integer is taken)."""
 # Every statement below is built from the constant column names, never from input.
 _INSERT: Final = (
     f"INSERT OR REPLACE INTO run_history ({', '.join(_COLUMNS)}) "  # noqa: S608
@@ -67,21 +72,26 @@ class RunQueue(Protocol):
 
 
 def insert_statements(record: RunRecord, keep: int) -> list[tuple[str, Sequence[object]]]:
-    """The statements that store `record` and drop its pair's runs beyond the newest `keep`."""
+    """The statements that store `record` and drop its pair's runs beyond the newest `keep`.
+
+    The row is what schema version 1 wrote, byte for byte: enums as their values and
+    `phase_seconds` as `json.dumps` of a `{phase: seconds}` object.
+    """
+    phases = {phase.value: seconds for phase, seconds in record.phase_seconds.items()}
     values = (
         record.id,
         record.server,
         record.model,
-        record.trigger,
+        record.trigger.value,
         record.started_at,
         record.ended_at,
         record.duration_seconds,
         int(record.success),
-        record.reason,
+        None if record.reason is None else record.reason.value,
         record.error,
         min(max(record.downloaded_bytes, 0), INT64_MAX),
         min(max(record.reused_bytes, 0), INT64_MAX),
-        json.dumps(record.phase_seconds),
+        json.dumps(phases),
         record.transcript,
     )
     pair = (record.server, record.model)
@@ -174,19 +184,14 @@ def _decode(row: Row) -> RunRecord:
     reason = row.reason("reason")
     success = row.flag("success")
     run_id = row.count("id")
-    trigger = row.text("trigger")
-    if success != (reason is None) or run_id == 0 or trigger not in _TRIGGERS:
+    trigger = _TRIGGERS.get(row.text("trigger"))
+    if success != (reason is None) or run_id == 0 or trigger is None:
         raise BadRowError("success, id or trigger")
     try:
-        phases = json.loads(row.text("phase_seconds"))
-    except ValueError:
+        phases = _phases.decode(row.text("phase_seconds"))
+    except msgspec.DecodeError:
         raise BadRowError("phase_seconds") from None
-    if not isinstance(phases, dict) or not all(
-        isinstance(seconds, int | float)
-        and not isinstance(seconds, bool)
-        and math.isfinite(seconds)
-        for seconds in phases.values()
-    ):
+    if Phase.IDLE in phases or not all(math.isfinite(s) for s in phases.values()):
         raise BadRowError("phase_seconds")
     return RunRecord(
         id=run_id,
@@ -197,10 +202,10 @@ def _decode(row: Row) -> RunRecord:
         ended_at=row.number("ended_at"),
         duration_seconds=row.number("duration_seconds"),
         success=success,
-        reason=None if reason is None else reason.value,
+        reason=reason,
         error=row.text("error"),
         downloaded_bytes=row.count("downloaded_bytes"),
         reused_bytes=row.count("reused_bytes"),
-        phase_seconds={str(phase): float(seconds) for phase, seconds in phases.items()},
+        phase_seconds=phases,
         transcript=row.blob("transcript"),
     )

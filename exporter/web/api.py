@@ -1,9 +1,10 @@
 """The operator's JSON API under `/api/v1/` (contract §7), documented in `exporter.web.openapi`.
 
 Every answer is `application/json`; every error is `{"error": "message"}`, including the 404
-and 405 answers of the router under `/api/`. The views (`pair_view`, `run_view`) are plain
-dicts built from the state and the history on the event loop, so the live page renders from
-exactly what the API shows. Nothing here can reach a secret: views hold names, numbers, and
+and 405 answers of the router under `/api/`. A pair's view (`pair_view`) is a plain dict built
+from the state; a run's (`run_view`, `run_detail`) is the typed `exporter.state.runs.Run`,
+encoded as it is. Both are built on the event loop, and the live page renders from exactly
+what the API shows. Nothing here can reach a secret: views hold names, numbers, and
 error texts and transcripts that `exporter.state.history` redacted before storing them.
 """
 
@@ -18,10 +19,11 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from aiohttp import web
 
-from exporter.ollama.protocol import RUN_PHASES, Phase
+from exporter.ollama.protocol import Phase
 from exporter.schedule.scheduler import NoHistoryError, PairBusyError
-from exporter.state.history import ActiveRun, RunRecord, unpack
+from exporter.state import runs
 from exporter.state.rates import STEP, RateTracker
+from exporter.state.runs import ActiveRun, RunDetail, RunList, RunRecord
 from exporter.web.openapi import RUNS_DEFAULT, RUNS_MAX, document
 
 if TYPE_CHECKING:
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
     from exporter.state.history import History
     from exporter.state.pairs import PairState, ServerStatus
+    from exporter.state.runs import Run
     from exporter.web.site import PullStarter, Site
 
 Json = dict[str, Any]
@@ -243,72 +246,14 @@ def _server_down(
     return {"server_down_since": server.down_since, "server_problem": problem}
 
 
-def run_view(run: RunRecord | ActiveRun) -> Json:
-    """One run as `/api/v1/runs` shows it (no transcript)."""
-    if isinstance(run, RunRecord):
-        return {
-            "id": run.id,
-            "server": run.server,
-            "model": run.model,
-            "state": "finished",
-            "trigger": run.trigger,
-            "started_at": run.started_at,
-            "ended_at": run.ended_at,
-            "duration_seconds": round(run.duration_seconds, 3),
-            "result": "success" if run.success else "failure",
-            "reason": run.reason,
-            "error": run.error or None,
-            "downloaded_bytes": run.downloaded_bytes,
-            "reused_bytes": run.reused_bytes,
-            "phase_seconds": {k: round(v, 3) for k, v in run.phase_seconds.items()},
-        }
-    progress = run.progress
-    phases = dict.fromkeys((phase.value for phase in RUN_PHASES), 0.0)
-    duration = None
-    if progress is not None:
-        now = time.monotonic()
-        duration = round(now - progress.started_at, 3)
-        for phase, seconds in progress.phase_durations.items():
-            phases[phase.value] = round(seconds, 3)
-        if progress.phase in progress.phase_durations:
-            elapsed = now - progress.phase_started_at
-            phases[progress.phase.value] = round(phases[progress.phase.value] + elapsed, 3)
-    return {
-        "id": run.id,
-        "server": run.server,
-        "model": run.model,
-        "state": "queued" if progress is None else "running",
-        "trigger": run.trigger.value,
-        "started_at": run.started_at,
-        "ended_at": None,
-        "duration_seconds": duration,
-        "result": None,
-        "reason": None,
-        "error": None,
-        "downloaded_bytes": progress.downloaded_bytes if progress is not None else 0,
-        "reused_bytes": progress.reused_bytes if progress is not None else 0,
-        "phase_seconds": phases,
-    }
+def run_view(run: RunRecord | ActiveRun) -> Run:
+    """One run as `/api/v1/runs` shows it (no transcript); encoded as it is."""
+    return runs.run_view(run, time.monotonic())
 
 
-def run_detail(run: RunRecord | ActiveRun, history: History) -> Json:
-    """One run with its transcript."""
-    view = run_view(run)
-    if isinstance(run, RunRecord):
-        text = unpack(run.transcript) if run.transcript is not None else None
-    else:
-        text = run.transcript.text(history.redact) if run.transcript is not None else None
-    lines = []
-    if text is not None:
-        for line in text.lines:
-            entry: Json = {"t": line.t, "line": line.line}
-            if line.cut:
-                entry["cut"] = line.cut
-            lines.append(entry)
-    view["transcript"] = lines
-    view["transcript_omitted"] = text.omitted if text is not None else 0
-    view["transcript_kept"] = text is not None or isinstance(run, ActiveRun)
-    return view
+def run_detail(run: RunRecord | ActiveRun, history: History) -> RunDetail:
+    """One run with its transcript (an active run's redacted with the history's secrets)."""
+    return runs.run_detail(run, history.redact, time.monotonic())
 
 
 # --------------------------------------------------------------------------- handlers
@@ -344,8 +289,8 @@ async def _runs(request: web.Request) -> web.Response:
         server, model, success, limit = run_filters(request.query)
     except QueryError as exc:
         return error(400, str(exc))
-    runs = await history.runs(server=server, model=model, success=success, limit=limit)
-    return json_response({"runs": [run_view(run) for run in runs]})
+    found = await history.runs(server=server, model=model, success=success, limit=limit)
+    return json_response(RunList([run_view(run) for run in found]))
 
 
 def parse_run_id(text: str) -> int | None:

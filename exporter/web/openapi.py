@@ -1,7 +1,9 @@
 """The OpenAPI 3.1 document of `/api/v1/` (served at `/api/v1/openapi.json`).
 
-Written by hand next to `exporter.web.api` so that it says exactly what the handlers do; the tests
-validate every answer against it and let schemathesis probe the running exporter with it.
+The run schemas are generated from the types the handlers encode (`exporter.state.runs`), so
+they cannot drift from the answers; the rest is written by hand next to `exporter.web.api` to
+say exactly what the handlers do. The tests validate every answer against the document and let
+schemathesis probe the running exporter with it.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ from __future__ import annotations
 import functools
 from typing import Any, Final
 
+import msgspec
+
 from exporter import __version__
+from exporter.state.runs import RunDetail, RunList
 
 Json = dict[str, Any]
 RUNS_DEFAULT: Final = 50
@@ -20,7 +25,6 @@ RUNS_MAX: Final = 1000
 _NUMBER_OR_NULL: Final = {"type": ["number", "null"]}
 _STRING_OR_NULL: Final = {"type": ["string", "null"]}
 _COUNT: Final = {"type": "integer", "minimum": 0}
-_PHASES: Final = ("manifest", "download", "verify", "write", "prune")
 
 
 def _object(properties: Json, *, optional: tuple[str, ...] = ()) -> Json:
@@ -47,8 +51,11 @@ def _error(description: str) -> Json:
 _LAST_RUN: Final = _object(
     {
         "id": {"type": ["integer", "null"], "description": "its id in the history, if kept"},
-        "result": {"enum": ["success", "failure"]},
-        "reason": {**_STRING_OR_NULL, "description": "the failure reason (metric label)"},
+        "result": _ref("Result"),
+        "reason": {
+            "anyOf": [_ref("Reason"), {"type": "null"}],
+            "description": "the failure reason (metric label)",
+        },
         "error": {**_STRING_OR_NULL, "description": "the error text, secrets redacted"},
         "ended_at": {"type": "number", "description": "Unix time"},
         "duration_seconds": {"type": "number", "minimum": 0},
@@ -59,7 +66,7 @@ _PAIR: Final = _object(
     {
         "server": {"type": "string"},
         "model": {"type": "string"},
-        "phase": {"enum": ["idle", *_PHASES]},
+        "phase": _ref("Phase"),
         "in_progress": {"type": "boolean"},
         "completed_bytes": _COUNT,
         "expected_bytes": _COUNT,
@@ -118,50 +125,11 @@ _SERVER: Final = _object(
         },
     }
 )
-_RUN_PROPERTIES: Final[Json] = {
-    "id": {"type": "integer", "minimum": 1},
-    "server": {"type": "string"},
-    "model": {"type": "string"},
-    "state": {"enum": ["queued", "running", "finished"]},
-    "trigger": {"enum": ["schedule", "start", "api"]},
-    "started_at": {**_NUMBER_OR_NULL, "description": "Unix time; null while queued"},
-    "ended_at": {**_NUMBER_OR_NULL, "description": "Unix time; null until finished"},
-    "duration_seconds": {**_NUMBER_OR_NULL, "minimum": 0},
-    "result": {"enum": ["success", "failure", None], "description": "null until finished"},
-    "reason": _STRING_OR_NULL,
-    "error": {**_STRING_OR_NULL, "description": "the error text, secrets redacted"},
-    "downloaded_bytes": _COUNT,
-    "reused_bytes": {**_COUNT, "description": "sizes of layers already on the server"},
-    "phase_seconds": {
-        "type": "object",
-        "properties": {phase: {"type": "number", "minimum": 0} for phase in _PHASES},
-        "additionalProperties": False,
-    },
-}
-_LINE: Final = _object(
-    {
-        "t": {"type": "number", "minimum": 0, "description": "seconds since the run started"},
-        "line": {"type": "string", "description": "the raw line (secrets redacted)"},
-        "cut": {"type": "integer", "minimum": 1, "description": "characters not kept"},
-    },
-    optional=("cut",),
+_RUN_REFS, _RUN_SCHEMAS = msgspec.json.schema_components(
+    (RunList, RunDetail), ref_template="#/components/schemas/{name}"
 )
-_RUN_DETAIL: Final = _object(
-    {
-        **_RUN_PROPERTIES,
-        "transcript": {
-            "type": "array",
-            "items": _ref("TranscriptLine"),
-            "maxItems": 400,
-            "description": "the first 200 and the last 200 lines as received",
-        },
-        "transcript_omitted": {**_COUNT, "description": "lines left out between them"},
-        "transcript_kept": {
-            "type": "boolean",
-            "description": "false when the transcript was dropped to bound memory",
-        },
-    }
-)
+"""The run schemas and the enums they use (`Result`, `Reason`, `Phase`, which the hand-written
+schemas below refer to as well), generated from the types the API encodes."""
 _RUN_ID_PARAM: Final = {
     "name": "id",
     "in": "path",
@@ -210,9 +178,7 @@ def _paths() -> Json:
                     },
                 ],
                 "responses": {
-                    "200": _json(
-                        _object({"runs": {"type": "array", "items": _ref("Run")}}), "the runs"
-                    ),
+                    "200": _json(_RUN_REFS[0], "the runs"),
                     "400": bad_query,
                 },
             }
@@ -223,7 +189,7 @@ def _paths() -> Json:
                 "summary": "one run with its transcript",
                 "parameters": [_RUN_ID_PARAM],
                 "responses": {
-                    "200": _json(_ref("RunDetail"), "the run"),
+                    "200": _json(_RUN_REFS[1], "the run"),
                     "404": _error("no such run in the history (or not a run id)"),
                 },
             }
@@ -289,9 +255,7 @@ def document() -> Json:
                 "LastRun": _LAST_RUN,
                 "Pair": _PAIR,
                 "Server": _SERVER,
-                "Run": _object(_RUN_PROPERTIES),
-                "RunDetail": _RUN_DETAIL,
-                "TranscriptLine": _LINE,
+                **_RUN_SCHEMAS,
             }
         },
     }

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qs, urlencode
 
 import jinja2
+import msgspec
 from aiohttp import web
 
 from exporter import __version__
@@ -251,7 +252,7 @@ async def _history(request: web.Request) -> web.Response:
         "heading": heading,
         "known": pair_columns or (server, model) in site.state.pairs,
         "json_query": urlencode(filters),
-        "runs": [run_view(run) for run in runs],
+        "runs": [msgspec.to_builtins(run_view(run)) for run in runs],  # what the API answers
         "pair_columns": pair_columns,
         "columns": columns,
     }
@@ -273,7 +274,7 @@ async def _run(request: web.Request) -> web.Response:
     if run is None:
         missing = {"title": "No such run", "message": None, "history": None, "back": None}
         return _render("message.html", missing, status=404)
-    detail = run_detail(run, history)
+    detail: Json = msgspec.to_builtins(run_detail(run, history))
     lines = [
         (entry, _is_error_line(entry["line"]), entry.get("cut", 0))
         for entry in detail["transcript"]
