@@ -11,6 +11,7 @@ are classes of `static/page.css`: the page's Content-Security-Policy allows no i
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -388,13 +389,10 @@ def sparkline(values: Sequence[float], *, server: str, slots: int = HISTORY) -> 
     """
     values = values[-slots:]
     peak = max(values, default=0.0)
-    step = SPARK_WIDTH / max(slots - 1, 1)
-    first = slots - len(values)
     scale = (SPARK_HEIGHT - 3) / peak if peak > 0 else 0.0
-    coords = " ".join(
-        f"{_f((first + i) * step)},{_f(SPARK_HEIGHT - 1.5 - v * scale)}"
-        for i, v in enumerate(values)
-    )
+    bottom = SPARK_HEIGHT - 1.5
+    places = _spark_places(slots)[slots - len(values) :]
+    coords = " ".join(f"{x},{bottom - v * scale:.1f}" for x, v in zip(places, values, strict=True))
     now = values[-1] if values else 0.0
     label = escape(
         f"Throughput of {server} over the last {len(values)} s: "
@@ -408,6 +406,13 @@ def sparkline(values: Sequence[float], *, server: str, slots: int = HISTORY) -> 
         f'y2="{SPARK_HEIGHT - 0.5}"/>{line}</svg>'
         f'<span class="spark-peak" aria-hidden="true">peak {size_label(peak)}/s</span>'
     )
+
+
+@functools.cache
+def _spark_places(slots: int) -> tuple[str, ...]:
+    """The x of each of `slots` samples, as text: the same for every sparkline of a page."""
+    step = SPARK_WIDTH / max(slots - 1, 1)
+    return tuple(_f(i * step) for i in range(slots))
 
 
 @dataclass(frozen=True, slots=True)
