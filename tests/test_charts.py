@@ -210,6 +210,7 @@ def test_a_run_without_bytes_gets_a_note(lines: list[str], note: str) -> None:
     assert not series.drawable
     assert note in chart_note(series, kept=True)
     assert "not kept" in chart_note(series, kept=False)
+    assert chart_note(series, kept=True, running=True) == "No chart yet: no bytes so far."
 
 
 def test_the_fold_is_the_exporters_own() -> None:

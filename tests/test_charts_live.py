@@ -3,7 +3,8 @@
 One pull downloads a layer, then its second layer ticks for 6 s without new bytes (as real
 Ollama does through a stall), rolls back once, finishes. The run's page must draw it with its
 phase boundaries, a stall mark and a regression mark, and fold the stall's repeated lines into
-one row with their count; the fleet page must show a sparkline per server. Names are hostile:
+one row with their count. Another pull hangs the same way and never ends: its page must show the
+stall while it happens. The fleet page must show a sparkline per server. Names are hostile:
 every page must escape them.
 """
 
@@ -15,7 +16,10 @@ import time
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Any
 
-from exporter.web.charts import STALL_SECONDS
+import pytest
+
+from exporter.web import charts
+from exporter.web.charts import STALL_SECONDS, WIDTH
 from ollama_sim import (
     Layer,
     Manifest,
@@ -56,10 +60,20 @@ def stalling_pull() -> Scenario:
     )
 
 
+def hanging_pull() -> Scenario:
+    """A layer, then lines without new bytes until the exporter leaves."""
+    return Scenario(
+        Manifest(),
+        Layer(500_000, rate=1_000_000, latency_ticks=0),
+        Layer(2_000_000, resume_from=100_000, latency_ticks=10**6),
+        name="hangs",
+    )
+
+
 def config_text(url: str) -> str:
     return (
         "defaults: {interval: 1h, jitter: 0, timeout: 1h, stall_timeout: 10m}\nservers:\n"
-        f"  - name: sim\n    url: {url}\n    models: [stuck]\n"
+        f"  - name: sim\n    url: {url}\n    models: [stuck, hung]\n"
         f"  - name: '{IDLE}'\n    url: {url}\n    models: [small]\n"
     )
 
@@ -98,29 +112,53 @@ def classes(root: ET.Element, tag: str, css: str) -> list[ET.Element]:
     return [e for e in root.iter(SVG + tag) if css in (e.get("class") or "").split()]
 
 
+async def status(client: Client) -> Any:
+    async with client.get("/api/v1/status") as response:
+        return await response.json()
+
+
 def test_the_run_page_draws_a_stall_and_the_fleet_page_sparklines() -> None:
-    async def scenario() -> tuple[str, str, str]:
-        sim = OllamaSimulator({"stuck": [stalling_pull()], "small": [up_to_date([1000])]})
+    async def scenario() -> tuple[str, str, str, str]:
+        sim = OllamaSimulator(
+            {"stuck": [stalling_pull()], "hung": [hanging_pull()], "small": [up_to_date([1000])]}
+        )
         url = await sim.start()
         try:
             async with exporter_in_process(config_text(url)) as (client, _):
                 done = await until(
                     lambda: runs(client),
-                    lambda found: len(found) == 2 and all(r["state"] == "finished" for r in found),
+                    lambda found: sum(r["state"] == "finished" for r in found) == 2,
                     60,
                 )
-                by_server = {run["server"]: run for run in done}
-                stuck, idle = by_server["sim"], by_server[IDLE]
+                by_model = {run["model"]: run for run in done}
+                stuck, idle = by_model["stuck"], by_model["small"]
                 assert stuck["result"] == "success", stuck
+                hung = await until(
+                    lambda: status(client),
+                    lambda body: any(
+                        (p["no_progress_seconds"] or 0) > STALL_SECONDS + 0.5 for p in body["pairs"]
+                    ),
+                    60,
+                )
+                (hung_id,) = [p["run_id"] for p in hung["pairs"] if p["model"] == "hung"]
                 return (
                     await text(client, f"/runs/{stuck['id']}"),
                     await text(client, f"/runs/{idle['id']}"),
                     await text(client, "/"),
+                    await text(client, f"/runs/{hung_id}"),
                 )
         finally:
             await sim.stop()
 
-    run_page, idle_page, fleet = asyncio.run(scenario())
+    run_page, idle_page, fleet, hung_page = asyncio.run(scenario())
+
+    # While it happens: the running run's page (it reloads itself) marks the stall up to now.
+    assert '<meta http-equiv="refresh"' in hung_page
+    (live,) = svgs(hung_page, "chart")
+    (now_stalled,) = classes(live, "rect", "stall")
+    right = float(now_stalled.get("x") or 0) + float(now_stalled.get("width") or 0)
+    assert right == pytest.approx(WIDTH - charts._RIGHT, abs=0.2)  # to the right edge: now
+    assert [e.text for e in classes(live, "text", "phase-label")] == ["manifest", "download"]
 
     (chart,) = svgs(run_page, "chart")
     assert chart.get("aria-label") == "Bytes of stuck on sim over time"

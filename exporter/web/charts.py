@@ -371,8 +371,10 @@ def legend(series: RunSeries) -> list[tuple[str, str]]:
     return keys
 
 
-def chart_note(series: RunSeries, *, kept: bool) -> str:
+def chart_note(series: RunSeries, *, kept: bool, running: bool = False) -> str:
     """Why a run has no chart: one sentence in place of an empty picture."""
+    if running:
+        return "No chart yet: no bytes so far."
     if not kept:
         return "No chart: the transcript was not kept."
     if series.layers == 0:

@@ -289,7 +289,9 @@ async def _run(request: web.Request) -> web.Response:
             f"{name} {seconds:.1f}s" for name, seconds in detail["phase_seconds"].items()
         ),
         "chart": charts.run_chart(series, title=title) if series.drawable else None,
-        "chart_note": charts.chart_note(series, kept=bool(lines)),
+        "chart_note": charts.chart_note(
+            series, kept=detail["transcript_kept"], running=isinstance(run, ActiveRun)
+        ),
         "rows": charts.transcript_rows(lines, omitted_at=omitted_at),
         "legend": charts.legend(series),
         "silence_seconds": f"{charts.SILENCE_SECONDS:g}",
