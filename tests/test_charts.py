@@ -183,6 +183,22 @@ def test_a_silent_stall_to_the_end_is_marked() -> None:
     assert series.points[-1] == (30.0, 200)
 
 
+def test_bytes_after_a_silence_are_a_step_not_a_slope() -> None:
+    lines = [
+        (0.1, status("pulling manifest")),
+        (1.0, layer(A, 1000, 100)),
+        (9.0, layer(A, 1000, 500)),
+    ]
+    assert run_series(lines).points == (
+        (0.0, 0),
+        (0.1, 0),
+        (1.0, 0),
+        (1.0, 100),
+        (9.0, 100),
+        (9.0, 500),
+    )
+
+
 def test_no_stall_is_claimed_across_left_out_lines() -> None:
     lines = [(0.1, status("pulling manifest")), (1.0, layer(A, 1000, 100))]
     lines += [(20.0, layer(A, 1000, 900)), (20.1, status("success"))]

@@ -136,7 +136,10 @@ def run_series(  # noqa: C901, PLR0912 - one pass over the lines, every mark in 
             if t - quiet_since > stall_seconds:
                 stalls.append((quiet_since, t))
             quiet_since = None
-        raw.append((t, progress.completed_bytes))
+        now = progress.completed_bytes
+        if now != raw[-1][1] and t > raw[-1][0]:
+            raw.append((t, raw[-1][1]))  # a step: the bytes were known only as lines came
+        raw.append((t, now))
         if ended is not None:
             break
     end = max(t, duration or 0.0)
