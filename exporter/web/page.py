@@ -33,6 +33,7 @@ from aiohttp import web
 
 from exporter import __version__
 from exporter.state.history import ActiveRun
+from exporter.web import charts
 from exporter.web.api import (
     OPERATOR_KEY,
     ApiError,
@@ -207,7 +208,7 @@ def summary(pairs: Iterable[Json], server_up: dict[str, float | None]) -> dict[s
 
 
 async def _index(request: web.Request) -> web.Response:
-    site = request.app[OPERATOR_KEY].site
+    site, rates = request.app[OPERATOR_KEY].site, request.app[OPERATOR_KEY].rates
     query = request.query
     server, model, state = query.get("server", ""), query.get("model", ""), query.get("state", "")
     pairs = pair_views(request.app[OPERATOR_KEY])
@@ -233,6 +234,10 @@ async def _index(request: web.Request) -> web.Response:
         "columns": _COLUMNS,
         "rows": rows,
         "server_rows": server_views(request.app[OPERATOR_KEY]),
+        "sparklines": {
+            name: charts.sparkline(rates.throughput(name), server=name)
+            for name in site.state.servers
+        },
     }
     return _render("index.html", context)
 
@@ -259,14 +264,6 @@ async def _history(request: web.Request) -> web.Response:
     return _render("history.html", context)
 
 
-def _is_error_line(line: str) -> bool:
-    try:
-        value = json.loads(line)
-    except ValueError:
-        return False
-    return isinstance(value, dict) and "error" in value
-
-
 async def _run(request: web.Request) -> web.Response:
     history = request.app[OPERATOR_KEY].site.history
     run_id = parse_run_id(request.match_info["id"])
@@ -275,10 +272,16 @@ async def _run(request: web.Request) -> web.Response:
         missing = {"title": "No such run", "message": None, "history": None, "back": None}
         return _render("message.html", missing, status=404)
     detail: Json = msgspec.to_builtins(run_detail(run, history))
-    lines = [
-        (entry, _is_error_line(entry["line"]), entry.get("cut", 0))
-        for entry in detail["transcript"]
-    ]
+    lines = [(entry["t"], entry["line"], entry.get("cut", 0)) for entry in detail["transcript"]]
+    omitted = detail["transcript_omitted"]
+    omitted_at = TRANSCRIPT_HEAD if omitted else len(lines)
+    series = charts.run_series(
+        ((t, line) for t, line, _ in lines),
+        duration=detail["duration_seconds"],
+        gap_at=omitted_at,
+        omitted=omitted,
+    )
+    title = f"Bytes of {detail['model']} on {detail['server']} over time"
     context: dict[str, object] = {
         "title": f"Run #{detail['id']}",
         "refresh": 2 if isinstance(run, ActiveRun) else None,
@@ -286,8 +289,13 @@ async def _run(request: web.Request) -> web.Response:
         "phases": ", ".join(
             f"{name} {seconds:.1f}s" for name, seconds in detail["phase_seconds"].items()
         ),
-        "lines": lines,
-        "omitted_at": TRANSCRIPT_HEAD if detail["transcript_omitted"] else len(lines),
+        "chart": charts.run_chart(series, title=title) if series.drawable else None,
+        "chart_note": charts.chart_note(
+            series, kept=detail["transcript_kept"], running=isinstance(run, ActiveRun)
+        ),
+        "rows": charts.transcript_rows(lines, omitted_at=omitted_at),
+        "legend": charts.legend(series),
+        "silence_seconds": f"{charts.SILENCE_SECONDS:g}",
     }
     return _render("run.html", context)
 
