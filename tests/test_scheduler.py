@@ -15,14 +15,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from exporter.config.types import Config, ModelConfig, PullSettings, ServerConfig
-from exporter.schedule.scheduler import (
-    FIRST_RUN_SPREAD,
-    Plan,
-    Scheduler,
-    first_plan,
-    next_plan,
-    wall_time,
-)
+from exporter.schedule.plan import FIRST_RUN_SPREAD, Plan, first_plan, next_plan, wall_time
+from exporter.schedule.scheduler import Scheduler
 from exporter.state.pairs import ExporterState, RunResult
 
 if TYPE_CHECKING:
