@@ -100,6 +100,9 @@ def _escape(value: str) -> str:
 
 
 _UNSET: Final = object()
+_SHARED: Final[dict[object, object]] = {(number,): (number,) for number in range(257)}
+"""One-value tuples of small counts, shared: most of an idle pair's values are such (0, 1,
+the layers); a pair's cache keeps one of these instead of a tuple of its own."""
 _go: Final[Callable[[float], str]] = floatToGoString
 """prometheus_client's own value formatting (Go's float format), typed."""
 
@@ -302,7 +305,7 @@ class Exposition:
             for index, family in _PLAIN:
                 values = family.values(pair)
                 if values != seen[index]:
-                    seen[index] = values
+                    seen[index] = _SHARED.get(values, values)
                     lines[index] = entry.render(family, values)
                     changed = 1
             for slot, (index, family, read) in enumerate(_EXEMPLARY):
