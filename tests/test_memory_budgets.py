@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import gzip
 import json
 import socket
 import time
@@ -26,6 +27,7 @@ from exporter.metrics.families import build_registry
 from exporter.metrics.scrape import make_metrics_handler
 from exporter.ollama.progress import RunProgress
 from exporter.ollama.protocol import LineDecoder
+from exporter.ollama.tags import Held
 from exporter.state.history import History, Trigger
 from exporter.state.pairs import ExporterState, PairState, RunResult
 from tests.harness import PROMETHEUS_ACCEPT
@@ -265,3 +267,64 @@ def test_kept_run_stays_within_its_budget() -> None:
 def test_idle_connection_stays_within_its_budget() -> None:
     per_connection = connection_bytes()
     assert per_connection <= CONNECTION_BUDGET, f"{per_connection:.0f} bytes per connection"
+
+
+def _without_tasks(body: bytes) -> bytes:
+    """The exposition without the asyncio task gauge, which may differ between requests."""
+    return b"".join(line for line in body.splitlines(keepends=True) if b"asyncio_tasks" not in line)
+
+
+def test_the_kept_gzip_is_never_a_stale_body() -> None:
+    """The handler keeps a change count instead of the body: every change must still show.
+
+    After each kind of change (a pair's value, a histogram's exemplar, a server's gauge, a
+    pair leaving and coming back, the held digest), the gzip answer is the plain answer.
+    """
+    config = parse_config(fleet_config(pairs=4, servers=2), "budget.yml")
+    state = ExporterState()
+    state.sync(config)
+    state.config_loaded(1.7e9)
+    app = web.Application()
+    app.router.add_get("/metrics", make_metrics_handler(build_registry(state)))
+    keys = list(state.pairs)
+    first = state.pairs[keys[0]]
+
+    def hold() -> None:
+        first.holding.observe(Held("b" * 64, 1_000), 1.7e9)
+
+    def leave_and_return() -> None:
+        del state.pairs[keys[1]]
+        state.pairs[keys[1]] = PairState(*keys[1], 60.0)
+
+    changes: list[Callable[[], object]] = [
+        lambda: None,
+        first.skip,
+        lambda: run_pair(first, 1),  # a duration observation with an exemplar (run_id)
+        lambda: state.server_answered(keys[0][0], "0.19.0"),
+        lambda: state.server_unreachable(keys[0][0], "refused"),
+        leave_and_return,
+        hold,
+        lambda: first.schedule(1.8e9),
+        state.storage_failed,
+    ]
+
+    async def check() -> int:
+        served = 0
+        async with TestServer(app) as server, ClientSession(auto_decompress=False) as session:
+            url = server.make_url("/metrics")
+            for change in changes:
+                change()
+                for accept in (PROMETHEUS_ACCEPT, "text/plain"):
+                    answers = []
+                    for encoding in ("gzip", "gzip", "identity"):
+                        headers = {"Accept": accept, "Accept-Encoding": encoding}
+                        async with session.get(url, headers=headers) as response:
+                            body = await response.read()
+                            if encoding == "gzip":
+                                body = gzip.decompress(body)
+                            answers.append(_without_tasks(body))
+                    assert answers[0] == answers[1] == answers[2], change
+                    served += 1
+        return served
+
+    assert asyncio.run(check()) == len(changes) * 2
