@@ -265,7 +265,8 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x)
+    """The counts of a comma list; 0 (as in `--pulls 0`) skips that sweep's point."""
+    return tuple(number for number in (int(x) for x in text.split(",") if x) if number > 0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,7 +78,8 @@ _EXEMPLARY: Final = tuple(
     if family.exemplars is not None
 )
 """The histograms with exemplars, apart: the loop over the others stays as lean as before."""
-_WITH_EXEMPLARS: Final = frozenset(index for index, _, _ in _EXEMPLARY)
+_WITH_EXEMPLARS: Final = {index: slot for slot, (index, _, _) in enumerate(_EXEMPLARY)}
+"""Family index -> its slot in `_Cached.om_cuts` and `_Cached.exemplars`."""
 _MODEL_INFO: Final = "ollama_pull_model_info"
 
 
@@ -99,8 +100,26 @@ def _escape(value: str) -> str:
 
 
 _UNSET: Final = object()
+_SHARED: Final[dict[object, object]] = {(number,): (number,) for number in range(257)}
+"""One-value tuples of small counts, shared: most of an idle pair's values are such (0, 1,
+the layers); a pair's cache keeps one of these instead of a tuple of its own."""
 _go: Final[Callable[[float], str]] = floatToGoString
 """prometheus_client's own value formatting (Go's float format), typed."""
+
+
+_Cuts = tuple[tuple[int, bytes], ...]
+"""Where a histogram's OpenMetrics exemplars go into its text lines: (byte offset, exemplar)."""
+
+
+def _with_cuts(text: bytes, cuts: _Cuts) -> list[bytes]:
+    """`text` with each exemplar inserted at its offset: the OpenMetrics lines, in pieces."""
+    pieces: list[bytes] = []
+    start = 0
+    for offset, exemplar in cuts:
+        pieces += (text[start:offset], exemplar)
+        start = offset
+    pieces.append(text[start:])
+    return pieces
 
 
 def _exemplar(run: RunExemplar | None) -> str:
@@ -113,8 +132,9 @@ def _exemplar(run: RunExemplar | None) -> str:
 class _Cached:
     """One pair's rendered lines, per family, with the values they were rendered from.
 
-    `lines` serve both formats, except where `om_lines` holds OpenMetrics' own (a histogram
-    with exemplars, which text 0.0.4 does not write).
+    `lines` serve both formats. A histogram with exemplars (OpenMetrics only) keeps, instead
+    of a second copy of its lines, where each exemplar goes into them (`om_cuts`): a pair
+    costs one rendering of its series, not two.
     """
 
     __slots__ = (
@@ -123,7 +143,7 @@ class _Cached:
         "info",
         "lines",
         "model",
-        "om_lines",
+        "om_cuts",
         "pair",
         "server",
         "values",
@@ -136,8 +156,9 @@ class _Cached:
         count = len(PAIR_FAMILIES)
         self.values: list[object] = [_UNSET] * count
         self.lines: list[bytes] = [b""] * count
-        self.om_lines: list[bytes | None] = [None] * count
-        self.exemplars: list[object] = [_UNSET] * count
+        self.om_cuts: list[_Cuts] = [()] * len(_EXEMPLARY)
+        """Per family with exemplars (in `_EXEMPLARY` order): (offset in its line, exemplar)."""
+        self.exemplars: list[object] = [_UNSET] * len(_EXEMPLARY)
         """Per family with exemplars, the tuple rendered (replaced on change, never mutated)."""
         self.digest: object = _UNSET
         self.info = b""
@@ -152,10 +173,10 @@ class _Cached:
 
     def render_histogram(
         self, family: Family, values: Values, exemplars: Exemplars | None
-    ) -> tuple[bytes, bytes | None]:
-        """Text lines of a histogram, and OpenMetrics' when it has exemplars (else None)."""
+    ) -> tuple[bytes, _Cuts]:
+        """Text lines of a histogram, and where OpenMetrics inserts its exemplars."""
         if values is None:
-            return b"", None
+            return b"", ()
         pair = f'model="{self.model}",server="{self.server}"'
         name = family.name
         buckets = [
@@ -168,11 +189,14 @@ class _Cached:
         )
         text = "".join(line + "\n" for line in buckets) + tail
         if exemplars is None or not any(exemplars):
-            return text.encode(), None
-        om = "".join(
-            line + _exemplar(run) + "\n" for line, run in zip(buckets, exemplars, strict=True)
-        )
-        return text.encode(), (om + tail).encode()
+            return text.encode(), ()
+        cuts: list[tuple[int, bytes]] = []
+        offset = -1  # each exemplar goes before its line's newline
+        for line, run in zip(buckets, exemplars, strict=True):
+            offset += len(line.encode()) + 1
+            if run is not None:
+                cuts.append((offset, _exemplar(run).encode()))
+        return text.encode(), tuple(cuts)
 
     def render(self, family: Family, values: Values) -> bytes:
         """The sample lines of `family` for this pair (same bytes as prometheus_client)."""
@@ -209,6 +233,14 @@ class Exposition:
         self._info_headers = {each: _headers(each, model_info_family(())) for each in Format}
         self._servers: dict[Format, tuple[object, bytes]] = {}
         """The per-server families' bytes per format, with the `server_key` they show."""
+        self._generation = 0
+        """Counts changes of anything cached: equal counts mean equal cached bytes."""
+        self.last_key: object = None
+        """Of the last unfiltered `render`: equal keys of one format mean equal bodies.
+
+        A caller that keeps something derived from a body (its gzip) keeps this instead of
+        the body to compare with: the body is about 6 KB per pair.
+        """
 
     def render(self, fmt: Format, names: Collection[str] | None = None) -> bytes:
         """The whole exposition in `fmt`; with `names`, only the families they name.
@@ -223,7 +255,13 @@ class Exposition:
             if wanted is None or not wanted.isdisjoint(_FAMILY_NAMES[index]):
                 parts.append(header)
                 if fmt is Format.OPENMETRICS and index in _WITH_EXEMPLARS:
-                    parts.extend([entry.om_lines[index] or entry.lines[index] for entry in cached])
+                    slot = _WITH_EXEMPLARS[index]
+                    for entry in cached:
+                        cuts = entry.om_cuts[slot]
+                        if cuts:
+                            parts.extend(_with_cuts(entry.lines[index], cuts))
+                        else:
+                            parts.append(entry.lines[index])
                 else:
                     parts.extend([entry.lines[index] for entry in cached])
         if wanted is None or _MODEL_INFO in wanted:
@@ -238,7 +276,10 @@ class Exposition:
             own = [m for m in server_families(self._state) if _named(m, wanted)] + [
                 m for m in own if _named(m, wanted)
             ]
-        parts.append(_ENCODERS[fmt](_Fixed(own)))
+        own_bytes = _ENCODERS[fmt](_Fixed(own))
+        parts.append(own_bytes)
+        if wanted is None:
+            self.last_key = (self._generation, own_bytes)
         return b"".join(parts)
 
     def _server_bytes(self, fmt: Format) -> bytes:
@@ -247,33 +288,40 @@ class Exposition:
         if cached is None or cached[0] != key:
             body = _ENCODERS[fmt](_Fixed(list(server_families(self._state))))
             cached = self._servers[fmt] = (key, body.removesuffix(b"# EOF\n"))
+            self._generation += 1
         return cached[1]
 
     def _refresh(self) -> list[_Cached]:
         pairs = list(self._state.pairs.values())
         ids = list(map(id, pairs))  # the cache holds the pairs, so ids are not reused
+        changed = 0
         if ids != self._ids:
             known = {id(entry.pair): entry for entry in self._cached}
             self._cached = [known.get(id(pair)) or _Cached(pair) for pair in pairs]
             self._ids = ids
+            changed = 1
         for entry in self._cached:
             pair, seen, lines = entry.pair, entry.values, entry.lines
             for index, family in _PLAIN:
                 values = family.values(pair)
                 if values != seen[index]:
-                    seen[index] = values
+                    seen[index] = _SHARED.get(values, values)
                     lines[index] = entry.render(family, values)
-            for index, family, read in _EXEMPLARY:
+                    changed = 1
+            for slot, (index, family, read) in enumerate(_EXEMPLARY):
                 values, exemplars = family.values(pair), read(pair)
-                if values != seen[index] or exemplars is not entry.exemplars[index]:
-                    seen[index], entry.exemplars[index] = values, exemplars
-                    lines[index], entry.om_lines[index] = entry.render_histogram(
+                if values != seen[index] or exemplars is not entry.exemplars[slot]:
+                    seen[index], entry.exemplars[slot] = values, exemplars
+                    lines[index], entry.om_cuts[slot] = entry.render_histogram(
                         family, values, exemplars
                     )
+                    changed = 1
             digest = model_digest(pair)
             if digest != entry.digest:
                 entry.digest = digest
                 entry.info = entry.render_info(digest)
+                changed = 1
+        self._generation += changed
         return self._cached
 
 

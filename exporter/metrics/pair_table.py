@@ -61,9 +61,9 @@ def _runs(pair: PairState) -> Values:
 
 
 def _failures(pair: PairState) -> Values:
-    # `failures` holds every Reason in Reason's order from its creation on (only counts
-    # change): reading the values in order spares 21 enum hashes per pair and scrape.
-    return tuple(pair.failures.values())
+    # `failures` holds every Reason in Reason's order: reading the counts in order spares
+    # 16 enum hashes per pair and scrape.
+    return pair.failures.counts()
 
 
 def _downloaded(pair: PairState) -> Values:

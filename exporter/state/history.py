@@ -6,7 +6,7 @@ and feeds it the stream's chunks, and the scheduler finishes it with the run's r
 run becomes a `RunRecord` (`exporter.state.runs`): typed fields, the redacted error text and the
 transcript, compressed.
 
-Without `--storage.path` the records live in memory: a deque per pair plus a global budget for
+Without `--storage.path` the records live in memory: a list per pair plus a global budget for
 transcripts, so a fleet of a thousand pairs with long histories cannot exhaust memory (the oldest
 transcripts are dropped first, their runs stay). With it they live in a `HistoryBackend` (the
 SQLite file's table, `exporter.storage.run_history`), and only the last record of each pair is
@@ -19,7 +19,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Final, Protocol
 
 from msgspec.structs import replace
@@ -111,7 +111,8 @@ class History:
         self.redact = redact or Redactor()
         self._db = db
         self.active: dict[int, ActiveRun] = {}
-        self._pairs: dict[tuple[str, str], deque[RunRecord]] = {}
+        self._pairs: dict[tuple[str, str], list[RunRecord]] = {}
+        """Oldest first; a list, not a deque: an empty deque costs 600 bytes, per pair."""
         self._last: dict[tuple[str, str], RunRecord] = {}
         self._budget: OrderedDict[int, tuple[tuple[str, str], int]] = OrderedDict()
         self._budget_bytes = 0
@@ -132,12 +133,11 @@ class History:
         limit = config.history_limit
         if limit != self.limit:
             self.limit = limit
-            for key, records in self._pairs.items():
+            for records in self._pairs.values():
                 while len(records) > limit:
-                    gone = records.popleft().id
+                    gone = records.pop(0).id
                     self._where.pop(gone, None)
                     self._forget(gone)
-                self._pairs[key] = deque(records, maxlen=limit)
 
     def reserve(self, server: str, model: str, trigger: Trigger) -> ActiveRun:
         """A new run id for a run about to be started."""
@@ -188,9 +188,9 @@ class History:
     def _remember(self, key: tuple[str, str], record: RunRecord) -> None:
         records = self._pairs.get(key)
         if records is None:
-            records = self._pairs[key] = deque(maxlen=self.limit)
+            records = self._pairs[key] = []
         while records and len(records) >= self.limit:
-            gone = records.popleft().id
+            gone = records.pop(0).id
             self._where.pop(gone, None)
             self._forget(gone)
         records.append(record)
@@ -306,7 +306,7 @@ class History:
         self, server: str | None, model: str | None, success: bool | None
     ) -> Iterator[RunRecord]:
         if server is not None and model is not None:
-            groups = [self._pairs.get((server, model), deque())]
+            groups = [self._pairs.get((server, model), [])]
         else:
             groups = [
                 records
