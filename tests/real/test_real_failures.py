@@ -11,7 +11,7 @@ import json
 from typing import TYPE_CHECKING
 
 from tests.harness import free_port
-from tests.real.ollama import OllamaServer, ollama_binary
+from tests.real.ollama import OllamaServer
 from tests.real.registry import Model, running_registry
 from tests.real.rig import Rig, contract_downloaded, replay_summary
 from tests.real.tap import running_tap
@@ -200,13 +200,11 @@ def test_corrupt_bytes(rig: Rig) -> None:
     _same_in_replay(recorded, result, rig.workdir)
 
 
-def test_disk_full(registry: Registry, front: Front, tmp_path: Path) -> None:
-    binary = ollama_binary()
-    assert binary is not None
+def test_disk_full(registry: Registry, front: Front, ollama_bin: Path, tmp_path: Path) -> None:
     model = Model.build("big-for-tmpfs", 12_000_000)
     registry.push("library/disk", "latest", model)
     front.faults = type(front.faults)()
-    server = OllamaServer(binary, tmp_path / "ollama", tmpfs_bytes=4 * 1024 * 1024)
+    server = OllamaServer(ollama_bin, tmp_path / "ollama", tmpfs_bytes=4 * 1024 * 1024)
     server.start()
     try:
         with running_tap(server.port) as tap:

@@ -12,10 +12,12 @@ import urllib.request
 from typing import TYPE_CHECKING
 
 from tests.harness import Exporter, run_exporter
-from tests.real.ollama import OllamaServer, ollama_binary
+from tests.real.ollama import OllamaServer
 from tests.real.registry import MODEL, Blob, Model, filler
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tests.real.rig import Rig
 
 SIZE = 1024 * 1024
@@ -83,10 +85,8 @@ def test_a_new_manifest_is_an_update_until_it_is_pulled(rig: Rig) -> None:
         assert exporter.value("ollama_pull_registry_checks_total", result="ok", **labels)
 
 
-def test_two_servers_at_different_versions_show_drift(rig: Rig) -> None:
-    binary = ollama_binary()
-    assert binary is not None
-    second = OllamaServer(binary, rig.workdir / "ollama-2")
+def test_two_servers_at_different_versions_show_drift(rig: Rig, ollama_bin: Path) -> None:
+    second = OllamaServer(ollama_bin, rig.workdir / "ollama-2")
     second.start()
     try:
         first = Model.build("drift", SIZE)
