@@ -27,6 +27,11 @@ OLDER_VERSION: Final = "0.13.5"
 CI_VERSIONS: Final = (PINNED_VERSION, OLDER_VERSION)
 
 
+def release(version: str) -> tuple[int, ...]:
+    """`0.13.5` as `(0, 13, 5)`, to compare releases where their behaviour differs."""
+    return tuple(int(part) for part in version.partition("-")[0].split(".") if part.isdigit())
+
+
 def cache_dir() -> Path:
     """`$OPE_CACHE` as `.ci/lib.sh` defines it."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
