@@ -1,11 +1,10 @@
 """The real `ollama serve`: which binaries, and a process with its own models directory and port.
 
-The tier runs against every release in `tested_versions()`: `OPE_OLLAMA_VERSIONS` (what
-`.ci/setup/60-ollama.sh` built and exported), else `OLLAMA_VERSION` alone, else those of
-`CI_VERSIONS` built in the cache, else the pin. A release's binary comes from the CI build
-cache (`$OPE_CACHE/ollama/<version>/ollama`); `OLLAMA_BIN` names one other build to test
-instead. `OLLAMA_VERSION=latest` reads the version the build step resolved
-(`$OPE_CACHE/ollama/latest`).
+The tier runs against every release in `tested_versions()`: the one build `OLLAMA_BIN`
+names, else `OPE_OLLAMA_VERSIONS` (what `.ci/setup/60-ollama.sh` built and exported), else
+`OLLAMA_VERSION` alone, else those of `CI_VERSIONS` built in the cache, else the pin. A
+release's binary comes from the CI build cache (`$OPE_CACHE/ollama/<version>/ollama`).
+`OLLAMA_VERSION=latest` reads the version the build step resolved (`$OPE_CACHE/ollama/latest`).
 """
 
 from __future__ import annotations
@@ -63,10 +62,12 @@ def tested_versions() -> tuple[str, ...]:
     Listed versions whose binary is missing stay in: their tests then fail where
     `OPE_REQUIRE_REAL=1` (the build step was supposed to build them) and skip elsewhere.
     """
+    if os.environ.get("OLLAMA_BIN"):
+        return (wanted_version(),)  # one build of its own, whatever was built here
     listed = os.environ.get("OPE_OLLAMA_VERSIONS", "").split()
     if listed:
         return tuple(dict.fromkeys(_resolved(v) for v in listed))
-    if os.environ.get("OLLAMA_VERSION", "").strip() or os.environ.get("OLLAMA_BIN"):
+    if os.environ.get("OLLAMA_VERSION", "").strip():
         return (wanted_version(),)
     built = tuple(v for v in CI_VERSIONS if _cached(v).is_file())
     return built or (PINNED_VERSION,)
