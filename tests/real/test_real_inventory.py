@@ -68,8 +68,8 @@ def test_a_new_manifest_is_an_update_until_it_is_pulled(rig: Rig) -> None:
     _pulled(rig.ollama.url, name)
     labels = {"server": "real", "model": name}
     with run_exporter(_config(name, {"real": rig.ollama.url}), rig.workdir) as exporter:
-        # Ollama 0.17 stores the manifest re-encoded, so its digest is not the registry's;
-        # the check knows both forms and sees the held copy as current.
+        # Ollama (0.13.5 and 0.17.4 alike) stores the manifest re-encoded, so its digest is
+        # not the registry's; the check knows both forms and sees the held copy as current.
         exporter.wait_value(UPDATE, lambda v: v == 0, timeout=30, **labels)
         assert _digests(exporter, name) == {"real": _held(rig.ollama, name)[:12]}
         assert exporter.value(CHANGES, **labels) == 0
