@@ -1,9 +1,9 @@
 """Recorded real-Ollama answers, replayed by the simulator, give the exporter's real numbers.
 
 The transcripts under tests/real/transcripts/<version>/ were recorded by the real tier
-(`RECORD_TRANSCRIPTS=1 pytest -m real`). Each carries what the exporter reported against the
-real server; here the simulator replays the recording (sped up) and the real exporter
-process must report exactly that again. This keeps the fast suite honest about real streams
+(`RECORD_TRANSCRIPTS=1 pytest -m real`), one folder per Ollama release CI builds. Each carries
+what the exporter reported against the real server; here the simulator replays the recording
+(sped up) and the real exporter process must report exactly that again, for every release. This keeps the fast suite honest about real streams
 without needing Ollama.
 """
 
@@ -34,30 +34,36 @@ from ollama_sim import (
 )
 from ollama_sim.replay import Transcript, load_transcripts
 from ollama_sim.steps import ScenarioError
-from tests.real.ollama import PINNED_VERSION
+from tests.real.ollama import CI_VERSIONS
 from tests.real.rig import TRANSCRIPTS, exporter_for, replay_summary, summary, wait_runs
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-RECORDED = load_transcripts(TRANSCRIPTS / PINNED_VERSION)
+RELEASES = {d.name: load_transcripts(d) for d in sorted(TRANSCRIPTS.iterdir()) if d.is_dir()}
+"""Release -> scenario -> transcript: every recorded release."""
+ALL = {f"{v}/{name}": t for v, recorded in RELEASES.items() for name, t in recorded.items()}
+SCENARIOS = frozenset({
+    "fresh", "uptodate", "moved", "not-found", "bad-name", "registry-down", "registry-500",
+    "registry-401", "registry-basic-auth", "stalled", "cut", "corrupt", "disk-full",
+    "killed", "resumed", "secure-vs-http",
+})  # fmt: skip
+"""What the real tier records for each release."""
 REPLAY_SECONDS = 2.0
 """Each replay is sped up to take about this long (never slowed down)."""
 
 
-def test_transcripts_of_the_pinned_release_exist() -> None:
-    assert {
-        "fresh", "uptodate", "moved", "not-found", "bad-name", "registry-down", "registry-500",
-        "registry-401", "registry-basic-auth", "stalled", "cut", "corrupt", "disk-full",
-        "killed", "resumed", "secure-vs-http",
-    } <= RECORDED.keys()  # fmt: skip
-    assert {t.ollama_version for t in RECORDED.values()} == {PINNED_VERSION}
+@pytest.mark.parametrize("version", CI_VERSIONS)
+def test_transcripts_of_every_release_ci_builds_exist(version: str) -> None:
+    assert version in RELEASES, f"no transcripts of Ollama {version}"
+    assert RELEASES[version].keys() >= SCENARIOS
+    assert {t.ollama_version for t in RELEASES[version].values()} == {version}
 
 
-@pytest.mark.parametrize("name", sorted(RECORDED))
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_replay_reports_what_the_real_run_reported(name: str, tmp_path: Path) -> None:
-    transcript = RECORDED[name]
+    transcript = ALL[name]
     scale = min(1.0, REPLAY_SECONDS / max(transcript.duration, 0.001))
     assert replay_summary(transcript, tmp_path, time_scale=scale) == transcript.expect
 
@@ -136,14 +142,15 @@ def _lines_per_layer(lines: list[str]) -> dict[str, tuple[int, int, int]]:
     return out
 
 
-def test_simulated_0_17_fresh_pull_is_shaped_like_the_recording(tmp_path: Path) -> None:
-    """The simulator's `fresh_pull` with the 0.17.4 knobs against the real recording.
+@pytest.mark.parametrize("version", sorted(RELEASES))
+def test_simulated_fresh_pull_is_shaped_like_the_recording(version: str, tmp_path: Path) -> None:
+    """The simulator's `fresh_pull` with the real knobs against each release's recording.
 
     The knobs: the first tick already carries bytes (`latency_ticks=0`), and every blob ends
     with about 1 s of 100% lines (`settle_ticks`). Given the real first tick as its rate, the
     simulated pull makes the exporter report exactly what the real one did.
     """
-    real = RECORDED["fresh"]
+    real = RELEASES[version]["fresh"]
     layers = _lines_per_layer([line for _, line in real.lines])
     sizes = [json.loads(next(ln for _, ln in real.lines if d in ln))["total"] for d in layers]
     first_tick = next(iter(layers.values()))[2]
@@ -214,10 +221,14 @@ BUILDERS: dict[str, Callable[[Transcript], Scenario]] = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(BUILDERS))
-def test_simulator_presets_match_the_real_recordings(name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("version", "name"), [(v, name) for v in sorted(RELEASES) for name in sorted(BUILDERS)]
+)
+def test_simulator_presets_match_the_real_recordings(
+    version: str, name: str, tmp_path: Path
+) -> None:
     """The simulator's own presets, fed the recorded texts and sizes, report what real Ollama did."""
-    real = RECORDED[name]
+    real = RELEASES[version][name]
     scenario = BUILDERS[name](real)
     if name != "bad-name":
         body = scenario.expected_body(str(real.request["model"])).decode().splitlines()

@@ -84,6 +84,12 @@ class Front:
         """`127.0.0.1:PORT`: the registry host in model names."""
         return f"{ORIGIN_HOST}:{self.port}"
 
+    def reset(self) -> None:
+        """No faults, no requests, no counts: each test (and each release) starts afresh."""
+        self.faults = Faults()
+        self.requests.clear()
+        self.cuts = self.stalls = 0
+
     def blob_gets(self, digest: str) -> list[FrontRequest]:
         """The ranged GETs of `digest` that reached the blob host."""
         return [

@@ -1,9 +1,10 @@
-"""The real `ollama serve`: which binary, and a process with its own models directory and port.
+"""The real `ollama serve`: which binaries, and a process with its own models directory and port.
 
-The binary comes from `OLLAMA_BIN`, else from the CI build cache
-(`$OPE_CACHE/ollama/<version>/ollama`, built by `.ci/setup/60-ollama.sh`), where the version
-is `OLLAMA_VERSION` (default: the pinned release). `OLLAMA_VERSION=latest` reads the version
-the build step resolved (`$OPE_CACHE/ollama/latest`).
+The tier runs against every release in `tested_versions()`: the one build `OLLAMA_BIN`
+names, else `OPE_OLLAMA_VERSIONS` (what `.ci/setup/60-ollama.sh` built and exported), else
+`OLLAMA_VERSION` alone, else those of `CI_VERSIONS` built in the cache, else the pin. A
+release's binary comes from the CI build cache (`$OPE_CACHE/ollama/<version>/ollama`).
+`OLLAMA_VERSION=latest` reads the version the build step resolved (`$OPE_CACHE/ollama/latest`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from typing import Final
 from tests.harness import free_port, wait_for
 
 PINNED_VERSION: Final = "0.17.4"
-"""The Ollama release CI builds and the committed transcripts come from."""
+"""The newest Ollama release CI builds."""
+OLDER_VERSION: Final = "0.13.5"
+"""An older release still common on fleets, which CI builds too."""
+CI_VERSIONS: Final = (PINNED_VERSION, OLDER_VERSION)
+
+
+def release(version: str) -> tuple[int, ...]:
+    """`0.13.5` as `(0, 13, 5)`, to compare releases where their behaviour differs."""
+    return tuple(int(part) for part in version.partition("-")[0].split(".") if part.isdigit())
 
 
 def cache_dir() -> Path:
@@ -28,9 +37,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("OPE_CACHE", str(Path(base) / "ollama-pull-exporter")))
 
 
-def wanted_version() -> str:
-    """The Ollama version this run tests: `OLLAMA_VERSION`, `latest` resolved, or the pin."""
-    version = os.environ.get("OLLAMA_VERSION", "").strip() or PINNED_VERSION
+def _resolved(version: str) -> str:
+    """`version` without a leading `v`; `latest` as the build step resolved it."""
     if version == "latest":
         resolved = cache_dir() / "ollama" / "latest"
         if not resolved.is_file():
@@ -39,12 +47,41 @@ def wanted_version() -> str:
     return version.removeprefix("v")
 
 
-def ollama_binary() -> Path | None:
-    """The `ollama` executable to test, or None when it has not been built."""
+def wanted_version() -> str:
+    """The one Ollama version `OLLAMA_VERSION` asks for (`latest` resolved), or the pin."""
+    return _resolved(os.environ.get("OLLAMA_VERSION", "").strip() or PINNED_VERSION)
+
+
+def _cached(version: str) -> Path:
+    return cache_dir() / "ollama" / version / "ollama"
+
+
+def tested_versions() -> tuple[str, ...]:
+    """The releases this run tests, oldest last; never empty (see the module docstring).
+
+    Listed versions whose binary is missing stay in: their tests then fail where
+    `OPE_REQUIRE_REAL=1` (the build step was supposed to build them) and skip elsewhere.
+    """
+    if os.environ.get("OLLAMA_BIN"):
+        return (wanted_version(),)  # one build of its own, whatever was built here
+    listed = os.environ.get("OPE_OLLAMA_VERSIONS", "").split()
+    if listed:
+        return tuple(dict.fromkeys(_resolved(v) for v in listed))
+    if os.environ.get("OLLAMA_VERSION", "").strip():
+        return (wanted_version(),)
+    built = tuple(v for v in CI_VERSIONS if _cached(v).is_file())
+    return built or (PINNED_VERSION,)
+
+
+def ollama_binary(version: str | None = None) -> Path | None:
+    """The `ollama` executable of `version` (default: `wanted_version()`), or None if not built.
+
+    `OLLAMA_BIN` overrides the cache for every version.
+    """
     explicit = os.environ.get("OLLAMA_BIN")
     if explicit:
         return Path(explicit)
-    path = cache_dir() / "ollama" / wanted_version() / "ollama"
+    path = _cached(version or wanted_version())
     return path if path.is_file() else None
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from tests.harness import wait_for
 from tests.real.front import Faults
-from tests.real.ollama import OllamaServer, ollama_binary
+from tests.real.ollama import OllamaServer
 from tests.real.registry import Model
 from tests.real.rig import (
     SERVER,
@@ -36,17 +36,16 @@ if TYPE_CHECKING:
 CUT = 3 * 1024 * 1024
 
 
-def test_killed_mid_pull_then_resumed(registry: Registry, front: Front, tmp_path: Path) -> None:
-    binary = ollama_binary()
-    assert binary is not None
+def test_killed_mid_pull_then_resumed(
+    registry: Registry, front: Front, ollama_bin: Path, tmp_path: Path
+) -> None:
     model = Model.build("crash", 8_000_000)
     registry.push("library/crash", "latest", model)
     blob = model.layers[0]
     front.faults = Faults(
         digest=blob.digest, throttle=4e6, cut_after=CUT, cut_times=1, stall_at=CUT
     )
-    front.cuts = front.stalls = 0
-    server = OllamaServer(binary, tmp_path / "ollama", env={"OLLAMA_NOPRUNE": "1"})
+    server = OllamaServer(ollama_bin, tmp_path / "ollama", env={"OLLAMA_NOPRUNE": "1"})
     server.start()
     name = f"{front.host}/library/crash:latest"
     labels = {"server": SERVER, "model": name}
