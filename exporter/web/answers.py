@@ -17,7 +17,7 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
-from aiohttp import payload
+import aiohttp
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,7 +28,7 @@ SLICE: Final = 64 * 1024
 """Bytes per write to the transport; bodies up to this size are written as aiohttp does."""
 
 
-class SlicedBody(payload.Payload):
+class SlicedBody(aiohttp.Payload):
     """A bytes body written `SLICE` bytes at a time within `timeout` seconds in all.
 
     Past the deadline `late` is called (it closes the connection) and the write fails with

@@ -34,6 +34,7 @@ import signal
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from exporter.core.ratelog import RateLimitedLog
@@ -46,7 +47,7 @@ from exporter.web.binding import (
     format_address,
     raise_fd_limit,
 )
-from exporter.web.quiet import QuietErrors, request_error_log
+from exporter.web.quiet import QuietErrors
 from exporter.web.tlsgate import TLSGate, abort
 
 if TYPE_CHECKING:
@@ -441,3 +442,34 @@ async def serve(
     # The signal handlers stay until the loop closes: a second SIGTERM changes nothing.
     async with start(app, sockets, ssl_context=ssl_context, guard=guard):
         await stop.wait()
+
+
+class _BadRequestsQuiet(logging.Filter):
+    """aiohttp's server log: a malformed request is one debug line, not an error traceback.
+
+    aiohttp logs every unparsable request with `logger.exception` (about 750 bytes each);
+    errors of our own handlers (500s) still go out at error level with their traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Turn a bad-request record into one debug line; drop it below debug."""
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        if not logging.getLogger("exporter").isEnabledFor(logging.DEBUG):
+            return False
+        text = exc.message if isinstance(exc.message, str) and exc.message else str(exc)
+        record.msg = "bad request: " + record.getMessage()
+        record.args = ()
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.exc_info, record.exc_text = None, None
+        record.error = text.splitlines()[0][:200] if text else type(exc).__name__
+        return True
+
+
+def request_error_log() -> logging.Logger:
+    """The logger aiohttp's connection handlers report request errors to."""
+    logger = logging.getLogger("exporter.http")
+    if not any(isinstance(each, _BadRequestsQuiet) for each in logger.filters):
+        logger.addFilter(_BadRequestsQuiet())
+    return logger
