@@ -56,6 +56,7 @@ def test_transcripts_of_the_pinned_release_exist() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(RECORDED))
+@pytest.mark.e2e  # starts the exporter process (exporter_for)
 def test_replay_reports_what_the_real_run_reported(name: str, tmp_path: Path) -> None:
     transcript = RECORDED[name]
     scale = min(1.0, REPLAY_SECONDS / max(transcript.duration, 0.001))
@@ -136,6 +137,7 @@ def _lines_per_layer(lines: list[str]) -> dict[str, tuple[int, int, int]]:
     return out
 
 
+@pytest.mark.e2e  # starts the exporter process (exporter_for)
 def test_simulated_0_17_fresh_pull_is_shaped_like_the_recording(tmp_path: Path) -> None:
     """The simulator's `fresh_pull` with the 0.17.4 knobs against the real recording.
 
@@ -215,6 +217,7 @@ BUILDERS: dict[str, Callable[[Transcript], Scenario]] = {
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.e2e  # starts the exporter process (exporter_for)
 def test_simulator_presets_match_the_real_recordings(name: str, tmp_path: Path) -> None:
     """The simulator's own presets, fed the recorded texts and sizes, report what real Ollama did."""
     real = RECORDED[name]
