@@ -34,14 +34,10 @@ E2E_MODULES = frozenset(
         "test_api_fuzz",
         "test_bench_smoke",  # bench/ starts the exporter and the simulator as processes
         "test_browser",  # chromium
-        "test_demo",
-        "test_deploy",  # docker-less deploy checks, hadolint, the wheel
-        "test_discovery",
-        "test_discovery_limits",
+        "test_deploy",  # hadolint, and the exporter under the compose stack's flags
         "test_first_minutes",
         "test_helm",  # helm and kubeconform
         "test_hostile",
-        "test_hosts",
         "test_integration",
         "test_inventory",
         "test_lifecycle",  # signals
@@ -51,8 +47,6 @@ E2E_MODULES = frozenset(
         "test_prometheus_e2e",  # Prometheus 2 and 3
         "test_pull_form",
         "test_registry_proxy",
-        "test_sharding",
-        "test_slow_clients",
         "test_soak",
         "test_stall_browser",
         "test_store_live",
