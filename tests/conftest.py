@@ -5,8 +5,8 @@ process, the real exporter and the simulator in the test's own event loop; the e
 processes (the exporter, a real Prometheus, a browser, helm, promtool, ollama). The mark is set
 here, per module (`E2E_MODULES`, and everything under tests/real/), or by hand on the few
 process tests of a module that is otherwise in process. A fast-tier test that starts a process
-anyway fails (`_no_process_below_e2e`), and tests/test_tiers.py checks that every module that
-imports a process harness is listed, so the list stays true.
+anyway fails (`_no_process_below_e2e`), and tests/test_tiers.py reads the sources: a module
+that starts processes is listed or marks those tests, and a listed one still starts some.
 """
 
 from __future__ import annotations
@@ -116,8 +116,8 @@ def inprocess_exporter() -> Callable[
 ]:
     """The real exporter in the test's own event loop (tests/inprocess.py), as a fixture.
 
-    `async with inprocess_exporter(config_text, admin=True) as (client, program):` in a coroutine the
-    test runs with `asyncio.run`: assembled as the process assembles it, served on 127.0.0.1
-    until the block ends.
+    `async with inprocess_exporter(config_text, admin=True) as (client, program):`, in a
+    coroutine the test runs with `asyncio.run`: assembled as the process assembles it, served
+    on 127.0.0.1 until the block ends.
     """
     return exporter_in_process
