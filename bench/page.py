@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ollama_sim import OllamaSimulator, up_to_date
-from tests.harness import run_exporter, wait_for
+from testkit.process import run_exporter, wait_for
 
 MODELS_PER_SERVER = 20
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 from ollama_sim import OllamaSimulator, error_after_manifest, fresh_pull, up_to_date
-from tests.harness import free_port, run_exporter, wait_for
+from testkit.process import free_port, run_exporter, wait_for
 
 IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
 

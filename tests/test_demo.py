@@ -111,6 +111,7 @@ def test_the_demo_server_says_the_tested_ollama_release() -> None:
     assert pinned.group(1) == OLLAMA_VERSION
 
 
+@pytest.mark.e2e  # starts a process
 def test_the_simulator_alone_serves_the_packaged_demo_scenarios(tmp_path: Path) -> None:
     """`python -m ollama_sim --demo` (the compose demo's Ollama), run away from the clone."""
     with subprocess.Popen(
@@ -211,6 +212,7 @@ def test_the_demo_app_shows_pulls_a_failure_and_bytes_moving() -> None:
 # ------------------------------------------------------------------ the command line
 
 
+@pytest.mark.e2e  # starts a process
 def test_demo_with_a_config_file_is_a_usage_error() -> None:
     done = run_cli("--demo", "--config.file=config.example.yaml")
     assert done.returncode == 2
@@ -220,6 +222,7 @@ def test_demo_with_a_config_file_is_a_usage_error() -> None:
     assert "--config.file" in done.stderr
 
 
+@pytest.mark.e2e  # starts a process
 def test_demo_once_runs_one_round_and_exits_1_for_the_deliberate_failure() -> None:
     done = run_cli("--demo", "--once", timeout=110)
     lines = sorted(done.stdout.splitlines())
@@ -238,6 +241,7 @@ def test_demo_once_runs_one_round_and_exits_1_for_the_deliberate_failure() -> No
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.e2e  # starts a process
 def test_the_demo_reloads_its_built_in_config(tmp_path: Path) -> None:
     """There is no file to read: SIGHUP and `POST /-/reload` rebuild the config in memory."""
     port = free_port()
@@ -325,6 +329,7 @@ def test_the_readme_starts_with_the_demo_then_the_tests() -> None:
     assert f"{BASE_URL}/" in text.split("## Point it at your Ollama")[0]
 
 
+@pytest.mark.e2e  # starts a process
 def test_the_readme_demo_command_shows_pulls_and_stops_on_sigterm(tmp_path: Path) -> None:
     install, _tests = _first_block()
     command = install.rsplit("&& ", 1)[1]

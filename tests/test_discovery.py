@@ -175,6 +175,7 @@ def _servers_file(urls: dict[str, str]) -> str:
 # ------------------------------------------------------------------ file discovery
 
 
+@pytest.mark.e2e  # starts a process
 def test_file_discovery_follows_atomic_rewrites_and_keeps_the_list_when_broken(
     tmp_path: Path,
 ) -> None:
@@ -316,6 +317,7 @@ def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
+@pytest.mark.e2e  # starts a process
 def test_a_discovered_url_with_user_info_is_ignored_when_the_template_sets_authorization(
     tmp_path: Path,
 ) -> None:
@@ -347,6 +349,7 @@ server_discovery:
             assert "pw-123456" not in log
 
 
+@pytest.mark.e2e  # starts a process
 def test_dns_discovery_servers_join_and_leave_and_survive_the_dns_server(tmp_path: Path) -> None:
     answers = Answers()
     fast = OllamaSimulator(unknown=up_to_date([1000]))
@@ -448,6 +451,7 @@ server_discovery:
             assert exporter.get("/-/healthy")[0] == 200
 
 
+@pytest.mark.e2e  # starts a process
 def test_dns_a_records_use_the_configured_port(tmp_path: Path) -> None:
     answers = Answers()
     sim = OllamaSimulator(unknown=up_to_date([1000]))
@@ -471,6 +475,7 @@ server_discovery:
             assert exporter.value("ollama_pull_exporter_discovered_servers", discovery="0") == 1
 
 
+@pytest.mark.e2e  # starts a process
 def test_dns_aaaa_answers_are_named_with_brackets(tmp_path: Path) -> None:
     answers = Answers()
     with dns_server(answers) as (_, dns_port):
@@ -500,6 +505,7 @@ server_discovery:
             assert exporter.value("ollama_pull_exporter_discovered_servers", discovery="v6") == 2
 
 
+@pytest.mark.e2e  # starts a process
 def test_a_discovered_pair_gets_its_stored_last_run_back_after_a_restart(tmp_path: Path) -> None:
     sim = OllamaSimulator(unknown=up_to_date([1000]))
     state = tmp_path / "state" / "state.db"
@@ -531,6 +537,7 @@ server_discovery:
             assert exporter.value("ollama_pull_last_success", server="found", model="m:1b") == 1
 
 
+@pytest.mark.e2e  # starts a process
 def test_a_reload_adds_and_removes_discovery_entries(tmp_path: Path) -> None:
     sim = OllamaSimulator(unknown=up_to_date([1000]))
     static = """\

@@ -168,6 +168,7 @@ def test_a_failure_while_applying_a_list_is_counted_and_the_loop_goes_on() -> No
 # ------------------------------------------------------------------ the real exporter
 
 
+@pytest.mark.e2e  # starts a process
 def test_srv_targets_that_are_no_host_names_are_dropped_and_counted(tmp_path: Path) -> None:
     """`:` made urlsplit raise (exit 1 at start, a dead loop later); a path or user info
     would have let DNS choose where the template's Authorization header goes."""
@@ -223,6 +224,7 @@ def test_srv_targets_that_are_no_host_names_are_dropped_and_counted(tmp_path: Pa
             assert exporter.stop() == 0
 
 
+@pytest.mark.e2e  # starts a process
 def test_a_later_answer_with_a_colon_target_keeps_discovery_running(tmp_path: Path) -> None:
     """This one used to end the watcher's task silently, and SIGTERM then exited 1."""
     answers = Answers()
@@ -245,6 +247,7 @@ def test_a_later_answer_with_a_colon_target_keeps_discovery_running(tmp_path: Pa
             assert exporter.stop() == 0
 
 
+@pytest.mark.e2e  # starts a process
 def test_an_answer_of_1500_records_is_capped_at_max_servers(tmp_path: Path) -> None:
     answers = Answers()
     with dns_server(answers) as (_, dns_port):
@@ -279,6 +282,7 @@ def _runs(exporter: Exporter, server: str) -> list[object]:
 
 
 @pytest.mark.parametrize("stored", [False, True], ids=["memory", "storage"])
+@pytest.mark.e2e  # starts a process
 def test_departed_servers_are_forgotten_after_forget_after(tmp_path: Path, stored: bool) -> None:
     """A pod that moves gets a new name; the old name's runs go after `forget_after`."""
     answers = Answers()
@@ -314,6 +318,7 @@ def test_departed_servers_are_forgotten_after_forget_after(tmp_path: Path, store
             assert "departed servers forgotten" in exporter.logs()
 
 
+@pytest.mark.e2e  # starts a process
 def test_servers_that_left_before_a_restart_are_forgotten_after_it(tmp_path: Path) -> None:
     """The departures are not stored; a stored server a DNS entry named and that is not in
     the first answer after the restart counts as departed from then on."""

@@ -27,6 +27,7 @@ TOP_LEVEL = (
     "grafana",
     "ollama_sim",
     "prometheus",
+    "testkit",
     "tests",
 )
 MD_LINK = re.compile(r"\]\(([^)\s]+)\)")
@@ -106,6 +107,7 @@ def _contract_flags() -> set[str]:
     return {line.split("`")[1] for line in rows}
 
 
+@pytest.mark.e2e  # starts a process
 def test_every_help_flag_is_in_the_contract_flag_table_and_no_other() -> None:
     shown, documented = _help_flags(), _contract_flags()
     assert shown, "no flags found in --help"
@@ -113,6 +115,7 @@ def test_every_help_flag_is_in_the_contract_flag_table_and_no_other() -> None:
     assert documented - shown == set(), "flags in docs/contract.md section 1 but not in --help"
 
 
+@pytest.mark.e2e  # starts a process
 def test_help_shows_the_defaults() -> None:
     shown = subprocess.run(
         [sys.executable, "-m", "exporter", "--help"],

@@ -90,6 +90,7 @@ def test_allowed_names_are_host_names_or_addresses() -> None:
             allowed_name(bad)
 
 
+@pytest.mark.e2e  # starts a process
 def test_the_flag_is_in_help_with_its_default_and_checked(tmp_path: Path) -> None:
     done = run_cli("--help")
     assert done.returncode == 0
@@ -138,6 +139,7 @@ GUARDED = [
 OPEN = ["/metrics", "/-/healthy", "/-/ready"]
 
 
+@pytest.mark.e2e  # starts a process
 def test_a_rebound_page_is_refused_and_scrapes_are_not(tmp_path: Path) -> None:
     """Defect N10: `Host: rebind.evil.example:PORT` with a matching `Origin` started pulls
     and reloads, and read `/api/v1/*` with transcripts."""

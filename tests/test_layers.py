@@ -13,6 +13,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from tests.harness import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "exporter"
@@ -84,6 +86,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+@pytest.mark.e2e  # starts a process
 def test_the_layer_contract_holds() -> None:
     result = subprocess.run(
         [str(Path(sys.executable).with_name("lint-imports")), "--no-cache"],

@@ -880,6 +880,7 @@ def test_without_loop_the_last_run_repeats_and_with_loop_the_runs_cycle() -> Non
 # --------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.e2e  # starts a process
 def test_cli_serves_a_json_scenario_file(tmp_path: Path) -> None:
     scenario_file = tmp_path / "scenarios.json"
     scenario_file.write_text(
@@ -922,6 +923,7 @@ def test_cli_serves_a_json_scenario_file(tmp_path: Path) -> None:
     assert returncode == 0
 
 
+@pytest.mark.e2e  # starts a process
 def test_cli_names_a_bad_scenario_file_and_exits_1(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("models:\n  m: [{preset: nope}]\n")

@@ -62,6 +62,7 @@ def test_transcripts_of_every_release_ci_builds_exist(version: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
+@pytest.mark.e2e  # starts the exporter process (exporter_for)
 def test_replay_reports_what_the_real_run_reported(name: str, tmp_path: Path) -> None:
     transcript = ALL[name]
     scale = min(1.0, REPLAY_SECONDS / max(transcript.duration, 0.001))
@@ -143,6 +144,7 @@ def _lines_per_layer(lines: list[str]) -> dict[str, tuple[int, int, int]]:
 
 
 @pytest.mark.parametrize("version", sorted(RELEASES))
+@pytest.mark.e2e  # starts the exporter process (exporter_for)
 def test_simulated_fresh_pull_is_shaped_like_the_recording(version: str, tmp_path: Path) -> None:
     """The simulator's `fresh_pull` with the real knobs against each release's recording.
 
@@ -224,6 +226,7 @@ BUILDERS: dict[str, Callable[[Transcript], Scenario]] = {
 @pytest.mark.parametrize(
     ("version", "name"), [(v, name) for v in sorted(RELEASES) for name in sorted(BUILDERS)]
 )
+@pytest.mark.e2e  # starts the exporter process (exporter_for)
 def test_simulator_presets_match_the_real_recordings(
     version: str, name: str, tmp_path: Path
 ) -> None:

@@ -76,6 +76,7 @@ def test_shard_flags() -> None:
         resolve_shard("first", 2)
 
 
+@pytest.mark.e2e  # starts a process
 def test_bad_shard_flags_stop_start_up_with_a_usage_error(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("servers:\n  - url: http://127.0.0.1:1\n    models: [a]\n")
@@ -221,6 +222,7 @@ def _value(prometheus: Prometheus, expr: str) -> float | None:
 
 @pytest.mark.prometheus
 @pytest.mark.timeout(240)
+@pytest.mark.e2e  # starts a process
 def test_three_shards_pull_every_pair_exactly_once(tmp_path: Path) -> None:
     binary = shutil.which("prometheus")
     if binary is None:

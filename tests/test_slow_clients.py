@@ -378,6 +378,7 @@ def _rss_mib(pid: int) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # starts a process
 def test_the_exporter_with_1000_pairs_survives_300_clients_that_never_read(tmp_path: Path) -> None:
     """Defect N2 on the real process: 300 `GET /metrics` that never read held 1.7 GiB, kept
     after they left, and `/-/healthy` waited up to 11.6 s."""
@@ -420,6 +421,7 @@ SLOW_BODIES = 1000
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # starts a process
 def test_the_exporter_keeps_scraping_through_1000_slow_bodies(tmp_path: Path) -> None:
     """Defect N4 on the real process (1024 fds, admin API on): 1,000 connections that send a
     `POST /api/v1/pulls` body a byte now and then held the cap; 0 of 38 scrapes succeeded."""

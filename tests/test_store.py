@@ -395,6 +395,7 @@ def _check_consistent(stored: dict[tuple[str, str], StoredPair]) -> int:
     return newest
 
 
+@pytest.mark.e2e  # starts a process
 def test_kill_9_in_the_middle_of_runs_keeps_the_last_committed_state(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     newest = 0
