@@ -284,3 +284,56 @@ def test_pull_now_form_refuses_a_busy_pair() -> None:
                     assert "/history?server=s1&amp;model=small" in page_text
 
     run(test())
+
+
+# ------------------------------------------------------------------ cross-site posts
+
+UNKNOWN_PAIR = {"server": "s1", "model": "nothing"}
+"""A form that passes every check but the pair's: 404 shows that it got past the CSRF check."""
+
+
+async def post_form(client: Client, headers: dict[str, str]) -> tuple[int, str]:
+    async with client.post("/pull-now", data=UNKNOWN_PAIR, headers=headers) as answer:
+        return answer.status, await answer.text()
+
+
+def test_cross_site_posts_are_refused_and_same_origin_ones_pass() -> None:
+    async def test() -> None:
+        async with exporter_in_process(config_text(), admin=True) as (client, _):
+            host = f"127.0.0.1:{client.port}"
+            refused = "cross-site request refused"
+            for headers in (
+                {"Sec-Fetch-Site": "cross-site"},
+                {"Sec-Fetch-Site": "same-site"},
+                {"Sec-Fetch-Site": "cross-site", "Origin": f"http://{host}"},
+                {"Origin": "https://evil.example"},
+                {"Origin": "null"},
+                {"Origin": f"http://user@{host}"},
+                {"Origin": f"ftp://{host}"},
+                {"Origin": "http://[::1"},  # not even a URL
+            ):
+                status, text = await post_form(client, headers)
+                assert (status, text.startswith(refused)) == (403, True), headers
+            for headers in (
+                {},  # curl, scripts: not a browser
+                {"Sec-Fetch-Site": "same-origin"},
+                {"Sec-Fetch-Site": " None "},  # typed by the user
+                {"Origin": f"http://{host}"},
+                {"Origin": f"HTTP://{host.upper()}"},
+            ):
+                status, text = await post_form(client, headers)
+                assert status == 404, (headers, text)
+                assert "no configured pair" in text
+            cross = {"Sec-Fetch-Site": "cross-site"}
+            async with client.get("/", headers=cross) as answer:
+                assert answer.status == 200  # reading is no harm: only changes are refused
+            body = {"server": "s1", "model": "small"}
+            async with client.post("/api/v1/pulls", json=body, headers=cross) as answer:
+                assert answer.status == 403
+                assert answer.headers["Content-Type"].startswith("application/json")
+                assert refused in (await answer.json())["error"]
+            async with client.post("/-/reload", headers=cross) as answer:
+                assert answer.status == 403
+                assert (await answer.text()).startswith(refused)
+
+    run(test())
