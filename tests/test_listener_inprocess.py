@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
 import ssl
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from exporter.web import listener
-from exporter.web.answers import SLICE
-from exporter.web.binding import ListenError, bind, bound_addresses, format_address
+from exporter.web.answers import SLICE, Pacer
+from exporter.web.binding import (
+    ListenError,
+    bind,
+    bound_addresses,
+    format_address,
+    raise_fd_limit,
+)
 from exporter.web.quiet import QuietErrors
 from testkit.tls import self_signed
 
@@ -154,6 +161,62 @@ def test_tls_is_served_from_the_gate_and_a_plain_client_is_turned_away(
     assert failed[0].error  # type: ignore[attr-defined] # the reason, one line
 
 
+HUGE = bytes(8 * 1024 * 1024)
+"""More than loopback's socket buffers hold for a reader whose window is small."""
+
+
+@pytest.mark.parametrize(
+    ("limit", "options", "line"),
+    [
+        (
+            "answer_timeout",
+            {"answer_timeout": 0.05},
+            "closing connections that do not read the answer",
+        ),
+        (
+            "write_timeout",
+            {"write_timeout": 0.05},
+            "closing connections that do not read the answer",
+        ),
+        ("buffered", {"max_buffered": 1}, "too many bytes held for slow readers, closing"),
+    ],
+)
+def test_a_client_that_stops_reading_is_let_go(
+    limit: str, options: dict[str, Any], line: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each limit closes a connection whose client asked for a large answer and reads none."""
+
+    async def huge(_: web.Request) -> web.Response:
+        return web.Response(body=HUGE, content_type="application/octet-stream")
+
+    async def test() -> None:
+        app = small_app()
+        app.router.add_get("/huge", huge)
+        sockets = bind("127.0.0.1", 0)
+        guard = listener.ConnectionGuard(fd_limit=1024, pairs=1, **options)
+        loop = asyncio.get_running_loop()
+        async with listener.start(app, sockets, ssl_context=None, guard=guard):
+            host, port = bound_addresses(sockets)[0].rsplit(":", 1)
+            with socket.socket() as reader:
+                reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                reader.setblocking(False)
+                await loop.sock_connect(reader, (host, int(port)))
+                await loop.sock_sendall(reader, b"GET /huge HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                for _ in range(3000):  # an event, bounded: the guard closes the connection
+                    if guard.closed_counts[limit]:
+                        break
+                    await asyncio.sleep(0.005)
+                assert guard.closed_counts[limit] == 1, guard.closed_counts
+                assert guard.count == 0
+                assert guard.buffered == 0
+        for sock in sockets:
+            sock.close()
+
+    with caplog.at_level(logging.WARNING, logger="exporter.listener"):
+        run(test())
+    assert line in [r.getMessage() for r in caplog.records]
+
+
 # ------------------------------------------------------------------ quiet errors
 
 
@@ -210,3 +273,52 @@ def test_many_kinds_of_socket_error_stay_bounded(caplog: pytest.LogCaptureFixtur
     lines = [r.getMessage() for r in caplog.records if r.name == "exporter.listener"]
     assert lines[:70] == [f"kind {kind}" for kind in range(70)]
     assert lines[70:] == ["kind 0"]  # its limiter was let go with the others
+
+
+# ------------------------------------------------------------------ the pacer, the fd limit
+
+
+def test_answers_start_one_per_turn_first_come_first_served() -> None:
+    """A burst of requests is let go in order, one per turn; a cancelled one is skipped."""
+
+    async def test() -> None:
+        pacer = Pacer()
+        order: list[int] = []
+
+        async def request(number: int) -> None:
+            await pacer.turn()
+            order.append(number)
+
+        tasks = [asyncio.create_task(request(number)) for number in range(4)]
+        await asyncio.sleep(0)  # every request is queued
+        assert pacer.waiting == 4
+        tasks[1].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert order == [0, 2, 3]
+        assert pacer.waiting == 0
+        await asyncio.wait_for(pacer.turn(), timeout=5)  # idle again: the next one goes at once
+
+    run(test())
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    now = raise_fd_limit()
+    assert now >= soft
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == now
+    if hard != resource.RLIM_INFINITY:
+        assert now == hard
+
+
+def test_ipv6_loopback_is_bound_bracketed() -> None:
+    try:
+        sockets = bind("::1", 0)
+    except ListenError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    try:
+        [address] = bound_addresses(sockets)
+        assert address.startswith("[::1]:")
+        assert sockets[0].getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    finally:
+        for sock in sockets:
+            sock.close()

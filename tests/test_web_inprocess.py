@@ -282,6 +282,10 @@ def test_pull_now_form_refuses_a_busy_pair() -> None:
                     page_text = await answer.text()
                     assert answer.status == 409, page_text
                     assert "/history?server=s1&amp;model=small" in page_text
+                pulling = await page(client, "/?state=pulling")
+                assert "Pulling" in pulling
+                active = await page(client, "/runs/1")  # under way: the page refreshes itself
+                assert '<meta http-equiv="refresh" content="2">' in active
 
     run(test())
 
