@@ -9,14 +9,17 @@ started by "pull now" finishes at once, refused, with no simulator and no clock 
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import socket
 from typing import TYPE_CHECKING
 
+import bcrypt
 from aiohttp.test_utils import TestClient, TestServer
 
 from exporter.app import assemble
 from exporter.config.loader import parse_config
+from exporter.config.webconfig import parse_web_config
 from exporter.fleet.sharding import Shard
 from exporter.metrics.families import build_registry
 from exporter.web.app import make_app
@@ -339,5 +342,44 @@ def test_cross_site_posts_are_refused_and_same_origin_ones_pass() -> None:
             async with client.post("/-/reload", headers=cross) as answer:
                 assert answer.status == 403
                 assert (await answer.text()).startswith(refused)
+
+    run(test())
+
+
+# ------------------------------------------------------------------ --web.config.file
+
+
+def basic(user: str, password: str) -> str:
+    """An `Authorization` header's value for basic auth."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+def test_basic_auth_and_headers_of_the_web_config_cover_every_route() -> None:
+    """With users in the web config every route asks for them; its headers go on each answer."""
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=4)).decode("ascii")
+    web_config = parse_web_config(
+        f"basic_auth_users:\n  alice: '{hashed}'\n"
+        "http_server_config:\n  headers:\n    X-Frame-Options: deny\n",
+        "web.yml",
+    )
+
+    async def test() -> None:
+        options = assemble.Options(config_path="test.yml", shard=Shard())
+        config = parse_config(config_text(), "test.yml")
+        with assemble.open_program(options, config) as program:
+            site = Site(program.state, program.history)
+            app = make_app(site, build_registry(program.state), web_config)
+            async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+                for path in ("/metrics", "/", "/-/healthy"):
+                    async with client.get(path) as answer:
+                        assert answer.status == 401, path
+                        assert answer.headers["WWW-Authenticate"].startswith("Basic")
+                wrong = {"Authorization": basic("alice", "wrong")}
+                async with client.get("/metrics", headers=wrong) as answer:
+                    assert answer.status == 401
+                right = {"Authorization": basic("alice", "right")}
+                async with client.get("/-/healthy", headers=right) as answer:
+                    assert (answer.status, await answer.text()) == (200, "OK\n")
+                    assert answer.headers["X-Frame-Options"] == "deny"
 
     run(test())
