@@ -31,7 +31,7 @@ from exporter.web.quiet import QuietErrors
 from testkit.tls import self_signed
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
+    from collections.abc import Callable, Coroutine
     from pathlib import Path
 
 BIG = bytes(range(256)) * (3 * SLICE // 256 + 7)
@@ -215,6 +215,51 @@ def test_a_client_that_stops_reading_is_let_go(
     with caplog.at_level(logging.WARNING, logger="exporter.listener"):
         run(test())
     assert line in [r.getMessage() for r in caplog.records]
+
+
+async def until(done: Callable[[], bool], what: str) -> None:
+    """Wait for `done` with a generous bound, a turn of the loop at a time."""
+    for _ in range(4000):
+        if done():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"waited for {what}")
+
+
+def test_a_stalled_tls_handshake_counts_and_makes_room(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that connects and never says hello holds a slot: at the cap it is closed."""
+    self_signed(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(tmp_path / "server.crt", tmp_path / "server.key")
+    client_tls = ssl.create_default_context(cafile=str(tmp_path / "server.crt"))
+
+    async def test() -> None:
+        sockets = bind("127.0.0.1", 0)
+        guard = listener.ConnectionGuard(fd_limit=1024, pairs=1)
+        guard.cap = 1
+        async with listener.start(small_app(), sockets, ssl_context=server_tls, guard=guard):
+            host, port = bound_addresses(sockets)[0].rsplit(":", 1)
+            silent, silent_writer = await asyncio.open_connection(host, int(port))
+            await until(lambda: guard.count == 1, "the silent client counted from accept")
+            connector = aiohttp.TCPConnector(ssl=client_tls, force_close=True)
+            async with (
+                aiohttp.ClientSession(connector=connector) as session,
+                session.get(f"https://{host}:{port}/-/healthy") as answer,
+            ):
+                assert (answer.status, await answer.text()) == (200, "OK\n")
+            assert await silent.read() == b""  # closed to make room, before any handshake
+            silent_writer.close()
+            assert guard.closed_counts["cap"] == 1
+        for sock in sockets:
+            sock.close()
+
+    with caplog.at_level(logging.WARNING, logger="exporter.listener"):
+        run(test())
+    assert "connection limit reached, closing connections" in [
+        r.getMessage() for r in caplog.records
+    ]
 
 
 # ------------------------------------------------------------------ quiet errors
