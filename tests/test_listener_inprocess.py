@@ -346,13 +346,56 @@ def test_answers_start_one_per_turn_first_come_first_served() -> None:
     run(test())
 
 
-def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
+def test_the_open_file_limit_is_raised_to_the_hard_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A soft limit below the hard one is lifted to it (the process does so at start)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    now = raise_fd_limit()
-    assert now >= soft
-    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == now
-    if hard != resource.RLIM_INFINITY:
-        assert now == hard
+    if hard == resource.RLIM_INFINITY:
+        pytest.skip("no hard limit on open files here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard - 1, hard))
+    try:
+        with caplog.at_level(logging.DEBUG, logger="exporter.listener"):
+            assert raise_fd_limit() == hard
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+        assert "open file limit raised" in [r.getMessage() for r in caplog.records]
+        assert raise_fd_limit() == hard  # at the hard limit already: nothing to do
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_lower_cap_closes_the_connections_over_it_oldest_first(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """More pairs leave fewer descriptors to HTTP clients: the longest waiting ones go."""
+
+    async def test() -> None:
+        sockets = bind("127.0.0.1", 0)
+        guard = listener.ConnectionGuard(fd_limit=1024, pairs=1)
+        async with listener.start(small_app(), sockets, ssl_context=None, guard=guard):
+            host, port = bound_addresses(sockets)[0].rsplit(":", 1)
+            clients: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+            for _ in range(listener.MIN_CONNECTIONS + 2):
+                clients.append(await asyncio.open_connection(host, int(port)))
+                await until(lambda: guard.count == len(clients), "each client counted")
+            guard.fit(1)  # the same cap: nothing changes
+            assert guard.count == listener.MIN_CONNECTIONS + 2
+            guard.fit(10_000)
+            assert guard.cap == listener.MIN_CONNECTIONS
+            assert guard.count == listener.MIN_CONNECTIONS
+            assert guard.closed_counts["cap"] == 2
+            for reader, _ in clients[:2]:
+                assert await reader.read() == b""  # the two oldest were closed
+            for _, writer in clients:
+                writer.close()
+        for sock in sockets:
+            sock.close()
+
+    with caplog.at_level(logging.INFO, logger="exporter.listener"):
+        run(test())
+    changed = [r for r in caplog.records if r.getMessage() == "connection cap changed"]
+    assert len(changed) == 1
+    assert changed[0].max_connections == listener.MIN_CONNECTIONS  # type: ignore[attr-defined]
 
 
 def test_ipv6_loopback_is_bound_bracketed() -> None:
