@@ -17,14 +17,18 @@ import socket
 import threading
 from typing import TYPE_CHECKING
 
+import bcrypt
 import pytest
+from aiohttp.test_utils import TestServer
 
-from exporter.app import healthcheck
+from exporter.app import assemble, healthcheck
 from exporter.app.runtime import Followers, Runtime
 from exporter.config import reader
-from exporter.config.loader import load_config
+from exporter.config.loader import load_config, parse_config
 from exporter.config.types import Config
+from exporter.config.webconfig import load_web_config
 from exporter.core import signals
+from exporter.fleet.sharding import Shard
 from tests.inprocess import Client, exporter_in_process
 
 if TYPE_CHECKING:
@@ -271,3 +275,30 @@ def test_the_shutdown_deadline_is_a_daemon_timer_that_can_be_cancelled() -> None
         timer.cancel()
     timer.join(5)
     assert not timer.is_alive()
+
+
+def test_the_health_check_counts_the_exporters_own_401_as_serving(tmp_path: Path) -> None:
+    """With basic auth on, the check has no password: the exporter's 401 with its realm is an
+    answer (healthy); without the web config it expects a 200 and says what it got."""
+    hashed = bcrypt.hashpw(b"secret", bcrypt.gensalt(rounds=4)).decode()
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(f"basic_auth_users:\n  admin: '{hashed}'\n", encoding="utf-8")
+    web_config = load_web_config(str(web_file))
+    options = assemble.Options(config_path="test.yml", shard=Shard())
+
+    async def test() -> tuple[str, str]:
+        config = parse_config(config_text("m1"), "test.yml")
+        with assemble.open_program(options, config) as program:
+            async with assemble.scheduling(program) as running:
+                app = assemble.web_app(program, running, web_config)
+                async with TestServer(app, host="127.0.0.1") as server:
+                    address = f"--web.listen-address=127.0.0.1:{server.port}"
+                    flags = [address, "--web.config.file=web.yml"]
+                    said = await asyncio.to_thread(healthcheck.check, flags, tmp_path)
+                    with pytest.raises(healthcheck.CheckError) as refused:
+                        await asyncio.to_thread(healthcheck.check, [address], tmp_path)
+        return said, str(refused.value)
+
+    said, refused = asyncio.run(test())
+    assert said.endswith("401 from the exporter (basic auth on; the check has no password)")
+    assert refused.endswith("/-/healthy: 401 Unauthorized")
