@@ -117,6 +117,7 @@ def test_contradicting_flags_are_one_line_and_exit_2(
         "--web.listen-address=[]:80",
         "--web.listen-address=:99999",
         "--shard=x",
+        "--web.allowed-hosts=example.com:8080",
         "--log.level=loud",
         "--no-such-flag",
     ],
@@ -182,3 +183,7 @@ def test_a_storage_path_that_is_a_directory_exits_1(
     code = cli.main([f"--config.file={path}", "--once", f"--storage.path={tmp_path}"])
     assert code == 1
     assert capsys.readouterr().err.startswith("--storage.path: ")
+
+
+def test_allowed_hosts_take_names_and_addresses() -> None:
+    assert cli.parse_allowed_hosts("Example.COM, 10.0.0.1,") == ("example.com", "10.0.0.1")
