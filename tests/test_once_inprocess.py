@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING
 import pytest
 
 from exporter.app import assemble, once
-from exporter.config.loader import parse_config
+from exporter.config.loader import load_config, parse_config
 from exporter.fleet.sharding import Shard
 from ollama_sim import OllamaSimulator, fresh_pull, pre_stream_error
 from ollama_sim.registry import RegistrySimulator
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
@@ -130,3 +131,26 @@ def test_a_check_against_a_server_that_is_down_says_why(
     assert code == 1
     assert "mode=check result=check_failed reason=" in line
     assert "detail=" in line
+
+
+def test_once_asks_discovery_once_and_runs_the_servers_it_found(
+    tmp_path: Path, simulator: OllamaSimulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`server_discovery` from a file: one answer of it, then a line per discovered pair."""
+    simulator.set_runs("small", [fresh_pull([5000, 5000], rate=50_000)])
+    (tmp_path / "servers.yaml").write_text(
+        f"- {{name: found, url: {simulator.url}}}\n", encoding="utf-8"
+    )
+    path = tmp_path / "once.yml"
+    path.write_text(
+        "defaults: {interval: 1h, jitter: 0, timeout: 5m, stall_timeout: 1m}\n"
+        "server_discovery:\n"
+        "  - {name: lab, file: servers.yaml, template: {models: [{name: small}]}}\n",
+        encoding="utf-8",
+    )
+    options = assemble.Options(config_path=str(path), shard=Shard())
+    with assemble.open_program(options, load_config(str(path))) as program:
+        code = asyncio.run(once.run(program))
+    (line,) = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert line.startswith("server=found model=small result=success")
