@@ -8,6 +8,7 @@ and `once.run` runs in this test's own event loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from typing import TYPE_CHECKING
 
@@ -154,3 +155,31 @@ def test_once_asks_discovery_once_and_runs_the_servers_it_found(
     (line,) = capsys.readouterr().out.splitlines()
     assert code == 0
     assert line.startswith("server=found model=small result=success")
+
+
+def test_a_run_of_once_is_restored_from_the_state_file(
+    tmp_path: Path,
+    simulator: OllamaSimulator,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`--storage.path`: the next start shows the last run `--once` made, bytes and all."""
+    assert simulator.url is not None
+    simulator.set_runs("small", [fresh_pull([5000, 5000], rate=50_000)])
+    text = config_text(simulator.url, "small")
+    options = assemble.Options(
+        config_path="once.yml", shard=Shard(), storage_path=str(tmp_path / "state.db")
+    )
+    with assemble.open_program(options, parse_config(text, "once.yml")) as program:
+        assert asyncio.run(once.run(program)) == 0
+    capsys.readouterr()
+    with (
+        caplog.at_level(logging.INFO, logger="exporter"),
+        assemble.open_program(options, parse_config(text, "once.yml")) as program,
+    ):
+        program.first_apply(program.runtime())
+        last = program.state.pairs["sim", "small"].last
+    assert last is not None
+    assert last.reason is None
+    assert last.downloaded_bytes == 10000
+    assert "state restored" in [record.getMessage() for record in caplog.records]
