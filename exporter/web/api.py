@@ -171,7 +171,7 @@ def pair_view(
     pair: PairState,
     *,
     rates: RateTracker,
-    history: History | None,
+    history: History,
     active: ActiveRun | None,
     server_up: float | None,
     now: float,
@@ -198,7 +198,7 @@ def pair_view(
     last = pair.last
     last_view = None
     if last is not None:
-        record = history.last_record(pair.server, pair.model) if history is not None else None
+        record = history.last_record(pair.server, pair.model)
         same = record is not None and abs(record.ended_at - last.ended_at) < 1e-3
         last_view = {
             "id": record.id if same and record is not None else None,
@@ -234,14 +234,12 @@ def pair_view(
     }
 
 
-def _server_down(
-    server_up: float | None, server: ServerStatus | None, history: History | None
-) -> Json:
+def _server_down(server_up: float | None, server: ServerStatus | None, history: History) -> Json:
     """`server_down_since` and `server_problem` of a pair view (null while up)."""
     if server is None or server_up is None or server_up:
         return {"server_down_since": None, "server_problem": None}
     problem = server.problem
-    if problem is not None and history is not None:
+    if problem is not None:
         problem = history.redact(problem)
     return {"server_down_since": server.down_since, "server_problem": problem}
 
