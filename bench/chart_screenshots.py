@@ -1,11 +1,13 @@
-"""Screenshots of the pictures for the docs: a run's chart and the fleet's sparklines.
+"""Screenshots of the pictures for the docs: a stall as it happens, a run's chart, sparklines.
 
-    python -m bench.chart_screenshots      # writes docs/img/run-chart.png, fleet-sparklines.png
+    python -m bench.chart_screenshots   # docs/img/stall.png, run-chart.png, fleet-sparklines.png
 
 Starts the simulator and an exporter over three servers: one pull that downloads, stalls for
 7 s while its lines keep coming, rolls back once and finishes; downloads at changing speeds on
-the other servers. Photographs the stalled run's page once it finished, then the fleet page
-(its sparklines hold the last minute). Debian's Chromium, driven by Playwright; no download.
+the other servers; one server with nothing listening. Photographs the fleet page while the pull
+stalls (its row says "no progress for N s", the down server says since when and why), the
+stalled run's page once it finished, then the fleet page (its sparklines hold the last minute).
+Debian's Chromium, driven by Playwright; no download.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from ollama_sim import (
     fresh_pull,
     up_to_date,
 )
-from tests.harness import free_port, run_exporter, wait_for
+from testkit.process import free_port, run_exporter, wait_for
 
 IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
 MB = 1_000_000
@@ -107,6 +109,26 @@ def main(argv: list[str] | None = None) -> int:
                 None,
             )
 
+        def stalled_now() -> bool:
+            with urllib.request.urlopen(exporter.url + "/api/v1/status", timeout=10) as answer:
+                pairs = json.loads(answer.read())["pairs"]
+            return any(
+                p["model"] == "llama3.2:1b" and p["stalled"] and p["no_progress_seconds"] >= 3
+                for p in pairs
+            )
+
+        wait_for(stalled_now, 90, "the pull to stall", step=0.25)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path="/usr/bin/chromium", args=["--disable-gpu"]
+            )
+            try:
+                live = browser.new_page(viewport={"width": 1300, "height": 800})
+                live.goto(exporter.url + "/")
+                live.wait_for_selector("body[data-updated]")
+                live.screenshot(path=str(args.out / "stall.png"), full_page=True)
+            finally:
+                browser.close()
         wait_for(lambda: stalled_run() is not None, 90, "the stalled pull to finish", step=0.5)
         run = stalled_run()
         assert run is not None
@@ -130,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 fleet.screenshot(path=str(args.out / "fleet-sparklines.png"), full_page=True)
             finally:
                 browser.close()
-    print(f"wrote {args.out}/run-chart.png and fleet-sparklines.png")
+    print(f"wrote {args.out}/stall.png, run-chart.png and fleet-sparklines.png")
     return 0
 
 

@@ -141,3 +141,18 @@ def test_the_architecture_map_names_every_package_and_module() -> None:
         if path.name != "__init__.py" and path.parent != PACKAGE
     ]
     assert sorted(name for name in named if f"`{name}`" not in text) == []
+
+
+def test_the_benchmarks_import_no_test_module() -> None:
+    """bench/ and tests/ share process harnesses through testkit/, never through tests/."""
+    offenders = [
+        str(path.relative_to(REPO_ROOT))
+        for path in sorted((REPO_ROOT / "bench").glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tests")
+        or (
+            isinstance(node, ast.Import)
+            and any(a.name.split(".")[0] == "tests" for a in node.names)
+        )
+    ]
+    assert offenders == []
