@@ -6,7 +6,7 @@ how the answer ended (`complete`; `cut`: the server died mid-answer; `left`: the
 up first). `Transcript.replay()` turns it into simulator steps that send the same lines,
 one chunk each, at the same times (scaled by the simulator's `time_scale`), then end the same
 way. Transcripts are JSON files, one line of the answer per line of the file, named by the
-Ollama version that produced them (`tests/real/transcripts/<version>/<scenario>.json`).
+Ollama version that produced them (`tests/e2e/real/transcripts/<version>/<scenario>.json`).
 """
 
 from __future__ import annotations

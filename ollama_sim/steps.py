@@ -187,7 +187,7 @@ class Layer(Step):
     `settle_ticks` lines with `completed == total` follow the last byte, one per tick from the
     next tick on: Ollama 0.17.4 keeps ticking until the part's 1 s watchdog returns, so every
     downloaded blob ends with about `SETTLE_TICKS_0_17` such lines (recorded from the real
-    server, `tests/real/transcripts/0.17.4/`).
+    server, `tests/e2e/real/transcripts/0.17.4/`).
     """
 
     kind: ClassVar[str] = "layer"

@@ -1,12 +1,13 @@
 """The tiers and the shared fixtures of the suite.
 
-Two tiers, by the `e2e` mark: the fast tier (`pytest -m "not e2e"`) runs everything in one
-process, the real exporter and the simulator in the test's own event loop; the e2e tier starts
-processes (the exporter, a real Prometheus, a browser, helm, promtool, ollama). The mark is set
-here, per module (`E2E_MODULES`, and everything under tests/real/), or by hand on the few
-process tests of a module that is otherwise in process. A fast-tier test that starts a process
-anyway fails (`_no_process_below_e2e`), and tests/test_tiers.py reads the sources: a module
-that starts processes is listed or marks those tests, and a listed one still starts some.
+The folders are the tiers. `tests/unit/<package>/` tests one package of `exporter/` on its own:
+pure functions, tables and properties. `tests/integration/` runs the real app and the simulator
+in the test's own event loop, on real sockets on 127.0.0.1. `tests/e2e/` starts processes: the
+exporter, a real Prometheus 2 and 3, a browser, helm, promtool, a real Ollama (`tests/e2e/real/`).
+Everything under `tests/e2e/` is marked `e2e` here, so `pytest -m "not e2e"` is the fast tier;
+a few process tests of an otherwise in-process module carry `@pytest.mark.e2e` by hand. A
+fast-tier test that starts a process anyway fails (`_no_process_below_e2e`), and
+tests/unit/repo/test_tiers.py reads the sources to keep the folders true.
 """
 
 from __future__ import annotations
@@ -27,33 +28,9 @@ if TYPE_CHECKING:
 
     from exporter.app import assemble
 
-E2E_MODULES = frozenset(
-    {
-        "test_alerts",  # promtool
-        "test_api",
-        "test_api_fuzz",
-        "test_bench_smoke",  # bench/ starts the exporter and the simulator as processes
-        "test_browser",  # chromium
-        "test_charts_browser",  # chromium
-        "test_deploy",  # hadolint, and the exporter under the compose stack's flags
-        "test_first_minutes",
-        "test_helm",  # helm and kubeconform
-        "test_hostile",
-        "test_integration",
-        "test_inventory",
-        "test_lifecycle",  # signals
-        "test_listener",
-        "test_page",
-        "test_production",
-        "test_prometheus_e2e",  # Prometheus 2 and 3
-        "test_pull_form",
-        "test_registry_proxy",
-        "test_soak",
-        "test_stall_browser",
-        "test_store_live",
-    }
-)
-"""Test modules whose every test is e2e: each starts the exporter or another program."""
+TESTS = Path(__file__).resolve().parent
+E2E = TESTS / "e2e"
+"""Every test under this folder is e2e."""
 
 FIXTURE_TOOLS = frozenset({"git", "openssl", "tests.raw_http"})
 """Programs a fast-tier test may run, none of them the code under test: git and openssl make
@@ -63,10 +40,9 @@ under test no time (not even the GIL)."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests of the e2e modules and of tests/real/ `e2e`."""
+    """Mark every test under tests/e2e/ `e2e`."""
     for item in items:
-        path = Path(item.path)
-        if path.stem in E2E_MODULES or path.parent.name == "real":
+        if Path(item.path).is_relative_to(E2E):
             item.add_marker(pytest.mark.e2e)
 
 
@@ -89,7 +65,7 @@ def _no_process_below_e2e(request: pytest.FixtureRequest, monkeypatch: pytest.Mo
         if program not in FIXTURE_TOOLS:
             pytest.fail(
                 f"{request.node.nodeid} starts {program!r}: mark it e2e "
-                "(E2E_MODULES in tests/conftest.py, or @pytest.mark.e2e on the test)",
+                "(move it under tests/e2e/, or @pytest.mark.e2e on the test)",
                 pytrace=False,
             )
         start(self, args, *rest, **kwargs)

@@ -1,6 +1,6 @@
 """Run a README's commands as a user would, and report what a browser and Prometheus would see.
 
-`tests/test_demo.py` starts this script inside a network namespace of its own (so the demo's
+`tests/integration/test_demo.py` starts this script inside a network namespace of its own (so the demo's
 fixed port 11435 cannot clash with anything on the machine). It brings the
 namespace's loopback up and starts every command (split like a shell would; no pipes or `&&`)
 in a process group of its own, each once the one before has printed something. Then it prints

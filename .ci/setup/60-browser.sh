@@ -1,4 +1,4 @@
-# Browser tests of the live page (tests/test_browser.py): Debian's headless Chromium, driven by
+# Browser tests of the live page (tests/e2e/test_browser.py): Debian's headless Chromium, driven by
 # Playwright for Python (the test extra; it never downloads a browser of its own), and axe-core
 # from npm for the accessibility check, cached per version.
 need_apt chromium

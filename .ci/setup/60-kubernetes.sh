@@ -1,6 +1,6 @@
 # helm and kubeconform (Go modules, built with the machine's Go), and the Kubernetes and
 # prometheus-operator schemas they validate the chart against, all offline after the first run:
-# tests/test_helm.py uses them. Everything is cached under $OPE_CACHE, keyed by version.
+# tests/e2e/test_helm.py uses them. Everything is cached under $OPE_CACHE, keyed by version.
 HELM_VERSION=v3.21.4
 KUBECONFORM_VERSION=v0.7.0
 KUBERNETES_VERSION=v1.36.3

@@ -1,4 +1,4 @@
-# The real tier (tests/real): real `ollama serve` releases, built from the Go module proxy, and
+# The real tier (tests/e2e/real): real `ollama serve` releases, built from the Go module proxy, and
 # Debian's docker-registry (Docker distribution 2.8). Two releases: the pinned newest and an
 # older one still common on fleets; the tier runs against each (OPE_OLLAMA_VERSIONS). Each
 # binary is cached under $OPE_CACHE/ollama/<version>/, so a second run does not rebuild.

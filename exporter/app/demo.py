@@ -59,7 +59,7 @@ servers:
       - qwen3:0.6b                 # about 20 s; every third run stalls
 """
 """The config, with `{url}` for the simulator's address (deploy/compose/exporter-demo.yaml is
-the same with the compose network's address; tests/test_demo.py keeps them in step)."""
+the same with the compose network's address; tests/integration/test_demo.py keeps them in step)."""
 
 
 def demo_config(url: str) -> Config:

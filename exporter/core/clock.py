@@ -1,6 +1,6 @@
 """The clock a run reads and sleeps on, so tests can drive time by hand.
 
-`SYSTEM_CLOCK` is the real one. Tests pass their own (see tests/test_pull.py) to run a
+`SYSTEM_CLOCK` is the real one. Tests pass their own (see tests/integration/test_pull.py) to run a
 pull in process with exact phase durations, stalls and timeouts, and no waiting.
 """
 

@@ -4,7 +4,7 @@ Byte chunks go in, typed lines come out (`LineDecoder`), and `event_of` says wha
 line means: progress of a layer, the start of a phase, or the end of the run (success,
 or an error line with its contract reason). The fold (`progress.RunProgress`) acts on
 those events and nothing else; `pull` only moves bytes. Nothing here knows about
-sockets or time, so every rule is tested from tables (tests/test_protocol.py).
+sockets or time, so every rule is tested from tables (tests/unit/ollama/test_protocol.py).
 """
 
 from __future__ import annotations

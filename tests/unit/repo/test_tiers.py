@@ -1,0 +1,224 @@
+"""The tiers stay true: a module that starts processes is e2e, and the fast tier starts none.
+
+The folders are the tiers (tests/conftest.py): everything under tests/e2e/ is e2e; a module
+elsewhere that starts processes marks those tests by hand. Read here from the source, statically: which
+module-level functions reach a process starter (directly or through other functions and
+fixtures of the same module), and which tests do. At run time `_no_process_below_e2e` catches
+what this reading misses (a starter reached through another module).
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import subprocess
+import sys
+from typing import TYPE_CHECKING, TypeGuard
+
+import pytest
+
+from ollama_sim import up_to_date
+from tests.conftest import E2E, FIXTURE_TOOLS, TESTS
+from tests.harness import REPO_ROOT, parse_samples
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from contextlib import AbstractAsyncContextManager
+    from pathlib import Path
+
+    from ollama_sim import OllamaSimulator
+    from tests.inprocess import Client
+
+STARTERS = frozenset(
+    {
+        "subprocess",
+        "create_subprocess_exec",
+        "create_subprocess_shell",
+        "run_exporter",
+        "run_cli",
+        "run_prometheus",
+        "exporter_command",
+        "exporter_for",  # tests/e2e/real/rig.py: the exporter process over the real tier's config
+        "sync_playwright",
+        "async_playwright",
+    }
+)
+"""Names whose use starts a process; not `subprocess.run(["git", ...])` nor `self_signed`
+(openssl): the fixture tools make a test's inputs."""
+
+
+def _tool_call(node: ast.AST) -> TypeGuard[ast.Call]:
+    """`subprocess.run(["git", ...])`: a fixture tool (conftest's FIXTURE_TOOLS) runs."""
+    return (
+        isinstance(node, ast.Call)
+        and bool(node.args)
+        and isinstance(node.args[0], ast.List)
+        and bool(node.args[0].elts)
+        and isinstance(first := node.args[0].elts[0], ast.Constant)
+        and first.value in FIXTURE_TOOLS
+    )
+
+
+def _names(node: ast.AST) -> set[str]:
+    tools = {id(sub.func) for sub in ast.walk(node) if _tool_call(sub)}
+    tool_modules = {
+        id(sub.value)
+        for sub in ast.walk(node)
+        if isinstance(sub, ast.Attribute) and id(sub) in tools
+    }
+    found: set[str] = set()
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Name) and id(sub) not in tool_modules:
+            found.add(sub.id)
+        elif isinstance(sub, ast.arg):
+            found.add(sub.arg)  # a fixture of the module, asked for by parameter
+    return found
+
+
+def _e2e_marked(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    return any("e2e" in ast.unparse(decorator) for decorator in function.decorator_list)
+
+
+def process_tests(source: str) -> tuple[set[str], set[str]]:
+    """(tests that start a process, those of them marked e2e), read from a module's source."""
+    tree = ast.parse(source)
+    functions = {
+        node.name: node
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+    uses = {name: _names(node) for name, node in functions.items()}
+    starting = {name for name, used in uses.items() if used & STARTERS}
+    grew = True
+    while grew:  # through the module's own helpers and fixtures
+        reached = {name for name, used in uses.items() if used & starting} - starting
+        starting |= reached
+        grew = bool(reached)
+    tests = {name for name in starting if name.startswith("test_")}
+    return tests, {name for name in tests if _e2e_marked(functions[name])}
+
+
+def _modules() -> dict[Path, str]:
+    """Every test module, by its path under tests/."""
+    return {
+        path.relative_to(TESTS): path.read_text(encoding="utf-8")
+        for path in TESTS.rglob("test_*.py")
+    }
+
+
+def _is_e2e(module: Path) -> bool:
+    return (TESTS / module).is_relative_to(E2E)
+
+
+def test_a_module_that_starts_processes_is_e2e_or_marks_its_process_tests() -> None:
+    unmarked = {}
+    for module, source in _modules().items():
+        if _is_e2e(module) or module.stem == "test_tiers":  # it starts one to see it refused
+            continue
+        starting, marked = process_tests(source)
+        if starting - marked:
+            unmarked[str(module)] = sorted(starting - marked)
+    assert unmarked == {}, (
+        "tests that start a process in the fast tier: move them under tests/e2e/, "
+        "or mark them @pytest.mark.e2e"
+    )
+
+
+def _imports_bench(source: str) -> bool:
+    """bench/ starts the exporter and the simulator as processes (bench/common.py)."""
+    return any(
+        isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "bench"
+        for node in ast.walk(ast.parse(source))
+    )
+
+
+def test_every_e2e_module_starts_processes() -> None:
+    in_process = {
+        str(module)
+        for module, source in _modules().items()
+        if _is_e2e(module)
+        and module.parts[1] != "real"  # its conftest's fixtures start Ollama for every test
+        and not process_tests(source)[0]
+        and not _imports_bench(source)
+    }
+    assert in_process == set(), "these start no process: move them out of tests/e2e/"
+
+
+def test_every_test_module_sits_in_a_tier_folder() -> None:
+    """unit/<package>/ mirrors exporter/; integration/ and e2e/ are flat (e2e/real/ aside)."""
+    packages = {path.name for path in (REPO_ROOT / "exporter").iterdir() if path.is_dir()}
+    misplaced = []
+    for module in _modules():
+        tier, *rest = module.parts
+        if tier == "unit":
+            ok = len(rest) == 2 and rest[0] in packages | {"repo"}
+        elif tier == "integration":
+            ok = len(rest) == 1
+        else:
+            ok = tier == "e2e" and (len(rest) == 1 or rest[:1] == ["real"])
+        if not ok:
+            misplaced.append(str(module))
+    assert misplaced == []
+
+
+def test_the_reading_follows_helpers_and_fixtures() -> None:
+    source = (
+        "import subprocess\n"
+        "def _run(): subprocess.run(['x'])\n"
+        "def started(): return _run()\n"
+        "def test_direct(): subprocess.run(['x'])\n"
+        "def test_through_a_helper(): started()\n"
+        "def test_through_a_fixture(started): pass\n"
+        "@pytest.mark.e2e\ndef test_marked(): _run()\n"
+        "def test_in_process(): pass\n"
+        "def test_a_tool(): subprocess.run(['git', 'ls-files'])\n"
+    )
+    starting, marked = process_tests(source)
+    assert starting == {
+        "test_direct",
+        "test_through_a_helper",
+        "test_through_a_fixture",
+        "test_marked",
+    }
+    assert marked == {"test_marked"}
+
+
+def test_a_fast_test_that_starts_a_process_fails() -> None:
+    with pytest.raises(pytest.fail.Exception, match="mark it e2e"):
+        subprocess.run([sys.executable, "-c", "pass"], check=False)
+    # The fixture tools make inputs and may run (git lists tracked files).
+    assert subprocess.run(["git", "--version"], capture_output=True, check=False).returncode == 0
+
+
+@pytest.mark.e2e
+def test_an_e2e_test_may_start_one() -> None:
+    assert subprocess.run([sys.executable, "-c", "pass"], check=False).returncode == 0
+
+
+def test_the_shared_fixtures_run_the_exporter_against_the_simulator(
+    simulator: OllamaSimulator,
+    inprocess_exporter: Callable[..., AbstractAsyncContextManager[tuple[Client, object]]],
+) -> None:
+    simulator.set_runs("small", [up_to_date([1000])])
+    config = (
+        "defaults: {interval: 1h, jitter: 0, timeout: 1h, stall_timeout: 10m}\n"
+        f"servers:\n  - name: sim\n    url: {simulator.url}\n    models: [small]\n"
+    )
+
+    async def scenario() -> str:
+        async with inprocess_exporter(config) as (client, _):
+            for _ in range(600):  # the run on start: up to 30 s on a loaded machine
+                async with client.get("/metrics") as response:
+                    body = await response.text()
+                if any(
+                    name == "ollama_pull_last_success"
+                    and ("server", "sim") in labels
+                    and value == 1
+                    for (name, labels), value in parse_samples(body).items()
+                ):
+                    return body
+                await asyncio.sleep(0.05)
+        raise AssertionError(body)
+
+    asyncio.run(scenario())
+    assert simulator.run_count("small") == 1
