@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 IDLE_PAIR_BUDGET = 12_000
 LIVE_RUN_BUDGET = 3_500
 KEPT_RUN_BUDGET = 2_200
-CONNECTION_BUDGET = 9_500
+CONNECTION_BUDGET = 8_000
 
 PAIRS = 1_000
 SERVERS = 50
@@ -295,6 +295,7 @@ def test_kept_run_stays_within_its_budget() -> None:
 
 
 def test_idle_connection_stays_within_its_budget() -> None:
+    """Defect: every connection kept aiohttp's empty request deque (760 B) and a dict."""
     per_connection = connection_bytes()
     assert per_connection <= CONNECTION_BUDGET, f"{per_connection:.0f} bytes per connection"
 
