@@ -126,6 +126,42 @@ def test_a_large_answer_arrives_whole_and_the_guard_lets_the_connection_go() -> 
     run(test())
 
 
+def test_pipelined_requests_are_answered_in_order_past_the_queue_limit() -> None:
+    """The connection's request queue is a list (`_Queue`), not aiohttp's deque: 40
+    pipelined requests (aiohttp pauses reading at 32 queued) come back whole and in order."""
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(text=request.match_info["n"])
+
+    async def test() -> None:
+        app = web.Application()
+        app.router.add_get("/echo/{n}", echo)
+        sockets = bind("127.0.0.1", 0)
+        guard = listener.ConnectionGuard(fd_limit=1024, pairs=1)
+        async with listener.start(app, sockets, ssl_context=None, guard=guard):
+            host, port = bound_addresses(sockets)[0].rsplit(":", 1)
+            reader, writer = await asyncio.open_connection(host, int(port))
+            heads = b"".join(b"GET /echo/%d HTTP/1.1\r\nHost: h\r\n\r\n" % n for n in range(40))
+            writer.write(heads)
+            bodies = []
+            for _ in range(40):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                bodies.append(int(await reader.readexactly(length)))
+            assert bodies == list(range(40))
+            assert guard.count == 1
+            writer.close()
+            await writer.wait_closed()
+        for sock in sockets:
+            sock.close()
+
+    run(test())
+
+
 def test_tls_is_served_from_the_gate_and_a_plain_client_is_turned_away(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
