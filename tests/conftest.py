@@ -4,16 +4,20 @@ The folders are the tiers. `tests/unit/<package>/` tests one package of `exporte
 pure functions, tables and properties. `tests/integration/` runs the real app and the simulator
 in the test's own event loop, on real sockets on 127.0.0.1. `tests/e2e/` starts processes: the
 exporter, a real Prometheus 2 and 3, a browser, helm, promtool, a real Ollama (`tests/e2e/real/`).
-Everything under `tests/e2e/` is marked `e2e` here, so `pytest -m "not e2e"` is the fast tier;
-a few process tests of an otherwise in-process module carry `@pytest.mark.e2e` by hand. A
-fast-tier test that starts a process anyway fails (`_no_process_below_e2e`), and
+Everything under `tests/e2e/` is marked `e2e` here, so `pytest -m "not e2e"` is the fast tier.
+A fast-tier test that starts a process anyway fails (`_no_process_below_e2e`); a unit test that
+sleeps or opens a network socket fails too (`_unit_tests_stay_in_memory`); and
 tests/unit/repo/test_tiers.py reads the sources to keep the folders true.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +27,7 @@ from ollama_sim import OllamaSimulator
 from tests.inprocess import Client, exporter_in_process
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Generator, Iterator
     from contextlib import AbstractAsyncContextManager
 
     from exporter.app import assemble
@@ -31,6 +35,8 @@ if TYPE_CHECKING:
 TESTS = Path(__file__).resolve().parent
 E2E = TESTS / "e2e"
 """Every test under this folder is e2e."""
+UNIT = TESTS / "unit"
+"""Every test under this folder runs in memory: no process, no sleep, no network socket."""
 
 FIXTURE_TOOLS = frozenset({"git", "openssl", "tests.raw_http"})
 """Programs a fast-tier test may run, none of them the code under test: git and openssl make
@@ -44,6 +50,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if Path(item.path).is_relative_to(E2E):
             item.add_marker(pytest.mark.e2e)
+
+
+CALL_REPORT = pytest.StashKey[pytest.TestReport]()
+"""How the test itself (its call phase) went, for the teardown of the fixtures below."""
+REFUSED = pytest.StashKey[list[str]]()
+"""What `_unit_tests_stay_in_memory` refused a unit test, on its item."""
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item,
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Keep the call phase's report on the item (`CALL_REPORT`)."""
+    report = yield
+    if report.when == "call":
+        item.stash[CALL_REPORT] = report
+    return report
 
 
 @pytest.fixture(autouse=True)
@@ -71,6 +94,69 @@ def _no_process_below_e2e(request: pytest.FixtureRequest, monkeypatch: pytest.Mo
         start(self, args, *rest, **kwargs)
 
     monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_stay_in_memory(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """A test under tests/unit/ fails when it sleeps or opens a network socket.
+
+    Sleeping is `time.sleep` or `asyncio.sleep` for a positive time, by the test or by the
+    code it runs (`exporter.core.clock.SYSTEM_CLOCK` sleeps: give the code a fake clock, or wait
+    on the event the test asserts); a socket is a `connect`, `bind` or `sendto` (the event
+    loop's own socket pair does none of these). Only the test's own threads are watched, those
+    that run it or that it starts: a thread left behind by an earlier test is not its doing. A
+    refusal raises at the call, and fails the test at teardown as well, should a task or a
+    thread have swallowed it.
+    """
+    if not Path(request.node.path).is_relative_to(UNIT):
+        yield
+        return
+    elsewhere = frozenset(t for t in threading.enumerate() if t is not threading.current_thread())
+    refused = request.node.stash[REFUSED] = []
+
+    def refuse(what: str) -> None:
+        message = (
+            f"{request.node.nodeid} {what}: a unit test runs in memory (give the code a fake "
+            "clock, wait on the event it asserts, or move the test to tests/integration/)"
+        )
+        refused.append(message)
+        pytest.fail(message, pytrace=False)
+
+    def ours() -> bool:
+        return threading.current_thread() not in elsewhere
+
+    sleep, async_sleep = time.sleep, asyncio.sleep
+
+    def guarded_sleep(seconds: float) -> None:
+        if seconds > 0 and ours():
+            refuse(f"sleeps {seconds} s (time.sleep)")
+        sleep(seconds)
+
+    async def guarded_async_sleep(delay: float, result: Any = None) -> Any:
+        if delay > 0 and ours():
+            refuse(f"sleeps {delay} s (asyncio.sleep)")
+        return await async_sleep(delay, result)
+
+    monkeypatch.setattr(time, "sleep", guarded_sleep)
+    monkeypatch.setattr(asyncio, "sleep", guarded_async_sleep)
+    monkeypatch.setattr(asyncio.tasks, "sleep", guarded_async_sleep)
+    for name in ("connect", "connect_ex", "bind", "sendto"):
+        method = getattr(socket.socket, name)
+
+        def guarded(
+            sock: socket.socket, *args: Any, _name: str = name, _method: Any = method
+        ) -> Any:
+            if ours():
+                refuse(f"opens a network socket ({_name} {args[-1]!r})")
+            return _method(sock, *args)
+
+        monkeypatch.setattr(socket.socket, name, guarded)
+    yield
+    call = request.node.stash.get(CALL_REPORT, None)
+    if refused and call is not None and call.passed:  # a task or a thread swallowed it
+        pytest.fail("\n".join(refused), pytrace=False)
 
 
 # ------------------------------------------------------------------ shared fixtures
