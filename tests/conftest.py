@@ -8,6 +8,10 @@ Everything under `tests/e2e/` is marked `e2e` here, so `pytest -m "not e2e"` is 
 A fast-tier test that starts a process anyway fails (`_no_process_below_e2e`); a unit test that
 sleeps or opens a network socket fails too (`_unit_tests_stay_in_memory`); and
 tests/unit/repo/test_tiers.py reads the sources to keep the folders true.
+
+The property tests (hypothesis) run on the `ci` profile below wherever they run, the README's
+command and CI's alike: the same examples every time, no deadline (a loaded machine is not a
+failure). `--hypothesis-profile=explore` searches far more, and new, examples.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from ollama_sim import OllamaSimulator
 from tests.inprocess import Client, exporter_in_process
@@ -43,6 +48,24 @@ FIXTURE_TOOLS = frozenset({"git", "openssl", "tests.raw_http"})
 its inputs (the list of tracked files, certificates) in milliseconds; tests/raw_http.py is a
 peer that sends fixed hostile bytes, in its own process so that its floods cost the event loop
 under test no time (not even the GIL)."""
+
+settings.register_profile(
+    "ci",
+    max_examples=100,
+    derandomize=True,  # the same examples on every run: a red CI run is a real finding
+    database=None,
+    deadline=None,  # per-example time depends on the machine's load, not on the code
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "explore",
+    parent=settings.get_profile("ci"),
+    max_examples=5000,
+    derandomize=False,  # new examples each run; a failure is kept in .hypothesis/ and replayed
+    database=settings.get_profile("default").database,
+)
+settings.load_profile("ci")  # `--hypothesis-profile=NAME` loads another after this
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

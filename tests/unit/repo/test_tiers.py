@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import functools
 import socket
 import subprocess
 import sys
@@ -74,6 +75,11 @@ def _names(node: ast.AST) -> set[str]:
     return found
 
 
+@functools.cache  # the same modules are read by several tests here (which only read the trees)
+def _tree(source: str) -> ast.Module:
+    return ast.parse(source)
+
+
 def _e2e_marked(function: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> bool:
     return any("e2e" in ast.unparse(decorator) for decorator in function.decorator_list)
 
@@ -81,7 +87,7 @@ def _e2e_marked(function: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
 def e2e_marks(source: str) -> list[str]:
     """What a module marks e2e by hand: its tests, classes, or all of it (`pytestmark`)."""
     marked = []
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(_tree(source)):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             if _e2e_marked(node):
                 marked.append(node.name)
@@ -98,7 +104,7 @@ def e2e_marks(source: str) -> list[str]:
 
 def process_tests(source: str) -> tuple[set[str], set[str]]:
     """(tests that start a process, those of them marked e2e), read from a module's source."""
-    tree = ast.parse(source)
+    tree = _tree(source)
     functions = {
         node.name: node
         for node in tree.body
@@ -160,7 +166,7 @@ def _imports_bench(source: str) -> bool:
     """bench/ starts the exporter and the simulator as processes (bench/common.py)."""
     return any(
         isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "bench"
-        for node in ast.walk(ast.parse(source))
+        for node in ast.walk(_tree(source))
     )
 
 
