@@ -52,18 +52,18 @@ under test no time (not even the GIL)."""
 settings.register_profile(
     "ci",
     max_examples=100,
-    derandomize=True,  # the same examples on every run: a red CI run is a real finding
+    derandomize=True,  # the same examples on every run: a run goes red only when the code changed
     database=None,
     deadline=None,  # per-example time depends on the machine's load, not on the code
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
-settings.register_profile(
+settings.register_profile(  # on hypothesis's own default: random, its example database
     "explore",
-    parent=settings.get_profile("ci"),
-    max_examples=5000,
-    derandomize=False,  # new examples each run; a failure is kept in .hypothesis/ and replayed
-    database=settings.get_profile("default").database,
+    max_examples=5000,  # new examples each run; a failure is kept in .hypothesis/ and replayed
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("ci")  # `--hypothesis-profile=NAME` loads another after this
 
