@@ -44,7 +44,7 @@ UNIT = TESTS / "unit"
 """Every test under this folder runs in memory: no process, no sleep, no network socket."""
 
 FIXTURE_TOOLS = frozenset({"git", "openssl", "tests.raw_http"})
-"""Programs a fast-tier test may run, none of them the code under test: git and openssl make
+"""Programs an integration test may run (a unit test runs none), none of them the code under test: git and openssl make
 its inputs (the list of tracked files, certificates) in milliseconds; tests/raw_http.py is a
 peer that sends fixed hostile bytes, in its own process so that its floods cost the event loop
 under test no time (not even the GIL)."""
@@ -94,13 +94,15 @@ def pytest_runtest_makereport(
 
 @pytest.fixture(autouse=True)
 def _no_process_below_e2e(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A test outside the e2e tier fails when it starts a process (other than FIXTURE_TOOLS).
+    """A test outside the e2e tier fails when it starts a process (an integration test may run
+    FIXTURE_TOOLS; a unit test runs nothing, git included).
 
     Every way Python starts a program (subprocess, asyncio's subprocesses, playwright's
     driver) goes through `subprocess.Popen._execute_child`.
     """
     if request.node.get_closest_marker("e2e") is not None:
         return
+    unit = Path(request.node.path).is_relative_to(UNIT)
     start = subprocess.Popen._execute_child  # type: ignore[attr-defined]
 
     def refuse(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
@@ -108,6 +110,12 @@ def _no_process_below_e2e(request: pytest.FixtureRequest, monkeypatch: pytest.Mo
         argv: list[str] = [os.fsdecode(arg) for arg in listed]
         module = argv[2] if argv[1:2] == ["-m"] and len(argv) > 2 else None  # python -m MODULE
         program = module or Path(argv[0].split(" ", 1)[0]).name
+        if unit:
+            pytest.fail(
+                f"{request.node.nodeid} starts {program!r}: a unit test starts no process "
+                "(move it into a module under tests/e2e/)",
+                pytrace=False,
+            )
         if program not in FIXTURE_TOOLS:
             pytest.fail(
                 f"{request.node.nodeid} starts {program!r}: mark it e2e "

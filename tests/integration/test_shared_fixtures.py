@@ -1,9 +1,10 @@
-"""The shared fixtures of tests/conftest.py work together: the exporter in process, scraped, runs
-a pull against the simulator (from tests/unit/repo/test_tiers.py, which reads sources only)."""
+"""The shared fixtures of tests/conftest.py in the integration tier (tests/unit/repo/test_tiers.py
+checks the guards in the unit tier, where nothing runs but the test itself)."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from typing import TYPE_CHECKING
 
 from ollama_sim import up_to_date
@@ -44,3 +45,8 @@ def test_the_shared_fixtures_run_the_exporter_against_the_simulator(
 
     asyncio.run(scenario())
     assert simulator.run_count("small") == 1
+
+
+def test_the_fixture_tools_may_run() -> None:
+    """git, openssl and tests/raw_http.py make an integration test's inputs (FIXTURE_TOOLS)."""
+    assert subprocess.run(["git", "--version"], capture_output=True, check=False).returncode == 0

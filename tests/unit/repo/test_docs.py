@@ -6,6 +6,7 @@ leads nowhere is a dead end for them.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import subprocess
 from typing import TYPE_CHECKING
@@ -34,15 +35,30 @@ CODE_PATH = re.compile(rf"`((?:{'|'.join(TOP_LEVEL)})/[\w./-]*\.[a-z]+)`")
 PLACEHOLDER = re.compile(r"[*…<>{}$]|NN|\.\.\.")
 
 
-def tracked(*patterns: str) -> list[Path]:
-    listed = subprocess.run(
-        ["git", "ls-files", "--", *patterns],
+def _tracked_files() -> list[str]:
+    """The repository's files, listed by git once, when the module is collected (a unit test
+    starts no process, git included)."""
+    return subprocess.run(
+        ["git", "ls-files", "-z"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.split()
-    return [REPO_ROOT / name for name in listed if (REPO_ROOT / name).is_file()]
+    ).stdout.split("\0")
+
+
+TRACKED = _tracked_files()
+
+
+def tracked(*patterns: str) -> list[Path]:
+    """The tracked files that match a pattern as git's pathspecs do (`*` crosses `/` too)."""
+    return [
+        REPO_ROOT / name
+        for name in TRACKED
+        if name
+        and any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+        and (REPO_ROOT / name).is_file()
+    ]
 
 
 def test_the_repository_lists_its_files() -> None:
