@@ -44,10 +44,10 @@ UNIT = TESTS / "unit"
 """Every test under this folder runs in memory: no process, no sleep, no network socket."""
 
 FIXTURE_TOOLS = frozenset({"git", "openssl", "tests.raw_http"})
-"""Programs an integration test may run (a unit test runs none), none of them the code under test: git and openssl make
-its inputs (the list of tracked files, certificates) in milliseconds; tests/raw_http.py is a
-peer that sends fixed hostile bytes, in its own process so that its floods cost the event loop
-under test no time (not even the GIL)."""
+"""Programs an integration test may run (a unit test runs none), none of them the code under
+test: git and openssl make its inputs (the list of tracked files, certificates) in milliseconds;
+tests/raw_http.py is a peer that sends fixed hostile bytes, in its own process so that its
+floods cost the event loop under test no time (not even the GIL)."""
 
 settings.register_profile(
     "ci",
