@@ -65,6 +65,8 @@ class StorageWriter:
         """Run records to store and departed servers' runs to delete, in the order asked."""
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
+        self._written = threading.Condition(self._lock)
+        """Notified when `history_written` grows (a waiter of its own: `_wake` is the thread's)."""
         self._closing = False
         self._failing = database is None
         self._next_open = time.monotonic() + RETRY_OPEN_SECONDS
@@ -120,6 +122,14 @@ class StorageWriter:
             self._wake.notify()
         return place
 
+    def wait_written(self, place: int, timeout: float) -> bool:
+        """Wait until the record at `place` is stored or given up on; False after `timeout`.
+
+        For a caller that needs it in the file before it goes on (the tests of this package).
+        """
+        with self._written:
+            return self._written.wait_for(lambda: self.history_written > place, timeout)
+
     def close(self, timeout: float = 2.0) -> None:
         """Write what is queued (for up to `timeout` seconds) and close the file."""
         with self._lock:
@@ -152,6 +162,7 @@ class StorageWriter:
             with self._lock:
                 if runs:
                     self.history_written = runs[-1][0] + 1
+                    self._written.notify_all()
                 if closing and not (self._pending or self._digests or self._history):
                     return
 

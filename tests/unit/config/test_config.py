@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from pathlib import Path
 from unittest import mock
 
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from exporter.config import yamlfile
@@ -576,7 +577,8 @@ def test_header_values_stay_out_of_repr() -> None:
 
 
 def test_deep_nesting_is_a_config_error() -> None:
-    text = "servers: " + "[" * 5000 + "]" * 5000
+    depth = sys.getrecursionlimit() + 100  # deeper than Python recurses, a frame a level or more
+    text = "servers: " + "[" * depth + "]" * depth
     for loader in (yaml.CSafeLoader, yaml.SafeLoader):
         with mock.patch.object(yamlfile, "_YamlLoader", loader), pytest.raises(ConfigError):
             parse_config(text, "c.yaml", {})
@@ -667,7 +669,6 @@ def _check_outcome(text: str) -> None:
                 assert not math.isnan(model.settings.jitter)
 
 
-@settings(max_examples=300, deadline=None)
 @given(_DOCUMENTS)
 def test_any_yaml_document_gives_config_or_config_error(document: object) -> None:
     _check_outcome(yaml.safe_dump(document))
@@ -717,13 +718,11 @@ _NEAR_VALID = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=300, deadline=None)
 @given(_NEAR_VALID)
 def test_near_valid_documents_give_config_or_config_error(document: object) -> None:
     _check_outcome(yaml.safe_dump(document))
 
 
-@settings(max_examples=300, deadline=None)
 @given(st.text())
 def test_any_text_gives_config_or_config_error(text: str) -> None:
     _check_outcome(text)
@@ -787,17 +786,18 @@ def test_a_symlink_to_dev_zero_is_refused(tmp_path: Path) -> None:
     assert caught.value.errors == (f"{path}: config is larger than 1 MiB: refusing to read it",)
 
 
-@pytest.mark.timeout(60)
 def test_reported_problems_are_capped_with_a_count_of_the_rest() -> None:
-    # 300,000 bad entries in 600 KB: every one is a problem, only the first 100 are listed.
-    text = "servers: [" + "1," * 300_000 + "]\n"
+    # 30,000 bad entries in 60 KB: every one is a problem, only the first 100 are listed. (The
+    # loader is linear: 300,000 in 600 KB, as many as fit under the 1 MiB cap, cost ten times
+    # as much and test nothing more.)
+    text = "servers: [" + "1," * 30_000 + "]\n"
     with pytest.raises(ConfigError) as caught:
         parse_config(text, "many.yaml")
     errors = caught.value.errors
     assert len(errors) == 101
     assert errors[0].startswith("many.yaml:1: servers[0]: expected a mapping with keys name, url,")
     assert errors[0].endswith(", got integer 1")
-    assert errors[-1] == "many.yaml: ... and 299,900 more problems (only the first 100 are shown)"
+    assert errors[-1] == "many.yaml: ... and 29,900 more problems (only the first 100 are shown)"
     assert sum(len(error) for error in errors) < 20_000
 
 

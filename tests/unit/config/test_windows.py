@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -11,6 +12,9 @@ from exporter.config.types import Config, ModelConfig, PullSettings, ServerConfi
 from exporter.config.windows import Window, is_open, next_start, parse_window, windowed_start
 from exporter.schedule.scheduler import Scheduler
 from exporter.state.pairs import ExporterState, RunResult
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 UTC = "UTC"
 BERLIN = "Europe/Berlin"
@@ -169,6 +173,30 @@ def test_a_night_of_hourly_runs_keeps_the_grid_and_stops_at_the_window_end() -> 
     assert started == [at(text) for text in night] + [at("2026-12-02 22:00")]
 
 
+class StillClock:
+    """Time that never moves: what is due at once starts, and nothing after it ever does."""
+
+    def monotonic(self) -> float:
+        return 0.0
+
+    def time(self) -> float:
+        return at("2026-12-01 12:00")
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            await asyncio.Event().wait()  # until the scheduler stops (cancels) the loop
+        await asyncio.sleep(0)
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Let the loop's tasks run until `condition` holds (no time passes; they never sleep)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    pytest.fail(f"never came: {what}")
+
+
 def test_the_fleet_wide_limit_bounds_pulls_across_servers() -> None:
     servers = [
         ServerConfig(
@@ -184,12 +212,11 @@ def test_the_fleet_wide_limit_bounds_pulls_across_servers() -> None:
     running: set[str] = set()
     most = 0
     finished = 0
-    release = asyncio.Event
 
     async def main(limit: int | None) -> int:
         nonlocal most, finished
         most = finished = 0
-        gate = release()
+        gate = asyncio.Event()
         config = _config(servers, limit)
         state.sync(config)
 
@@ -204,15 +231,13 @@ def test_the_fleet_wide_limit_bounds_pulls_across_servers() -> None:
             finished += 1
             return RunResult(None)
 
-        scheduler = Scheduler(None, state, run=run)
+        scheduler = Scheduler(None, state, clock=StillClock(), run=run)
         scheduler.start(config)
-        for _ in range(100):
-            await asyncio.sleep(0.001)
+        fleet = scheduler.fleet_limit
+        # Every run due at once holds the fleet-wide slot or waits for one.
+        await until(lambda: fleet.held + fleet.waiting == 6, "six runs at the fleet limit")
         gate.set()
-        for _ in range(100):
-            await asyncio.sleep(0.001)
-            if finished == 6:
-                break
+        await until(lambda: finished == 6, "six runs finished")
         await scheduler.stop()
         return most
 

@@ -12,7 +12,9 @@
    `protocol.event_of` says a line ends it (one place decides what a line means).
 
 The config property ("any YAML gives a config or a config error") lives in test_config.py.
-Runs are derandomized (the same examples on every run) so CI is stable; see EXPLORE.
+How many examples, and which: the hypothesis profile of tests/conftest.py (`ci`, every run's:
+the same ones each time; `pytest --hypothesis-profile=explore tests/unit/ollama/test_properties.py`
+searches many more, new ones).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -70,16 +71,8 @@ if TYPE_CHECKING:
     from ollama_sim.ticks import Ticks
 
 INT64_MAX = (1 << 63) - 1
-# CI: a fixed, moderate set of examples. `PROPERTY_EXPLORE=5000 pytest tests/unit/ollama/test_properties.py`
-# searches that many random (not derandomized) examples per property instead.
-EXPLORE = int(os.environ.get("PROPERTY_EXPLORE", "0"))
-PROPERTIES = settings(
-    max_examples=EXPLORE or 500,
-    deadline=None,
-    derandomize=not EXPLORE,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+PROPERTIES = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+"""The rest (example count, derandomize, no deadline) is the profile's."""
 
 MODELS = st.sampled_from(
     ["llama3.2:1b", "gemma3", "registry.ollama.ai/library/qwen3:8b", "hf.co/bartowski/x:Q4_K_M"]

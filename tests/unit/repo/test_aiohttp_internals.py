@@ -16,6 +16,7 @@ documentation annotates with (`Handler`, `Middleware`): allowed for types only, 
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 from pathlib import Path
 from typing import Final
@@ -73,6 +74,7 @@ def _aiohttp_modules(tree: ast.Module) -> list[tuple[int, str, bool]]:
     return found
 
 
+@functools.cache  # read once for the tests of this module (which only read the trees)
 def _modules() -> list[tuple[str, ast.Module]]:
     return [
         (path.relative_to(ROOT).as_posix(), ast.parse(path.read_text(), str(path)))

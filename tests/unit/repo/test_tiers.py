@@ -1,33 +1,33 @@
 """The tiers stay true: a module that starts processes is e2e, and the fast tier starts none.
 
-The folders are the tiers (tests/conftest.py): everything under tests/e2e/ is e2e; a module
-elsewhere that starts processes marks those tests by hand. Read here from the source, statically: which
-module-level functions reach a process starter (directly or through other functions and
-fixtures of the same module), and which tests do. At run time `_no_process_below_e2e` catches
-what this reading misses (a starter reached through another module).
+The folders are the tiers (tests/conftest.py): everything under tests/e2e/ is e2e, and nothing
+under tests/unit/ is, not even by a hand-set mark (a module of tests/integration/ may still
+mark its few process tests by hand). Read here from the source, statically: which module-level
+functions reach a process starter (directly or through other functions and fixtures of the
+same module), and which tests do. At run time `_no_process_below_e2e` catches what this reading
+misses (a starter reached through another module), and `_unit_tests_stay_in_memory` fails a
+unit test that sleeps or opens a network socket.
 """
 
 from __future__ import annotations
 
 import ast
 import asyncio
+import functools
+import socket
 import subprocess
 import sys
+import threading
+import time
 from typing import TYPE_CHECKING, TypeGuard
 
 import pytest
 
-from ollama_sim import up_to_date
-from tests.conftest import E2E, FIXTURE_TOOLS, TESTS
-from tests.harness import REPO_ROOT, parse_samples
+from tests.conftest import E2E, FIXTURE_TOOLS, REFUSED, TESTS, UNIT
+from tests.harness import REPO_ROOT
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from contextlib import AbstractAsyncContextManager
     from pathlib import Path
-
-    from ollama_sim import OllamaSimulator
-    from tests.inprocess import Client
 
 STARTERS = frozenset(
     {
@@ -75,13 +75,36 @@ def _names(node: ast.AST) -> set[str]:
     return found
 
 
-def _e2e_marked(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+@functools.cache  # the same modules are read by several tests here (which only read the trees)
+def _tree(source: str) -> ast.Module:
+    return ast.parse(source)
+
+
+def _e2e_marked(function: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> bool:
     return any("e2e" in ast.unparse(decorator) for decorator in function.decorator_list)
+
+
+def e2e_marks(source: str) -> list[str]:
+    """What a module marks e2e by hand: its tests, classes, or all of it (`pytestmark`)."""
+    marked = []
+    for node in ast.walk(_tree(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            if _e2e_marked(node):
+                marked.append(node.name)
+        elif (
+            isinstance(node, ast.Assign | ast.AnnAssign)
+            and "pytestmark"
+            in ast.unparse(node.targets[0] if isinstance(node, ast.Assign) else node.target)
+            and node.value is not None
+            and "e2e" in ast.unparse(node.value)
+        ):
+            marked.append("pytestmark")
+    return marked
 
 
 def process_tests(source: str) -> tuple[set[str], set[str]]:
     """(tests that start a process, those of them marked e2e), read from a module's source."""
-    tree = ast.parse(source)
+    tree = _tree(source)
     functions = {
         node.name: node
         for node in tree.body
@@ -110,25 +133,40 @@ def _is_e2e(module: Path) -> bool:
     return (TESTS / module).is_relative_to(E2E)
 
 
+def _is_unit(module: Path) -> bool:
+    return (TESTS / module).is_relative_to(UNIT)
+
+
 def test_a_module_that_starts_processes_is_e2e_or_marks_its_process_tests() -> None:
     unmarked = {}
     for module, source in _modules().items():
         if _is_e2e(module) or module.stem == "test_tiers":  # it starts one to see it refused
             continue
         starting, marked = process_tests(source)
+        if _is_unit(module):
+            marked = set()  # a unit test is never e2e (the test below)
         if starting - marked:
             unmarked[str(module)] = sorted(starting - marked)
     assert unmarked == {}, (
-        "tests that start a process in the fast tier: move them under tests/e2e/, "
-        "or mark them @pytest.mark.e2e"
+        "tests that start a process in the fast tier: move them under tests/e2e/ "
+        "(a test of tests/integration/ may be marked @pytest.mark.e2e instead)"
     )
+
+
+def test_no_unit_module_marks_a_test_e2e_by_hand() -> None:
+    marked = {
+        str(module): names
+        for module, source in _modules().items()
+        if _is_unit(module) and (names := e2e_marks(source))
+    }
+    assert marked == {}, "the folder is the tier: move these into a new module under tests/e2e/"
 
 
 def _imports_bench(source: str) -> bool:
     """bench/ starts the exporter and the simulator as processes (bench/common.py)."""
     return any(
         isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "bench"
-        for node in ast.walk(ast.parse(source))
+        for node in ast.walk(_tree(source))
     )
 
 
@@ -183,42 +221,69 @@ def test_the_reading_follows_helpers_and_fixtures() -> None:
     assert marked == {"test_marked"}
 
 
-def test_a_fast_test_that_starts_a_process_fails() -> None:
-    with pytest.raises(pytest.fail.Exception, match="mark it e2e"):
-        subprocess.run([sys.executable, "-c", "pass"], check=False)
-    # The fixture tools make inputs and may run (git lists tracked files).
-    assert subprocess.run(["git", "--version"], capture_output=True, check=False).returncode == 0
-
-
-@pytest.mark.e2e
-def test_an_e2e_test_may_start_one() -> None:
-    assert subprocess.run([sys.executable, "-c", "pass"], check=False).returncode == 0
-
-
-def test_the_shared_fixtures_run_the_exporter_against_the_simulator(
-    simulator: OllamaSimulator,
-    inprocess_exporter: Callable[..., AbstractAsyncContextManager[tuple[Client, object]]],
-) -> None:
-    simulator.set_runs("small", [up_to_date([1000])])
-    config = (
-        "defaults: {interval: 1h, jitter: 0, timeout: 1h, stall_timeout: 10m}\n"
-        f"servers:\n  - name: sim\n    url: {simulator.url}\n    models: [small]\n"
+def test_the_reading_finds_every_hand_set_e2e_mark() -> None:
+    source = (
+        "import pytest\n"
+        "pytestmark = [pytest.mark.slow, pytest.mark.e2e]\n"
+        "@pytest.mark.e2e\ndef test_marked(): pass\n"
+        "@pytest.mark.e2e\nclass TestMarked:\n    def test_in_it(self): pass\n"
+        "class TestPlain:\n    @pytest.mark.e2e\n    async def test_method(self): pass\n"
+        "@pytest.mark.slow\ndef test_slow(): '@pytest.mark.e2e'\n"
     )
+    assert sorted(e2e_marks(source)) == ["TestMarked", "pytestmark", "test_marked", "test_method"]
+    assert e2e_marks("pytestmark: object = pytest.mark.e2e\n") == ["pytestmark"]
 
-    async def scenario() -> str:
-        async with inprocess_exporter(config) as (client, _):
-            for _ in range(600):  # the run on start: up to 30 s on a loaded machine
-                async with client.get("/metrics") as response:
-                    body = await response.text()
-                if any(
-                    name == "ollama_pull_last_success"
-                    and ("server", "sim") in labels
-                    and value == 1
-                    for (name, labels), value in parse_samples(body).items()
-                ):
-                    return body
-                await asyncio.sleep(0.05)
-        raise AssertionError(body)
 
-    asyncio.run(scenario())
-    assert simulator.run_count("small") == 1
+def test_a_unit_test_that_starts_a_process_fails() -> None:
+    """Refused before it starts. (An integration test may run the fixture tools:
+    tests/integration/test_shared_fixtures.py.)"""
+    with pytest.raises(pytest.fail.Exception, match="a unit test starts no process"):
+        subprocess.run([sys.executable, "-c", "pass"], check=False)
+    with pytest.raises(pytest.fail.Exception, match="starts 'git': a unit test starts no"):
+        subprocess.run(["git", "--version"], capture_output=True, check=False)
+
+
+def test_a_unit_test_that_sleeps_fails(request: pytest.FixtureRequest) -> None:
+    with pytest.raises(pytest.fail.Exception, match=r"sleeps 0\.01 s \(time\.sleep\)"):
+        time.sleep(0.01)
+    with pytest.raises(pytest.fail.Exception, match=r"sleeps 0\.01 s \(asyncio\.sleep\)"):
+        asyncio.run(asyncio.sleep(0.01))
+    # A thread the test starts is the test's own: it is refused there too.
+    caught: list[BaseException] = []
+
+    def nap() -> None:
+        try:
+            time.sleep(1)
+        except BaseException as exc:  # noqa: BLE001 - pytest.fail raises a BaseException
+            caught.append(exc)
+
+    thread = threading.Thread(target=nap)
+    thread.start()
+    thread.join()
+    assert [type(exc) for exc in caught] == [pytest.fail.Exception]
+    # A zero sleep is a yield, not a wait.
+    time.sleep(0)
+    asyncio.run(asyncio.sleep(0))
+    assert len(request.node.stash[REFUSED]) == 3
+    request.node.stash[REFUSED].clear()  # seen: else the teardown fails the test for them
+
+
+def test_a_unit_test_that_opens_a_network_socket_fails(request: pytest.FixtureRequest) -> None:
+    with socket.socket() as sock:
+        with pytest.raises(pytest.fail.Exception, match=r"opens a network socket \(bind "):
+            sock.bind(("127.0.0.1", 0))
+        with pytest.raises(pytest.fail.Exception, match=r"opens a network socket \(connect "):
+            sock.connect(("127.0.0.1", 9))
+    with (
+        socket.socket(type=socket.SOCK_DGRAM) as sock,
+        pytest.raises(pytest.fail.Exception, match=r"opens a network socket \(sendto "),
+    ):
+        sock.sendto(b"x", ("127.0.0.1", 9))
+    # An event loop's own socket pair, and a socket pair of the test, are no network.
+    asyncio.run(asyncio.sleep(0))
+    left, right = socket.socketpair()
+    with left, right:
+        left.sendall(b"x")
+        assert right.recv(1) == b"x"
+    assert len(request.node.stash[REFUSED]) == 3
+    request.node.stash[REFUSED].clear()

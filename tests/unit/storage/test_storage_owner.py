@@ -24,7 +24,6 @@ from exporter.storage.writer import THREAD_NAME
 from tests.unit.state.test_history import run_once
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from pathlib import Path
 
 # The format as the exporter wrote it before the storage had one owner (schema version 1),
@@ -194,14 +193,10 @@ def _writers() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if "writer" in t.name]
 
 
-def _wait(condition: Callable[[], bool], what: str) -> None:
-    """Wait for a writer-thread effect; generous, since the machine may be busy."""
-    event = threading.Event()
-    for _ in range(3000):
-        if condition():
-            return
-        event.wait(0.01)
-    pytest.fail(f"timed out waiting for {what}")
+def _written(storage: Storage, records: int, what: str) -> None:
+    """Wait until the writer thread has done the first `records` history writes (it tells)."""
+    if not storage.writer.wait_written(records - 1, timeout=30):  # a bound on a hang only
+        pytest.fail(f"the writer never got done with {what}")
 
 
 def test_one_writer_thread_serves_last_runs_digests_and_history(tmp_path: Path) -> None:
@@ -216,7 +211,7 @@ def test_one_writer_thread_serves_last_runs_digests_and_history(tmp_path: Path) 
             storage.save(pair)
         pair.holding.restore("sha256:abc", None)
         storage.save_digest(pair)
-        _wait(lambda: storage.writer.history_written == 3, "the history writes")
+        _written(storage, 3, "the history writes")
         assert [t.name for t in _writers() if t not in before] == [THREAD_NAME]
     finally:
         storage.close()
@@ -231,7 +226,7 @@ def test_a_locked_file_fails_saves_then_recovers_with_history(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "exporter.store")
-    monkeypatch.setattr(database_module, "BUSY_TIMEOUT", 0.05)
+    monkeypatch.setattr(database_module, "BUSY_TIMEOUT", 0)  # a locked file fails at once
     monkeypatch.setattr(writer_module, "HISTORY_QUEUE_LIMIT", 2)
     path = tmp_path / "state.db"
     state = ExporterState()
@@ -244,12 +239,12 @@ def test_a_locked_file_fails_saves_then_recovers_with_history(
         for _ in range(6):
             run_once(history, pair)
             storage.save(pair)
-        _wait(lambda: storage.writer.history_written == 6, "the failed writes")
+        _written(storage, 6, "the failed writes")
         assert state.storage_failures >= 1
         locker.execute("ROLLBACK")
         run_once(history, pair)
         storage.save(pair)
-        _wait(lambda: storage.writer.history_written == 7, "the write after the lock")
+        _written(storage, 7, "the write after the lock")
         assert [run.id for run in asyncio.run(history.runs())] == [7]
     finally:
         locker.close()
@@ -273,7 +268,7 @@ def test_history_reads_do_not_hold_up_the_event_loop(tmp_path: Path, read: str) 
         assert storage.history is not None
         history = History(10, storage.history)
         run_once(history, PairState("s", "a", 60.0))
-        _wait(lambda: storage.writer.history_written == 1, "the history write")
+        _written(storage, 1, "the history write")
         entered, release = threading.Event(), threading.Event()
         readers: list[threading.Thread] = []
 

@@ -1,4 +1,7 @@
-"""Tests for exporter.storage: round trips, damaged and foreign files, and a kill -9 mid-run."""
+"""Tests for exporter.storage: round trips, damaged and foreign files.
+
+A kill -9 in the middle of saves is in tests/e2e/test_store_process.py (it kills a process).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,9 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -26,8 +25,7 @@ from exporter.storage.schema import APPLICATION_ID, SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
+    from pathlib import Path
 
 
 @contextlib.contextmanager
@@ -343,13 +341,19 @@ def test_restore_fills_configured_pairs_only() -> None:
 
 
 def test_saves_are_cheap(tmp_path: Path) -> None:
-    with _open(tmp_path / "state.db") as store:
-        pairs = [_pair("s", f"m{n % 50}", _last(n), None) for n in range(1000)]
-        started = time.perf_counter()
-        for pair in pairs:
-            assert store.save(pair)
-        elapsed = time.perf_counter() - started
-    assert elapsed < 2.0, f"1000 saves took {elapsed:.3f}s"  # typically ~20 ms
+    """A save is one statement in WAL mode without an fsync (synchronous=NORMAL): what keeps
+    1000 of them at ~20 ms. Read from the connection, not timed (a busy machine is no failure)."""
+    with Database.open(tmp_path / "state.db") as database:
+        assert database.select("PRAGMA journal_mode") == [("wal",)]
+        assert database.select("PRAGMA synchronous") == [(1,)]  # NORMAL
+        statements: list[str] = []
+        database._connection.set_trace_callback(statements.append)
+        store = LastRuns(database)
+        for n in range(100):
+            assert store.save(_pair("s", f"m{n % 50}", _last(n), None))
+        database._connection.set_trace_callback(None)
+    assert len(statements) == 100
+    assert all(sql.lstrip().upper().startswith("INSERT") for sql in statements)
 
 
 def test_saves_from_worker_threads(tmp_path: Path) -> None:
@@ -362,69 +366,6 @@ def test_saves_from_worker_threads(tmp_path: Path) -> None:
         n = round(entry.last.ended_at - 1_700_000_000.0)
         assert model == f"m{n % 8}"
         assert entry.last == _last(n)
-
-
-# A child that saves runs as fast as it can and prints each run number once it is committed.
-_WRITER = """
-import sys
-from exporter.ollama.protocol import Reason
-from exporter.storage.database import Database
-from exporter.storage.last_runs import LastRuns
-from tests.unit.storage.test_store import _last, _pair
-
-store = LastRuns(Database.open(sys.argv[1]))
-n = int(sys.argv[2])
-while True:
-    n += 1
-    reason = None if n % 3 else Reason.STALLED
-    pair = _pair("s", f"m{n % 4}", _last(n, reason=reason), 1_700_000_000.0 + n - n % 3)
-    assert store.save(pair)
-    print(n, flush=True)
-"""
-
-
-def _check_consistent(stored: dict[tuple[str, str], StoredPair]) -> int:
-    """Every row is exactly one whole run; returns the newest run number."""
-    newest = 0
-    for (server, model), entry in stored.items():
-        n = round(entry.last.ended_at - 1_700_000_000.0)
-        reason = None if n % 3 else Reason.STALLED
-        assert (server, model) == ("s", f"m{n % 4}")
-        assert entry == StoredPair(_last(n, reason=reason), 1_700_000_000.0 + n - n % 3)
-        newest = max(newest, n)
-    return newest
-
-
-@pytest.mark.e2e  # starts a process
-def test_kill_9_in_the_middle_of_runs_keeps_the_last_committed_state(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    newest = 0
-    for round_ in range(4):
-        child = subprocess.Popen(
-            [sys.executable, "-c", _WRITER, str(path), str(newest)],
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert child.stdout is not None
-        acknowledged = newest
-        with child.stdout:
-            for line in child.stdout:
-                acknowledged = int(line)
-                if acknowledged >= newest + 200 + 37 * round_:
-                    break
-            child.send_signal(signal.SIGKILL)
-            for line in child.stdout:  # what it committed before the signal landed
-                acknowledged = int(line)
-        assert child.wait() == -signal.SIGKILL
-        with _open(path) as store:
-            stored = store.load()
-        newest = _check_consistent(stored)
-        # Every acknowledged run is there; at most one more committed but not yet printed.
-        assert acknowledged <= newest <= acknowledged + 1
-        assert len(stored) == 4
-    assert not _moved(path, "corrupt")
-    assert not _moved(path, "foreign")
 
 
 def test_phase_columns_follow_the_run_phases() -> None:
