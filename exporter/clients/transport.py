@@ -13,8 +13,9 @@ live here so that an aiohttp release that moves them breaks one module, which it
 
 Nothing else under exporter/ imports an aiohttp module other than `aiohttp`, `aiohttp.web`,
 `aiohttp.abc`, `aiohttp.test_utils`, `aiohttp.hdrs` and (for types) `aiohttp.typedefs`, and
-nothing else touches a connection, a protocol or a transport; tests/unit/repo/test_aiohttp_internals.py
-keeps it so. The server side keeps its one hook in exporter/web/listener.py.
+nothing else touches a connection, a protocol or a transport;
+tests/unit/repo/test_aiohttp_internals.py keeps it so. The server side keeps its one hook in
+exporter/web/listener.py.
 
 The framing bound: no chunk-size line may run on unbounded.
 
