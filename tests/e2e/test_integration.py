@@ -264,12 +264,19 @@ def test_failed_runs_have_exactly_their_reason(exporter: Exporter, model: str) -
 
 
 def test_stall_and_timeout_end_when_their_clocks_say(exporter: Exporter) -> None:
+    # Each run ends on its own override, not on the default it replaces (stall_timeout 10s,
+    # timeout 30s): no sooner than its clock, and well before the default's. How much after
+    # its clock is the machine's load as much as the exporter's (two cores shared with this
+    # process and the simulator); the exact moment is proven on the fake clock in
+    # tests/integration/test_pull.py
+    # (test_a_stall_ends_the_run_exactly_at_stall_timeout,
+    # test_a_run_that_keeps_progressing_still_ends_at_its_timeout).
     stall = exporter.value("ollama_pull_last_duration_seconds", server="sim", model="err-stall")
     assert stall is not None
-    assert 0.7 <= stall < 0.7 + 1.0
+    assert 0.7 <= stall < 10
     timeout = exporter.value("ollama_pull_last_duration_seconds", server="sim", model="err-timeout")
     assert timeout is not None
-    assert TIMEOUT_SECONDS <= timeout < TIMEOUT_SECONDS + 1.0
+    assert TIMEOUT_SECONDS <= timeout < 30
     # The timed-out pull was downloading live until the deadline.
     downloaded = exporter.value(
         "ollama_pull_downloaded_bytes_total", server="sim", model="err-timeout"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from ollama_sim import OllamaSimulator
-from tests.e2e.test_api import call
+from tests.e2e.test_api import call, post_pull
 from tests.harness import Exporter, free_port, run_exporter, wait_for
 from tests.integration.test_stall import stalling_pull
 
@@ -31,17 +31,21 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debia
 
 @pytest.fixture(scope="module")
 def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exporter]:
-    sim = OllamaSimulator({"stuck:1b": [stalling_pull(first=20_000_000)]})  # 20 s of bytes
+    # 8 s of bytes, from when the test that watches them starts the pull (not at start-up,
+    # which made the bytes outlast the other test and a browser's launch: 20 s of waiting).
+    sim = OllamaSimulator({"stuck:1b": [stalling_pull(first=8_000_000)]})
     config = (
         "defaults: {interval: 1h, jitter: 0, stall_timeout: 10m}\nservers:\n"
-        "  - name: alpha\n    url: {url}\n    models: [stuck:1b]\n"
+        "  - name: alpha\n    url: {url}\n    models: [{name: stuck:1b, run_on_start: false}]\n"
         f"  - name: gone\n    url: http://127.0.0.1:{free_port()}\n"
         "    models: [{name: stuck:1b, run_on_start: false}]\n"
     )
     with (
         sim.running() as url,
         run_exporter(
-            config.replace("{url}", url), tmp_path_factory.mktemp("stall-browser")
+            config.replace("{url}", url),
+            tmp_path_factory.mktemp("stall-browser"),
+            "--web.enable-admin-api",
         ) as running,
     ):
         yield running
@@ -81,6 +85,8 @@ def test_the_row_shows_no_progress_while_lines_keep_coming(exporter: Exporter) -
             page.goto(exporter.url + "/")
             row = page.locator('tr.pair[data-key=\'["alpha","stuck:1b"]\']')
             throughput = row.locator("td.c-throughput")
+            wait_for(lambda: page.locator("body").get_attribute("data-updated"), 10, "an update")
+            assert post_pull(exporter, "alpha", "stuck:1b")[0] == 202  # the page is watching
             wait_for(lambda: "KiB/s" in throughput.inner_text(), 30, "bytes to flow", step=0.1)
             assert row.locator(".stall").count() == 0
             row.locator(".stall").wait_for(timeout=30_000)

@@ -52,10 +52,11 @@ def test_a_locked_state_file_never_freezes_the_exporter(tmp_path: Path) -> None:
             locker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
             before = exporter.wait_value("ollama_pull_runs_total", bool, server="sim", model="a")
             # Each save waits 5 s for the lock; while that ran on the event loop, the whole
-            # exporter stood still. Now every request is answered while runs go on.
+            # exporter stood still. Now every request is answered while runs go on. The bound
+            # is below those 5 s, not a latency target: a starved machine answers late too.
             answered = []
             for _ in range(30):  # over 6 s: runs finish (and are saved) every second meanwhile
-                answered.append(_healthy_within(exporter, 2.0))
+                answered.append(_healthy_within(exporter, 4.0))
                 time.sleep(0.2)
             assert all(answered), answered
             exporter.wait_value(
