@@ -405,7 +405,8 @@ def sparkline(values: Sequence[float], *, server: str, slots: int = HISTORY) -> 
     )
     line = f'<polyline class="spark-line" points="{coords}"/>' if len(values) > 1 else ""
     return Markup(  # noqa: S704 - the label is escaped, the rest are numbers
-        f'<svg class="spark" viewBox="0 0 {SPARK_WIDTH} {SPARK_HEIGHT}" role="img" '
+        f'<svg class="spark" viewBox="0 0 {SPARK_WIDTH} {SPARK_HEIGHT}" data-slots="{slots}" '
+        f'role="img" '
         f'aria-label="{label}" xmlns="http://www.w3.org/2000/svg"><title>{label}</title>'
         f'<line class="spark-base" x1="0" y1="{SPARK_HEIGHT - 0.5}" x2="{SPARK_WIDTH}" '
         f'y2="{SPARK_HEIGHT - 0.5}"/>{line}</svg>'

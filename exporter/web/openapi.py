@@ -123,6 +123,12 @@ _SERVER: Final = _object(
             **_STRING_OR_NULL,
             "description": "Ollama's version while up (null while down or unknown)",
         },
+        "throughput": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 0},
+            "description": "bytes per second of all the server's pulls, one sample a second, "
+            "oldest first, at most the last 60 (what the fleet page's sparkline draws)",
+        },
     }
 )
 _RUN_REFS, _RUN_SCHEMAS = msgspec.json.schema_components(

@@ -116,6 +116,45 @@
     if (button) button.disabled = p.in_progress;
   }
 
+  // A byte count as exporter/web/charts.py's `size_label` writes it (one decimal under 10).
+  function sizeLabel(n) {
+    let size = n;
+    for (const unit of ["B", "KiB", "MiB", "GiB"]) {
+      if (size < 1024) return unit !== "B" && size < 10 ? size.toFixed(1) + " " + unit : size.toFixed(0) + " " + unit;
+      size /= 1024;
+    }
+    return size < 10 ? size.toFixed(1) + " TiB" : size.toFixed(0) + " TiB";
+  }
+  // A sparkline's points as charts.py's `sparkline` draws them: the newest sample at the right
+  // edge, each of `slots` samples in its place, scaled to the line's own peak.
+  function sparkPoints(values, slots, width, height) {
+    values = values.slice(-slots);
+    const peak = Math.max(0, ...values);
+    const scale = peak > 0 ? (height - 3) / peak : 0;
+    const step = width / Math.max(slots - 1, 1);
+    const first = slots - values.length;
+    return values.map((v, i) =>
+      ((first + i) * step).toFixed(1).replace(/\.0$/, "") + "," + (height - 1.5 - v * scale).toFixed(1)).join(" ");
+  }
+  const SVG = "http://www.w3.org/2000/svg";
+  function updateSpark(tr, name, values) {
+    const svg = tr.querySelector("svg.spark");
+    if (!svg || !Array.isArray(values)) return;
+    const box = svg.viewBox.baseVal, slots = Number(svg.dataset.slots) || 60;
+    values = values.slice(-slots);
+    let line = svg.querySelector("polyline.spark-line");
+    if (values.length > 1) {
+      if (!line) { line = document.createElementNS(SVG, "polyline"); line.setAttribute("class", "spark-line"); svg.append(line); }
+      line.setAttribute("points", sparkPoints(values, slots, box.width, box.height));
+    } else if (line) line.remove();
+    const peak = Math.max(0, ...values), now = values.length ? values[values.length - 1] : 0;
+    const label = "Throughput of " + name + " over the last " + values.length + " s: now " +
+      sizeLabel(now) + "/s, peak " + sizeLabel(peak) + "/s";
+    svg.setAttribute("aria-label", label);
+    setText(svg.querySelector("title"), label);
+    setText(tr.querySelector(".spark-peak"), "peak " + sizeLabel(peak) + "/s");
+  }
+
   // The servers table: up (with its version) or down since when and why, never a stale version.
   const serverRows = new Map();
   for (const tr of document.querySelectorAll("tr.server[data-server]")) serverRows.set(tr.dataset.server, tr);
@@ -123,7 +162,8 @@
     for (const s of servers) {
       const tr = serverRows.get(s.name);
       if (!tr) continue;
-      const key = JSON.stringify(s) + "|" + relative(s.down_since);
+      updateSpark(tr, s.name, s.throughput);
+      const key = JSON.stringify({ ...s, throughput: null }) + "|" + relative(s.down_since);
       if (tr.dataset.key === key) continue;
       tr.dataset.key = key;
       const state = tr.querySelector(".c-server-state"), detail = tr.querySelector(".c-server-detail");
