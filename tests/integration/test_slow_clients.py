@@ -4,6 +4,8 @@ An in-process server (the listener's `start`, a `ConnectionGuard` with short lim
 client sockets on 127.0.0.1 that ask and never read, send a body one byte at a time, start a
 second request and never finish it, or fill the connection cap with any of these. Each test
 pushes past one limit and checks that the server lets go, and that `/-/healthy` answers.
+The in-process tests run on virtual time (tests/virtual_time.py): the guard's deadlines
+pass without real waiting.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import resource
 import socket
 import ssl
 import time
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,11 +27,14 @@ from aiohttp import web
 from exporter.web import listener
 from exporter.web.listener import ConnectionGuard, connection_cap
 from tests.harness import run_exporter, self_signed
+from tests.virtual_time import run_virtual
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine
 
 RENDERS = web.AppKey("renders", list[int])
+RENDERED = web.AppKey("rendered", asyncio.Event)
+"""Set by the first render."""
 BIG = b"x" * (8 * 1024 * 1024)
 """Larger than the kernel takes into a socket's send buffer (tcp_wmem's 4 MiB at most)."""
 READERS = 40
@@ -48,12 +54,14 @@ def _app() -> web.Application:
 
     async def render(request: web.Request) -> web.Response:
         renders = request.app[RENDERS]
-        time.sleep(0.02)  # noqa: ASYNC251 - a render: CPU the loop cannot interleave
+        zlib.compress(BIG[: 256 * 1024])  # a render: CPU the loop cannot interleave
         renders.append(len(renders))
+        request.app[RENDERED].set()
         return web.Response(text="rendered\n")
 
     app = web.Application()
     app[RENDERS] = []
+    app[RENDERED] = asyncio.Event()
     app.router.add_get("/render", render)
     app.router.add_get("/big", big)
     app.router.add_get("/-/healthy", healthy)
@@ -77,7 +85,8 @@ async def _server(
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(coro)
+    """Run `coro` on virtual time: the guard's deadlines (`call_later`) cost no real time."""
+    run_virtual(coro)
 
 
 async def _connect(port: int) -> socket.socket:
@@ -334,7 +343,8 @@ def test_health_checks_answer_between_two_renders_of_a_burst() -> None:
             try:
                 for sock in clients:
                     sock.send(b"GET /render HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-                await _until(lambda: app[RENDERS], 10, "the first render")
+                async with asyncio.timeout(10):  # the first render, and no later
+                    await app[RENDERED].wait()
                 healthy.send(b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                 before = len(app[RENDERS])
                 answer = b""
