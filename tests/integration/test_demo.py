@@ -42,6 +42,7 @@ from tests.harness import (
     run_cli,
     wait_for,
 )
+from tests.virtual_time import run_virtual
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -179,7 +180,7 @@ def test_the_demo_app_shows_pulls_a_failure_and_bytes_moving() -> None:
                         )
                         if _shapes_seen(samples, len(set(seen) - {0}) >= 2):
                             break
-                        await asyncio.sleep(0.5)  # a scrape interval, as Prometheus waits
+                        await asyncio.sleep(0.5)  # a scrape interval (virtual), as Prometheus waits
                 page = await (await client.get("/")).text()
                 runs = await (await client.get("/api/v1/runs?model=mistral:7b")).json()
                 run = await (await client.get(f"/api/v1/runs/{runs['runs'][0]['id']}")).json()
@@ -187,7 +188,7 @@ def test_the_demo_app_shows_pulls_a_failure_and_bytes_moving() -> None:
         return samples, page, run, healthy
 
     try:
-        samples, page, run, healthy = asyncio.run(watch())
+        samples, page, run, healthy = run_virtual(watch())
     finally:
         embedded.close()
     assert healthy == "OK\n"
