@@ -115,7 +115,7 @@ def apply_change(pair: PairState, kind: str, value: int) -> None:
         pair.holding.digest = None
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(
     st.lists(st.tuples(labels, labels), min_size=0, max_size=6, unique=True),
     st.lists(st.tuples(st.integers(0, 5), changes()), max_size=6),
