@@ -66,6 +66,10 @@ def _line(**fields: object) -> bytes:
     return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
 
 
+PROGRESS = b'{"status":"pulling %s","digest":"%s","total":%d,"completed":%d}\n'
+"""A progress line as `_line` writes it, formatted without json (60,000 of them a test)."""
+
+
 def pull_stream(seed: int, *, layers: int = LAYERS, ticks: int = 50) -> Iterator[bytes]:
     """One pull as Ollama streams it, a line per chunk: manifest, `layers` layers, verify, write.
 
@@ -78,9 +82,7 @@ def pull_stream(seed: int, *, layers: int = LAYERS, ticks: int = 50) -> Iterator
         steps = ticks if layer == 0 else 1
         for step in range(steps):
             done = total * (step + 1) // steps
-            yield _line(
-                status=f"pulling {digest[7:19]}", digest=digest, total=total, completed=done
-            )
+            yield PROGRESS % (digest[7:19].encode(), digest.encode(), total, done)
     yield _line(status="verifying sha256 digest")
     yield _line(status="writing manifest")
     yield _line(status="success")
