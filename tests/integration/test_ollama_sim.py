@@ -13,7 +13,6 @@ import hashlib
 import itertools
 import json
 import threading
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -645,7 +644,7 @@ def test_thread_mode_stops_streams_and_joins_its_thread() -> None:
     stack = contextlib.ExitStack()
     url = stack.enter_context(sim.running())
 
-    async def client() -> float:
+    async def client() -> None:
         first = await pull(url, {"model": MODEL})
         assert first.lines[-1] == b'{"status":"success"}'
         async with (
@@ -654,15 +653,14 @@ def test_thread_mode_stops_streams_and_joins_its_thread() -> None:
         ):
             await response.content.readline()
             sim.wait_for(lambda: sim.active_overall == 1)
-            started = time.monotonic()
+            # The stream never ends by itself: the thread is gone after the bounded join only
+            # if stopping closed it (no wall-clock bound needed).
             await asyncio.to_thread(stack.close)
-            elapsed = time.monotonic() - started
             with pytest.raises(aiohttp.ClientPayloadError):
                 await response.read()
-        return elapsed
 
     try:
-        assert run(client()) < 2.0
+        run(client())
     finally:
         stack.close()
     assert not [t for t in threading.enumerate() if t.name == "ollama-sim"]
