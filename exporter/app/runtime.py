@@ -16,12 +16,12 @@ import contextlib
 import logging
 import pickle
 import sys
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from exporter.config.loader import ConfigError
 from exporter.config.types import Config
+from exporter.core.clock import SYSTEM_CLOCK
 from exporter.storage.last_runs import restore
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ class Runtime:
         if follow.scheduler is not None:
             follow.scheduler.apply(config)
         self.config = config
-        self.state.config_loaded(time.time())
+        self.state.config_loaded(SYSTEM_CLOCK.time())
         added = [server for server in config.servers if server.name not in known]
         if added and follow.probe is not None:
             self._spawn(follow.probe(added))

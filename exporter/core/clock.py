@@ -28,17 +28,31 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """`time.monotonic`, `time.time` and `asyncio.sleep`."""
+    """The running event loop's time (`time.monotonic`), `time.time` and `asyncio.sleep`.
+
+    In a loop, monotonic time is the loop's own `time()`: the same number `time.monotonic()`
+    gives for asyncio's loops, and the one its timers and sleeps follow, so a test's loop on
+    virtual time (tests/virtual_time.py) moves this clock too. Such a loop tells its Unix time
+    with `unix_time()`.
+    """
 
     __slots__ = ()
 
     def monotonic(self) -> float:
-        """`time.monotonic()`."""
-        return time.monotonic()
+        """The running loop's `time()`; `time.monotonic()` outside a loop."""
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:
+            return time.monotonic()
 
     def time(self) -> float:
-        """`time.time()`."""
-        return time.time()
+        """`time.time()`, or the running loop's `unix_time()` when it has one."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return time.time()
+        unix_time = getattr(loop, "unix_time", None)
+        return float(unix_time()) if unix_time is not None else time.time()
 
     async def sleep(self, seconds: float) -> None:
         """`asyncio.sleep(seconds)`."""

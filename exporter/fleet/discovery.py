@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import stat
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -36,6 +35,7 @@ from exporter.config.yamlfile import (
     compose,
     describe,
 )
+from exporter.core.clock import SYSTEM_CLOCK
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -315,7 +315,7 @@ class Watcher:
         name = self.entry.name
         self.rejected[name] = self.rejected.get(name, 0) + len(rejected)
         self._unwarned += len(rejected)
-        now = time.monotonic()
+        now = SYSTEM_CLOCK.monotonic()
         if self._warned_at is not None and now - self._warned_at < REJECT_LOG_INTERVAL:
             return
         log.warning(

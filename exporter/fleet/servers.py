@@ -19,11 +19,11 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
 from typing import TYPE_CHECKING, Final
 
 from exporter.config.parsers import credentials_clash
 from exporter.config.types import ServerConfig
+from exporter.core.clock import SYSTEM_CLOCK
 from exporter.fleet.discovery import Target, Watcher
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ class Fleet:
         Without this, servers that left before a restart would never be forgotten.
         """
         self._seeded = True
-        now = time.monotonic()
+        now = SYSTEM_CLOCK.monotonic()
         prefixes = [(f"{e.dns}/", e.forget_after) for e in config.discovery if e.dns is not None]
         for server in self.remembered():
             if server in names or server in self._departed:
@@ -163,7 +163,7 @@ class Fleet:
 
     def _track_departures(self, present: dict[str, float], names: set[str]) -> None:
         """Note discovered servers that left (any server named so now is back), then prune."""
-        now = time.monotonic()
+        now = SYSTEM_CLOCK.monotonic()
         for name, forget_after in self._present.items():
             if name not in names and name not in self._departed:
                 self._departed[name] = now + forget_after
@@ -175,7 +175,7 @@ class Fleet:
 
     def prune(self, now: float | None = None) -> None:
         """Forget the history of servers that left more than their `forget_after` ago."""
-        now = time.monotonic() if now is None else now
+        now = SYSTEM_CLOCK.monotonic() if now is None else now
         expired = [name for name, at in self._departed.items() if at <= now]
         for name in expired:
             del self._departed[name]
@@ -192,7 +192,7 @@ class Fleet:
         """Prune when the first departed server is due, or when the departures change."""
         while True:
             due = min(self._departed.values(), default=None)
-            timeout = None if due is None else max(0.0, due - time.monotonic())
+            timeout = None if due is None else max(0.0, due - SYSTEM_CLOCK.monotonic())
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)

@@ -18,13 +18,13 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Final, Protocol
 
 from msgspec.structs import replace
 
 from exporter.config.types import DEFAULT_HISTORY_LIMIT
+from exporter.core.clock import SYSTEM_CLOCK
 from exporter.state.runs import ActiveRun, RunRecord, Trigger, pack, unpack
 from exporter.state.transcript import Redactor, TranscriptText
 
@@ -141,7 +141,7 @@ class History:
 
     def reserve(self, server: str, model: str, trigger: Trigger) -> ActiveRun:
         """A new run id for a run about to be started."""
-        active = ActiveRun(next(self._ids), server, model, trigger, time.time())
+        active = ActiveRun(next(self._ids), server, model, trigger, SYSTEM_CLOCK.time())
         self.active[active.id] = active
         return active
 

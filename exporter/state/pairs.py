@@ -8,11 +8,11 @@ attributes; writers go through the methods below, so every change has one place 
 from __future__ import annotations
 
 import bisect
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from exporter.core.clock import SYSTEM_CLOCK
 from exporter.ollama.protocol import RUN_PHASES, Phase, Reason
 from exporter.state.holdings import PairHolding, ServerHolding
 
@@ -338,7 +338,7 @@ class ExporterState:
         status = self.servers.setdefault(name, ServerStatus())
         status.problem = problem or "unreachable"
         if status.down_since is None:
-            status.down_since = time.time() if at is None else at
+            status.down_since = SYSTEM_CLOCK.time() if at is None else at
 
     def config_loaded(self, at: float) -> None:
         """A config (the first one or a reload) is in force since `at` (Unix time)."""

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from aiohttp import web
 
+from exporter.core.clock import SYSTEM_CLOCK
 from exporter.ollama.protocol import Phase
 from exporter.schedule.scheduler import NoHistoryError, PairBusyError
 from exporter.state import runs
@@ -104,7 +104,7 @@ async def _sample_rates(app: web.Application) -> AsyncIterator[None]:
 
     async def sample() -> None:
         while True:
-            operator.rates.sample(operator.site.state, time.monotonic())
+            operator.rates.sample(operator.site.state, SYSTEM_CLOCK.monotonic())
             await asyncio.sleep(STEP)
 
     task = asyncio.create_task(sample(), name="rate sampler")
@@ -127,7 +127,7 @@ def pair_views(operator: Operator) -> list[Json]:
     for active in history.active.values():
         if active.progress is not None:
             running[active.server, active.model] = active
-    now = time.monotonic()
+    now = SYSTEM_CLOCK.monotonic()
     server_up = site.state.server_up
     servers = site.state.servers
     return [
@@ -248,12 +248,12 @@ def _server_down(server_up: float | None, server: ServerStatus | None, history: 
 
 def run_view(run: RunRecord | ActiveRun) -> Run:
     """One run as `/api/v1/runs` shows it (no transcript); encoded as it is."""
-    return runs.run_view(run, time.monotonic())
+    return runs.run_view(run, SYSTEM_CLOCK.monotonic())
 
 
 def run_detail(run: RunRecord | ActiveRun, history: History) -> RunDetail:
     """One run with its transcript (an active run's redacted with the history's secrets)."""
-    return runs.run_detail(run, history.redact, time.monotonic())
+    return runs.run_detail(run, history.redact, SYSTEM_CLOCK.monotonic())
 
 
 # --------------------------------------------------------------------------- handlers

@@ -22,7 +22,6 @@ import functools
 import json
 import math
 import re
-import time
 from importlib import resources
 from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qs, urlencode
@@ -32,6 +31,7 @@ import msgspec
 from aiohttp import web
 
 from exporter import __version__
+from exporter.core.clock import SYSTEM_CLOCK
 from exporter.state.history import ActiveRun
 from exporter.web import charts
 from exporter.web.api import (
@@ -222,7 +222,7 @@ async def _index(request: web.Request) -> web.Response:
     context: dict[str, object] = {
         "title": "Ollama pull exporter",
         "script": True,
-        "now": time.time(),
+        "now": SYSTEM_CLOCK.time(),
         "admin": site.pulls is not None,
         "counts": summary(pairs, server_up),
         "counts_shown": _COUNTS,

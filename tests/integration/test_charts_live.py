@@ -5,14 +5,14 @@ Ollama does through a stall), rolls back once, finishes. The run's page must dra
 phase boundaries, a stall mark and a regression mark, and fold the stall's repeated lines into
 one row with their count. Another pull hangs the same way and never ends: its page must show the
 stall while it happens. The fleet page must show a sparkline per server. Names are hostile:
-every page must escape them.
+every page must escape them. The loop runs on virtual time (tests/virtual_time.py): the
+seconds of the pulls and the stalls cost none.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-import time
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ from ollama_sim import (
     up_to_date,
 )
 from tests.inprocess import Client, exporter_in_process
+from tests.virtual_time import run_virtual
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -81,12 +82,14 @@ def config_text(url: str) -> str:
 async def until(
     probe: Callable[[], Awaitable[Any]], ok: Callable[[Any], bool], within: float
 ) -> Any:
-    deadline = time.monotonic() + within
+    """Poll `probe` every 100 ms until `ok` holds; `within` seconds of the loop's time."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
     while True:
         answer = await probe()
         if ok(answer):
             return answer
-        assert time.monotonic() < deadline, f"waited {within}s; last: {answer!r}"
+        assert loop.time() < deadline, f"waited {within}s; last: {answer!r}"
         await asyncio.sleep(0.1)
 
 
@@ -150,7 +153,7 @@ def test_the_run_page_draws_a_stall_and_the_fleet_page_sparklines() -> None:
         finally:
             await sim.stop()
 
-    run_page, idle_page, fleet, hung_page = asyncio.run(scenario())
+    run_page, idle_page, fleet, hung_page = run_virtual(scenario())
 
     # While it happens: the running run's page (it reloads itself) marks the stall up to now.
     assert '<meta http-equiv="refresh"' in hung_page

@@ -1,7 +1,8 @@
 """A stall while it happens: lines keep coming without new bytes (as real Ollama sends them).
 
 The exporter runs in process (its real app, scheduler and history) against the simulator in
-the same loop. One pull downloads a first layer, then its second layer keeps ticking with the
+the same loop, on virtual time (tests/virtual_time.py): the seconds of the stall cost none.
+One pull downloads a first layer, then its second layer keeps ticking with the
 same `completed` forever. The status API must say so at once (`stalled`, rate 0, no ETA,
 `no_progress_seconds`), `ollama_pull_last_progress_timestamp_seconds` must stay put while the
 transcript keeps growing, and the page must show "no progress for N s" in the row.
@@ -12,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import time
 from typing import TYPE_CHECKING, Any
 
+from exporter.core.clock import SYSTEM_CLOCK
 from ollama_sim import (
     SETTLE_TICKS_0_17,
     Layer,
@@ -27,6 +28,7 @@ from ollama_sim import (
     Write,
 )
 from tests.inprocess import Client, exporter_in_process
+from tests.virtual_time import run_virtual
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -72,13 +74,15 @@ async def exporter(sim: OllamaSimulator) -> AsyncIterator[Client]:
 async def until(
     probe: Callable[[], Awaitable[Any]], ok: Callable[[Any], bool], within: float, what: str
 ) -> Any:
-    """Poll `probe` every 50 ms until `ok` holds for its answer; fail after `within` s."""
-    deadline = time.monotonic() + within
+    """Poll `probe` every 50 ms (virtual) until `ok` holds for its answer; fail after `within` s
+    of the loop's virtual time."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
     while True:
         answer = await probe()
         if ok(answer):
             return answer
-        if time.monotonic() > deadline:
+        if loop.time() > deadline:
             raise AssertionError(f"waited {within}s for {what}; last: {answer!r}")
         await asyncio.sleep(0.05)
 
@@ -128,7 +132,7 @@ def test_a_stall_shows_while_lines_keep_coming() -> None:
             assert stalled["no_progress_seconds"] >= 0.7  # 0.75, rounded to 0.1
             assert stalled["completed_bytes"] == FIRST + RESUMED_AT
             since = stalled["last_progress_at"]
-            assert since <= time.time() - 0.75
+            assert since <= SYSTEM_CLOCK.time() - 0.75
             # Lines keep coming; the last progress and the gauge stay where they were.
             shown = await gauge(client)
             assert shown is not None
@@ -150,7 +154,7 @@ def test_a_stall_shows_while_lines_keep_coming() -> None:
                 page = await response.text()
             assert re.search(r'class="stall">no progress for \d+ s<', page), page
 
-    asyncio.run(scenario())
+    run_virtual(scenario())
 
 
 def test_a_healthy_pull_never_shows_a_stall() -> None:
@@ -180,4 +184,4 @@ def test_a_healthy_pull_never_shows_a_stall() -> None:
             assert len(running) > 50
             assert [view for view in running if view["stalled"]] == []
 
-    asyncio.run(scenario())
+    run_virtual(scenario())
