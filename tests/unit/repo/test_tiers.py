@@ -1,8 +1,7 @@
 """The tiers stay true: a module that starts processes is e2e, and the fast tier starts none.
 
 The folders are the tiers (tests/conftest.py): everything under tests/e2e/ is e2e, and nothing
-under tests/unit/ is, not even by a hand-set mark (a module of tests/integration/ may still
-mark its few process tests by hand). Read here from the source, statically: which module-level
+under tests/unit/ or tests/integration/ is, not even by a hand-set mark. Read here from the source, statically: which module-level
 functions reach a process starter (directly or through other functions and fixtures of the
 same module), and which tests do. At run time `_no_process_below_e2e` catches what this reading
 misses (a starter reached through another module), and `_unit_tests_stay_in_memory` fails a
@@ -142,22 +141,17 @@ def test_a_module_that_starts_processes_is_e2e_or_marks_its_process_tests() -> N
     for module, source in _modules().items():
         if _is_e2e(module) or module.stem == "test_tiers":  # it starts one to see it refused
             continue
-        starting, marked = process_tests(source)
-        if _is_unit(module):
-            marked = set()  # a unit test is never e2e (the test below)
-        if starting - marked:
-            unmarked[str(module)] = sorted(starting - marked)
-    assert unmarked == {}, (
-        "tests that start a process in the fast tier: move them under tests/e2e/ "
-        "(a test of tests/integration/ may be marked @pytest.mark.e2e instead)"
-    )
+        starting, _ = process_tests(source)
+        if starting:  # below e2e no test is e2e (the test below), so none may start one
+            unmarked[str(module)] = sorted(starting)
+    assert unmarked == {}, "tests that start a process in the fast tier: move them under tests/e2e/"
 
 
-def test_no_unit_module_marks_a_test_e2e_by_hand() -> None:
+def test_no_module_below_e2e_marks_a_test_e2e_by_hand() -> None:
     marked = {
         str(module): names
         for module, source in _modules().items()
-        if _is_unit(module) and (names := e2e_marks(source))
+        if not _is_e2e(module) and module.stem != "test_tiers" and (names := e2e_marks(source))
     }
     assert marked == {}, "the folder is the tier: move these into a new module under tests/e2e/"
 
