@@ -8,6 +8,7 @@ parts, so all three agree on what a name means. Pure: no I/O, nothing of ours im
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Final
@@ -15,6 +16,8 @@ from typing import Final
 DEFAULT_HOST: Final = "registry.ollama.ai"
 DEFAULT_NAMESPACE: Final = "library"
 DEFAULT_TAG: Final = "latest"
+CANONICAL_CACHE_SIZE: Final = 4096
+"""Names whose canonical form is remembered, the most recently used (about 0.5 MiB at most)."""
 
 
 class ModelNameError(ValueError):
@@ -63,8 +66,14 @@ def parse_model_name(name: str) -> ModelName:
     return ModelName(host, namespace, model, tag)
 
 
+@functools.lru_cache(maxsize=CANONICAL_CACHE_SIZE)
 def canonical_model_name(name: str) -> str:
-    """`host/namespace/model:tag`, casefolded, as Ollama's ParseName reads `name`."""
+    """`host/namespace/model:tag`, casefolded, as Ollama's ParseName reads `name`.
+
+    Remembered: every `/api/tags` answer (one after each successful run) names the same
+    models again, and the inventory matches each configured model against it. An invalid
+    name raises every time (lru_cache keeps no exceptions).
+    """
     return parse_model_name(name).canonical
 
 
