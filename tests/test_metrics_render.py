@@ -222,6 +222,45 @@ def test_an_unchanged_exposition_is_not_compressed_again_and_a_change_is_served(
     assert _without_tasks(after) == _without_tasks(expected(registry, PROMETHEUS_ACCEPT))
 
 
+def test_a_large_body_is_written_in_pieces_with_the_same_bytes() -> None:
+    """Past 64 KiB the body goes out from the renderer's pieces (never joined in one), and
+    its gzip is compressed a batch at a time: the bytes are the library's all the same."""
+    state = _busy_state(400)
+    registry = build_registry(state)
+    requests = [
+        ({"Accept": "text/plain", "Accept-Encoding": "identity"}, False),
+        ({"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "identity"}, False),
+        ({"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"}, True),
+    ]
+
+    async def run() -> list[tuple[str | None, str | None, bytes]]:
+        app = web.Application()
+        app.router.add_get("/metrics", make_metrics_handler(registry))
+        answers = []
+        async with TestClient(TestServer(app)) as client:
+            for headers, _ in requests:
+                response = await client.get("/metrics", headers=headers, auto_decompress=False)
+                body = await response.read()
+                length, encoding = (
+                    response.headers.get(h) for h in ("Content-Length", "Content-Encoding")
+                )
+                answers.append((length, encoding, body))
+            head = await client.head("/metrics", headers=requests[0][0])
+            answers.append((head.headers.get("Content-Length"), None, await head.read()))
+        return answers
+
+    answers = asyncio.run(run())
+    for (headers, zipped), (length, encoding, body) in zip(requests, answers, strict=False):
+        assert length == str(len(body))
+        assert encoding == ("gzip" if zipped else None)
+        plain = gzip.decompress(body) if zipped else body
+        assert len(plain) > 1_000_000  # many slices and several zlib batches
+        assert _without_tasks(plain) == _without_tasks(expected(registry, headers["Accept"]))
+    head_length, _, head_body = answers[-1]
+    assert head_body == b""
+    assert head_length == answers[0][0]
+
+
 def _busy_state(pairs: int = 3) -> ExporterState:
     state = ExporterState(server_up={"a": 1.0, "b": 0.0}, config_reload_successful=True)
     for index in range(pairs):

@@ -248,8 +248,47 @@ class Exposition:
         A family is kept when `names` holds its name or one of its sample names
         (`ollama_pull_runs`, `ollama_pull_runs_total`, `ollama_pull_duration_seconds_bucket`).
         """
+        pieces = self.pieces(fmt, names)
+        assert pieces is not None  # without `unless`, always pieces
+        return b"".join(pieces)
+
+    def pieces(
+        self, fmt: Format, names: Collection[str] | None = None, *, unless: object = None
+    ) -> list[bytes] | None:
+        """`render`'s bytes in pieces (the cached ones, shared, not copied): joined, the body.
+
+        At 10,000 pairs the body is 60 MB; its pieces are a list of references to what the
+        cache holds anyway, so a caller that writes or compresses them a batch at a time
+        never has the whole body in one piece. None, and no pieces, when the body would be
+        the one of key `unless` (a caller that keeps that body's gzip needs nothing else).
+        """
         wanted = None if names is None else frozenset(names)
         cached = self._refresh()
+        # The per-server and exporter-wide families go through the library itself (`# EOF`
+        # included); the per-server ones only when one of their values changed.
+        own = list(own_families(self._state))
+        servers = b""
+        if wanted is None:
+            servers = self._server_bytes(fmt)
+        else:
+            own = [m for m in server_families(self._state) if _named(m, wanted)] + [
+                m for m in own if _named(m, wanted)
+            ]
+        own_bytes = _ENCODERS[fmt](_Fixed(own))
+        if wanted is None:
+            self.last_key = (self._generation, own_bytes)
+            if unless is not None and unless == self.last_key:
+                return None
+        parts = self._pair_pieces(fmt, wanted, cached)
+        if servers:
+            parts.append(servers)
+        parts.append(own_bytes)
+        return parts
+
+    def _pair_pieces(
+        self, fmt: Format, wanted: frozenset[str] | None, cached: list[_Cached]
+    ) -> list[bytes]:
+        """The per-pair families' pieces: each family's header, then every pair's lines."""
         parts: list[bytes] = []
         for index, header in enumerate(self._headers[fmt]):
             if wanted is None or not wanted.isdisjoint(_FAMILY_NAMES[index]):
@@ -267,20 +306,7 @@ class Exposition:
         if wanted is None or _MODEL_INFO in wanted:
             parts.append(self._info_headers[fmt])
             parts.extend([entry.info for entry in cached])
-        # The per-server and exporter-wide families go through the library itself (`# EOF`
-        # included); the per-server ones only when one of their values changed.
-        own = list(own_families(self._state))
-        if wanted is None:
-            parts.append(self._server_bytes(fmt))
-        else:
-            own = [m for m in server_families(self._state) if _named(m, wanted)] + [
-                m for m in own if _named(m, wanted)
-            ]
-        own_bytes = _ENCODERS[fmt](_Fixed(own))
-        parts.append(own_bytes)
-        if wanted is None:
-            self.last_key = (self._generation, own_bytes)
-        return b"".join(parts)
+        return parts
 
     def _server_bytes(self, fmt: Format) -> bytes:
         key = server_key(self._state)
