@@ -29,7 +29,7 @@ from exporter.metrics.families import PullCollector, PullRegistry, build_registr
 from exporter.metrics.scrape import OPENMETRICS, TEXT, make_metrics_handler, negotiate
 from exporter.ollama.progress import RunProgress
 from exporter.ollama.protocol import RUN_PHASES, ProgressLine, Reason
-from exporter.state.holdings import InventoryResult, ServerHolding
+from exporter.state.holdings import CheckResult, InventoryResult, ServerHolding
 from exporter.state.pairs import ExporterState, PairState, RunResult
 
 if TYPE_CHECKING:
@@ -259,6 +259,42 @@ def test_a_large_body_is_written_in_pieces_with_the_same_bytes() -> None:
     head_length, _, head_body = answers[-1]
     assert head_body == b""
     assert head_length == answers[0][0]
+
+
+def test_every_kind_of_write_between_two_scrapes_is_served() -> None:
+    """An idle pair not written since the last scrape is not read again (its stamp): every
+    way its values can change must show on the next scrape all the same."""
+    state = _busy_state(2)
+    pair = state.pairs["a", "m0"]
+    registry = build_registry(state)
+    exposition = Exposition(state)
+
+    def same() -> None:
+        for accept in ACCEPTS:
+            assert rendered(exposition, accept) == expected(registry, accept)
+
+    same()
+    pair.skipped_total += 1  # an attribute
+    same()
+    pair.holding.digest = "sha256:" + "b" * 64  # the holding's attribute
+    same()
+    pair.holding.set_checking(True)
+    same()
+    pair.holding.checked(CheckResult.OK)  # a count written in place
+    same()
+    run = RunProgress(0.0)
+    pair.start_run(run)
+    same()
+    run.apply(ProgressLine("pulling x", DIGEST, 1000, 10), 1.0)  # the run's, not the pair's
+    same()
+    run.apply(ProgressLine("pulling x", DIGEST, 1000, 700), 2.0)
+    same()
+    run.finish(3.0, succeeded=False)
+    pair.finish_run(run, RunResult(Reason.STALLED), ended_at=1.7e9 + 5, duration=3.0)
+    same()
+    assert b'ollama_pull_failures_total{model="m0",reason="stalled",server="a"} 1.0' in (
+        exposition.render(Format.TEXT)
+    )
 
 
 def _busy_state(pairs: int = 3) -> ExporterState:

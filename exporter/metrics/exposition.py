@@ -146,6 +146,7 @@ class _Cached:
         "om_cuts",
         "pair",
         "server",
+        "stamps",
         "values",
     )
 
@@ -163,6 +164,8 @@ class _Cached:
         self.digest: object = _UNSET
         self.info = b""
         """The pair's `ollama_pull_model_info` line, rendered from `digest`."""
+        self.stamps: tuple[int, int] = (-1, -1)
+        """The pair's and its holding's stamps when its values were last read."""
 
     def render_info(self, digest: str | None) -> bytes:
         """The `ollama_pull_model_info` line (labels sorted by name, as the library writes)."""
@@ -328,6 +331,12 @@ class Exposition:
             changed = 1
         for entry in self._cached:
             pair, seen, lines = entry.pair, entry.values, entry.lines
+            # Idle and not written since it was read: its values are the ones rendered. A run
+            # going changes without a write of the pair (its bytes), so it is read each time.
+            stamps = (pair.stamp, pair.holding.stamp)
+            if pair.current is None and stamps == entry.stamps:
+                continue
+            entry.stamps = stamps
             for index, family in _PLAIN:
                 values = family.values(pair)
                 if values != seen[index]:

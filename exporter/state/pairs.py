@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from exporter.ollama.protocol import RUN_PHASES, Phase, Reason
-from exporter.state.holdings import PairHolding, ServerHolding
+from exporter.state.holdings import STAMPS, PairHolding, ServerHolding
 
 if TYPE_CHECKING:
     from exporter.config.types import Config
@@ -180,6 +180,13 @@ class PairState:
     """Bytes of layers finished runs found already present; the live run adds its own."""
     holding: PairHolding = field(default_factory=PairHolding)
     """The held copy per the inventory, and the registry's digest in `check` mode."""
+    stamp: int = field(default=0, repr=False, compare=False)
+    """Taken from `STAMPS` at every write of an attribute (its counters and histogram change
+    only with one): the renderer skips an idle pair whose stamp it has seen."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        object.__setattr__(self, "stamp", next(STAMPS))
 
     @property
     def reused_total(self) -> int:
