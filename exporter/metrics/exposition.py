@@ -155,7 +155,10 @@ class _Cached:
         self.server = _escape(pair.server)
         self.model = _escape(pair.model)
         count = len(PAIR_FAMILIES)
-        self.values: list[object] = [_UNSET] * count
+        self.values: list[object] | None = None
+        """Per family, the values its lines were rendered from, while a run goes (it changes
+        a few families a scrape). An idle pair keeps none (1.5 KB): its stamps say whether
+        anything changed, and a write re-renders its lines (only changed lines count)."""
         self.lines: list[bytes] = [b""] * count
         self.om_cuts: list[_Cuts] = [()] * len(_EXEMPLARY)
         """Per family with exemplars (in `_EXEMPLARY` order): (offset in its line, exemplar)."""
@@ -166,6 +169,36 @@ class _Cached:
         """The pair's `ollama_pull_model_info` line, rendered from `digest`."""
         self.stamps: tuple[int, int] = (-1, -1)
         """The pair's and its holding's stamps when its values were last read."""
+
+    def refresh(self) -> int:
+        """Re-render the lines whose values changed; 1 if a line did, else 0."""
+        pair, lines = self.pair, self.lines
+        seen = self.values
+        if seen is None:
+            seen = self.values = [_UNSET] * len(PAIR_FAMILIES)
+        changed = 0
+        for index, family in _PLAIN:
+            values = family.values(pair)
+            if values != seen[index]:
+                seen[index] = _SHARED.get(values, values)
+                line = self.render(family, values)
+                if line != lines[index]:
+                    lines[index] = line
+                    changed = 1
+        for slot, (index, family, read) in enumerate(_EXEMPLARY):
+            values, exemplars = family.values(pair), read(pair)
+            if values != seen[index] or exemplars is not self.exemplars[slot]:
+                seen[index], self.exemplars[slot] = values, exemplars
+                line, cuts = self.render_histogram(family, values, exemplars)
+                if line != lines[index] or cuts != self.om_cuts[slot]:
+                    lines[index], self.om_cuts[slot] = line, cuts
+                    changed = 1
+        digest = model_digest(pair)
+        if digest != self.digest:
+            self.digest = digest
+            self.info = self.render_info(digest)
+            changed = 1
+        return changed
 
     def render_info(self, digest: str | None) -> bytes:
         """The `ollama_pull_model_info` line (labels sorted by name, as the library writes)."""
@@ -330,32 +363,16 @@ class Exposition:
             self._ids = ids
             changed = 1
         for entry in self._cached:
-            pair, seen, lines = entry.pair, entry.values, entry.lines
+            pair = entry.pair
             # Idle and not written since it was read: its values are the ones rendered. A run
             # going changes without a write of the pair (its bytes), so it is read each time.
             stamps = (pair.stamp, pair.holding.stamp)
             if pair.current is None and stamps == entry.stamps:
                 continue
             entry.stamps = stamps
-            for index, family in _PLAIN:
-                values = family.values(pair)
-                if values != seen[index]:
-                    seen[index] = _SHARED.get(values, values)
-                    lines[index] = entry.render(family, values)
-                    changed = 1
-            for slot, (index, family, read) in enumerate(_EXEMPLARY):
-                values, exemplars = family.values(pair), read(pair)
-                if values != seen[index] or exemplars is not entry.exemplars[slot]:
-                    seen[index], entry.exemplars[slot] = values, exemplars
-                    lines[index], entry.om_cuts[slot] = entry.render_histogram(
-                        family, values, exemplars
-                    )
-                    changed = 1
-            digest = model_digest(pair)
-            if digest != entry.digest:
-                entry.digest = digest
-                entry.info = entry.render_info(digest)
-                changed = 1
+            changed |= entry.refresh()
+            if pair.current is None:  # idle: its stamp stands for its values from now on
+                entry.values = None
         self._generation += changed
         return self._cached
 
