@@ -305,7 +305,7 @@ def _busy_state(pairs: int = 3) -> ExporterState:
         pair.start_run(run)
         run.apply(ProgressLine("pulling x", DIGEST, 1000, 400), 1.0)
         run.finish(2.0, succeeded=True)
-        pair.finish_run(run, RunResult(None), ended_at=1.7e9, duration=2.0)
+        pair.finish_run(run, RunResult(None), ended_at=1.7e9, duration=2.0, run_id=index + 1)
     return state
 
 

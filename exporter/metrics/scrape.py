@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import Payload, hdrs, web
 
-from exporter.metrics.exposition import Exposition, Format
+from exporter.metrics.exposition import Exposition, Format, Piece, flatten
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -130,11 +130,11 @@ _ANSWER_TIMEOUT: Final = 60.0
 sliced one (`exporter.web.listener.ANSWER_TIMEOUT`); then the connection goes."""
 
 
-def _batches(pieces: list[bytes], size: int) -> Iterator[bytes]:
+def _batches(pieces: list[Piece], size: int) -> Iterator[bytes]:
     """`pieces` joined into runs of at least `size` bytes (the last one shorter)."""
-    batch: list[bytes] = []
+    batch: list[bytes | memoryview] = []
     held = 0
-    for piece in pieces:
+    for piece in flatten(pieces):
         batch.append(piece)
         held += len(piece)
         if held >= size:
@@ -144,7 +144,7 @@ def _batches(pieces: list[bytes], size: int) -> Iterator[bytes]:
         yield b"".join(batch)
 
 
-def _gzip(pieces: list[bytes]) -> bytes:
+def _gzip(pieces: list[Piece]) -> bytes:
     """The gzip of the pieces joined, compressed a batch at a time (no whole body)."""
     compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     packed = [compressor.compress(batch) for batch in _batches(pieces, _BATCH)]
@@ -161,19 +161,19 @@ class PiecesBody(Payload):
     ConnectionResetError, which aiohttp takes as a client gone.
     """
 
-    def __init__(self, pieces: list[bytes], **kwargs: Any) -> None:  # noqa: ANN401
+    def __init__(self, pieces: list[Piece], **kwargs: Any) -> None:  # noqa: ANN401
         super().__init__(pieces, **kwargs)
-        self._pieces: list[bytes] = pieces
+        self._pieces: list[Piece] = pieces
         self._size = sum(map(len, pieces))
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         """The body as text."""
-        return b"".join(self._pieces).decode(encoding, errors)
+        return b"".join(flatten(self._pieces)).decode(encoding, errors)
 
     async def as_bytes(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
         """The body in one piece (aiohttp's test helpers; never on the serving path)."""
         del encoding, errors
-        return b"".join(self._pieces)
+        return b"".join(flatten(self._pieces))
 
     async def write(self, writer: AbstractStreamWriter) -> None:
         """Write the pieces in slices; let go of them at the end, whatever happens."""
@@ -239,7 +239,7 @@ def make_metrics_handler(registry: PullRegistry) -> Handler:
         pieces = exposition.pieces(negotiated.format, names)
         assert pieces is not None  # without `unless`, always pieces
         if sum(map(len, pieces)) <= _SLICE:
-            return web.Response(body=b"".join(pieces), headers=headers)
+            return web.Response(body=b"".join(flatten(pieces)), headers=headers)
         return web.Response(body=PiecesBody(pieces), headers=headers)
 
     return handler
