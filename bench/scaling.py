@@ -240,15 +240,15 @@ def format_report(report: dict[str, Any]) -> str:
     out = [
         (
             "| pairs | scrape median (ms) | slowest scrape (ms) | CPU per scrape (ms) | "
-            "text exposition | OpenMetrics gzip | RSS (MiB) |"
+            "text exposition | OpenMetrics gzip | RSS (MiB) | peak RSS (MiB) |"
         ),
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     out.extend(
         f"| {p['pairs']:,} | {_spread(p, 'scrape_ms_median', '{:.1f}')} | "
         f"{p['scrape_ms_max']:.1f} | {_spread(p, 'scrape_cpu_ms', '{:.1f}')} | "
         f"{p['exposition_bytes'] / 2**20:.2f} MiB | {p['gzip_bytes'] / 1024:.0f} KiB | "
-        f"{_spread(p, 'rss_mib', '{:.1f}')} |"
+        f"{_spread(p, 'rss_mib', '{:.1f}')} | {_spread(p, 'peak_rss_mib', '{:.1f}')} |"
         for p in report["pairs"]
     )
     out += [

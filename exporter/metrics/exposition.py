@@ -35,7 +35,7 @@ from exporter.metrics.families import (
 from exporter.metrics.pair_table import PAIR_FAMILIES
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterator
+    from collections.abc import Callable, Collection, Iterable, Iterator
 
     from prometheus_client.core import Metric
 
@@ -111,15 +111,45 @@ _Cuts = tuple[tuple[int, bytes], ...]
 """Where a histogram's OpenMetrics exemplars go into its text lines: (byte offset, exemplar)."""
 
 
-def _with_cuts(text: bytes, cuts: _Cuts) -> list[bytes]:
-    """`text` with each exemplar inserted at its offset: the OpenMetrics lines, in pieces."""
-    pieces: list[bytes] = []
-    start = 0
-    for offset, exemplar in cuts:
-        pieces += (text[start:offset], exemplar)
-        start = offset
-    pieces.append(text[start:])
-    return pieces
+class WithExemplars:
+    """A histogram's text lines with its OpenMetrics exemplars, inserted only when written.
+
+    Cutting the lines at each exemplar copies them: done for every pair on the event loop,
+    a scrape of 10,000 pairs made 17 MB of copies that the allocator then kept. The writer
+    (`flatten`, in the gzip thread or a batch at a time) takes views of them instead.
+    """
+
+    __slots__ = ("cuts", "text")
+
+    def __init__(self, text: bytes, cuts: _Cuts) -> None:
+        self.text = text
+        self.cuts = cuts
+
+    def __len__(self) -> int:
+        return len(self.text) + sum(len(exemplar) for _, exemplar in self.cuts)
+
+    def views(self) -> Iterator[bytes | memoryview]:
+        """The OpenMetrics lines, in pieces: views of the text, and the exemplars."""
+        text = memoryview(self.text)
+        start = 0
+        for offset, exemplar in self.cuts:
+            yield text[start:offset]
+            yield exemplar
+            start = offset
+        yield text[start:]
+
+
+Piece = bytes | WithExemplars
+"""A piece of a body: cached bytes, or a histogram whose exemplars go in when written."""
+
+
+def flatten(pieces: Iterable[Piece]) -> Iterator[bytes | memoryview]:
+    """The bytes of `pieces`, in order (views into the cached bytes where exemplars go in)."""
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            yield piece
+        else:
+            yield from piece.views()
 
 
 def _exemplar(run: RunExemplar | None) -> str:
@@ -146,6 +176,7 @@ class _Cached:
         "om_cuts",
         "pair",
         "server",
+        "stamps",
         "values",
     )
 
@@ -154,7 +185,10 @@ class _Cached:
         self.server = _escape(pair.server)
         self.model = _escape(pair.model)
         count = len(PAIR_FAMILIES)
-        self.values: list[object] = [_UNSET] * count
+        self.values: list[object] | None = None
+        """Per family, the values its lines were rendered from, while a run goes (it changes
+        a few families a scrape). An idle pair keeps none (1.5 KB): its stamps say whether
+        anything changed, and a write re-renders its lines (only changed lines count)."""
         self.lines: list[bytes] = [b""] * count
         self.om_cuts: list[_Cuts] = [()] * len(_EXEMPLARY)
         """Per family with exemplars (in `_EXEMPLARY` order): (offset in its line, exemplar)."""
@@ -163,6 +197,38 @@ class _Cached:
         self.digest: object = _UNSET
         self.info = b""
         """The pair's `ollama_pull_model_info` line, rendered from `digest`."""
+        self.stamps: tuple[int, int] = (-1, -1)
+        """The pair's and its holding's stamps when its values were last read."""
+
+    def refresh(self) -> int:
+        """Re-render the lines whose values changed; 1 if a line did, else 0."""
+        pair, lines = self.pair, self.lines
+        seen = self.values
+        if seen is None:
+            seen = self.values = [_UNSET] * len(PAIR_FAMILIES)
+        changed = 0
+        for index, family in _PLAIN:
+            values = family.values(pair)
+            if values != seen[index]:
+                seen[index] = _SHARED.get(values, values)
+                line = self.render(family, values)
+                if line != lines[index]:
+                    lines[index] = line
+                    changed = 1
+        for slot, (index, family, read) in enumerate(_EXEMPLARY):
+            values, exemplars = family.values(pair), read(pair)
+            if values != seen[index] or exemplars is not self.exemplars[slot]:
+                seen[index], self.exemplars[slot] = values, exemplars
+                line, cuts = self.render_histogram(family, values, exemplars)
+                if line != lines[index] or cuts != self.om_cuts[slot]:
+                    lines[index], self.om_cuts[slot] = line, cuts
+                    changed = 1
+        digest = model_digest(pair)
+        if digest != self.digest:
+            self.digest = digest
+            self.info = self.render_info(digest)
+            changed = 1
+        return changed
 
     def render_info(self, digest: str | None) -> bytes:
         """The `ollama_pull_model_info` line (labels sorted by name, as the library writes)."""
@@ -248,9 +314,48 @@ class Exposition:
         A family is kept when `names` holds its name or one of its sample names
         (`ollama_pull_runs`, `ollama_pull_runs_total`, `ollama_pull_duration_seconds_bucket`).
         """
+        pieces = self.pieces(fmt, names)
+        assert pieces is not None  # without `unless`, always pieces
+        return b"".join(flatten(pieces))
+
+    def pieces(
+        self, fmt: Format, names: Collection[str] | None = None, *, unless: object = None
+    ) -> list[Piece] | None:
+        """`render`'s bytes in pieces (the cached ones, shared, not copied): joined, the body.
+
+        At 10,000 pairs the body is 60 MB; its pieces are a list of references to what the
+        cache holds anyway, so a caller that writes or compresses them a batch at a time
+        never has the whole body in one piece. None, and no pieces, when the body would be
+        the one of key `unless` (a caller that keeps that body's gzip needs nothing else).
+        """
         wanted = None if names is None else frozenset(names)
         cached = self._refresh()
-        parts: list[bytes] = []
+        # The per-server and exporter-wide families go through the library itself (`# EOF`
+        # included); the per-server ones only when one of their values changed.
+        own = list(own_families(self._state))
+        servers = b""
+        if wanted is None:
+            servers = self._server_bytes(fmt)
+        else:
+            own = [m for m in server_families(self._state) if _named(m, wanted)] + [
+                m for m in own if _named(m, wanted)
+            ]
+        own_bytes = _ENCODERS[fmt](_Fixed(own))
+        if wanted is None:
+            self.last_key = (self._generation, own_bytes)
+            if unless is not None and unless == self.last_key:
+                return None
+        parts = self._pair_pieces(fmt, wanted, cached)
+        if servers:
+            parts.append(servers)
+        parts.append(own_bytes)
+        return parts
+
+    def _pair_pieces(
+        self, fmt: Format, wanted: frozenset[str] | None, cached: list[_Cached]
+    ) -> list[Piece]:
+        """The per-pair families' pieces: each family's header, then every pair's lines."""
+        parts: list[Piece] = []
         for index, header in enumerate(self._headers[fmt]):
             if wanted is None or not wanted.isdisjoint(_FAMILY_NAMES[index]):
                 parts.append(header)
@@ -259,7 +364,7 @@ class Exposition:
                     for entry in cached:
                         cuts = entry.om_cuts[slot]
                         if cuts:
-                            parts.extend(_with_cuts(entry.lines[index], cuts))
+                            parts.append(WithExemplars(entry.lines[index], cuts))
                         else:
                             parts.append(entry.lines[index])
                 else:
@@ -267,20 +372,7 @@ class Exposition:
         if wanted is None or _MODEL_INFO in wanted:
             parts.append(self._info_headers[fmt])
             parts.extend([entry.info for entry in cached])
-        # The per-server and exporter-wide families go through the library itself (`# EOF`
-        # included); the per-server ones only when one of their values changed.
-        own = list(own_families(self._state))
-        if wanted is None:
-            parts.append(self._server_bytes(fmt))
-        else:
-            own = [m for m in server_families(self._state) if _named(m, wanted)] + [
-                m for m in own if _named(m, wanted)
-            ]
-        own_bytes = _ENCODERS[fmt](_Fixed(own))
-        parts.append(own_bytes)
-        if wanted is None:
-            self.last_key = (self._generation, own_bytes)
-        return b"".join(parts)
+        return parts
 
     def _server_bytes(self, fmt: Format) -> bytes:
         key = server_key(self._state)
@@ -301,26 +393,16 @@ class Exposition:
             self._ids = ids
             changed = 1
         for entry in self._cached:
-            pair, seen, lines = entry.pair, entry.values, entry.lines
-            for index, family in _PLAIN:
-                values = family.values(pair)
-                if values != seen[index]:
-                    seen[index] = _SHARED.get(values, values)
-                    lines[index] = entry.render(family, values)
-                    changed = 1
-            for slot, (index, family, read) in enumerate(_EXEMPLARY):
-                values, exemplars = family.values(pair), read(pair)
-                if values != seen[index] or exemplars is not entry.exemplars[slot]:
-                    seen[index], entry.exemplars[slot] = values, exemplars
-                    lines[index], entry.om_cuts[slot] = entry.render_histogram(
-                        family, values, exemplars
-                    )
-                    changed = 1
-            digest = model_digest(pair)
-            if digest != entry.digest:
-                entry.digest = digest
-                entry.info = entry.render_info(digest)
-                changed = 1
+            pair = entry.pair
+            # Idle and not written since it was read: its values are the ones rendered. A run
+            # going changes without a write of the pair (its bytes), so it is read each time.
+            stamps = (pair.stamp, pair.holding.stamp)
+            if pair.current is None and stamps == entry.stamps:
+                continue
+            entry.stamps = stamps
+            changed |= entry.refresh()
+            if pair.current is None:  # idle: its stamp stands for its values from now on
+                entry.values = None
         self._generation += changed
         return self._cached
 

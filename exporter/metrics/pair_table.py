@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 from exporter.ollama.protocol import RUN_PHASES, Phase, Reason
 from exporter.state.holdings import CheckResult
+from exporter.state.pairs import PhaseSeconds
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -133,8 +134,12 @@ def _last_duration(pair: PairState) -> Values:
 
 def _last_phase_duration(pair: PairState) -> Values:
     last = pair.last
-    # Built in RUN_PHASES order, like `failures` in Reason's (see `_failures`).
-    return None if last is None else tuple(last.phase_durations.values())
+    if last is None:
+        return None
+    # Built in RUN_PHASES order, like `failures` in Reason's (see `_failures`); a run of this
+    # process keeps a tuple already, which the renderer then keeps as is.
+    durations = last.phase_durations
+    return durations.seconds if isinstance(durations, PhaseSeconds) else tuple(durations.values())
 
 
 def _last_downloaded(pair: PairState) -> Values:

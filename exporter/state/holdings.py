@@ -8,12 +8,17 @@ digest differs from the last digest seen for the pair (kept across restarts with
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from exporter.ollama.tags import Held
+
+STAMPS: Final = itertools.count(1)
+"""Change stamps: every write to a `PairHolding` or a `PairState` takes the next one, so the
+renderer can tell an unchanged pair by its stamp, without reading its values."""
 
 
 class InventoryResult(StrEnum):
@@ -56,6 +61,12 @@ class PairHolding:
     """The tag's manifest digest at the registry, from the last successful check."""
     registry_rewritten: str | None = None
     """The same manifest's digest as Ollama before 0.19 stores it (re-encoded)."""
+    stamp: int = field(default=0, repr=False, compare=False)
+    """Taken from `STAMPS` at every write: equal stamps, nothing written in between."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        object.__setattr__(self, "stamp", next(STAMPS))
 
     def observe(self, held: Held | None, now: float) -> bool:
         """Fold in one inventory observation; returns True when it is a change."""
@@ -92,6 +103,7 @@ class PairHolding:
         """One registry check ended with `result` (and the tag's digests when `ok`)."""
         if self.checks is not None:
             self.checks[result] += 1
+            self.stamp = next(STAMPS)  # a write in place: stamped by hand
         if digest is not None:
             self.registry_digest, self.registry_rewritten = digest, rewritten
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 # The budgets of docs/performance.md, in bytes.
-IDLE_PAIR_BUDGET = 12_000
+IDLE_PAIR_BUDGET = 10_000
 LIVE_RUN_BUDGET = 3_500
 KEPT_RUN_BUDGET = 2_200
 CONNECTION_BUDGET = 8_000

@@ -29,7 +29,7 @@ from exporter.metrics.families import PullCollector, PullRegistry, build_registr
 from exporter.metrics.scrape import OPENMETRICS, TEXT, make_metrics_handler, negotiate
 from exporter.ollama.progress import RunProgress
 from exporter.ollama.protocol import RUN_PHASES, ProgressLine, Reason
-from exporter.state.holdings import InventoryResult, ServerHolding
+from exporter.state.holdings import CheckResult, InventoryResult, ServerHolding
 from exporter.state.pairs import ExporterState, PairState, RunResult
 
 if TYPE_CHECKING:
@@ -222,6 +222,81 @@ def test_an_unchanged_exposition_is_not_compressed_again_and_a_change_is_served(
     assert _without_tasks(after) == _without_tasks(expected(registry, PROMETHEUS_ACCEPT))
 
 
+def test_a_large_body_is_written_in_pieces_with_the_same_bytes() -> None:
+    """Past 64 KiB the body goes out from the renderer's pieces (never joined in one), and
+    its gzip is compressed a batch at a time: the bytes are the library's all the same."""
+    state = _busy_state(400)
+    registry = build_registry(state)
+    requests = [
+        ({"Accept": "text/plain", "Accept-Encoding": "identity"}, False),
+        ({"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "identity"}, False),
+        ({"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"}, True),
+    ]
+
+    async def run() -> list[tuple[str | None, str | None, bytes]]:
+        app = web.Application()
+        app.router.add_get("/metrics", make_metrics_handler(registry))
+        answers = []
+        async with TestClient(TestServer(app)) as client:
+            for headers, _ in requests:
+                response = await client.get("/metrics", headers=headers, auto_decompress=False)
+                body = await response.read()
+                length, encoding = (
+                    response.headers.get(h) for h in ("Content-Length", "Content-Encoding")
+                )
+                answers.append((length, encoding, body))
+            head = await client.head("/metrics", headers=requests[0][0])
+            answers.append((head.headers.get("Content-Length"), None, await head.read()))
+        return answers
+
+    answers = asyncio.run(run())
+    for (headers, zipped), (length, encoding, body) in zip(requests, answers, strict=False):
+        assert length == str(len(body))
+        assert encoding == ("gzip" if zipped else None)
+        plain = gzip.decompress(body) if zipped else body
+        assert len(plain) > 1_000_000  # many slices and several zlib batches
+        assert _without_tasks(plain) == _without_tasks(expected(registry, headers["Accept"]))
+    head_length, _, head_body = answers[-1]
+    assert head_body == b""
+    assert head_length == answers[0][0]
+
+
+def test_every_kind_of_write_between_two_scrapes_is_served() -> None:
+    """An idle pair not written since the last scrape is not read again (its stamp): every
+    way its values can change must show on the next scrape all the same."""
+    state = _busy_state(2)
+    pair = state.pairs["a", "m0"]
+    registry = build_registry(state)
+    exposition = Exposition(state)
+
+    def same() -> None:
+        for accept in ACCEPTS:
+            assert rendered(exposition, accept) == expected(registry, accept)
+
+    same()
+    pair.skipped_total += 1  # an attribute
+    same()
+    pair.holding.digest = "sha256:" + "b" * 64  # the holding's attribute
+    same()
+    pair.holding.set_checking(True)
+    same()
+    pair.holding.checked(CheckResult.OK)  # a count written in place
+    same()
+    run = RunProgress(0.0)
+    pair.start_run(run)
+    same()
+    run.apply(ProgressLine("pulling x", DIGEST, 1000, 10), 1.0)  # the run's, not the pair's
+    same()
+    run.apply(ProgressLine("pulling x", DIGEST, 1000, 700), 2.0)
+    same()
+    run.finish(3.0, succeeded=False)
+    pair.finish_run(run, RunResult(Reason.STALLED), ended_at=1.7e9 + 5, duration=3.0)
+    same()
+    assert b'ollama_pull_failures_total{model="m0",reason="stalled",server="a"} 1.0' in (
+        exposition.render(Format.TEXT)
+    )
+
+
 def _busy_state(pairs: int = 3) -> ExporterState:
     state = ExporterState(server_up={"a": 1.0, "b": 0.0}, config_reload_successful=True)
     for index in range(pairs):
@@ -230,7 +305,7 @@ def _busy_state(pairs: int = 3) -> ExporterState:
         pair.start_run(run)
         run.apply(ProgressLine("pulling x", DIGEST, 1000, 400), 1.0)
         run.finish(2.0, succeeded=True)
-        pair.finish_run(run, RunResult(None), ended_at=1.7e9, duration=2.0)
+        pair.finish_run(run, RunResult(None), ended_at=1.7e9, duration=2.0, run_id=index + 1)
     return state
 
 

@@ -299,3 +299,16 @@ async def test_a_reload_that_changes_the_interval_counts_from_the_last_start() -
         assert len(runs.started) == 1
         await clock.advance(1.0)
         assert runs.started[1] == ("m0", first + 300.0)
+
+
+@in_loop
+async def test_many_pairs_share_one_timer_and_finished_runs_leave_no_task() -> None:
+    async with scheduling(one_server(200, limit=200, interval=60.0)) as (_, runs, clock, _):
+        await settle()
+        assert len(asyncio.all_tasks()) == 2  # this test and the one timer, not a task a pair
+        await clock.advance(0)
+        assert len(runs.started) == 200
+        await runs.release(200)
+        assert len(asyncio.all_tasks()) == 2  # the finished runs are gone, not kept done
+        await clock.advance(60.0)
+        assert len(runs.started) == 400
