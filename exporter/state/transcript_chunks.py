@@ -6,11 +6,13 @@ time and the line count, a 30 s pull held about 78 KB until it ended: 15 MiB wit
 streaming. `ChunkLog` keeps the same chunks in less:
 
 - the bytes go into one `bytearray`, compressed (deflate, level 1) into a sealed block each time
-  it holds `BLOCK_BYTES` (about 27 progress lines, 4 KiB into about 200 bytes); the last
-  chunk always stays in the open buffer, uncompressed;
+  it holds `BLOCK_BYTES` (about 27 progress lines, 4 KiB into about 200 bytes) and has waited
+  a second (`SEAL_AGE`; a faster tail drops its chunks first); the last chunk always stays
+  in the open buffer, uncompressed;
 - per chunk, its arrival time, size and line count go into three arrays (16 bytes a chunk);
 - dropping the oldest chunk (the tail) only moves an index; the sealed block it was in goes
-  when its last chunk does, so what is held is what is kept plus at most one block.
+  when its last chunk does, dropped chunks in the open buffer are cut out once they are half
+  of it: what is held is what is kept, plus one block and the open buffer's kept bytes at most.
 
 What comes back out (`chunks`) is the chunks exactly as they went in.
 """
@@ -33,6 +35,13 @@ few hundred bytes. `zlib.compress` sets up (and zeroes) 256 KiB of tables per ca
 for a 4 KiB block, against 12 us with these (and 1 KB smaller)."""
 
 
+SEAL_AGE: Final = 1.0
+"""Seconds the oldest chunk kept in the open buffer has waited before the buffer is packed.
+A tail that turns over faster (a pull read as fast as it comes: 200 lines in a fraction of a
+millisecond) drops its chunks before packing them would pay: they are cut out of the buffer
+instead, which costs a copy at most, not a compression, per byte streamed."""
+
+
 def compress(data: bytes | bytearray, *, header: bool = False) -> bytes:
     """`data` deflated at level 1 with the small window (a zlib stream with `header`)."""
     packer = zlib.compressobj(
@@ -51,7 +60,18 @@ class ChunkLog:
     `lines` and `size` count the chunks kept (not the dropped ones still held in a block).
     """
 
-    __slots__ = ("_at", "_blocks", "_ends", "_first", "_lines", "_open", "_sizes", "lines", "size")
+    __slots__ = (
+        "_at",
+        "_blocks",
+        "_ends",
+        "_first",
+        "_lines",
+        "_open",
+        "_open_dropped",
+        "_sizes",
+        "lines",
+        "size",
+    )
 
     def __init__(self) -> None:
         self._blocks: list[bytes] = []
@@ -68,7 +88,9 @@ class ChunkLog:
         """Per chunk held: the lines it completed."""
         self._first = 0
         """Index of the first chunk kept; those before it are dropped, held until their block
-        goes."""
+        goes (or, in the open buffer, until they are cut out of it)."""
+        self._open_dropped = 0
+        """Bytes of dropped chunks at the start of the open buffer."""
         self.lines = 0
         self.size = 0
 
@@ -85,7 +107,7 @@ class ChunkLog:
     def append(self, chunk: bytes, at: float, lines: int) -> None:
         """Keep `chunk`, arrived at `at`, which completed `lines` lines."""
         if len(self._open) >= BLOCK_BYTES:
-            self._seal()
+            self._make_room(at)
         self._open += chunk
         self._at.append(at)
         self._sizes.append(len(chunk))
@@ -93,16 +115,23 @@ class ChunkLog:
         self.lines += lines
         self.size += len(chunk)
 
-    def _seal(self) -> None:
-        """Compress the open buffer into a block; forget it instead if nothing in it is kept."""
-        if self._first == len(self._at):  # every chunk held was dropped: no block is left
-            self._open = bytearray()
-            del self._at[:], self._sizes[:], self._lines[:]
-            self._first = 0
-            return
-        self._blocks.append(compress(self._open))
-        self._ends.append(len(self._at))
-        self._open = bytearray()
+    def _make_room(self, now: float) -> None:
+        """Cut the dropped chunks out of a full open buffer, or pack it into a block.
+
+        Cut when they are half of it (so each byte is copied about once); pack when its
+        oldest chunk kept has waited `SEAL_AGE`; else let it grow: a tail that turns over
+        that fast holds twice its kept bytes at most.
+        """
+        start = self._ends[-1] if self._ends else 0
+        if 2 * self._open_dropped >= len(self._open):
+            first = self._first
+            del self._open[: self._open_dropped]
+            del self._at[start:first], self._sizes[start:first], self._lines[start:first]
+            self._first, self._open_dropped = start, 0
+        elif self._at[max(self._first, start)] + SEAL_AGE <= now:
+            self._blocks.append(compress(self._open))
+            self._ends.append(len(self._at))
+            self._open, self._open_dropped = bytearray(), 0
 
     def trim(self, max_lines: int, max_bytes: int) -> int:
         """Drop the oldest chunks while they are over a bound; returns the lines dropped.
@@ -113,12 +142,15 @@ class ChunkLog:
         dropped = 0
         lines, sizes, ends = self._lines, self._sizes, self._ends
         first = self._first
+        start = ends[-1] if ends else 0
         while len(lines) - first > 1 and (
             self.lines - lines[first] > max_lines or self.size > max_bytes
         ):
             self.lines -= lines[first]
             self.size -= sizes[first]
             dropped += lines[first]
+            if first >= start:
+                self._open_dropped += sizes[first]
             first += 1
             if ends and first >= ends[0]:  # the oldest block holds no kept chunk any more
                 gone = ends[0]
@@ -127,6 +159,7 @@ class ChunkLog:
                     ends[index] -= gone
                 del self._at[:gone], sizes[:gone], lines[:gone]
                 first -= gone
+                start = ends[-1] if ends else 0
         self._first = first
         return dropped
 
