@@ -20,6 +20,7 @@ from exporter.state.transcript import (
     Transcript,
     unpack_raw,
 )
+from exporter.state.transcript_chunks import unpack as unpack_chunks
 
 
 def feed(data: bytes, cuts: list[int], *, counted: bool = True) -> Transcript:
@@ -35,9 +36,14 @@ def feed(data: bytes, cuts: list[int], *, counted: bool = True) -> Transcript:
     return transcript
 
 
-def stream(count: int, blank_every: int, tail: bytes) -> bytes:
-    """`count` lines, a blank one (empty or of white space) after every `blank_every`."""
-    lines = [b'{"n":%d}\n' % i for i in range(count)]
+def stream(count: int, blank_every: int, tail: bytes, width: int = 0) -> bytes:
+    """`count` lines, a blank one (empty or of white space) after every `blank_every`.
+
+    Lines of `width` characters more are as long as Ollama's (about 150 bytes): they fill
+    the kept chunks' compressed blocks (4 KiB), and the tail drops whole blocks.
+    """
+    pad = b"x" * width
+    lines = [b'{"n":%d,"p":"%s"}\n' % (i, pad) for i in range(count)]
     if blank_every:
         blanks = itertools.cycle([b"\n", b" \t\r\n", b"\n\n\n"])
         lines = [
@@ -65,17 +71,18 @@ ANY_STREAM = given(
     cuts=st.lists(st.integers(0, 100_000), max_size=300),
     tail=st.sampled_from([b"", b'{"unfinished":', b"\n", b"\n  \n"]),
     counted=st.booleans(),
+    width=st.sampled_from([0, 150]),
 )
-"""`count` lines with blank ones among them and a `tail`, cut at `cuts`, with or without the
-decoder's counts."""
+"""`count` lines of `width` more characters with blank ones among them and a `tail`, cut at
+`cuts`, with or without the decoder's counts."""
 
 
 @settings(max_examples=60, deadline=None)
 @ANY_STREAM
 def test_head_and_tail_for_any_chunking(
-    count: int, blank_every: int, cuts: list[int], tail: bytes, counted: bool
+    *, count: int, blank_every: int, cuts: list[int], tail: bytes, counted: bool, width: int
 ) -> None:
-    data = stream(count, blank_every, tail)
+    data = stream(count, blank_every, tail, width)
     text = feed(data, cuts, counted=counted).text()
     lines, omitted, blank = expected(data)
     assert [line.line for line in text.lines] == lines
@@ -88,10 +95,10 @@ def test_head_and_tail_for_any_chunking(
 @settings(max_examples=60, deadline=None)
 @ANY_STREAM
 def test_a_packed_run_unpacks_to_the_lines_cut_at_once(
-    count: int, blank_every: int, cuts: list[int], tail: bytes, counted: bool
+    *, count: int, blank_every: int, cuts: list[int], tail: bytes, counted: bool, width: int
 ) -> None:
     """`pack_raw` defers the cutting to a read; what a read gets must not depend on that."""
-    data = stream(count, blank_every, tail)
+    data = stream(count, blank_every, tail, width)
     packed = feed(data, cuts, counted=counted).pack_raw(Redactor(["never-there"]))
     assert packed is not None
     assert unpack_raw(packed) == feed(data, cuts, counted=counted).text()
@@ -133,8 +140,12 @@ def test_memory_stays_bounded_on_a_long_stream() -> None:
     transcript = Transcript(0.0)
     for i in range(20_000):  # fifty times what it keeps
         transcript.feed(b'{"completed":%d}\n' % i, float(i))
-    assert len(transcript._head) == HEAD_LINES
-    assert len(transcript._tail) == TAIL_LINES + 1
+    assert transcript._head is not None
+    assert len(unpack_chunks(transcript._head)) == HEAD_LINES
+    assert len(transcript._log) == TAIL_LINES + 1
+    # The tail's 201 chunks are 3.6 KB as they came; held packed, plus the 4 KiB block being
+    # filled and the sealed ones its oldest lines still sit in (5-11 KB, by where blocks end).
+    assert transcript._log.held < 12_000
     text = transcript.text()
     assert text.omitted == 20_000 - HEAD_LINES - TAIL_LINES
     assert text.lines[-1].line == '{"completed":19999}'
@@ -148,8 +159,9 @@ def test_huge_lines_fill_the_byte_bounds_before_the_line_counts() -> None:
     for i in range(1000):
         transcript.feed(big, float(i))
         transcript.counted(1)
-    kept = sum(len(chunk) for chunk, _ in transcript._head)
-    kept += sum(len(chunk) for chunk, _, _ in transcript._tail)
+    assert transcript._head is not None
+    kept = sum(len(chunk) for chunk, _ in unpack_chunks(transcript._head))
+    kept += transcript._log.size
     assert kept <= HEAD_BYTES + TAIL_BYTES + 2 * len(big)
     text = transcript.text()
     assert text.omitted == 1000 - len(text.lines)
