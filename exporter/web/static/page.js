@@ -19,7 +19,7 @@
     return unit === 0 ? size.toFixed(0) + " B" : size.toFixed(1) + " " + units[unit];
   }
   // The page's duration text, as exporter/web/page.py's `span` writes it: rounded once to the
-  // unit shown (half up), then split; tests/test_page.py runs this function under node.
+  // unit shown (half up), then split; tests/e2e/test_page.py runs this function under node.
   function span(s) {
     s = Number.isFinite(s) ? Math.max(0, s) : 0;
     const whole = Math.floor(s + 0.5);
