@@ -21,7 +21,7 @@ from exporter.clients.inventory import Inventory
 from exporter.clients.probe import probe_servers
 from exporter.clients.pull import make_session
 from exporter.clients.registry import Checker, make_registry_session
-from exporter.core import signals
+from exporter.core import collector, signals
 from exporter.fleet.servers import Fleet
 from exporter.metrics.families import build_registry
 from exporter.schedule.scheduler import Scheduler
@@ -199,6 +199,7 @@ async def scheduling(
         loop.add_signal_handler(signal.SIGHUP, runtime.request_reload)
         if signals.take_reload_request():  # a SIGHUP during start-up: the file may have changed
             runtime.request_reload()
+        collector.settle()
         state.set_ready(True)
         try:
             yield Running(runtime, scheduler)

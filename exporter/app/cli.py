@@ -17,7 +17,7 @@ from exporter.app import assemble, demo, once
 from exporter.app.demo import Demo
 from exporter.config.loader import ConfigError, load_config
 from exporter.config.webconfig import WebConfig, WebConfigError, load_web_config
-from exporter.core import signals
+from exporter.core import collector, signals
 from exporter.core.logs import FORMATS, LEVEL_NAMES, setup_logging
 from exporter.fleet.sharding import Shard, ShardError, resolve_shard
 from exporter.storage.database import StorePathError
@@ -338,6 +338,7 @@ def _serve(
         shown = listener.bound_addresses(sockets)[0].replace("0.0.0.0:", "127.0.0.1:")
         log.info("demo: open the page in a browser", extra={"url": f"http://{shown}/"})
     allowed = hosts.AllowedHosts(args.allowed_hosts, host)
+    collector.tune()
     asyncio.run(assemble.serve(program, web_config, sockets, guard, allowed))
     signals.install()  # the loop's handlers are gone: stay in charge until the exit
     log.info("stopped")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final
 
 from exporter.config.loader import ConfigError
 from exporter.config.types import Config
+from exporter.core import collector
 from exporter.core.clock import SYSTEM_CLOCK
 from exporter.storage.last_runs import restore
 
@@ -159,6 +160,7 @@ class Runtime:
             )
             return exc.errors
         self.apply(config)
+        collector.settle()
         log.info("config reloaded", extra={"config": self.config_path, "pairs": config.model_count})
         return ()
 
