@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 import aiohttp
 
@@ -26,6 +26,20 @@ if TYPE_CHECKING:
 
 SLICE: Final = 64 * 1024
 """Bytes per write to the transport; bodies up to this size are written as aiohttp does."""
+
+
+@runtime_checkable
+class Holding(Protocol):
+    """An answer written in slices that tells what it keeps alive for its reader meanwhile.
+
+    The listener counts it, with the transport's buffer, against its cap on the bytes held
+    for stalled readers (`exporter.web.listener.MAX_BUFFERED`). `SlicedBody` is one; the
+    `/metrics` answer written from the renderer's pieces (`exporter.metrics.scrape`) another.
+    """
+
+    @property
+    def held(self) -> int:
+        """Bytes kept alive by this answer alone (not the transport's), 0 once written."""
 
 
 class SlicedBody(aiohttp.Payload):
@@ -52,6 +66,11 @@ class SlicedBody(aiohttp.Payload):
         self._finished = finished
         self.sent = 0
         """Bytes handed to the transport so far."""
+
+    @property
+    def held(self) -> int:
+        """The whole body while it is written: what is left of it pins all of it."""
+        return len(self._value)
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         """The body as text (aiohttp's `Response.text`)."""

@@ -39,7 +39,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from exporter.core.ratelog import RateLimitedLog
-from exporter.web.answers import SLICE, Pacer, SlicedBody
+from exporter.web.answers import SLICE, Holding, Pacer, SlicedBody
 from exporter.web.binding import (
     BACKLOG,
     ListenError,
@@ -143,8 +143,8 @@ class _Connection(RequestHandler):
         """The request deadline: runs from a request's first byte until it is whole."""
         self.body: StreamReader | None = None
         """The body of the request being answered (whole when it is at EOF)."""
-        self.answer: SlicedBody | None = None
-        """The sliced answer being written, if any."""
+        self.answer: Holding | None = None
+        """The answer written in slices now or last, if any."""
         self.counted = False
         """Counted in at accept already (TLS: by its `TLSGate`, before the handshake)."""
 
@@ -303,8 +303,7 @@ class ConnectionGuard:
 
     def _held(self, connection: _Connection) -> int:
         transport = self._open.get(connection)
-        # The whole body: what is left of it pins all of it (the kernel took the rest).
-        held = connection.answer.size or 0 if connection.answer is not None else 0
+        held = connection.answer.held if connection.answer is not None else 0
         if transport is not None:
             with contextlib.suppress(Exception):
                 held += cast("asyncio.WriteTransport", transport).get_write_buffer_size()
@@ -394,6 +393,8 @@ class ConnectionGuard:
         if not isinstance(response, web.Response) or request.method == "HEAD":
             return response
         body = response.body
+        if isinstance(body, Holding):  # it slices itself (`/metrics`): what it holds counts
+            connection.answer = body
         if not isinstance(body, bytes) or len(body) <= SLICE:
             return response
 

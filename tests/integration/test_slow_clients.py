@@ -14,17 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 import ssl
+import tracemalloc
 import zlib
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 
+from exporter.config.loader import parse_config
+from exporter.metrics.families import build_registry
+from exporter.metrics.scrape import make_metrics_handler
+from exporter.state.pairs import ExporterState
 from exporter.web import listener
 from exporter.web.listener import ConnectionGuard, connection_cap
 from tests.harness import self_signed
+from tests.integration.test_memory_budgets import fleet_config
 from tests.virtual_time import run_virtual
 
 if TYPE_CHECKING:
@@ -200,6 +207,56 @@ def test_bytes_held_for_stalled_readers_are_capped() -> None:
                     sock.close()
 
     _run(scenario())
+
+
+def test_pieces_held_for_readers_of_metrics_that_never_read_are_capped() -> None:
+    """Defect N2 again: an uncompressed `/metrics` is written from the renderer's pieces, and
+    each reader that never read kept its own list of them (8 bytes a piece: 0.5 MB at 2,000
+    pairs, 2.6-4.6 MB at 10,000), unseen by `max_buffered` (30 readers here held 19.3 MiB
+    with a cap of 8). Measured with tracemalloc: lists and buffers stay within the cap."""
+    budget = 8 * MiB
+    readers = 30
+    state = ExporterState()
+    state.sync(parse_config(fleet_config(pairs=2_000), "pieces.yml"))  # a 9.9 MB body
+    app = _app()
+    app.router.add_get("/metrics", make_metrics_handler(build_registry(state)))
+    guard = ConnectionGuard(4096, 0, write_timeout=60.0, max_buffered=budget)
+
+    async def scenario() -> int:
+        async with _server(guard, app) as port:
+            async with (  # the renderer's cache, filled by a scrape read whole
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{port}/metrics") as response,
+            ):
+                assert len(await response.read()) > 8 * MiB
+            gc.collect()
+            before = tracemalloc.get_traced_memory()[0]
+            clients = [await _connect(port) for _ in range(readers)]
+            try:
+                for sock in clients:
+                    sock.send(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                await _until(
+                    lambda: len(guard._stalled) + guard.closed_counts["buffered"] == readers,
+                    30,
+                    "every reader to stall or be closed",
+                )
+                gc.collect()
+                held = tracemalloc.get_traced_memory()[0] - before
+                assert guard.buffered <= budget
+                assert await _healthy(port) == 200
+            finally:
+                for sock in clients:
+                    sock.close()
+        return held
+
+    tracemalloc.start()
+    try:
+        held = run_virtual(scenario())
+    finally:
+        tracemalloc.stop()
+    # Besides the cap: each connection's own objects (aiohttp's request, parser, buffers).
+    assert held <= budget + readers * 64 * 1024, f"{held / MiB:.1f} MiB held by {readers}"
+    assert guard.closed_counts["buffered"] > 0
 
 
 def test_an_answer_read_too_slowly_is_cut_at_its_deadline() -> None:
