@@ -147,13 +147,32 @@ def _batches(pieces: list[Piece], size: int) -> Iterator[bytes]:
     start = done = 0
     while start < len(pieces):
         stop = min(bisect.bisect_left(ends, done + size, lo=start) + 1, len(pieces))
-        run = pieces[start:stop]
-        try:
-            joined = b"".join(run)  # type: ignore[arg-type]  # a WithExemplars raises
-        except TypeError:
-            joined = b"".join(flatten(run))
-        yield joined
+        yield _joined(pieces[start:stop])
         done, start = ends[stop - 1], stop
+
+
+def _joined(run: list[Piece]) -> bytes:
+    """`run` in one piece: the cached bytes joined in C, Python only at each exemplar piece.
+
+    Every pair's histogram carries exemplars in OpenMetrics, so going through the run piece
+    by piece (`flatten`) held the GIL for every piece of every such scrape: about 1% of a core
+    under the fleet benchmark, scraped every second.
+    """
+    marks = list(
+        itertools.compress(
+            range(len(run)), map(operator.is_not, map(type, run), itertools.repeat(bytes))
+        )
+    )
+    if not marks:
+        return b"".join(run)  # type: ignore[arg-type]  # all bytes: no mark
+    parts: list[bytes | memoryview] = []
+    start = 0
+    for mark in marks:
+        parts.append(b"".join(run[start:mark]))  # type: ignore[arg-type]  # bytes up to a mark
+        parts.extend(flatten(run[mark : mark + 1]))
+        start = mark + 1
+    parts.append(b"".join(run[start:]))  # type: ignore[arg-type]  # bytes after the last
+    return b"".join(parts)
 
 
 def _slices(pieces: list[Piece], size: int) -> Iterator[bytes]:
