@@ -168,7 +168,7 @@ def _joined(run: list[Piece]) -> bytes:
 
 
 def _slices(pieces: list[Piece], size: int) -> Iterator[bytes]:
-    """As `_batches`, holding nothing but the run being joined.
+    """`pieces` joined into runs of at least `size` bytes, holding only the run being joined.
 
     A writer waits on a slow reader between two runs, and 300 of them must not each keep a
     list as long as the body's pieces.
