@@ -73,11 +73,15 @@ def start_process(
     stdout: int | None = subprocess.PIPE,
     stderr: int | None = None,
     env: dict[str, str] | None = None,
+    cwd: Path = REPO_ROOT,
 ) -> subprocess.Popen[bytes]:
-    """Start `command` in the repository root, optionally pinned and niced."""
+    """Start `command` in `cwd` (the repository root), optionally pinned and niced.
+
+    `python -m exporter` imports the exporter of `cwd`: another checkout's, for side by side.
+    """
     return subprocess.Popen(
         list(command),
-        cwd=REPO_ROOT,
+        cwd=cwd,
         stdout=stdout,
         stderr=stderr,
         stdin=subprocess.DEVNULL,
@@ -219,12 +223,12 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def checkout() -> str:
-    """The commit the benchmark runs from, `+dirty` if tracked files differ from it."""
+def checkout(where: Path = REPO_ROOT) -> str:
+    """The commit of `where` (the benchmark's own), `+dirty` if tracked files differ from it."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO_ROOT,
+            cwd=where,
             capture_output=True,
             text=True,
             check=True,
@@ -232,7 +236,7 @@ def checkout() -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
+            cwd=where,
             capture_output=True,
             text=True,
             check=True,

@@ -39,7 +39,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.common import (
+    REPO_ROOT,
     Summary,
+    checkout,
     cpu_layout,
     machine_info,
     percentile,
@@ -56,7 +58,7 @@ from bench.scrape import scrape_once
 
 if TYPE_CHECKING:
     import subprocess
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
 SIM_NICE = 5
 SCRAPER_NICE = 10
@@ -144,8 +146,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def fleet_running(fleet: Fleet, workdir: Path, *, spread: float = 0.3) -> Iterator[Running]:
-    """Start the load generator and the exporter (pinned apart); stop both on exit."""
+def fleet_running(
+    fleet: Fleet, workdir: Path, *, spread: float = 0.3, where: Path = REPO_ROOT
+) -> Iterator[Running]:
+    """Start the load generator and the exporter of checkout `where` (pinned apart); stop both."""
     measured_cpus, helper_cpus = cpu_layout()
     stats_path = workdir / "sim-stats.json"
     sim = start_process(
@@ -178,6 +182,7 @@ def fleet_running(fleet: Fleet, workdir: Path, *, spread: float = 0.3) -> Iterat
                 cpus=measured_cpus,
                 stdout=log.fileno(),
                 stderr=log.fileno(),
+                cwd=where,
             )
         running = Running(sim, exporter, f"http://127.0.0.1:{port}", stats_path, workdir)
         running.wait("the exporter to answer", lambda: _answers(running.url), 60)
@@ -215,27 +220,64 @@ def measure(
     running: Running, duration: float, scrape_intervals: tuple[float, ...]
 ) -> dict[str, Any]:
     """Measure the exporter over `duration` seconds while the scrapers run."""
-    pid = running.exporter.pid
-    outs = [running.workdir / f"scrape-{i}.json" for i in range(len(scrape_intervals))]
-    before_stats, before_cpu = running.stats(), proc_cpu_seconds(pid)
+    return measure_all([running], duration, scrape_intervals)[0]
+
+
+def measure_all(
+    runnings: list[Running], duration: float, scrape_intervals: tuple[float, ...]
+) -> list[dict[str, Any]]:
+    """Measure every exporter over the same `duration` seconds, each scraped by its own."""
+    outs = [
+        [running.workdir / f"scrape-{i}.json" for i in range(len(scrape_intervals))]
+        for running in runnings
+    ]
+    before = [(running.stats(), proc_cpu_seconds(running.exporter.pid)) for running in runnings]
     started = time.monotonic()
     scrapers = [
         _scraper(running.url, interval, duration, out)
-        for interval, out in zip(scrape_intervals, outs, strict=True)
+        for running, paths in zip(runnings, outs, strict=True)
+        for interval, out in zip(scrape_intervals, paths, strict=True)
     ]
-    open_streams: list[float] = []
+    open_streams: list[list[float]] = [[] for _ in runnings]
     try:
         while time.monotonic() - started < duration:
             time.sleep(1.0)
-            open_streams.append(running.stats()["open"])
+            for running, counts in zip(runnings, open_streams, strict=True):
+                counts.append(running.stats()["open"])
         wall = time.monotonic() - started
-        after_stats, after_cpu = running.stats(), proc_cpu_seconds(pid)
-        memory = proc_memory_kib(pid)
+        after = [(running.stats(), proc_cpu_seconds(running.exporter.pid)) for running in runnings]
+        memory = [proc_memory_kib(running.exporter.pid) for running in runnings]
         for scraper in scrapers:
             scraper.wait(60 + max(scrape_intervals, default=0))
     finally:
         for scraper in scrapers:
             stop_process(scraper)
+    return [
+        _result(
+            wall,
+            before=before[i],
+            after=after[i],
+            memory=memory[i],
+            open_streams=open_streams[i],
+            outs=outs[i],
+            scrape_intervals=scrape_intervals,
+        )
+        for i in range(len(runnings))
+    ]
+
+
+def _result(
+    wall: float,
+    *,
+    before: tuple[dict[str, float], float],
+    after: tuple[dict[str, float], float],
+    memory: dict[str, int],
+    open_streams: list[float],
+    outs: list[Path],
+    scrape_intervals: tuple[float, ...],
+) -> dict[str, Any]:
+    """One exporter's figures of a measurement."""
+    (before_stats, before_cpu), (after_stats, after_cpu) = before, after
     scrapes: dict[str, Any] = {}
     for interval, out in zip(scrape_intervals, outs, strict=True):
         data = json.loads(out.read_text())
@@ -333,36 +375,60 @@ def run_fleet(
     fleet: Fleet, *, warmup: float, duration: float, scrape_intervals: tuple[float, ...]
 ) -> dict[str, Any]:
     """One fleet run: start, wait for the streams and `warmup`, measure, stop."""
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp,
-        fleet_running(fleet, Path(tmp)) as running,
-    ):
+    return run_side_by_side(
+        fleet, (REPO_ROOT,), warmup=warmup, duration=duration, scrape_intervals=scrape_intervals
+    )[0]
+
+
+def run_side_by_side(
+    fleet: Fleet,
+    checkouts: Sequence[Path],
+    *,
+    warmup: float,
+    duration: float,
+    scrape_intervals: tuple[float, ...],
+) -> list[dict[str, Any]]:
+    """One fleet run per checkout, all at the same time, each exporter with its own fleet.
+
+    The exporters share one CPU and their load generators and scrapers the other(s), so
+    whatever else the machine does in that minute (a neighbour, a frequency change) weighs
+    on each alike: their ratio is steadier than that of runs taken one after the other.
+    """
+    with contextlib.ExitStack() as stack:
+        runnings = []
+        for where in checkouts:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-fleet-")))
+            runnings.append(stack.enter_context(fleet_running(fleet, workdir, where=where)))
         wanted = min(fleet.concurrency, fleet.pairs)
-        with contextlib.suppress(TimeoutError):  # reported: the open-stream count says it all
-            running.wait(
-                f"{wanted} open streams",
-                lambda: running.stats()["open"] >= wanted,
-                20 + wanted / 10,
-            )
+        for running in runnings:
+            with contextlib.suppress(TimeoutError):  # reported: the open-stream count says it
+                running.wait(
+                    f"{wanted} open streams",
+                    lambda running=running: running.stats()["open"] >= wanted,
+                    20 + wanted / 10,
+                )
         time.sleep(warmup)
-        result = measure(running, duration, scrape_intervals)
-        result["exporter_totals"] = exporter_totals(running.url)
-        result["phase_errors_ms"] = phase_errors(running.url)
+        results = measure_all(runnings, duration, scrape_intervals)
+        for running, result in zip(runnings, results, strict=True):
+            result["exporter_totals"] = exporter_totals(running.url)
+            result["phase_errors_ms"] = phase_errors(running.url)
         measured_cpus, helper_cpus = cpu_layout()
-    result["fleet"] = {
-        "pairs": fleet.pairs,
-        "servers": fleet.servers,
-        "concurrency": fleet.concurrency,
-        "pull_seconds": fleet.pull_seconds,
-        "warmup_seconds": warmup,
-    }
-    result["placement"] = {
-        "exporter_cpus": sorted(measured_cpus),
-        "load_generator_cpus": sorted(helper_cpus),
-        "load_generator_nice": SIM_NICE,
-        "scraper_nice": SCRAPER_NICE,
-    }
-    return result
+    for result in results:
+        result["fleet"] = {
+            "pairs": fleet.pairs,
+            "servers": fleet.servers,
+            "concurrency": fleet.concurrency,
+            "pull_seconds": fleet.pull_seconds,
+            "warmup_seconds": warmup,
+        }
+        result["placement"] = {
+            "exporter_cpus": sorted(measured_cpus),
+            "load_generator_cpus": sorted(helper_cpus),
+            "load_generator_nice": SIM_NICE,
+            "scraper_nice": SCRAPER_NICE,
+            "exporters_side_by_side": len(checkouts),
+        }
+    return results
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -528,6 +594,39 @@ def format_rounds(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+_COMPARED = (
+    ("exporter CPU, share of one core", "exporter_cpu_share"),
+    ("exporter peak RSS (VmHWM)", "exporter_peak_rss_mib"),
+    ("exporter CPU per line", "cpu_us_per_line"),
+)
+
+
+def format_comparison(reports: list[dict[str, Any]]) -> str:
+    """Per round, the first checkout's figure over each other's (they ran at the same time)."""
+    first, others = reports[0], reports[1:]
+    out = []
+    for other in others:
+        mine, theirs = first["machine"]["commit"], other["machine"]["commit"]
+        out += [
+            f"{mine} / {theirs}, each round measured at the same time",
+            "",
+            "| ratio | per round | median |",
+            "|---|---|---:|",
+        ]
+        for label, key in _COMPARED:
+            ratios = [
+                a[key] / b[key] if b[key] else math.nan
+                for a, b in zip(first["rounds"], other["rounds"], strict=True)
+            ]
+            cells = ", ".join(f"{r:.2f}" for r in ratios)
+            out.append(f"| {label} | {cells} | {statistics.median(ratios):.2f} |")
+        for name in first["scrapes_pooled"]:
+            a, b = first["scrapes_pooled"][name]["p99_ms"], other["scrapes_pooled"][name]["p99_ms"]
+            out.append(f"| scrape {name} p99, pooled | {a:.1f} / {b:.1f} ms | {a / b:.2f} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line."""
     parser = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__)
@@ -544,6 +643,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--inventory-interval", default="1m", help="the exporter's inventory_interval (0s: off)"
     )
+    parser.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="CHECKOUT",
+        help="another checkout (a git worktree) whose exporter runs at the same time, side by "
+        "side, each with its own fleet; repeatable",
+    )
     parser.add_argument("--json", help="write the full report here")
     args = parser.parse_args(argv)
     fleet = Fleet(
@@ -554,17 +661,31 @@ def main(argv: list[str] | None = None) -> int:
         inventory_interval=args.inventory_interval,
     )
     intervals = tuple(float(x) for x in args.scrape_intervals.split(",") if x)
-    rounds = []
+    checkouts = [REPO_ROOT, *(Path(path).resolve() for path in args.against)]
+    rounds: list[list[dict[str, Any]]] = [[] for _ in checkouts]
     for index in range(args.rounds):
-        result = run_fleet(
-            fleet, warmup=args.warmup, duration=args.duration, scrape_intervals=intervals
+        results = run_side_by_side(
+            fleet, checkouts, warmup=args.warmup, duration=args.duration, scrape_intervals=intervals
         )
-        print(f"round {index + 1}:\n{format_report(result)}\n", file=sys.stderr, flush=True)
-        rounds.append(result)
-    report = summarize(rounds)
-    report["machine"] = machine_info()
-    write_json(args.json, report)
-    print(format_rounds(report))
+        for where, result, kept in zip(checkouts, results, rounds, strict=True):
+            print(
+                f"round {index + 1}, {checkout(where)}:\n{format_report(result)}\n",
+                file=sys.stderr,
+                flush=True,
+            )
+            kept.append(result)
+    reports = []
+    for where, kept in zip(checkouts, rounds, strict=True):
+        report = summarize(kept)
+        report["machine"] = {**machine_info(), "commit": checkout(where)}
+        reports.append(report)
+    if len(reports) == 1:
+        write_json(args.json, reports[0])
+        print(format_rounds(reports[0]))
+        return 0
+    write_json(args.json, {"benchmark": "fleet side by side", "reports": reports})
+    print("\n\n".join(format_rounds(report) for report in reports))
+    print("\n" + format_comparison(reports))
     return 0
 
 
