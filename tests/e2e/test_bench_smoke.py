@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING
 import pytest
 
 from bench import ingest, scaling
-from bench.fleet import Fleet, format_report, format_rounds, run_fleet, summarize
+from bench.common import REPO_ROOT
+from bench.fleet import (
+    Fleet,
+    format_comparison,
+    format_report,
+    format_rounds,
+    run_fleet,
+    run_side_by_side,
+    summarize,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -61,6 +70,25 @@ def test_fleet() -> None:
     for name, pooled in report["scrapes_pooled"].items():
         assert pooled["count"] == 2 * result["scrapes"][name]["count"]
     assert "| exporter CPU, share of one core |" in format_rounds(report)
+
+
+def test_fleet_side_by_side() -> None:
+    """Two exporters (here of the same checkout) measured over the same seconds."""
+    fleet = Fleet(4, 2, 2, pull_seconds=2.0)
+    results = run_side_by_side(
+        fleet, (REPO_ROOT, REPO_ROOT), warmup=0.3, duration=2.5, scrape_intervals=(1.0,)
+    )
+    assert len(results) == 2
+    for result in results:
+        assert result["lines"] > 0
+        assert result["exporter_totals"]["pairs"] == 4
+        assert result["placement"]["exporters_side_by_side"] == 2
+    reports = [summarize([result]) for result in results]
+    for report in reports:
+        report["machine"] = {"commit": "abc1234"}
+    table = format_comparison(reports)
+    assert "abc1234 / abc1234, each round measured at the same time" in table
+    assert "| exporter CPU, share of one core |" in table
 
 
 def test_scaling(tmp_path: Path) -> None:
