@@ -16,7 +16,7 @@ import aiohttp
 
 from exporter import USER_AGENT
 from exporter.clients.body import read_masked
-from exporter.clients.pacing import COALESCE_BELOW_BYTES, ReadPacer
+from exporter.clients.pacing import COALESCE_BELOW_BYTES, ReadPacer, longest_pause
 from exporter.clients.problems import describe, plain_problem
 from exporter.clients.transport import (
     FramingError,
@@ -217,7 +217,8 @@ async def _stream(
                 if response.status != 200:
                     redact = Redactor.for_servers([server])
                     return await _http_error(response, clock, on_chunk, redact)
-                return await _Fold(run, clock, on_chunk, on_lines).consume(response)
+                pause = longest_pause(model.settings.stall_timeout)
+                return await _Fold(run, clock, on_chunk, on_lines, pause).consume(response)
     except aiohttp.ClientResponseError as exc:
         # Raised before a response exists: the server did answer, with bytes that are not
         # HTTP (a bad status line, a malformed chunk in the first segment).
@@ -237,6 +238,7 @@ class _Fold:
     clock: Clock
     on_chunk: Callable[[bytes, float], None] | None
     on_lines: Callable[[int], None] | None
+    longest_pause: float
 
     async def consume(self, response: aiohttp.ClientResponse) -> RunResult:
         """Fold a 200 stream into the run; a broken stream becomes its reason."""
@@ -260,7 +262,7 @@ class _Fold:
         decoder = LineDecoder()
         content = response.content
         apply_lines = run.apply_lines
-        pacer = ReadPacer()
+        pacer = ReadPacer(self.longest_pause)
         pause = ReadPause(response)
         while True:
             chunk = await content.readany()

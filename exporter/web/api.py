@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from aiohttp import web
 
+from exporter.clients.pacing import COALESCE_SECONDS
 from exporter.core.clock import SYSTEM_CLOCK
 from exporter.ollama.protocol import Phase
 from exporter.schedule.scheduler import NoHistoryError, PairBusyError
@@ -37,13 +38,14 @@ if TYPE_CHECKING:
 Json = dict[str, Any]
 BODY_LIMIT: Final = 64 * 1024
 _encoder: Final = msgspec.json.Encoder()
-STALL_SHOWN: Final = {Phase.MANIFEST: 10.0, Phase.DOWNLOAD: 0.75}
+STALL_SHOWN: Final = {Phase.MANIFEST: 10.0, Phase.DOWNLOAD: 0.75 + COALESCE_SECONDS}
 """Seconds without new bytes after which a phase counts as stalled on the page and here.
 
 Ollama sends a line every 60 ms with new bytes while it downloads a layer (the recorded
-0.17.4 transcripts: never more than 0.07 s apart), so 0.75 s without any is a stall, which
-the page (polling every second) shows within 2 s; the manifest phase waits on the registry,
-which may take a few seconds. Verify, write and prune move no bytes.
+0.17.4 transcripts: never more than 0.07 s apart), so 0.75 s without any is a stall; the
+reader sees lines up to `COALESCE_SECONDS` late (exporter/clients/pacing.py), so that much
+more. The page (polling every second) shows it within 3 s; the manifest phase waits on the
+registry, which may take a few seconds. Verify, write and prune move no bytes.
 """
 STALL_SHOWN_BETWEEN_LAYERS: Final = 5.0
 """The same while every layer seen is complete: Ollama 0.17.4 ticks about 1 s at 100% after

@@ -10,6 +10,7 @@ from exporter.clients.pacing import (
     MIN_PAUSE_SECONDS,
     SPEED_UP_MARGIN,
     ReadPacer,
+    longest_pause,
 )
 from exporter.ollama.progress import RunProgress
 from exporter.ollama.protocol import ProgressLine
@@ -70,3 +71,16 @@ def test_a_pause_never_reaches_past_the_predicted_end(seconds_left: float, pause
     pacer.pause_after(200, run, 1.0)
     downloading(completed, 1.06, run)
     assert pacer.pause_after(200, run, 1.06) == pytest.approx(pause, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("stall_timeout", "longest"),
+    [(600.0, COALESCE_SECONDS), (4 * COALESCE_SECONDS, COALESCE_SECONDS), (1.0, 0.25)],
+)
+def test_a_pause_stays_well_inside_the_stall_timeout(stall_timeout: float, longest: float) -> None:
+    assert longest_pause(stall_timeout) == longest
+    pacer = ReadPacer(longest_pause(stall_timeout))
+    run = downloading(STEP, 1.0)
+    pacer.pause_after(200, run, 1.0)
+    downloading(2 * STEP, 1.06, run)
+    assert pacer.pause_after(200, run, 1.06) == longest
