@@ -20,7 +20,7 @@ from exporter.config.webconfig import WebConfig, WebConfigError, load_web_config
 from exporter.core import collector, signals
 from exporter.core.logs import FORMATS, LEVEL_NAMES, setup_logging
 from exporter.fleet.sharding import Shard, ShardError, resolve_shard
-from exporter.storage.database import StorePathError
+from exporter.storage.errors import StorePathError
 from exporter.web import hosts, listener
 
 if TYPE_CHECKING:

@@ -35,9 +35,18 @@ def test_idle_connection_stays_within_its_budget() -> None:
     assert per_connection <= CONNECTION_BUDGET, f"{per_connection:.0f} bytes per connection"
 
 
-DEFERRED = ("jinja2", "exporter.web.charts", "ollama_sim", "bcrypt", "zoneinfo", "difflib")
+DEFERRED = (
+    "jinja2",
+    "exporter.web.charts",
+    "ollama_sim",
+    "bcrypt",
+    "zoneinfo",
+    "difflib",
+    "sqlite3",
+)
 """Imported on first use only (the first page, `--demo`, basic auth users, a window's time
-zone, a misspelt config key): together about 5 MiB of a 50 MiB process that most never use."""
+zone, a misspelt config key, `--storage.path`): together about 6 MiB of a 51 MiB process that
+most never use."""
 
 
 def test_start_up_leaves_the_optional_parts_unimported() -> None:
