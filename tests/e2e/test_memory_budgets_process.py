@@ -36,17 +36,12 @@ def test_idle_connection_stays_within_its_budget() -> None:
 
 
 DEFERRED = (
-    "jinja2",
-    "exporter.web.charts",
-    "ollama_sim",
-    "bcrypt",
-    "zoneinfo",
-    "difflib",
-    "sqlite3",
+    *("jinja2", "exporter.web.charts", "ollama_sim", "bcrypt", "zoneinfo", "difflib", "sqlite3"),
+    *("exporter.app.once", "exporter.config.webconfig", "exporter.web.auth"),
 )
 """Imported on first use only (the first page, `--demo`, basic auth users, a window's time
-zone, a misspelt config key, `--storage.path`): together about 6 MiB of a 51 MiB process that
-most never use."""
+zone, a misspelt config key, `--storage.path`, `--once`, `--web.config.file`): together about
+6 MiB of a 51 MiB process that most never use."""
 
 
 def test_start_up_leaves_the_optional_parts_unimported() -> None:
