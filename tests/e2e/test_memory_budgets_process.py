@@ -37,10 +37,15 @@ def test_idle_connection_stays_within_its_budget() -> None:
 
 DEFERRED = (
     *("jinja2", "exporter.web.charts", "ollama_sim", "bcrypt", "zoneinfo", "difflib", "sqlite3"),
-    *("exporter.app.once", "exporter.config.webconfig", "exporter.web.auth"),
+    *(
+        "exporter.app.once",
+        "exporter.config.webconfig",
+        "exporter.web.auth",
+        "exporter.fleet.discovery",
+    ),
 )
 """Imported on first use only (the first page, `--demo`, basic auth users, a window's time
-zone, a misspelt config key, `--storage.path`, `--once`, `--web.config.file`): together about
+zone, a misspelt config key, `--storage.path`, `--once`, `--web.config.file`, discovery): about
 6 MiB of a 51 MiB process that most never use."""
 
 
