@@ -176,7 +176,7 @@ class History:
             error="" if result.succeeded else redact(result.detail)[:ERROR_LIMIT],
             downloaded_bytes=last.downloaded_bytes,
             reused_bytes=progress.reused_bytes,
-            phase_seconds=dict(last.phase_durations),
+            phase_seconds=last.phase_durations,  # shared, not copied: 224 B a kept run
             transcript=packed,
         )
         key = (record.server, record.model)
