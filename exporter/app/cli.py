@@ -13,20 +13,20 @@ import sys
 from typing import TYPE_CHECKING, Final, NoReturn
 
 from exporter import __version__
-from exporter.app import assemble, demo, once
+from exporter.app import assemble, demo
 from exporter.app.demo import Demo
 from exporter.config.loader import ConfigError, load_config
-from exporter.config.webconfig import WebConfig, WebConfigError, load_web_config
 from exporter.core import collector, signals
 from exporter.core.logs import FORMATS, LEVEL_NAMES, setup_logging
 from exporter.fleet.sharding import Shard, ShardError, resolve_shard
-from exporter.storage.database import StorePathError
+from exporter.storage.errors import StorePathError
 from exporter.web import hosts, listener
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from exporter.config.types import Config
+    from exporter.config.webconfig import WebConfig
 
 log = logging.getLogger("exporter")
 
@@ -270,6 +270,9 @@ def _run(args: argparse.Namespace, shard: Shard, config: Config, embedded: Demo 
     """Everything after the config is known: `--config.check`, `--once` or serving."""
     web_config = None
     if args.web_config_file:
+        # With --web.config.file only: its parser, TLS and basic auth are ~0.3 MiB otherwise.
+        from exporter.config.webconfig import WebConfigError, load_web_config  # noqa: PLC0415
+
         try:
             web_config = load_web_config(args.web_config_file)
         except WebConfigError as exc:
@@ -292,6 +295,8 @@ def _run(args: argparse.Namespace, shard: Shard, config: Config, embedded: Demo 
     try:
         with assemble.open_program(options, config, embedded) as program:
             if args.once:
+                from exporter.app import once  # noqa: PLC0415 - --once only (0.15 MiB otherwise)
+
                 return asyncio.run(once.run(program))
             return _serve(args, program, web_config)
     except StorePathError as exc:

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from exporter.config.loader import parse_config
-from ollama_sim import OllamaSimulator, demo_scenarios
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -30,6 +29,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from exporter.config.types import Config
+    from ollama_sim import OllamaSimulator
 
 log = logging.getLogger("exporter")
 
@@ -79,6 +79,10 @@ class Demo:
     @classmethod
     def prepare(cls) -> Demo:
         """Bind 127.0.0.1 at a free port and build the config; nothing runs yet."""
+        # Imported here, with --demo only: the CLI imports this module on every start, and the
+        # simulator (its scenarios, its server) is about 1 MiB that no other run needs.
+        from ollama_sim import OllamaSimulator, demo_scenarios  # noqa: PLC0415
+
         scenarios = demo_scenarios()
         simulator = OllamaSimulator(
             scenarios.models,

@@ -23,7 +23,6 @@ from exporter.config.loader import ConfigError
 from exporter.config.types import Config
 from exporter.core import collector
 from exporter.core.clock import SYSTEM_CLOCK
-from exporter.storage.last_runs import restore
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Mapping
@@ -105,7 +104,11 @@ class Runtime:
         if follow.inventory is not None:
             follow.inventory.apply(config)
         joined = {key for key in self.state.pairs if key not in known_pairs}
-        restore(self.state, {key: follow.stored[key] for key in joined if key in follow.stored})
+        if stored := {key: follow.stored[key] for key in joined if key in follow.stored}:
+            # Only with --storage.path, which loaded the storage modules (not at every start).
+            from exporter.storage.last_runs import restore  # noqa: PLC0415
+
+            restore(self.state, stored)
         follow.history.configure(config)
         if follow.scheduler is not None:
             follow.scheduler.apply(config)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import zoneinfo
 from dataclasses import dataclass
 from typing import Final
 
@@ -51,6 +50,8 @@ def parse_window(text: str) -> tuple[int, int]:
 
 def check_timezone(name: str) -> str:
     """`name` if it is an IANA time zone this machine knows; raises ValueError otherwise."""
+    import zoneinfo  # noqa: PLC0415 - see _zone
+
     try:
         zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -96,14 +97,21 @@ def windowed_start(window: Window | None, start: float, jitter: float) -> float:
     return spread if is_open(window, spread) else opens
 
 
+def _zone(name: str) -> dt.tzinfo:
+    # Imported with a `window_timezone` only: zoneinfo is 0.2 MiB that other configs never use.
+    import zoneinfo  # noqa: PLC0415
+
+    return zoneinfo.ZoneInfo(name)
+
+
 def _local(window: Window, at: float) -> dt.datetime:
     if window.timezone is None:
         return dt.datetime.fromtimestamp(at)  # noqa: DTZ006 - the machine's local time on purpose
-    return dt.datetime.fromtimestamp(at, zoneinfo.ZoneInfo(window.timezone))
+    return dt.datetime.fromtimestamp(at, _zone(window.timezone))
 
 
 def _timestamp(window: Window, day: dt.date, clock: dt.time) -> float:
-    tz = None if window.timezone is None else zoneinfo.ZoneInfo(window.timezone)
+    tz = None if window.timezone is None else _zone(window.timezone)
     return dt.datetime.combine(day, clock, tz).timestamp()
 
 

@@ -12,7 +12,6 @@ most MAX_PROBLEMS problems are reported, with a count of the rest.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from dataclasses import dataclass
@@ -324,6 +323,8 @@ class NodeWalker:
                 self.error(key_node, join_path(path, key), message)
             elif key not in keys:
                 first_line[key] = line_of(key_node)
+                import difflib  # noqa: PLC0415 - a misspelt key only: 0.1 MiB a valid config spares
+
                 close = difflib.get_close_matches(key, keys, n=1)
                 hint = f'did you mean "{close[0]}"?' if close else f"allowed: {', '.join(keys)}"
                 self.error(key_node, join_path(path, key), f"unknown key ({hint})")

@@ -114,7 +114,9 @@ class History:
         self._pairs: dict[tuple[str, str], list[RunRecord]] = {}
         """Oldest first; a list, not a deque: an empty deque costs 600 bytes, per pair."""
         self._last: dict[tuple[str, str], RunRecord] = {}
-        self._budget: OrderedDict[int, tuple[tuple[str, str], int]] = OrderedDict()
+        """With a db only: the last record of each pair (in memory it is the last of `_pairs`)."""
+        self._budget: OrderedDict[int, int] = OrderedDict()
+        """Transcript bytes of every record in memory, by id, oldest first (its pair: `_where`)."""
         self._budget_bytes = 0
         self._unwritten: dict[int, tuple[int, RunRecord]] = {}
         """With a db: records handed to its writer thread and maybe not stored yet."""
@@ -174,12 +176,12 @@ class History:
             error="" if result.succeeded else redact(result.detail)[:ERROR_LIMIT],
             downloaded_bytes=last.downloaded_bytes,
             reused_bytes=progress.reused_bytes,
-            phase_seconds=dict(last.phase_durations),
+            phase_seconds=last.phase_durations,  # shared, not copied: 224 B a kept run
             transcript=packed,
         )
         key = (record.server, record.model)
-        self._last[key] = replace(record, transcript=None)
         if self._db is not None:
+            self._last[key] = replace(record, transcript=None)
             self._unwritten[record.id] = (self._db.insert(record, keep=self.limit), record)
         else:
             self._remember(key, record)
@@ -196,25 +198,23 @@ class History:
         records.append(record)
         self._where[record.id] = key
         size = len(record.transcript or b"")
-        self._budget[record.id] = (key, size)
+        self._budget[record.id] = size
         self._budget_bytes += size
         while self._budget_bytes > MEMORY_TRANSCRIPT_BUDGET and len(self._budget) > 1:
-            old_id, (old_key, _) = next(iter(self._budget.items()))
+            old_id = next(iter(self._budget))
             self._forget(old_id)
-            kept = self._pairs[old_key]
+            kept = self._pairs[self._where[old_id]]
             for index, old in enumerate(kept):
                 if old.id == old_id:
                     kept[index] = replace(old, transcript=None)
                     break
 
     def _forget(self, run_id: int) -> None:
-        entry = self._budget.pop(run_id, None)
-        if entry is not None:
-            self._budget_bytes -= entry[1]
+        self._budget_bytes -= self._budget.pop(run_id, 0)
 
     def servers(self) -> set[str]:
         """Every server with a finished run here (stored ones too)."""
-        return {server for server, _ in self._last}
+        return {server for server, _ in (self._last if self._db is not None else self._pairs)}
 
     def forget_servers(self, servers: Collection[str]) -> int:
         """Drop every finished run of these servers' pairs (they left for good); how many."""
@@ -234,8 +234,11 @@ class History:
         return dropped
 
     def last_record(self, server: str, model: str) -> RunRecord | None:
-        """The pair's last finished run (without its transcript)."""
-        return self._last.get((server, model))
+        """The pair's last finished run (in memory with its transcript, if kept: not shown)."""
+        if self._db is not None:
+            return self._last.get((server, model))
+        records = self._pairs.get((server, model))
+        return records[-1] if records else None
 
     async def runs(
         self,

@@ -33,13 +33,14 @@ class ReasonCounts(Mapping[Reason, int]):
     """Failed runs per reason, every `Reason` in its order: a list, not a 16-key dict per pair.
 
     A dict of the 16 reasons is about 650 bytes, this about 200; reads in order (`counts`)
-    need no hashing at all.
+    need no hashing at all. Until its first failure a pair shares one tuple of zeros: most
+    pairs of a fleet never fail, and the list is the larger part of those 200 bytes.
     """
 
     __slots__ = ("_counts",)
 
     def __init__(self) -> None:
-        self._counts = [0] * len(_REASONS)
+        self._counts: list[int] | tuple[int, ...] = _NO_FAILURES
 
     def __getitem__(self, reason: Reason) -> int:
         return self._counts[_REASON_INDEX[reason]]
@@ -52,7 +53,10 @@ class ReasonCounts(Mapping[Reason, int]):
 
     def add(self, reason: Reason) -> None:
         """One more failed run for `reason`."""
-        self._counts[_REASON_INDEX[reason]] += 1
+        counts = self._counts
+        if isinstance(counts, tuple):
+            counts = self._counts = list(counts)
+        counts[_REASON_INDEX[reason]] += 1
 
     def counts(self) -> tuple[int, ...]:
         """The counts in `Reason`'s order (all 0: one shared tuple, which the renderer keeps)."""

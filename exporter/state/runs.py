@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import zlib
+from collections.abc import Mapping  # noqa: TC003 - msgspec resolves a Struct's annotations at run time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Final
 
@@ -87,7 +88,7 @@ class ActiveRun:
 class RunRecord(msgspec.Struct, frozen=True, gc=False):
     """A finished run; `transcript` is compressed (see `pack`).
 
-    `gc=False`: it holds only strings, numbers, enums and a dict of those, so it cannot be part
+    `gc=False`: it holds only strings, numbers, enums and a mapping of those, so it cannot be part
     of a cycle, and a long history (100 runs of each of a thousand pairs) is not scanned by
     every collection of the cycle collector.
     """
@@ -106,8 +107,9 @@ class RunRecord(msgspec.Struct, frozen=True, gc=False):
     """The redacted error text; empty for a success."""
     downloaded_bytes: int
     reused_bytes: int
-    phase_seconds: dict[Phase, float]
-    """Seconds per run phase (never `Phase.IDLE`), in the order the run kept them."""
+    phase_seconds: Mapping[Phase, float]
+    """Seconds per run phase (never `Phase.IDLE`), in the order the run kept them: the pair's
+    `LastRun.phase_durations` itself (immutable) for a run of this process, a dict when read."""
     transcript: bytes | None = None
     """None: not loaded (a listing) or dropped from memory (over the budget)."""
 

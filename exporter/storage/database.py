@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Self
 
+from exporter.storage.errors import StoreError, StorePathError
 from exporter.storage.schema import APPLICATION_ID, SCHEMA_VERSION, TABLES
 
 if TYPE_CHECKING:
@@ -38,18 +39,6 @@ _SQLITE_NOTADB: Final = 26
 _SIDE_FILES: Final = ("-wal", "-shm", "-journal")
 BUSY_TIMEOUT: Final = 5.0
 """Seconds a statement waits for another process's lock before it fails."""
-
-
-class StoreError(Exception):
-    """The store cannot be used (now); `path` is where, `reason` why (without the path)."""
-
-    def __init__(self, path: Path | str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason = str(path), reason
-
-
-class StorePathError(StoreError):
-    """The storage path cannot be right (its directory is missing, it is a directory)."""
 
 
 class _NotOursError(Exception):

@@ -11,7 +11,8 @@ import logging
 import sqlite3
 from typing import TYPE_CHECKING, Self
 
-from exporter.storage.database import Database, StoreError, StorePathError
+from exporter.storage.database import Database
+from exporter.storage.errors import StoreError, StorePathError
 from exporter.storage.last_runs import LastRuns, StoredPair
 from exporter.storage.run_history import RunHistory
 from exporter.storage.writer import StorageWriter

@@ -23,7 +23,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from exporter.storage.database import Database, StoreError
+from exporter.storage.database import Database
+from exporter.storage.errors import StoreError
 from exporter.storage.last_runs import LastRuns
 from exporter.storage.run_history import insert_statements
 

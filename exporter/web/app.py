@@ -14,7 +14,6 @@ from aiohttp import web
 
 from exporter.metrics.scrape import make_metrics_handler
 from exporter.web import api, crossorigin, hosts, page
-from exporter.web.auth import install
 from exporter.web.site import Site
 
 if TYPE_CHECKING:
@@ -40,6 +39,8 @@ def make_app(
     """
     app = web.Application()
     if web_config is not None:
+        from exporter.web.auth import install  # noqa: PLC0415 - with --web.config.file only
+
         install(app, web_config)
     hosts.install(app, allowed_hosts or hosts.AllowedHosts())  # first: before basic auth
     crossorigin.install(app)  # after basic auth: a POST from another site's page gets 403

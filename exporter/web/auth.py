@@ -35,7 +35,6 @@ import time
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Final
 
-import bcrypt
 from aiohttp import hdrs, web
 
 from exporter.core.ratelog import RateLimitedLog
@@ -87,6 +86,8 @@ def decoy_hash(cost: int) -> bytes:
     Checking against it costs what checking against a real hash of that cost does, and
     making it costs nothing (no bcrypt at start-up).
     """
+    import bcrypt  # noqa: PLC0415 - only with basic auth users: its library is 0.4 MiB of RSS
+
     digest = bytes(secrets.choice(_BCRYPT_ALPHABET) for _ in range(31))
     return bcrypt.gensalt(rounds=cost) + digest
 
@@ -303,6 +304,8 @@ def _parse_basic(authorization: str | None) -> tuple[bytes, bytes] | None:
 
 
 def _bcrypt_matches(password: bytes, hashed: bytes) -> bool:
+    import bcrypt  # noqa: PLC0415 - see decoy_hash (imported once, then a dict lookup)
+
     if len(password) > _MAX_PASSWORD_BYTES:
         return False
     try:

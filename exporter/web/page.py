@@ -12,7 +12,9 @@ so to the browser too).
 The HTML is in `templates/`, rendered by Jinja2 with autoescaping on: every value is escaped
 unless a template says otherwise, so a name or an error text from outside cannot become markup
 by a forgotten call. This module decides what a page shows (views, filters, states); the
-templates only say how. They are read and compiled once, at import.
+templates only say how. They are read and compiled once, on the first page asked for: Jinja2,
+the compiled templates and the charts are about 3.5 MiB of a process of 50, which an exporter
+that only Prometheus talks to never needs (`_templates`, and `charts` where a page draws).
 """
 
 from __future__ import annotations
@@ -26,14 +28,12 @@ from importlib import resources
 from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qs, urlencode
 
-import jinja2
 import msgspec
 from aiohttp import web
 
 from exporter import __version__
 from exporter.core.clock import SYSTEM_CLOCK
 from exporter.state.history import ActiveRun
-from exporter.web import charts
 from exporter.web.api import (
     OPERATOR_KEY,
     ApiError,
@@ -49,6 +49,8 @@ from exporter.web.api import (
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
+
+    import jinja2
 
     from exporter.web.api import Json
 
@@ -151,6 +153,8 @@ def _compact(source: str) -> str:
 
 
 def _environment() -> jinja2.Environment:
+    import jinja2  # noqa: PLC0415 - on the first page asked for, not at start (module doc)
+
     folder = resources.files("exporter.web").joinpath("templates")
     sources = {
         entry.name: _compact(entry.read_text("utf-8"))
@@ -177,13 +181,16 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-_ENV: Final = _environment()
-_TEMPLATES: Final = {name: _ENV.get_template(name) for name in _ENV.list_templates()}
+@functools.cache
+def _templates() -> dict[str, jinja2.Template]:
+    """Every template, compiled on the first call (the first page asked for)."""
+    env = _environment()
+    return {name: env.get_template(name) for name in env.list_templates()}
 
 
 def _render(name: str, context: Mapping[str, object], status: int = 200) -> web.Response:
     response = web.Response(
-        text=_TEMPLATES[name].render(context), status=status, content_type="text/html"
+        text=_templates()[name].render(context), status=status, content_type="text/html"
     )
     response.headers["Content-Security-Policy"] = _CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
@@ -219,6 +226,8 @@ async def _index(request: web.Request) -> web.Response:
         percent = (f"{share:.1f}", f"{share:.0f}")
         rows.append((pair, pair_state(pair), _matches(pair, server, model, state), percent))
     server_up = site.state.server_up
+    from exporter.web import charts  # noqa: PLC0415 - by the first page that draws (module doc)
+
     context: dict[str, object] = {
         "title": "Ollama pull exporter",
         "script": True,
@@ -275,6 +284,8 @@ async def _run(request: web.Request) -> web.Response:
     lines = [(entry["t"], entry["line"], entry.get("cut", 0)) for entry in detail["transcript"]]
     omitted = detail["transcript_omitted"]
     omitted_at = TRANSCRIPT_HEAD if omitted else len(lines)
+    from exporter.web import charts  # noqa: PLC0415 - by the first page that draws (module doc)
+
     series = charts.run_series(
         ((t, line) for t, line, _ in lines),
         duration=detail["duration_seconds"],

@@ -817,3 +817,20 @@ def test_one_second_is_the_shortest_interval() -> None:
         "defaults: {interval: 1s, timeout: 10s, stall_timeout: 5s}\n" + SERVER, "c.yaml"
     )
     assert config.servers[0].models[0].settings.interval == 1.0
+
+
+def test_models_with_the_same_settings_share_one_object() -> None:
+    """10,000 models on the defaults hold one `PullSettings`, not 10,000 equal ones."""
+    config = parse_config(
+        "defaults: {interval: 2h}\n"
+        "servers:\n"
+        "  - {name: a, url: 'http://127.0.0.1:1', models: [m1, m2, {name: m3, jitter: 0.5}]}\n"
+        "  - {name: b, url: 'http://127.0.0.1:2', models: [m1, {name: m4, interval: 2h}]}\n",
+        "shared.yml",
+    )
+    first, second = config.servers
+    settings = [model.settings for server in config.servers for model in server.models]
+    assert len({id(one) for one in settings}) == 2
+    assert first.models[0].settings is second.models[1].settings  # written alike: shared
+    assert first.models[2].settings.jitter == 0.5
+    assert first.models[2].settings is not first.models[0].settings

@@ -102,6 +102,27 @@ def test_memory_history_keeps_the_last_limit_runs_per_pair() -> None:
     assert unpack(record.transcript).lines[-1].line == '{"error":"boom"}'
 
 
+def test_memory_history_knows_each_pairs_last_run_and_forgets_a_server() -> None:
+    """In memory the last record is the last of the pair's list: no second copy is kept."""
+    history = History(limit=2)
+    a, b = PairState("s", "a", 60.0), PairState("t", "b", 60.0)
+    for _ in range(3):
+        run_once(history, a)
+    run_once(history, b, error="boom")
+    last = history.last_record("s", "a")
+    assert last is not None
+    assert last.id == 3
+    assert last is history._pairs["s", "a"][-1]
+    failed = history.last_record("t", "b")
+    assert failed is not None
+    assert failed.error == "boom"
+    assert history.last_record("s", "nope") is None
+    assert history.servers() == {"s", "t"}
+    assert history.forget_servers({"t"}) == 1
+    assert history.last_record("t", "b") is None
+    assert history.servers() == {"s"}
+
+
 def test_active_runs_are_listed_first_and_abandoned_ones_vanish() -> None:
     history = History()
     pair = PairState("s", "a", 60.0)

@@ -19,7 +19,8 @@ import pytest
 from exporter.ollama.protocol import RUN_PHASES, Phase, Reason
 from exporter.state.pairs import ExporterState, LastRun, PairState
 from exporter.storage import schema
-from exporter.storage.database import Database, StorePathError
+from exporter.storage.database import Database
+from exporter.storage.errors import StorePathError
 from exporter.storage.last_runs import LastRuns, StoredPair, restore
 from exporter.storage.schema import APPLICATION_ID, SCHEMA_VERSION
 
