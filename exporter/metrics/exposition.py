@@ -73,13 +73,19 @@ _PLAIN: Final = tuple(
     (index, family) for index, family in enumerate(PAIR_FAMILIES) if family.exemplars is None
 )
 _EXEMPLARY: Final = tuple(
-    (index, family, family.exemplars)
-    for index, family in enumerate(PAIR_FAMILIES)
-    if family.exemplars is not None
+    (slot, index, family, read)
+    for slot, (index, family, read) in enumerate(
+        (index, family, family.exemplars)
+        for index, family in enumerate(PAIR_FAMILIES)
+        if family.exemplars is not None
+    )
 )
 """The histograms with exemplars, apart: the loop over the others stays as lean as before."""
-_WITH_EXEMPLARS: Final = {index: slot for slot, (index, _, _) in enumerate(_EXEMPLARY)}
+_WITH_EXEMPLARS: Final = {index: slot for slot, index, _, _ in _EXEMPLARY}
 """Family index -> its slot in `_Cached.om_cuts` and `_Cached.exemplars`."""
+_LIVE_PLAIN: Final = tuple((index, family) for index, family in _PLAIN if family.live)
+_LIVE_EXEMPLARY: Final = tuple(each for each in _EXEMPLARY if each[2].live)
+"""The families that read the current run: all that can change while a pair's stamps stand."""
 _MODEL_INFO: Final = "ollama_pull_model_info"
 
 
@@ -200,14 +206,19 @@ class _Cached:
         self.stamps: tuple[int, int] = (-1, -1)
         """The pair's and its holding's stamps when its values were last read."""
 
-    def refresh(self) -> int:
-        """Re-render the lines whose values changed; 1 if a line did, else 0."""
+    def refresh(self, *, live: bool = False) -> int:
+        """Re-render the lines whose values changed; 1 if a line did, else 0.
+
+        `live`: read only the families that read the current run (`Family.live`), for a
+        running pair not written since its last full read (the others cannot have changed).
+        """
         pair, lines = self.pair, self.lines
         seen = self.values
         if seen is None:
             seen = self.values = [_UNSET] * len(PAIR_FAMILIES)
         changed = 0
-        for index, family in _PLAIN:
+        plain, exemplary = (_LIVE_PLAIN, _LIVE_EXEMPLARY) if live else (_PLAIN, _EXEMPLARY)
+        for index, family in plain:
             values = family.values(pair)
             if values != seen[index]:
                 seen[index] = _SHARED.get(values, values)
@@ -215,7 +226,7 @@ class _Cached:
                 if line != lines[index]:
                     lines[index] = line
                     changed = 1
-        for slot, (index, family, read) in enumerate(_EXEMPLARY):
+        for slot, index, family, read in exemplary:
             values, exemplars = family.values(pair), read(pair)
             if values != seen[index] or exemplars is not self.exemplars[slot]:
                 seen[index], self.exemplars[slot] = values, exemplars
@@ -223,6 +234,8 @@ class _Cached:
                 if line != lines[index] or cuts != self.om_cuts[slot]:
                     lines[index], self.om_cuts[slot] = line, cuts
                     changed = 1
+        if live:
+            return changed
         digest = model_digest(pair)
         if digest != self.digest:
             self.digest = digest
@@ -394,10 +407,12 @@ class Exposition:
             changed = 1
         for entry in self._cached:
             pair = entry.pair
-            # Idle and not written since it was read: its values are the ones rendered. A run
-            # going changes without a write of the pair (its bytes), so it is read each time.
+            # Not written since it was read: its values are the ones rendered, but for those
+            # of a run going, which change without a write of the pair (its bytes).
             stamps = (pair.stamp, pair.holding.stamp)
-            if pair.current is None and stamps == entry.stamps:
+            if stamps == entry.stamps:
+                if pair.current is not None:
+                    changed |= entry.refresh(live=True)
                 continue
             entry.stamps = stamps
             changed |= entry.refresh()
