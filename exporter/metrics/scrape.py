@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import Payload, hdrs, web
 
-from exporter.metrics.exposition import Exposition, Format, Piece, WithExemplars, flatten
+from exporter.metrics.exposition import Exposition, Format, Piece, flatten
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -133,8 +133,6 @@ _SLICE: Final = 64 * 1024
 _ANSWER_TIMEOUT: Final = 60.0
 """Seconds an uncompressed body written in pieces may take in all, as the listener gives a
 sliced one (`exporter.web.listener.ANSWER_TIMEOUT`); then the connection goes."""
-_MADE: Final = sys.getsizeof(WithExemplars(b"", ()))
-"""Bytes of a piece with exemplars: made for its answer, where the other pieces are cached."""
 
 
 def _batches(pieces: list[Piece], count: int) -> Iterator[bytes]:
@@ -211,11 +209,10 @@ class PiecesBody(Payload):
         super().__init__(pieces, **kwargs)
         self._pieces: list[Piece] = pieces
         self._size = sum(map(len, pieces))
-        made = len(pieces) - operator.countOf(map(type, pieces), bytes)
-        self.held = sys.getsizeof(pieces) + made * _MADE + _SLICE
-        """Bytes kept alive by this answer alone until it is written, 0 then: the list, the
-        pieces with exemplars made for it, and the slice in flight (of which the transport
-        counts only what is unsent)."""
+        self.held = sys.getsizeof(pieces) + _SLICE
+        """Bytes kept alive by this answer alone until it is written, 0 then: the list and
+        the slice in flight (of which the transport counts only what is unsent). The pieces
+        with exemplars are the renderer's too, cached like the bytes."""
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         """The body as text."""
