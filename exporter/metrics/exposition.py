@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Final, TypeVar
 from prometheus_client.exposition import generate_latest as text_generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as om_generate_latest
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from exporter.metrics.families import (
     cumulative,
@@ -32,6 +31,7 @@ from exporter.metrics.families import (
     server_families,
     server_key,
 )
+from exporter.metrics.gofloat import go_float
 from exporter.metrics.pair_table import PAIR_FAMILIES
 
 if TYPE_CHECKING:
@@ -109,8 +109,8 @@ _UNSET: Final = object()
 _SHARED: Final[dict[object, object]] = {(number,): (number,) for number in range(257)}
 """One-value tuples of small counts, shared: most of an idle pair's values are such (0, 1,
 the layers); a pair's cache keeps one of these instead of a tuple of its own."""
-_go: Final[Callable[[float], str]] = floatToGoString
-"""prometheus_client's own value formatting (Go's float format), typed."""
+_go: Final = go_float
+"""prometheus_client's value formatting (Go's float format), the common values fast."""
 
 
 _Cuts = tuple[tuple[int, bytes], ...]
