@@ -5,10 +5,12 @@ scheduled: every series present) of which `--running` are pulling: between two s
 running run gets `--lines` progress lines (its bytes, and now and then its phase, move),
 `--turnover` runs finish and as many start elsewhere, and `--touch` idle pairs are
 rescheduled. Then it scrapes `--scrapes` times as the handler does for Prometheus
-(OpenMetrics, gzip; the body's gzip kept while the exposition is unchanged) and reports, per scrape, the CPU of `Exposition.pieces` (the part on the event
-loop: the longest block a scrape makes) and of the gzip (in a thread in the exporter), with
-the first scrape (everything rendered) apart. `--repeat` builds and scrapes that many times;
-the figures are medians over the repetitions.
+(OpenMetrics, gzip; the body's gzip kept while the exposition is unchanged) and reports, per
+scrape, the CPU of `Exposition.pieces` (the part on the event loop: the longest block a
+scrape makes) and of the gzip (in a thread in the exporter), with the first scrape
+(everything rendered) apart. The garbage collector is tuned as the daemon tunes it
+(`exporter.core.collector`) unless `--no-gc-tuning`. `--repeat` builds and scrapes that many
+times; the figures are medians over the repetitions.
 
     python -m bench.render --pairs 1000 --running 200 --repeat 5
     python -m bench.render --pairs 10000 --running 0 --repeat 3 [--touch 1]
@@ -26,6 +28,7 @@ from typing import Any
 
 import exporter
 from bench.common import machine_info, write_json
+from exporter.core import collector
 from exporter.metrics.exposition import Exposition, Format
 from exporter.metrics.scrape import _gzip
 from exporter.ollama.progress import RunProgress
@@ -132,7 +135,11 @@ def one(args: argparse.Namespace, fmt: Format) -> dict[str, Any]:
     loop_ms: list[float] = []
     gzip_ms: list[float] = []
     size = 0
-    gc.collect()
+    if args.gc_tuning:  # as the daemon after start-up: what it built kept out of the sweeps
+        collector.tune()
+        collector.settle()
+    else:
+        gc.collect()
     for tick in range(args.scrapes + 1):
         if tick:
             _tick(state, tick, args.lines, args.turnover, args.touch)
@@ -172,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scrapes", type=int, default=30)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--format", choices=[f.value for f in Format], default="openmetrics")
+    parser.add_argument(
+        "--no-gc-tuning",
+        dest="gc_tuning",
+        action="store_false",
+        help="leave the collector as CPython sets it (the daemon tunes it)",
+    )
     parser.add_argument("--json", help="write the report here")
     args = parser.parse_args(argv)
     fmt = Format(args.format)
