@@ -3,7 +3,8 @@
 Builds an `ExporterState` of `--pairs` pairs (each after one finished run, holding its model,
 scheduled: every series present) of which `--running` are pulling: between two scrapes each
 running run gets `--lines` progress lines (its bytes, and now and then its phase, move),
-`--turnover` runs finish and as many start elsewhere, and `--touch` idle pairs are
+`--turnover` runs finish and as many start elsewhere (running pairs are spread over the
+table, as in the fleet), and `--touch` idle pairs are
 rescheduled. Then it scrapes `--scrapes` times as the handler does for Prometheus
 (OpenMetrics, gzip; the body's gzip kept while the exposition is unchanged) and reports, per
 scrape, the CPU of `Exposition.pieces` (the part on the event loop: the longest block a
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import random
 import statistics
 import sys
 import time
@@ -99,8 +101,11 @@ def build(pairs: int, running: int, servers: int = 50) -> ExporterState:
         if index % 10 == 0:  # a few in check mode
             holding.set_checking(True)
             holding.checked(CheckResult.OK, _digest(index, 0))
-    for index, pair in enumerate(list(state.pairs.values())[:running]):
-        _start(pair, index, 5_000.0)
+    table = list(state.pairs.values())
+    # Spread over the table as in the fleet (each server pulls a few of its models at once).
+    for index in range(running):
+        row = index * len(table) // running
+        _start(table[row], row, 5_000.0)
     return state
 
 
@@ -119,11 +124,13 @@ def _tick(state: ExporterState, tick: int, lines: int, turnover: int, touch: int
     for index, pair in running:
         assert pair.current is not None
         _advance(pair.current, index, now, lines, 3_100_000 + index)
-    for index, pair in running[:turnover]:
+    draw = random.Random(tick)  # the same runs end and start in every repetition and checkout
+    ending = draw.sample(running, min(turnover, len(running)))
+    for index, pair in ending:
         assert pair.current is not None
         _finish(pair, pair.current, index, now, 100_000 + tick * 1_000 + index)
     idle = [(index, p) for index, p in enumerate(pairs) if p.current is None]
-    for index, pair in idle[len(idle) // 2 : len(idle) // 2 + min(turnover, len(running))]:
+    for index, pair in draw.sample(idle, min(len(ending), len(idle))):
         _start(pair, index, now)
 
 
