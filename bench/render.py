@@ -4,14 +4,14 @@ Builds an `ExporterState` of `--pairs` pairs (each after one finished run, holdi
 scheduled: every series present) of which `--running` are pulling: between two scrapes each
 running run gets `--lines` progress lines (its bytes, and now and then its phase, move),
 `--turnover` runs finish and as many start elsewhere (running pairs are spread over the
-table, as in the fleet), and `--touch` idle pairs are
-rescheduled. Then it scrapes `--scrapes` times as the handler does for Prometheus
-(OpenMetrics, gzip; the body's gzip kept while the exposition is unchanged) and reports, per
-scrape, the CPU of `Exposition.pieces` (the part on the event loop: the longest block a
-scrape makes) and of the gzip (in a thread in the exporter), with the first scrape
-(everything rendered) apart. The garbage collector is tuned as the daemon tunes it
-(`exporter.core.collector`) unless `--no-gc-tuning`. `--repeat` builds and scrapes that many
-times; the figures are medians over the repetitions.
+table, as in the fleet), and `--touch` idle pairs are rescheduled. Then it scrapes
+`--scrapes` times as the handler does for Prometheus (OpenMetrics, gzip; the body's gzip kept
+while the exposition is unchanged, and the gzip of each chunk that did not change where the
+checkout keeps them) and reports, per scrape, the CPU of `Exposition.pieces` or `.chunks`
+(the part on the event loop: the longest block a scrape makes) and of the gzip (in a thread
+in the exporter), with the first scrape (everything rendered) apart. The garbage collector is
+tuned as the daemon tunes it (`exporter.core.collector`) unless `--no-gc-tuning`. `--repeat`
+builds and scrapes that many times; the figures are medians over the repetitions.
 
     python -m bench.render --pairs 1000 --running 200 --repeat 5
     python -m bench.render --pairs 10000 --running 0 --repeat 3 [--touch 1]
@@ -33,6 +33,13 @@ from bench.common import machine_info, write_json
 from exporter.core import collector
 from exporter.metrics.exposition import Exposition, Format
 from exporter.metrics.scrape import _gzip
+
+try:
+    from exporter.metrics.packing import gzip_chunks
+except ImportError:  # a checkout from before: compared with the same command
+    CHUNKED = False
+else:
+    CHUNKED = True
 from exporter.ollama.progress import RunProgress
 from exporter.ollama.protocol import ProgressLine
 from exporter.ollama.tags import Held
@@ -139,9 +146,10 @@ def one(args: argparse.Namespace, fmt: Format) -> dict[str, Any]:
     state = build(args.pairs, args.running)
     exposition = Exposition(state)
     kept: tuple[object, bytes] | None = None
+    chunks: Any = (b"", {})
     loop_ms: list[float] = []
     gzip_ms: list[float] = []
-    size = 0
+    size = wire = 0
     if args.gc_tuning:  # as the daemon after start-up: what it built kept out of the sweeps
         collector.tune()
         collector.settle()
@@ -151,13 +159,26 @@ def one(args: argparse.Namespace, fmt: Format) -> dict[str, Any]:
         if tick:
             _tick(state, tick, args.lines, args.turnover, args.touch)
         started = time.process_time()
-        pieces = exposition.pieces(fmt, unless=None if kept is None else kept[0])
-        rendered = time.process_time()
-        if pieces is not None:
-            body = _gzip(pieces)
-            kept = (exposition.last_key, body)
-            size = sum(map(len, pieces))
+        unless = None if kept is None else kept[0]
+        pieces: list[Any] | None
+        runs: list[Any] | None = None
+        if CHUNKED:  # the gzip of the chunks that did not change kept, as the handler does
+            runs = exposition.chunks(fmt, unless=unless)
+            rendered = time.process_time()
+            pieces = None
+            if runs is not None:
+                packed, chunks = gzip_chunks(runs, chunks)
+                kept = (exposition.last_key, packed)
+        else:  # a checkout from before (the whole body compressed each time)
+            pieces = exposition.pieces(fmt, unless=unless)
+            rendered = time.process_time()
+            if pieces is not None:
+                kept = (exposition.last_key, _gzip(pieces))
         zipped = time.process_time()
+        if runs is not None:
+            pieces = [piece for _, run in runs for piece in run]
+        if pieces is not None:
+            size, wire = sum(map(len, pieces)), len(kept[1]) if kept is not None else 0
         loop_ms.append((rendered - started) * 1000)
         gzip_ms.append((zipped - rendered) * 1000)
     steady, steady_gzip = loop_ms[1:], gzip_ms[1:]
@@ -170,6 +191,7 @@ def one(args: argparse.Namespace, fmt: Format) -> dict[str, Any]:
         "gzip_ms_mean": statistics.fmean(steady_gzip),
         "cpu_ms_mean": statistics.fmean(a + b for a, b in zip(steady, steady_gzip, strict=True)),
         "body_bytes": size,
+        "gzip_bytes": wire,
     }
 
 
@@ -212,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.repeat}) loop {medians['loop_ms_mean']:.1f} ms mean, "
         f"{medians['loop_ms_max']:.1f} max; gzip {medians['gzip_ms_mean']:.1f} ms; "
         f"CPU {medians['cpu_ms_mean']:.1f} ms; first scrape {medians['first_loop_ms']:.0f} "
-        f"+ {medians['first_gzip_ms']:.0f} ms; body {medians['body_bytes'] / 2**20:.2f} MiB"
+        f"+ {medians['first_gzip_ms']:.0f} ms; body {medians['body_bytes'] / 2**20:.2f} MiB, "
+        f"gzip {medians['gzip_bytes'] / 2**10:.0f} KiB"
     )
     print(json.dumps(medians, indent=1))
     return 0

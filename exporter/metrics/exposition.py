@@ -16,12 +16,22 @@ request never adds an entry. Which format a request gets is the handler's busine
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Final, TypeVar
+from itertools import chain
+from typing import TYPE_CHECKING, Final
 
 from prometheus_client.exposition import generate_latest as text_generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as om_generate_latest
 from prometheus_client.registry import Collector
 
+from exporter.metrics.columns import (
+    CHUNK_SHIFT,
+    Chunk,
+    Columns,
+    Cuts,
+    Piece,
+    WithExemplars,
+    flatten,
+)
 from exporter.metrics.families import (
     cumulative,
     empty_family,
@@ -35,7 +45,7 @@ from exporter.metrics.gofloat import go_float
 from exporter.metrics.pair_table import PAIR_FAMILIES
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterable, Iterator
+    from collections.abc import Callable, Collection, Iterator
 
     from prometheus_client.core import Metric
 
@@ -113,51 +123,6 @@ _go: Final = go_float
 """prometheus_client's value formatting (Go's float format), the common values fast."""
 
 
-_Cuts = tuple[tuple[int, bytes], ...]
-"""Where a histogram's OpenMetrics exemplars go into its text lines: (byte offset, exemplar)."""
-
-
-class WithExemplars:
-    """A histogram's text lines with its OpenMetrics exemplars, inserted only when written.
-
-    Cutting the lines at each exemplar copies them: done for every pair on the event loop,
-    a scrape of 10,000 pairs made 17 MB of copies that the allocator then kept. The writer
-    (`flatten`, in the gzip thread or a batch at a time) takes views of them instead.
-    """
-
-    __slots__ = ("cuts", "text")
-
-    def __init__(self, text: bytes, cuts: _Cuts) -> None:
-        self.text = text
-        self.cuts = cuts
-
-    def __len__(self) -> int:
-        return len(self.text) + sum(len(exemplar) for _, exemplar in self.cuts)
-
-    def views(self) -> Iterator[bytes | memoryview]:
-        """The OpenMetrics lines, in pieces: views of the text, and the exemplars."""
-        text = memoryview(self.text)
-        start = 0
-        for offset, exemplar in self.cuts:
-            yield text[start:offset]
-            yield exemplar
-            start = offset
-        yield text[start:]
-
-
-Piece = bytes | WithExemplars
-"""A piece of a body: cached bytes, or a histogram whose exemplars go in when written."""
-
-
-def flatten(pieces: Iterable[Piece]) -> Iterator[bytes | memoryview]:
-    """The bytes of `pieces`, in order (views into the cached bytes where exemplars go in)."""
-    for piece in pieces:
-        if isinstance(piece, bytes):
-            yield piece
-        else:
-            yield from piece.views()
-
-
 def _exemplar(run: RunExemplar | None) -> str:
     """An OpenMetrics exemplar as the library writes it (its timestamp with `str`)."""
     if run is None:
@@ -165,49 +130,8 @@ def _exemplar(run: RunExemplar | None) -> str:
     return f' # {{run_id="{run.run_id}"}} {_go(run.value)} {run.at}'
 
 
-class _Columns:
-    """Every pair's rendered lines: a list per family, a row per pair (in the pairs' order).
-
-    A scrape's pieces are each family's header and then its column, copied in C: a scrape of
-    1,000 pairs no longer goes through 28 lines of each pair in Python to list them.
-    `lines` serve both formats. A histogram with exemplars (OpenMetrics only) has a second
-    column, `om`, of the same lines or, where a pair's buckets carry exemplars, of the lines
-    with where each exemplar goes into them (`WithExemplars`): a pair costs one rendering of
-    its series, not two.
-    """
-
-    __slots__ = ("info", "lines", "om")
-
-    def __init__(self, rows: int) -> None:
-        self.lines: list[list[bytes]] = [[b""] * rows for _ in PAIR_FAMILIES]
-        self.om: list[list[Piece]] = [[b""] * rows for _ in _EXEMPLARY]
-        """Per family with exemplars (in `_EXEMPLARY` order): its OpenMetrics pieces."""
-        self.info: list[bytes] = [b""] * rows
-        """The `ollama_pull_model_info` lines."""
-
-    def moved(self, rows: list[int]) -> _Columns:
-        """Columns whose row `i` is row `rows[i]` of these (-1: a new row, empty)."""
-        moved = _Columns(0)
-        moved.lines = [_pick(column, rows) for column in self.lines]
-        moved.om = [_pick(column, rows) for column in self.om]
-        moved.info = _pick(self.info, rows)
-        return moved
-
-
-_Row = TypeVar("_Row", bytes, Piece)
-
-
-def _pick(column: list[_Row], rows: list[int]) -> list[_Row]:
-    """`column`'s rows `rows`, -1 an empty one."""
-    column.append(b"")
-    try:
-        return list(map(column.__getitem__, rows))
-    finally:
-        column.pop()
-
-
 class _Cached:
-    """One pair: the values its lines (its row of `_Columns`) were rendered from."""
+    """One pair: the values its lines (its row of `Columns`) were rendered from."""
 
     __slots__ = (
         "digest",
@@ -237,13 +161,14 @@ class _Cached:
         self.stamps: tuple[int, int] = (-1, -1)
         """The pair's and its holding's stamps when its values were last read."""
 
-    def refresh(self, columns: _Columns, *, live: bool = False) -> int:
+    def refresh(self, columns: Columns, *, live: bool = False) -> int:
         """Re-render the lines whose values changed; 1 if a line did, else 0.
 
         `live`: read only the families that read the current run (`Family.live`), for a
         running pair not written since its last full read (the others cannot have changed).
         """
         pair, row, lines = self.pair, self.row, columns.lines
+        versions, tick, chunk = columns.versions, columns.tick, self.row >> CHUNK_SHIFT
         seen = self.values
         if seen is None:
             seen = self.values = [_UNSET] * len(PAIR_FAMILIES)
@@ -257,6 +182,7 @@ class _Cached:
                 column = lines[index]
                 if line != column[row]:
                     column[row] = line
+                    versions[index][chunk] = tick
                     changed = 1
         for slot, index, family, read in exemplary:
             values, exemplars = family.values(pair), read(pair)
@@ -270,6 +196,7 @@ class _Cached:
                 ):
                     column[row] = line
                     om[row] = WithExemplars(line, cuts) if cuts else line
+                    versions[index][chunk] = tick
                     changed = 1
         if live:
             return changed
@@ -277,6 +204,7 @@ class _Cached:
         if digest != self.digest:
             self.digest = digest
             columns.info[row] = self.render_info(digest)
+            versions[-1][chunk] = tick
             changed = 1
         return changed
 
@@ -289,7 +217,7 @@ class _Cached:
 
     def render_histogram(
         self, family: Family, values: Values, exemplars: Exemplars | None
-    ) -> tuple[bytes, _Cuts]:
+    ) -> tuple[bytes, Cuts]:
         """Text lines of a histogram, and where OpenMetrics inserts its exemplars."""
         if values is None:
             return b"", ()
@@ -344,7 +272,7 @@ class Exposition:
         self._state = state
         self._ids: list[int] = []
         self._cached: list[_Cached] = []
-        self._columns = _Columns(0)
+        self._columns = Columns(0, len(PAIR_FAMILIES), len(_EXEMPLARY))
         self._headers = {each: _family_headers(each) for each in Format}
         """`# HELP`/`# TYPE` of each pair family per format: fixed, written once."""
         self._info_headers = {each: _headers(each, model_info_family(())) for each in Format}
@@ -379,6 +307,18 @@ class Exposition:
         never has the whole body in one piece. None, and no pieces, when the body would be
         the one of key `unless` (a caller that keeps that body's gzip needs nothing else).
         """
+        chunks = self.chunks(fmt, names, unless=unless)
+        return None if chunks is None else list(chain.from_iterable(run for _, run in chunks))
+
+    def chunks(
+        self, fmt: Format, names: Collection[str] | None = None, *, unless: object = None
+    ) -> list[Chunk] | None:
+        """`pieces` in runs, each with a key: a run of equal key has equal bytes (None: no key).
+
+        A column of the pairs' lines comes in chunks of `CHUNK_ROWS` pairs keyed by the
+        refresh that last wrote one of them: a caller that keeps the gzip of a chunk by its
+        key compresses again only the chunks in which a pair's lines changed.
+        """
         wanted = None if names is None else frozenset(names)
         self._refresh()
         # The per-server and exporter-wide families go through the library itself (`# EOF`
@@ -396,26 +336,27 @@ class Exposition:
             self.last_key = (self._generation, own_bytes)
             if unless is not None and unless == self.last_key:
                 return None
-        parts = self._pair_pieces(fmt, wanted)
+        parts = self._pair_chunks(fmt, wanted)
         if servers:
-            parts.append(servers)
-        parts.append(own_bytes)
+            parts.append((None, [servers]))
+        parts.append((None, [own_bytes]))
         return parts
 
-    def _pair_pieces(self, fmt: Format, wanted: frozenset[str] | None) -> list[Piece]:
-        """The per-pair families' pieces: each family's header, then its column."""
+    def _pair_chunks(self, fmt: Format, wanted: frozenset[str] | None) -> list[Chunk]:
+        """The per-pair families' pieces: each family's header, then its column in chunks."""
         columns = self._columns
-        parts: list[Piece] = []
+        versions = columns.versions
+        parts: list[Chunk] = []
         for index, header in enumerate(self._headers[fmt]):
             if wanted is None or not wanted.isdisjoint(_FAMILY_NAMES[index]):
-                parts.append(header)
+                parts.append((None, [header]))
+                column: list[Piece] | list[bytes] = columns.lines[index]
                 if fmt is Format.OPENMETRICS and index in _WITH_EXEMPLARS:
-                    parts += columns.om[_WITH_EXEMPLARS[index]]
-                else:
-                    parts += columns.lines[index]
+                    column = columns.om[_WITH_EXEMPLARS[index]]
+                parts += Columns.chunks((fmt, index), column, versions[index])
         if wanted is None or _MODEL_INFO in wanted:
-            parts.append(self._info_headers[fmt])
-            parts += columns.info
+            parts.append((None, [self._info_headers[fmt]]))
+            parts += Columns.chunks((fmt, _MODEL_INFO), columns.info, versions[-1])
         return parts
 
     def _server_bytes(self, fmt: Format) -> bytes:
@@ -440,6 +381,7 @@ class Exposition:
             self._ids = ids
             changed = 1
         columns = self._columns
+        columns.tick += 1  # what this refresh writes gets a version no chunk had
         for entry in self._cached:
             pair = entry.pair
             # Not written since it was read: its values are the ones rendered, but for those
