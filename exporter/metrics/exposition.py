@@ -16,13 +16,22 @@ request never adds an entry. Which format a request gets is the handler's busine
 from __future__ import annotations
 
 import enum
+from itertools import chain
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client.exposition import generate_latest as text_generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as om_generate_latest
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
+from exporter.metrics.columns import (
+    CHUNK_SHIFT,
+    Chunk,
+    Columns,
+    Cuts,
+    Piece,
+    WithExemplars,
+    flatten,
+)
 from exporter.metrics.families import (
     cumulative,
     empty_family,
@@ -32,10 +41,11 @@ from exporter.metrics.families import (
     server_families,
     server_key,
 )
+from exporter.metrics.gofloat import go_float
 from exporter.metrics.pair_table import PAIR_FAMILIES
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterable, Iterator
+    from collections.abc import Callable, Collection, Iterator
 
     from prometheus_client.core import Metric
 
@@ -73,13 +83,19 @@ _PLAIN: Final = tuple(
     (index, family) for index, family in enumerate(PAIR_FAMILIES) if family.exemplars is None
 )
 _EXEMPLARY: Final = tuple(
-    (index, family, family.exemplars)
-    for index, family in enumerate(PAIR_FAMILIES)
-    if family.exemplars is not None
+    (slot, index, family, read)
+    for slot, (index, family, read) in enumerate(
+        (index, family, family.exemplars)
+        for index, family in enumerate(PAIR_FAMILIES)
+        if family.exemplars is not None
+    )
 )
 """The histograms with exemplars, apart: the loop over the others stays as lean as before."""
-_WITH_EXEMPLARS: Final = {index: slot for slot, (index, _, _) in enumerate(_EXEMPLARY)}
+_WITH_EXEMPLARS: Final = {index: slot for slot, index, _, _ in _EXEMPLARY}
 """Family index -> its slot in `_Cached.om_cuts` and `_Cached.exemplars`."""
+_LIVE_PLAIN: Final = tuple((index, family) for index, family in _PLAIN if family.live)
+_LIVE_EXEMPLARY: Final = tuple(each for each in _EXEMPLARY if each[2].live)
+"""The families that read the current run: all that can change while a pair's stamps stand."""
 _MODEL_INFO: Final = "ollama_pull_model_info"
 
 
@@ -103,53 +119,8 @@ _UNSET: Final = object()
 _SHARED: Final[dict[object, object]] = {(number,): (number,) for number in range(257)}
 """One-value tuples of small counts, shared: most of an idle pair's values are such (0, 1,
 the layers); a pair's cache keeps one of these instead of a tuple of its own."""
-_go: Final[Callable[[float], str]] = floatToGoString
-"""prometheus_client's own value formatting (Go's float format), typed."""
-
-
-_Cuts = tuple[tuple[int, bytes], ...]
-"""Where a histogram's OpenMetrics exemplars go into its text lines: (byte offset, exemplar)."""
-
-
-class WithExemplars:
-    """A histogram's text lines with its OpenMetrics exemplars, inserted only when written.
-
-    Cutting the lines at each exemplar copies them: done for every pair on the event loop,
-    a scrape of 10,000 pairs made 17 MB of copies that the allocator then kept. The writer
-    (`flatten`, in the gzip thread or a batch at a time) takes views of them instead.
-    """
-
-    __slots__ = ("cuts", "text")
-
-    def __init__(self, text: bytes, cuts: _Cuts) -> None:
-        self.text = text
-        self.cuts = cuts
-
-    def __len__(self) -> int:
-        return len(self.text) + sum(len(exemplar) for _, exemplar in self.cuts)
-
-    def views(self) -> Iterator[bytes | memoryview]:
-        """The OpenMetrics lines, in pieces: views of the text, and the exemplars."""
-        text = memoryview(self.text)
-        start = 0
-        for offset, exemplar in self.cuts:
-            yield text[start:offset]
-            yield exemplar
-            start = offset
-        yield text[start:]
-
-
-Piece = bytes | WithExemplars
-"""A piece of a body: cached bytes, or a histogram whose exemplars go in when written."""
-
-
-def flatten(pieces: Iterable[Piece]) -> Iterator[bytes | memoryview]:
-    """The bytes of `pieces`, in order (views into the cached bytes where exemplars go in)."""
-    for piece in pieces:
-        if isinstance(piece, bytes):
-            yield piece
-        else:
-            yield from piece.views()
+_go: Final = go_float
+"""prometheus_client's value formatting (Go's float format), the common values fast."""
 
 
 def _exemplar(run: RunExemplar | None) -> str:
@@ -160,21 +131,14 @@ def _exemplar(run: RunExemplar | None) -> str:
 
 
 class _Cached:
-    """One pair's rendered lines, per family, with the values they were rendered from.
-
-    `lines` serve both formats. A histogram with exemplars (OpenMetrics only) keeps, instead
-    of a second copy of its lines, where each exemplar goes into them (`om_cuts`): a pair
-    costs one rendering of its series, not two.
-    """
+    """One pair: the values its lines (its row of `Columns`) were rendered from."""
 
     __slots__ = (
         "digest",
         "exemplars",
-        "info",
-        "lines",
         "model",
-        "om_cuts",
         "pair",
+        "row",
         "server",
         "stamps",
         "values",
@@ -182,51 +146,65 @@ class _Cached:
 
     def __init__(self, pair: PairState) -> None:
         self.pair = pair
+        self.row = -1
+        """The pair's row in the columns."""
         self.server = _escape(pair.server)
         self.model = _escape(pair.model)
-        count = len(PAIR_FAMILIES)
         self.values: list[object] | None = None
         """Per family, the values its lines were rendered from, while a run goes (it changes
         a few families a scrape). An idle pair keeps none (1.5 KB): its stamps say whether
         anything changed, and a write re-renders its lines (only changed lines count)."""
-        self.lines: list[bytes] = [b""] * count
-        self.om_cuts: list[_Cuts] = [()] * len(_EXEMPLARY)
-        """Per family with exemplars (in `_EXEMPLARY` order): (offset in its line, exemplar)."""
         self.exemplars: list[object] = [_UNSET] * len(_EXEMPLARY)
         """Per family with exemplars, the tuple rendered (replaced on change, never mutated)."""
         self.digest: object = _UNSET
-        self.info = b""
-        """The pair's `ollama_pull_model_info` line, rendered from `digest`."""
+        """The digest label its `ollama_pull_model_info` line was rendered from."""
         self.stamps: tuple[int, int] = (-1, -1)
         """The pair's and its holding's stamps when its values were last read."""
 
-    def refresh(self) -> int:
-        """Re-render the lines whose values changed; 1 if a line did, else 0."""
-        pair, lines = self.pair, self.lines
+    def refresh(self, columns: Columns, *, live: bool = False) -> int:
+        """Re-render the lines whose values changed; 1 if a line did, else 0.
+
+        `live`: read only the families that read the current run (`Family.live`), for a
+        running pair not written since its last full read (the others cannot have changed).
+        """
+        pair, row, lines = self.pair, self.row, columns.lines
+        versions, tick, chunk = columns.versions, columns.tick, self.row >> CHUNK_SHIFT
         seen = self.values
         if seen is None:
             seen = self.values = [_UNSET] * len(PAIR_FAMILIES)
         changed = 0
-        for index, family in _PLAIN:
+        plain, exemplary = (_LIVE_PLAIN, _LIVE_EXEMPLARY) if live else (_PLAIN, _EXEMPLARY)
+        for index, family in plain:
             values = family.values(pair)
             if values != seen[index]:
                 seen[index] = _SHARED.get(values, values)
                 line = self.render(family, values)
-                if line != lines[index]:
-                    lines[index] = line
+                column = lines[index]
+                if line != column[row]:
+                    column[row] = line
+                    versions[index][chunk] = tick
                     changed = 1
-        for slot, (index, family, read) in enumerate(_EXEMPLARY):
+        for slot, index, family, read in exemplary:
             values, exemplars = family.values(pair), read(pair)
             if values != seen[index] or exemplars is not self.exemplars[slot]:
                 seen[index], self.exemplars[slot] = values, exemplars
                 line, cuts = self.render_histogram(family, values, exemplars)
-                if line != lines[index] or cuts != self.om_cuts[slot]:
-                    lines[index], self.om_cuts[slot] = line, cuts
+                column, om = lines[index], columns.om[slot]
+                piece = om[row]
+                if line != column[row] or cuts != (
+                    piece.cuts if isinstance(piece, WithExemplars) else ()
+                ):
+                    column[row] = line
+                    om[row] = WithExemplars(line, cuts) if cuts else line
+                    versions[index][chunk] = tick
                     changed = 1
+        if live:
+            return changed
         digest = model_digest(pair)
         if digest != self.digest:
             self.digest = digest
-            self.info = self.render_info(digest)
+            columns.info[row] = self.render_info(digest)
+            versions[-1][chunk] = tick
             changed = 1
         return changed
 
@@ -239,7 +217,7 @@ class _Cached:
 
     def render_histogram(
         self, family: Family, values: Values, exemplars: Exemplars | None
-    ) -> tuple[bytes, _Cuts]:
+    ) -> tuple[bytes, Cuts]:
         """Text lines of a histogram, and where OpenMetrics inserts its exemplars."""
         if values is None:
             return b"", ()
@@ -294,6 +272,7 @@ class Exposition:
         self._state = state
         self._ids: list[int] = []
         self._cached: list[_Cached] = []
+        self._columns = Columns(0, len(PAIR_FAMILIES), len(_EXEMPLARY))
         self._headers = {each: _family_headers(each) for each in Format}
         """`# HELP`/`# TYPE` of each pair family per format: fixed, written once."""
         self._info_headers = {each: _headers(each, model_info_family(())) for each in Format}
@@ -328,8 +307,20 @@ class Exposition:
         never has the whole body in one piece. None, and no pieces, when the body would be
         the one of key `unless` (a caller that keeps that body's gzip needs nothing else).
         """
+        chunks = self.chunks(fmt, names, unless=unless)
+        return None if chunks is None else list(chain.from_iterable(run for _, run in chunks))
+
+    def chunks(
+        self, fmt: Format, names: Collection[str] | None = None, *, unless: object = None
+    ) -> list[Chunk] | None:
+        """`pieces` in runs, each with a key: a run of equal key has equal bytes (None: no key).
+
+        A column of the pairs' lines comes in chunks of `CHUNK_ROWS` pairs keyed by the
+        refresh that last wrote one of them: a caller that keeps the gzip of a chunk by its
+        key compresses again only the chunks in which a pair's lines changed.
+        """
         wanted = None if names is None else frozenset(names)
-        cached = self._refresh()
+        self._refresh()
         # The per-server and exporter-wide families go through the library itself (`# EOF`
         # included); the per-server ones only when one of their values changed.
         own = list(own_families(self._state))
@@ -345,33 +336,27 @@ class Exposition:
             self.last_key = (self._generation, own_bytes)
             if unless is not None and unless == self.last_key:
                 return None
-        parts = self._pair_pieces(fmt, wanted, cached)
+        parts = self._pair_chunks(fmt, wanted)
         if servers:
-            parts.append(servers)
-        parts.append(own_bytes)
+            parts.append((None, [servers]))
+        parts.append((None, [own_bytes]))
         return parts
 
-    def _pair_pieces(
-        self, fmt: Format, wanted: frozenset[str] | None, cached: list[_Cached]
-    ) -> list[Piece]:
-        """The per-pair families' pieces: each family's header, then every pair's lines."""
-        parts: list[Piece] = []
+    def _pair_chunks(self, fmt: Format, wanted: frozenset[str] | None) -> list[Chunk]:
+        """The per-pair families' pieces: each family's header, then its column in chunks."""
+        columns = self._columns
+        versions = columns.versions
+        parts: list[Chunk] = []
         for index, header in enumerate(self._headers[fmt]):
             if wanted is None or not wanted.isdisjoint(_FAMILY_NAMES[index]):
-                parts.append(header)
+                parts.append((None, [header]))
+                column: list[Piece] | list[bytes] = columns.lines[index]
                 if fmt is Format.OPENMETRICS and index in _WITH_EXEMPLARS:
-                    slot = _WITH_EXEMPLARS[index]
-                    for entry in cached:
-                        cuts = entry.om_cuts[slot]
-                        if cuts:
-                            parts.append(WithExemplars(entry.lines[index], cuts))
-                        else:
-                            parts.append(entry.lines[index])
-                else:
-                    parts.extend([entry.lines[index] for entry in cached])
+                    column = columns.om[_WITH_EXEMPLARS[index]]
+                parts += Columns.chunks((fmt, index), column, versions[index])
         if wanted is None or _MODEL_INFO in wanted:
-            parts.append(self._info_headers[fmt])
-            parts.extend([entry.info for entry in cached])
+            parts.append((None, [self._info_headers[fmt]]))
+            parts += Columns.chunks((fmt, _MODEL_INFO), columns.info, versions[-1])
         return parts
 
     def _server_bytes(self, fmt: Format) -> bytes:
@@ -383,28 +368,34 @@ class Exposition:
             self._generation += 1
         return cached[1]
 
-    def _refresh(self) -> list[_Cached]:
+    def _refresh(self) -> None:
         pairs = list(self._state.pairs.values())
         ids = list(map(id, pairs))  # the cache holds the pairs, so ids are not reused
         changed = 0
         if ids != self._ids:
             known = {id(entry.pair): entry for entry in self._cached}
             self._cached = [known.get(id(pair)) or _Cached(pair) for pair in pairs]
+            self._columns = self._columns.moved([entry.row for entry in self._cached])
+            for row, entry in enumerate(self._cached):
+                entry.row = row
             self._ids = ids
             changed = 1
+        columns = self._columns
+        columns.tick += 1  # what this refresh writes gets a version no chunk had
         for entry in self._cached:
             pair = entry.pair
-            # Idle and not written since it was read: its values are the ones rendered. A run
-            # going changes without a write of the pair (its bytes), so it is read each time.
+            # Not written since it was read: its values are the ones rendered, but for those
+            # of a run going, which change without a write of the pair (its bytes).
             stamps = (pair.stamp, pair.holding.stamp)
-            if pair.current is None and stamps == entry.stamps:
+            if stamps == entry.stamps:
+                if pair.current is not None:
+                    changed |= entry.refresh(columns, live=True)
                 continue
             entry.stamps = stamps
-            changed |= entry.refresh()
+            changed |= entry.refresh(columns)
             if pair.current is None:  # idle: its stamp stands for its values from now on
                 entry.values = None
         self._generation += changed
-        return self._cached
 
 
 def _named(metric: Metric, wanted: frozenset[str]) -> bool:

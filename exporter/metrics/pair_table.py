@@ -27,8 +27,8 @@ _REASONS: Final = tuple(Reason)
 
 
 # To add a per-pair family, write its values function (a tuple of floats, one per `extra`
-# label value, or None for "no series") and add a `Family` row to `PAIR_FAMILIES`; nothing
-# else changes.
+# label value, or None for "no series") and add a `Family` row to `PAIR_FAMILIES` (with
+# `live=True` if the function reads `pair.current`); nothing else changes.
 
 Values = tuple[float, ...] | None
 """A pair's values for one family, one per `extra` label value (None: no series)."""
@@ -49,6 +49,11 @@ class Family:
     """A third label and its values, in order (`reason`, `phase`)."""
     exemplars: Callable[[PairState], Exemplars] | None = None
     """Histograms: per bucket, the run observed last in it (OpenMetrics exemplars)."""
+    live: bool = False
+    """Its values read the current run (`pair.current`), which changes with no write of the
+    pair: of a running pair whose stamps did not move, the renderer reads only the live
+    families. tests/unit/metrics/test_pair_table.py checks that every family reading the
+    run says so."""
 
 
 def _source(pair: PairState) -> RunProgress | LastRun | None:
@@ -227,12 +232,14 @@ PAIR_FAMILIES: Final = (
         "counter",
         "Bytes downloaded by pulls, increased live while a run streams.",
         _downloaded,
+        live=True,
     ),
     Family(
         "ollama_pull_progress_regressions",
         "counter",
         "Times a layer's completed bytes went backwards (Ollama rolled back a part).",
         _regressions,
+        live=True,
     ),
     Family(
         "ollama_pull_skipped",
@@ -240,32 +247,40 @@ PAIR_FAMILIES: Final = (
         "Scheduled starts skipped because the previous run was still going.",
         _skipped,
     ),
-    Family("ollama_pull_in_progress", "gauge", "1 while a pull run is going.", _in_progress),
+    Family(
+        "ollama_pull_in_progress", "gauge", "1 while a pull run is going.", _in_progress, live=True
+    ),
     Family(
         "ollama_pull_phase",
         "gauge",
         "1 for the current phase of the pair, 0 for the others.",
         _phase,
         ("phase", tuple(each.value for each in _ALL_PHASES)),
+        live=True,
     ),
     Family(
         "ollama_pull_completed_bytes",
         "gauge",
         "Bytes completed, summed over layers, of the current or last run.",
         _completed_bytes,
+        live=True,
     ),
     Family(
         "ollama_pull_expected_bytes",
         "gauge",
         "Sum of the layer sizes seen in the current or last run.",
         _expected_bytes,
+        live=True,
     ),
-    Family("ollama_pull_layers", "gauge", "Layers seen in the current or last run.", _layers),
+    Family(
+        "ollama_pull_layers", "gauge", "Layers seen in the current or last run.", _layers, live=True
+    ),
     Family(
         "ollama_pull_layers_completed",
         "gauge",
         "Layers completed in the current or last run.",
         _layers_completed,
+        live=True,
     ),
     Family(
         "ollama_pull_last_success", "gauge", "1 if the last finished run succeeded.", _last_success
@@ -320,6 +335,7 @@ PAIR_FAMILIES: Final = (
         "gauge",
         "When the current or last run's bytes last grew (Unix time; its start until they do).",
         _last_progress,
+        live=True,
     ),
     # What each server holds and whether an update waits (contract section 6).
     Family(
@@ -327,6 +343,7 @@ PAIR_FAMILIES: Final = (
         "counter",
         "Bytes of layers that runs found already present (first seen complete).",
         _reused,
+        live=True,
     ),
     Family(
         "ollama_pull_model_present",

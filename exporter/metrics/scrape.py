@@ -11,9 +11,7 @@ header can make a scrape expensive, grow a cache or raise.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import operator
 import sys
 import zlib
 from dataclasses import dataclass
@@ -21,7 +19,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import Payload, hdrs, web
 
-from exporter.metrics.exposition import Exposition, Format, Piece, WithExemplars, flatten
+from exporter.metrics.columns import Piece, flatten, joined
+from exporter.metrics.exposition import Exposition, Format
+from exporter.metrics.packing import LEVEL, NOTHING, Kept, gzip_chunks
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -112,10 +112,6 @@ def _choose(media: str, params: dict[str, str]) -> Negotiated | None:
     return Negotiated(fmt, f"{versioned}; escaping={escaping or 'underscores'}")
 
 
-_GZIP_LEVEL: Final = 1
-"""zlib level 1: a 5 MB exposition compresses in about 10 ms instead of about 28 ms at 6."""
-
-
 def _gzip_accepted(accept_encoding: str) -> bool:
     for item in accept_encoding.split(",")[:_MAX_ACCEPT_ITEMS]:
         coding, _, rest = item.partition(";")
@@ -133,38 +129,12 @@ _SLICE: Final = 64 * 1024
 _ANSWER_TIMEOUT: Final = 60.0
 """Seconds an uncompressed body written in pieces may take in all, as the listener gives a
 sliced one (`exporter.web.listener.ANSWER_TIMEOUT`); then the connection goes."""
-_MADE: Final = sys.getsizeof(WithExemplars(b"", ()))
-"""Bytes of a piece with exemplars: made for its answer, where the other pieces are cached."""
 
 
 def _batches(pieces: list[Piece], count: int) -> Iterator[bytes]:
     """`pieces` joined `count` at a time (the last run shorter)."""
     for start in range(0, len(pieces), count):
-        yield _joined(pieces[start : start + count])
-
-
-def _joined(run: list[Piece]) -> bytes:
-    """`run` in one piece: the cached bytes joined in C, Python only at each exemplar piece.
-
-    Every pair's histogram carries exemplars in OpenMetrics, so going through the run piece
-    by piece (`flatten`) held the GIL for every piece of every such scrape: about 1% of a core
-    under the fleet benchmark, scraped every second.
-    """
-    marks = list(
-        itertools.compress(
-            range(len(run)), map(operator.is_not, map(type, run), itertools.repeat(bytes))
-        )
-    )
-    if not marks:
-        return b"".join(run)  # type: ignore[arg-type]  # all bytes: no mark
-    parts: list[bytes | memoryview] = []
-    start = 0
-    for mark in marks:
-        parts.append(b"".join(run[start:mark]))  # type: ignore[arg-type]  # bytes up to a mark
-        parts.extend(flatten(run[mark : mark + 1]))
-        start = mark + 1
-    parts.append(b"".join(run[start:]))  # type: ignore[arg-type]  # bytes after the last
-    return b"".join(parts)
+        yield joined(pieces[start : start + count])
 
 
 def _slices(pieces: list[Piece], size: int) -> Iterator[bytes]:
@@ -187,7 +157,7 @@ def _slices(pieces: list[Piece], size: int) -> Iterator[bytes]:
 
 def _gzip(pieces: list[Piece]) -> bytes:
     """The gzip of the pieces joined, compressed a batch at a time (no whole body)."""
-    compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    compressor = zlib.compressobj(LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     packed = [compressor.compress(batch) for batch in _batches(pieces, _BATCH)]
     packed.append(compressor.flush())
     return b"".join(packed)
@@ -211,11 +181,10 @@ class PiecesBody(Payload):
         super().__init__(pieces, **kwargs)
         self._pieces: list[Piece] = pieces
         self._size = sum(map(len, pieces))
-        made = len(pieces) - operator.countOf(map(type, pieces), bytes)
-        self.held = sys.getsizeof(pieces) + made * _MADE + _SLICE
-        """Bytes kept alive by this answer alone until it is written, 0 then: the list, the
-        pieces with exemplars made for it, and the slice in flight (of which the transport
-        counts only what is unsent)."""
+        self.held = sys.getsizeof(pieces) + _SLICE
+        """Bytes kept alive by this answer alone until it is written, 0 then: the list and
+        the slice in flight (of which the transport counts only what is unsent). The pieces
+        with exemplars are the renderer's too, cached like the bytes."""
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         """The body as text."""
@@ -256,23 +225,30 @@ def make_metrics_handler(registry: PullRegistry) -> Handler:
     compressed: dict[object, tuple[object, bytes]] = {}
     """Per format, the last whole body's gzip and the exposition's key for that body: a fleet
     at rest, or two Prometheus servers scraping it in the same second, get the same bytes
-    (and the body is not even assembled); gzip is half a scrape's CPU. Not the body itself:
-    at 10,000 pairs it is 60 MB. Filtered answers are not kept, so this holds two entries at
-    most."""
+    (and the body is not even assembled); gzip is most of a scrape's CPU. Not the body
+    itself: at 10,000 pairs it is 60 MB. Filtered answers are not kept, so this holds two
+    entries at most."""
+    chunks: dict[object, Kept] = {}
+    """Per format, where each chunk's deflate is in that gzip, by the chunk's key: the next
+    body's gzip deflates only the chunks that changed (`exporter.metrics.packing`)."""
 
     async def gzipped(fmt: Format, names: list[str] | None) -> bytes:
-        last = compressed.get(fmt) if names is None else None
-        pieces = exposition.pieces(fmt, names, unless=None if last is None else last[0])
-        if pieces is None:
+        loop = asyncio.get_running_loop()
+        # zlib lets go of the GIL: in a thread, the 13 ms of a 1,000-pair body do not hold up
+        # the streams' reads (phase boundaries are timed by when a line is read). The pieces
+        # are immutable bytes, and the lists are this request's own.
+        if names is not None:
+            pieces = exposition.pieces(fmt, names)
+            assert pieces is not None  # without `unless`, always pieces
+            return await loop.run_in_executor(None, _gzip, pieces)
+        last = compressed.get(fmt)
+        runs = exposition.chunks(fmt, unless=None if last is None else last[0])
+        if runs is None:
             assert last is not None
             return last[1]
         same = exposition.last_key
-        # zlib lets go of the GIL: in a thread, the 13 ms of a 1,000-pair body do not hold up
-        # the streams' reads (phase boundaries are timed by when a line is read). The pieces
-        # are immutable bytes, and the list is this request's own.
-        packed = await asyncio.get_running_loop().run_in_executor(None, _gzip, pieces)
-        if names is None:
-            compressed[fmt] = (same, packed)
+        packed, kept = await loop.run_in_executor(None, gzip_chunks, runs, chunks.get(fmt, NOTHING))
+        compressed[fmt], chunks[fmt] = (same, packed), kept
         return packed
 
     async def handler(request: web.Request) -> web.StreamResponse:

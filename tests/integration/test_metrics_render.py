@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from exporter.metrics.exposition import Exposition, Format
 from exporter.metrics.families import PullCollector, PullRegistry, build_registry
+from exporter.metrics.packing import NOTHING, Kept, gzip_chunks
 from exporter.metrics.scrape import OPENMETRICS, TEXT, make_metrics_handler, negotiate
 from exporter.ollama.progress import RunProgress
 from exporter.ollama.protocol import RUN_PHASES, ProgressLine, Reason
@@ -62,6 +63,14 @@ def expected(registry: PullRegistry, accept: str) -> bytes:
 
 def rendered(exposition: Exposition, accept: str) -> bytes:
     return exposition.render(negotiate(accept).format)
+
+
+def gunzipped(exposition: Exposition, fmt: Format, kept: dict[Format, Kept]) -> bytes:
+    """The body as the handler gzips it, the deflate of unchanged chunks kept from before."""
+    chunks = exposition.chunks(fmt)
+    assert chunks is not None  # without `unless`, always chunks
+    packed, kept[fmt] = gzip_chunks(chunks, kept.get(fmt, NOTHING))
+    return gzip.decompress(packed)
 
 
 @st.composite
@@ -134,6 +143,7 @@ def test_same_bytes_as_prometheus_client_through_changes(
         state.pairs[server, model] = PairState(server, model, 3600.0)
     registry = build_registry(state)
     exposition = Exposition(state)
+    kept: dict[Format, Kept] = {}
     for accept in ACCEPTS:
         assert rendered(exposition, accept) == expected(registry, accept)
     for which, steps in rounds:
@@ -156,6 +166,9 @@ def test_same_bytes_as_prometheus_client_through_changes(
             )
         for accept in ACCEPTS:
             assert rendered(exposition, accept) == expected(registry, accept)
+        for fmt, accept in ((Format.TEXT, ACCEPTS[1]), (Format.OPENMETRICS, ACCEPTS[3])):
+            # The gzip of a chunk is kept by its key: a stale one would show here.
+            assert gunzipped(exposition, fmt, kept) == expected(registry, accept)
 
 
 async def _answers(handler_registry: PullRegistry, *, cached: bool) -> list[tuple[str, bytes]]:
