@@ -27,6 +27,9 @@ _EXPONENT: Final = 1_000_000
 """Go writes an exponent from 7 digits before the dot on (prometheus_client: a dot past 6)."""
 _FIXED: Final = 1e16
 """`repr` writes floats below this without an exponent."""
+_EXPONENTS: Final[tuple[str, ...]] = tuple(_library(10.0**power)[1:] for power in range(16))
+"""The exponent the library writes for each power of ten below `_FIXED` (`e+06`, `e+10`),
+taken from the library itself: 0.24 writes `e+010` where 0.26 writes `e+10`."""
 
 
 def go_float(value: float) -> str:
@@ -40,12 +43,12 @@ def go_float(value: float) -> str:
                 return f"{value}.0"
             digits = str(value)
             mantissa = f"{digits[0]}.{digits[1:]}".rstrip("0.")
-            return f"{mantissa}e+{len(digits) - 1:02d}"
+            return mantissa + _EXPONENTS[len(digits) - 1]
     elif kind is float and 0.0 <= value < _FIXED:  # finite and not negative (-0.0 included)
         text = repr(value)
         dot = text.find(".")
         if dot > 6:  # as prometheus_client: Go writes an exponent sooner than Python
             mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
-            return f"{mantissa}e+{dot - 1:02d}"
+            return mantissa + _EXPONENTS[dot - 1]
         return text
     return _library(value)

@@ -23,6 +23,7 @@ EDGES = (
     999_999,
     1_000_000,
     1_000_001,
+    10**10,
     10**15,
     2**53 - 1,
     2**53,
@@ -48,6 +49,7 @@ EDGES = (
 @example(999_999.5)
 @example(1_000_000.0)
 @example(1_765_000_123.456)
+@example(15_000_000_000.0)  # two digits: `e+10`, or `e+010` in 0.24
 def test_floats_are_written_as_the_library_writes_them(value: float) -> None:
     assert go_float(value) == floatToGoString(value)
 
