@@ -15,7 +15,10 @@ request never adds an entry. Which format a request gets is the handler's busine
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import math
+import time
 from itertools import chain
 from typing import TYPE_CHECKING, Final
 
@@ -97,6 +100,9 @@ _LIVE_PLAIN: Final = tuple((index, family) for index, family in _PLAIN if family
 _LIVE_EXEMPLARY: Final = tuple(each for each in _EXEMPLARY if each[2].live)
 """The families that read the current run: all that can change while a pair's stamps stand."""
 _MODEL_INFO: Final = "ollama_pull_model_info"
+CATCH_UP_STRETCH: Final = 0.004
+"""Seconds of re-rendering a scrape does before it lets the event loop run (`catch_up`): a
+stream's line is read at most about this late because of a scrape."""
 
 
 class _Fixed(Collector):
@@ -368,7 +374,28 @@ class Exposition:
             self._generation += 1
         return cached[1]
 
-    def _refresh(self) -> None:
+    async def catch_up(self, stretch: float = CATCH_UP_STRETCH) -> None:
+        """Re-render what changed, letting the event loop run after each `stretch` seconds.
+
+        A run that starts or ends changes every family of its pair; when a hundred runs start
+        and end together (a fleet whose pulls began together), re-rendering them is about
+        50 ms of work, which in one go holds up every stream's next read, and phase
+        boundaries are timed by when a line is read. A scrape calls this first; the refresh
+        of `pieces` or `chunks` that follows finds only what changed since.
+        """
+        start: int | None = 0
+        while start is not None:
+            start = self._refresh(start, time.perf_counter() + stretch)
+            if start is not None:
+                await asyncio.sleep(0)
+
+    def _refresh(self, start: int = 0, deadline: float = math.inf) -> int | None:
+        """Refresh the pairs from index `start` on: None when done, else where to go on.
+
+        It stops at the first pair after `deadline`. Each call writes under a tick of its
+        own: what another refresh wrote between two calls was seen under another, so equal
+        versions still mean equal bytes.
+        """
         pairs = list(self._state.pairs.values())
         ids = list(map(id, pairs))  # the cache holds the pairs, so ids are not reused
         changed = 0
@@ -379,10 +406,12 @@ class Exposition:
             for row, entry in enumerate(self._cached):
                 entry.row = row
             self._ids = ids
-            changed = 1
+            changed, start = 1, 0
         columns = self._columns
         columns.tick += 1  # what this refresh writes gets a version no chunk had
-        for entry in self._cached:
+        cached = self._cached
+        for index in range(start, len(cached)):
+            entry = cached[index]
             pair = entry.pair
             # Not written since it was read: its values are the ones rendered, but for those
             # of a run going, which change without a write of the pair (its bytes).
@@ -395,7 +424,11 @@ class Exposition:
             changed |= entry.refresh(columns)
             if pair.current is None:  # idle: its stamp stands for its values from now on
                 entry.values = None
+            if time.perf_counter() > deadline:
+                self._generation += changed
+                return index + 1
         self._generation += changed
+        return None
 
 
 def _named(metric: Metric, wanted: frozenset[str]) -> bool:

@@ -261,6 +261,7 @@ def make_metrics_handler(registry: PullRegistry) -> Handler:
             return web.Response(status=400, text=f"at most {_MAX_NAMES} name[] filters\n")
         negotiated = negotiate(",".join(request.headers.getall(hdrs.ACCEPT, ())))
         headers = {hdrs.CONTENT_TYPE: negotiated.content_type}
+        await exposition.catch_up()  # the re-rendering, in stretches the streams can read between
         if _gzip_accepted(request.headers.get(hdrs.ACCEPT_ENCODING, "")):
             headers[hdrs.CONTENT_ENCODING] = "gzip"
             return web.Response(body=await gzipped(negotiated.format, names), headers=headers)

@@ -56,6 +56,10 @@ times = st.floats(0, 2e9, allow_nan=False)
 reasons = st.sampled_from(list(Reason))
 
 
+FORMATS = ((Format.TEXT, ACCEPTS[1]), (Format.OPENMETRICS, ACCEPTS[3]))
+"""Each format the renderer writes, with an `Accept` header that asks for it."""
+
+
 def expected(registry: PullRegistry, accept: str) -> bytes:
     encoder, _ = choose_encoder(accept)
     return encoder(registry)
@@ -169,6 +173,57 @@ def test_same_bytes_as_prometheus_client_through_changes(
         for fmt, accept in ((Format.TEXT, ACCEPTS[1]), (Format.OPENMETRICS, ACCEPTS[3])):
             # The gzip of a chunk is kept by its key: a stale one would show here.
             assert gunzipped(exposition, fmt, kept) == expected(registry, accept)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.tuples(labels, labels), min_size=2, max_size=6, unique=True),
+    st.lists(st.tuples(st.integers(0, 5), changes(), changes()), max_size=5),
+)
+def test_a_scrape_caught_up_in_stretches_writes_the_same_bytes(
+    keys: list[tuple[str, str]],
+    rounds: list[tuple[int, list[tuple[str, object]], list[tuple[str, object]]]],
+) -> None:
+    """`catch_up` lets the loop run between stretches; whatever changes and scrapes then, every
+    body is the library's, and no kept chunk gzip is stale (each stretch has its own tick)."""
+    state = ExporterState(server_up={}, config_reload_successful=True)
+    for server, model in keys:
+        state.pairs[server, model] = PairState(server, model, 3600.0)
+    registry = build_registry(state)
+    exposition = Exposition(state)
+    kept: dict[Format, Kept] = {}
+
+    async def scenario() -> int:
+        stretches = 0
+        for which, first, between in rounds:
+            pairs = list(state.pairs.values())
+            for pair in pairs:  # every pair changed: each one is a stretch of its own
+                for kind, value in first:
+                    assert isinstance(value, int)
+                    apply_change(pair, kind, value)
+            catching = asyncio.create_task(exposition.catch_up(stretch=0.0))
+            while not catching.done():
+                await asyncio.sleep(0)
+                stretches += 1
+                # A scrape between two stretches (the round's format): its chunks' gzip is
+                # kept by key for the next scrape...
+                fmt, accept = FORMATS[which % 2]
+                assert gunzipped(exposition, fmt, kept) == expected(registry, accept)
+                other = pairs[(which + stretches) % len(pairs)]
+                apply_change(other, "skip", 1)  # ... then changes the next stretch renders
+                for kind, value in between:
+                    assert isinstance(value, int)
+                    apply_change(other, kind, value)
+            await catching
+            for accept in ACCEPTS:
+                assert rendered(exposition, accept) == expected(registry, accept)
+            for fmt, accept in FORMATS:
+                assert gunzipped(exposition, fmt, kept) == expected(registry, accept)
+        return stretches
+
+    stretches = asyncio.run(scenario())
+    if rounds:  # the first catch-up renders every pair: a stretch each
+        assert stretches > 0
 
 
 async def _answers(handler_registry: PullRegistry, *, cached: bool) -> list[tuple[str, bytes]]:
