@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import signal
 import sys
 import time
@@ -41,6 +42,7 @@ from ollama_sim import (
     Write,
     up_to_date,
 )
+from ollama_sim.record import OUTCOME_COMPLETED
 
 BIG_LAYER = 2_000_000_000
 SMALL_LAYERS = (11_000, 480)
@@ -94,6 +96,29 @@ def scenarios(
     return runs
 
 
+def played_phases(sims: list[OllamaSimulator]) -> dict[str, list[float]]:
+    """Per `server index/model`: its completed runs, then the last one's verify and prune as
+    played (seconds from one line to the next as written, the simulator's late wake-ups in)."""
+    played: dict[str, list[float]] = {}
+    for index, sim in enumerate(sims):
+        for record in sim.requests:
+            if record.outcome != OUTCOME_COMPLETED or record.model is None:
+                continue
+            key = f"{index}/{record.model}"
+            count = played[key][0] + 1 if key in played else 1
+            at = record.sent_at
+            if {"verifying sha256 digest", "writing manifest"} <= at.keys() and {
+                "removing unused layers",
+                "success",
+            } <= at.keys():
+                verify = at["writing manifest"] - at["verifying sha256 digest"]
+                prune = at["success"] - at["removing unused layers"]
+                played[key] = [count, verify, prune]
+            else:
+                played[key] = [count, math.nan, math.nan]
+    return played
+
+
 async def serve(args: argparse.Namespace) -> None:
     """Start the servers, report their URLs, write stats every second until SIGTERM."""
     sims = [
@@ -129,6 +154,7 @@ async def serve(args: argparse.Namespace) -> None:
                     "open": sum(sim.active_overall for sim in sims),
                     "requests": len(requests),
                     "cpu": own_cpu_seconds(),
+                    "phases": played_phases(sims),
                 }
                 tmp = stats.with_suffix(".tmp")
                 tmp.write_text(json.dumps(snapshot))

@@ -210,6 +210,7 @@ class PullEndpoint:
                     await self._sleep_until(math.inf)
                 elif isinstance(action, Emit):
                     await emit(stream, action.data)
+                    record.sent(action.data)
                     if action.data.startswith(b'{"status":"success"}'):
                         self._sim.tags.pulled(record.model, scenario)
                 elif isinstance(action, Respond):

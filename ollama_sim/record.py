@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from multidict import CIMultiDictProxy
@@ -17,6 +17,18 @@ OUTCOME_HTTP_ERROR = "http_error"
 OUTCOME_CLIENT_DISCONNECTED = "client_disconnected"
 OUTCOME_SERVER_DISCONNECTED = "server_disconnected"
 OUTCOME_STOPPED = "stopped"
+
+PHASE_LINES: Final = tuple(
+    (status, b'{"status":"%s"}' % status.encode())
+    for status in (
+        "pulling manifest",
+        "verifying sha256 digest",
+        "writing manifest",
+        "removing unused layers",
+        "success",
+    )
+)
+"""The lines that start or end a phase, with how each begins on the wire."""
 
 
 @dataclass(slots=True)
@@ -41,6 +53,17 @@ class RequestRecord:
     status: int | None = None
     lines_sent: int = 0
     bytes_sent: int = 0
+    sent_at: dict[str, float] = field(default_factory=dict)
+    """When each line of `PHASE_LINES` was last written (`time.monotonic()`): a phase as the
+    simulator really played it, late wake-ups included, to measure a client against."""
+
+    def sent(self, data: bytes) -> None:
+        """Note the time if `data` is one of `PHASE_LINES`."""
+        if data.startswith(b'{"status":"') and b'"digest"' not in data:
+            for status, line in PHASE_LINES:
+                if data.startswith(line):
+                    self.sent_at[status] = time.monotonic()
+                    return
 
     def finish(self, outcome: str) -> None:
         """End the record with `outcome` and the time now, unless it has ended already."""

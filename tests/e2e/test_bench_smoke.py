@@ -60,6 +60,8 @@ def test_fleet() -> None:
     assert result["exporter_peak_rss_mib"] > 0
     assert result["exporter_totals"]["pairs"] == 6
     assert result["exporter_totals"]["failures"] == 0
+    # Phases are held to what the load generator played (its own lateness apart).
+    assert set(result["phase_errors_ms"]) == set(result["sim_lag_ms"]) == {"verify", "prune"}
     for scrape in result["scrapes"].values():
         assert scrape["count"] >= 2
         assert scrape["errors"] == 0

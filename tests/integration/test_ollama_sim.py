@@ -570,6 +570,16 @@ def test_requests_are_recorded_with_body_and_headers() -> None:
     assert record.lines_sent == 4  # the 1 kB blob finishes within a tick: no line
     assert record.duration is not None
     assert record.duration >= 0
+    # When each phase line went out, in the order sent (what a client's timings are held to).
+    sent = record.sent_at
+    assert list(sent) == [
+        "pulling manifest",
+        "verifying sha256 digest",
+        "writing manifest",
+        "success",
+    ]
+    assert sorted(sent.values()) == list(sent.values())
+    assert record.started <= sent["pulling manifest"]
 
 
 def test_concurrency_and_client_disconnects_are_recorded() -> None:
