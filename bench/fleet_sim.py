@@ -96,6 +96,12 @@ def scenarios(
     return runs
 
 
+_PHASE_ENDS = frozenset(
+    ("verifying sha256 digest", "writing manifest", "removing unused layers", "success")
+)
+"""The lines that start and end verify and prune."""
+
+
 def played_phases(sims: list[OllamaSimulator]) -> dict[str, list[float]]:
     """Per `server index/model`: its completed runs, then the last one's verify and prune as
     played (seconds from one line to the next as written, the simulator's late wake-ups in)."""
@@ -107,10 +113,7 @@ def played_phases(sims: list[OllamaSimulator]) -> dict[str, list[float]]:
             key = f"{index}/{record.model}"
             count = played[key][0] + 1 if key in played else 1
             at = record.sent_at
-            if {"verifying sha256 digest", "writing manifest"} <= at.keys() and {
-                "removing unused layers",
-                "success",
-            } <= at.keys():
+            if at.keys() >= _PHASE_ENDS:
                 verify = at["writing manifest"] - at["verifying sha256 digest"]
                 prune = at["success"] - at["removing unused layers"]
                 played[key] = [count, verify, prune]
